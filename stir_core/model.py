@@ -1,0 +1,209 @@
+"""Load a Hugging Face causal LM through TransformerLens 4's `TransformerBridge`.
+
+`load_model()` with no name gives the embedded testbed model in `assets/toy-reasoner`; any hub id or
+local directory works the same way (`TransformerBridge.boot_transformers`). Layer specs follow the spec:
+an int (negative from the end), a fraction in [0, 1] meaning `round(f * (n_layers - 1))`, or "a/b".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS_DIR / "toy-reasoner"
+DEFAULT_MODEL = "embedded"  # alias for DEFAULT_MODEL_DIR
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class ModelLoadError(ValueError):
+    """The model could not be found or loaded; the message says which and why."""
+
+
+@dataclass
+class LoadedModel:
+    """A bridge plus the facts every stage needs. `bridge` owns the weights; nothing else is global."""
+
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: Any
+    model_id: str
+    revision: str | None
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.bridge.original_model.parameters())
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    def format_prompt(self, text: str) -> str:
+        """Apply the tokenizer's chat template when it has one; otherwise return the text unchanged."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return text
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of `text`, with BOS prepended when the tokenizer has one and it is not there yet."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return list(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def hook_name(self, layer: int) -> str:
+        return f"blocks.{self.resolve_layer(layer)}.hook_resid_post"
+
+    def resolve_layer(self, spec: int | float | str) -> int:
+        return resolve_layer(spec, self.n_layers)
+
+
+def resolve_layer(spec: int | float | str, n_layers: int) -> int:
+    """Resolve one layer spec to a block index in [0, n_layers).
+
+    >>> resolve_layer(-1, 4), resolve_layer(0.6, 6), resolve_layer("1/2", 5)
+    (3, 3, 2)
+    """
+    original = spec
+    if isinstance(spec, str):
+        s = spec.strip()
+        if "/" in s:
+            a, b = s.split("/", 1)
+            try:
+                spec = int(a) / int(b)
+            except (ValueError, ZeroDivisionError) as err:
+                raise ValueError(f"bad layer spec {original!r}: expected 'a/b' with integers, b > 0") from err
+        else:
+            try:
+                spec = float(s) if any(c in s for c in ".eE") else int(s)
+            except ValueError as err:
+                raise ValueError(f"bad layer spec {original!r}: expected an int, a fraction or 'a/b'") from err
+    if isinstance(spec, bool):
+        raise ValueError(f"bad layer spec {original!r}")
+    if isinstance(spec, float):
+        if not 0.0 <= spec <= 1.0:
+            raise ValueError(f"layer fraction {original!r} is outside [0, 1]")
+        return int(round(spec * (n_layers - 1)))
+    if isinstance(spec, int):
+        layer = spec + n_layers if spec < 0 else spec
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {original!r} is out of range for a model with {n_layers} layers "
+                             f"(valid: 0..{n_layers - 1} or -{n_layers}..-1)")
+        return layer
+    raise ValueError(f"bad layer spec {original!r}")
+
+
+def resolve_layers(specs, n_layers: int) -> list[int]:
+    """Resolve a list (or one) of layer specs, keeping order and dropping duplicates."""
+    if isinstance(specs, (int, float, str)):
+        specs = [specs]
+    out: list[int] = []
+    for s in specs:
+        layer = resolve_layer(s, n_layers)
+        if layer not in out:
+            out.append(layer)
+    return out
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` prefers CUDA, then MPS, then CPU; an explicit device that is not there is an error."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for but torch sees no CUDA GPU")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("device 'mps' was asked for but it is not available")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cuda, mps or cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """`auto` is float32 on CPU (half precision is slow and lossy there) and bfloat16 on GPUs."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
+    return _DTYPES[dtype]
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
+    """The embedded default for None/"embedded"; a local directory must hold a config and weights."""
+    if name_or_path is None or str(name_or_path) in ("", DEFAULT_MODEL):
+        if not (DEFAULT_MODEL_DIR / "config.json").exists():
+            raise ModelLoadError(f"the embedded model is missing: no config.json in {DEFAULT_MODEL_DIR} "
+                                 "(train it with `stir toy-train`)")
+        return str(DEFAULT_MODEL_DIR)
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local:
+        if not path.is_dir():
+            raise ModelLoadError(f"model path {name!r} does not exist or is not a directory")
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"model path {name!r} has no config.json")
+        weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.safetensors.index.json")]
+        if not weights:
+            raise ModelLoadError(f"model path {name!r} has a config.json but no weights (*.safetensors or *.bin)")
+        return str(path.resolve())
+    return name  # a hub id
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
+               dtype: str | torch.dtype = "auto", quiet: bool = True) -> LoadedModel:
+    """Load a causal LM by hub id or local path (default: the embedded testbed model)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    name = resolve_model_path(name_or_path)
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    sink = io.StringIO()
+    try:
+        # The bridge prints weight-loading progress to stderr; keep the CLI and app output clean.
+        with contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext():
+            bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dt)
+    except OSError as err:
+        raise ModelLoadError(f"could not load model {name!r}: not a local model directory and not found on the "
+                             f"Hugging Face hub (offline?) — {err}") from err
+    except Exception as err:  # noqa: BLE001 - the bridge raises many kinds; name the model in one clear error
+        raise ModelLoadError(f"could not load model {name!r}: {type(err).__name__}: {err}") from err
+    bridge.eval()
+    tok = bridge.tokenizer
+    if tok.pad_token_id is None and tok.eos_token_id is not None:
+        tok.pad_token = tok.eos_token
+    revision = getattr(bridge.original_model.config, "_commit_hash", None)
+    return LoadedModel(bridge=bridge, tokenizer=tok, model_id=name, revision=revision, device=dev, dtype=dt)

@@ -1,0 +1,169 @@
+"""The decoding engine against references computed another way (uncached forwards, hand-added vectors)."""
+
+from __future__ import annotations
+
+import torch
+
+from stir_core.engine import Sampling, Steer, generate_segmented
+
+PROMPTS = ["12+3=", "7-2=45\n\n9", "1", "a:b?"]
+
+
+@torch.no_grad()
+def uncached_greedy(model, prompt: str, n: int, add=None):
+    """Reference: full forward per token, optional (layer, vector, positions-from) added by a hook."""
+    ids = model.encode(prompt)
+    out, lps = [], []
+    for _ in range(n):
+        hooks = []
+        if add is not None:
+            layer, vec, start = add
+
+            def fn(x, hook):
+                x = x.clone()
+                x[:, start:] += vec
+                return x
+
+            hooks = [(f"blocks.{layer}.hook_resid_post", fn)]
+        with model.bridge.hooks(fwd_hooks=hooks):
+            logits = model.bridge(torch.tensor([ids + out]), return_type="logits")[0, -1].float()
+        tok = int(logits.argmax())
+        lps.append(float(torch.log_softmax(logits, -1)[tok]))
+        out.append(tok)
+    return out, lps
+
+
+def test_batched_equals_single_and_uncached(engine, tiny):
+    batched = engine.generate(PROMPTS, 24)
+    for i, p in enumerate(PROMPTS):
+        single = engine.generate([p], 24)
+        assert single.tokens[0] == batched.tokens[i]
+        ref, ref_lp = uncached_greedy(tiny, p, 24)
+        assert batched.tokens[i] == ref
+        torch.testing.assert_close(torch.tensor(batched.logprobs[i]), torch.tensor(ref_lp), atol=1e-4, rtol=0)
+
+
+def test_zero_scale_intervention_is_identity(engine, tiny):
+    vec = torch.randn(tiny.d_model)
+    plain = engine.generate(PROMPTS, 20)
+    steers = [Steer(1, vec, 0.0, "segment") for _ in PROMPTS]
+    zero = engine.generate(PROMPTS, 20, steers=steers)
+    assert zero.tokens == plain.tokens
+    torch.testing.assert_close(torch.tensor(zero.logprobs), torch.tensor(plain.logprobs), atol=1e-6, rtol=0)
+
+
+def test_segment_intervention_equals_manual_forward(engine, tiny):
+    torch.manual_seed(0)
+    vec = torch.randn(tiny.d_model) * 3
+    for p in PROMPTS[:2]:
+        steered = engine.generate([p], 16, steers=[Steer(2, vec, 0.7, "segment")])
+        # `segment` adds at every generated token (from the first generated position on).
+        ref, ref_lp = uncached_greedy(tiny, p, 16, add=(2, 0.7 * vec, len(tiny.encode(p))))
+        assert steered.tokens[0] == ref
+        torch.testing.assert_close(torch.tensor(steered.logprobs[0]), torch.tensor(ref_lp), atol=1e-4, rtol=0)
+        assert steered.tokens[0] != engine.generate([p], 16).tokens[0]  # the vector does something
+
+
+def test_last_intervention_equals_manual_forward(engine, tiny):
+    """`last` re-runs the final token with the vector: same as adding it at that position in a full forward."""
+    torch.manual_seed(1)
+    vec = torch.randn(tiny.d_model) * 4
+    prompt = "7-2=4"
+    state = engine.prefill([tiny.encode(prompt)])
+    engine.decode(state, 3)  # three generated tokens; steer the last of them
+    row = state.rows[0]
+    prefix_ids = row.prompt + row.tokens
+    engine.refeed_last(state, [Steer(1, vec, 1.0, "last")])
+    engine.decode(state, 10)
+    got = state.rows[0].tokens[3:]
+    # Reference: full forward with the vector added only at the position of the 3rd generated token.
+    pos = len(prefix_ids) - 1
+    out = []
+    for _ in range(10):
+        def fn(x, hook):
+            x = x.clone()
+            x[:, pos] += vec
+            return x
+
+        with tiny.bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_post", fn)]):
+            logits = tiny.bridge(torch.tensor([prefix_ids + out]), return_type="logits")[0, -1]
+        out.append(int(logits.argmax()))
+    assert got == out
+    assert state.rows[0].added[2] is not None and abs(state.rows[0].added[2][1] - float(vec.norm())) < 1e-4
+
+
+def test_capture_at_delimiter_equals_separate_forward(engine, tiny):
+    prompt = "3+4=7\n\n"
+    res = engine.generate([prompt] * 2, 60, capture_layers=[0, 2], capture_at="\n")
+    caps = res.captures[0]
+    assert len(caps) >= 1, "the tiny model should emit at least one newline in 60 tokens"
+    ids = tiny.encode(prompt)
+    for cap in caps:
+        prefix = ids + res.tokens[0][: cap.token_index + 1]
+        _, cache = tiny.bridge.run_with_cache(torch.tensor([prefix]),
+                                              names_filter=lambda n: n.endswith("hook_resid_post"))
+        for j, layer in enumerate([0, 2]):
+            ref = cache[f"blocks.{layer}.hook_resid_post"][0, -1].float()
+            torch.testing.assert_close(cap.states[j], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_fork_continues_like_fresh_decode(engine, tiny):
+    prompt = "9-3="
+    state = engine.prefill([tiny.encode(prompt), tiny.encode("1+1")])
+    engine.decode(state, 5)
+    prefix_text = prompt + state.rows[0].text
+    fork = engine.fork(state, [0, 0, 0])
+    vec = torch.randn(tiny.d_model) * 3
+    steers = [None, Steer(1, vec, 1.0, "segment"), Steer(2, -vec, 0.5, "segment")]
+    engine.decode(fork, 12, steers=steers)
+    for b, s in enumerate(steers):
+        fresh = engine.generate([prefix_text], 12, steers=[s])
+        assert fork.rows[b].tokens[5:] == fresh.tokens[0]
+        torch.testing.assert_close(torch.tensor(fork.rows[b].logprobs[5:]), torch.tensor(fresh.logprobs[0]),
+                                   atol=1e-4, rtol=0)
+    # the original state is untouched by the fork
+    engine.decode(state, 12)
+    assert state.rows[0].tokens[5:] == fork.rows[0].tokens[5:]
+
+
+def test_sampling_is_seeded_and_independent_of_batch(engine):
+    s = Sampling(temperature=1.0, top_p=0.9)
+    a = engine.generate(PROMPTS, 20, sampling=s, seeds=[1, 2, 3, 4])
+    b = engine.generate(PROMPTS, 20, sampling=s, seeds=[1, 2, 3, 4])
+    c = engine.generate(PROMPTS[2:3], 20, sampling=s, seeds=[3])
+    assert a.tokens == b.tokens
+    assert a.tokens[2] == c.tokens[0]
+    d = engine.generate(PROMPTS, 20, sampling=s, seeds=[5, 6, 7, 8])
+    assert a.tokens != d.tokens
+
+
+def test_stop_strings_and_budgets_per_row(engine):
+    res = engine.generate(PROMPTS, [3, 50, 7, 50], stop="\n")
+    assert len(res.tokens[0]) <= 3 and len(res.tokens[2]) <= 7
+    for t in res.texts:
+        assert t.count("\n") <= 1 and ("\n" not in t or t.endswith("\n"))
+
+
+def test_segmented_with_null_policy_equals_vanilla(engine, tiny):
+    vanilla = engine.generate(PROMPTS, 40)
+    seg, decisions = generate_segmented(engine, PROMPTS, lambda *a: None, 40, delimiter="\n")
+    assert seg.tokens == vanilla.tokens
+    assert any(decisions), "the tiny model emits newlines, so there are control points"
+
+
+def test_hooks_never_stay_attached(engine, tiny):
+    vec = torch.randn(tiny.d_model)
+    engine.generate(PROMPTS, 5, steers=[Steer(1, vec, 1.0, "segment")] * len(PROMPTS), capture_layers=[0])
+    for name, hp in tiny.bridge.hook_dict.items():
+        assert not hp._forward_hooks, f"hook left on {name}"
+
+
+def test_bad_inputs(engine):
+    import pytest
+
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([""], 4)
+    with pytest.raises(ValueError, match="positions"):
+        Steer(0, torch.zeros(3), 1.0, "everywhere")
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(temperature=0)
