@@ -130,6 +130,41 @@ class GenerateResult:
     rows: list[Row]
 
 
+@dataclass
+class ControlPoint:
+    """A row that just completed its m-th segment. `states[layer]` is resid_post at the delimiter [d_model]."""
+
+    row: int
+    m: int
+    token_index: int
+    text: str
+    states: dict[int, torch.Tensor]
+
+
+class Policy:
+    """Decides, for a batch of control points, what to commit (a Steer) or nothing (None).
+
+    Subclasses override `decide`; a policy may use the engine (e.g. fork the state to preview candidates),
+    but must leave `state` itself unchanged. `capture_layers` are the layers whose states it reads.
+    """
+
+    capture_layers: tuple[int, ...] = ()
+
+    def decide(self, engine: Engine, state: DecodeState, points: list[ControlPoint]) -> list[Steer | None]:
+        raise NotImplementedError
+
+
+class FunctionPolicy(Policy):
+    """Wraps `fn(row, m, text, states) -> Steer | None` (one decision per row, no previews)."""
+
+    def __init__(self, fn: Callable[[int, int, str, dict[int, torch.Tensor]], Steer | None],
+                 capture_layers: Sequence[int]):
+        self.fn, self.capture_layers = fn, tuple(capture_layers)
+
+    def decide(self, engine, state, points):
+        return [self.fn(p.row, p.m, p.text, p.states) for p in points]
+
+
 def _select_cache(cache, idx: torch.Tensor):
     """A new cache holding rows `idx` (repeats allowed); the original is left untouched."""
     new = copy.copy(cache)
@@ -211,6 +246,22 @@ class Engine:
                 gen = torch.Generator().manual_seed(int(seeds[b]))
             rows.append(Row(prompt=list(p), generator=gen))
         return DecodeState(cache, mask, logits[:, -1], rows, tuple(capture_layers))
+
+    @torch.no_grad()
+    def forward_states(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
+        """Teacher-forced states: one left-padded forward over token sequences.
+
+        Returns per sequence a tensor [len(seq), len(layers), d_model] of resid_post (float32, CPU).
+        """
+        width = max(len(x) for x in sequences)
+        ids = torch.full((len(sequences), width), self.model.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for b, x in enumerate(sequences):
+            ids[b, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
+            mask[b, width - len(x):] = 1
+        _, _, _, cap = self._forward(None, ids.to(self.device), mask.to(self.device), None, tuple(layers))
+        stacked = torch.stack([cap[layer] for layer in layers], dim=2).cpu()  # [batch, width, layers, d]
+        return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
     def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
         """An independent state with the given rows (repeats allowed), e.g. one prefix into L+1 previews."""
@@ -351,41 +402,26 @@ class Engine:
         return GenerateResult([r.text for r in state.rows], [r.tokens for r in state.rows],
                               [r.logprobs for r in state.rows], [r.captures for r in state.rows], state.rows)
 
+    def generate_segmented(self, prompts: Sequence[str], policy: Policy | Callable | None,
+                           max_new_tokens: int, delimiter: str = "\n\n", max_control_points: int | None = None,
+                           capture_layers: Sequence[int] | None = None):
+        """Greedy segmented decoding of text prompts with `policy` deciding at every control point.
 
-# ---- segmented decoding with a policy at every control point -----------------------------------------
-@dataclass
-class ControlPoint:
-    """A row that just completed its m-th segment. `states[layer]` is resid_post at the delimiter [d_model]."""
-
-    row: int
-    m: int
-    token_index: int
-    text: str
-    states: dict[int, torch.Tensor]
-
-
-class Policy:
-    """Decides, for a batch of control points, what to commit (a Steer) or nothing (None).
-
-    Subclasses override `decide`; a policy may use the engine (e.g. fork the state to preview candidates),
-    but must leave `state` itself unchanged. `capture_layers` are the layers whose states it reads.
-    """
-
-    capture_layers: tuple[int, ...] = ()
-
-    def decide(self, engine: Engine, state: DecodeState, points: list[ControlPoint]) -> list[Steer | None]:
-        raise NotImplementedError
-
-
-class FunctionPolicy(Policy):
-    """Wraps `fn(row, m, text, states) -> Steer | None` (one decision per row, no previews)."""
-
-    def __init__(self, fn: Callable[[int, int, str, dict[int, torch.Tensor]], Steer | None],
-                 capture_layers: Sequence[int]):
-        self.fn, self.capture_layers = fn, tuple(capture_layers)
-
-    def decide(self, engine, state, points):
-        return [self.fn(p.row, p.m, p.text, p.states) for p in points]
+        Returns (GenerateResult, decisions) where decisions[b] lists (ControlPoint, Steer | None) of row b.
+        """
+        if policy is not None and not isinstance(policy, Policy):
+            layers = capture_layers if capture_layers is not None else range(self.model.n_layers)
+            policy = FunctionPolicy(policy, layers)
+        layers = tuple(capture_layers if capture_layers is not None else (policy.capture_layers if policy else ()))
+        for i, p in enumerate(prompts):
+            if not p or not p.strip():
+                raise ValueError(f"prompt {i} is empty")
+        state = self.prefill([self.model.encode(p) for p in prompts], layers)
+        decisions = _segmented(self, state, policy, max_new_tokens, delimiter, max_control_points)
+        rows = state.rows
+        res = GenerateResult([r.text for r in rows], [r.tokens for r in rows], [r.logprobs for r in rows],
+                             [r.captures for r in rows], rows)
+        return res, decisions
 
 
 def _segmented(engine: Engine, state: DecodeState, policy: Policy | None, max_new_tokens: int,
@@ -421,28 +457,3 @@ def _segmented(engine: Engine, state: DecodeState, policy: Policy | None, max_ne
         engine.decode(state, left(), stop=delimiter, steers=steers, capture_at=cap, active=active)
     engine.decode(state, left(), stop=None, capture_at=cap)
     return decisions
-
-
-def generate_segmented(engine: Engine, prompts: Sequence[str], policy: Policy | Callable | None,
-                       max_new_tokens: int, delimiter: str = "\n\n", max_control_points: int | None = None,
-                       capture_layers: Sequence[int] | None = None):
-    """Greedy segmented decoding of text prompts with `policy` deciding at every control point.
-
-    Returns (GenerateResult, decisions) where decisions[b] lists (ControlPoint, Steer | None) of row b.
-    """
-    if policy is not None and not isinstance(policy, Policy):
-        layers = capture_layers if capture_layers is not None else range(engine.model.n_layers)
-        policy = FunctionPolicy(policy, layers)
-    layers = tuple(capture_layers if capture_layers is not None else (policy.capture_layers if policy else ()))
-    for i, p in enumerate(prompts):
-        if not p or not p.strip():
-            raise ValueError(f"prompt {i} is empty")
-    state = engine.prefill([engine.model.encode(p) for p in prompts], layers)
-    decisions = _segmented(engine, state, policy, max_new_tokens, delimiter, max_control_points)
-    rows = state.rows
-    res = GenerateResult([r.text for r in rows], [r.tokens for r in rows], [r.logprobs for r in rows],
-                         [r.captures for r in rows], rows)
-    return res, decisions
-
-
-Engine.generate_segmented = generate_segmented  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from stir_core.engine import Sampling, Steer, generate_segmented
+from stir_core.engine import Sampling, Steer
 
 PROMPTS = ["12+3=", "7-2=45\n\n9", "1", "a:b?"]
 
@@ -19,7 +19,7 @@ def uncached_greedy(model, prompt: str, n: int, add=None):
         if add is not None:
             layer, vec, start = add
 
-            def fn(x, hook):
+            def fn(x, hook, start=start, vec=vec):
                 x = x.clone()
                 x[:, start:] += vec
                 return x
@@ -80,7 +80,7 @@ def test_last_intervention_equals_manual_forward(engine, tiny):
     pos = len(prefix_ids) - 1
     out = []
     for _ in range(10):
-        def fn(x, hook):
+        def fn(x, hook, pos=pos, vec=vec):
             x = x.clone()
             x[:, pos] += vec
             return x
@@ -146,7 +146,7 @@ def test_stop_strings_and_budgets_per_row(engine):
 
 def test_segmented_with_null_policy_equals_vanilla(engine, tiny):
     vanilla = engine.generate(PROMPTS, 40)
-    seg, decisions = generate_segmented(engine, PROMPTS, lambda *a: None, 40, delimiter="\n")
+    seg, decisions = engine.generate_segmented(PROMPTS, lambda *a: None, 40, delimiter="\n")
     assert seg.tokens == vanilla.tokens
     assert any(decisions), "the tiny model emits newlines, so there are control points"
 

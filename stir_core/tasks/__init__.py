@@ -7,6 +7,7 @@ from collections.abc import Callable
 from stir_core.tasks.base import SPLITS, Example, StepChecker, Task, step_checker_of
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
+_BUILTINS_LOADED = False
 
 
 def register_task(name: str, factory: Callable[..., Task]) -> None:
@@ -28,9 +29,11 @@ def get_task(name: str, **kwargs) -> Task:
 
 def _load_builtin() -> None:
     # Imported lazily so that `stir_core.tasks.base` stays import-cycle free.
-    if _REGISTRY:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
         return
-    from stir_core.tasks import files, synthetic  # noqa: F401  (they register themselves)
+    _BUILTINS_LOADED = True
+    from stir_core.tasks import files, plain, planted  # noqa: F401  (they register themselves)
 
 
 __all__ = ["SPLITS", "Example", "StepChecker", "Task", "get_task", "register_task", "step_checker_of", "task_names"]

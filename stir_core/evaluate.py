@@ -1,0 +1,153 @@
+"""Run methods over a task and compare them: accuracy, tokens, interventions, paired statistics.
+
+Paired comparison vs vanilla uses the exact McNemar test (a two-sided binomial test on the discordant
+pairs: wins = steered right where vanilla was wrong, losses = the reverse).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+from scipy.stats import binomtest
+from tqdm.auto import tqdm
+
+from stir_core import atomic
+from stir_core.controller import StirConfig, run_method
+from stir_core.engine import Engine
+from stir_core.library import ToolLibrary
+from stir_core.tasks import Task
+from stir_core.trace import Trace
+
+
+@dataclass
+class EvalResult:
+    summary: dict[str, dict]  # method -> metrics
+    examples: pd.DataFrame  # one row per (example, method)
+    config: dict
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame.from_dict(self.summary, orient="index")
+
+
+def mcnemar(base: Sequence[bool], other: Sequence[bool]) -> dict:
+    """Wins/losses of `other` vs `base` on paired examples and the exact McNemar p-value."""
+    if len(base) != len(other):
+        raise ValueError("paired comparison needs the same examples for both methods")
+    wins = sum((not a) and b for a, b in zip(base, other, strict=True))
+    losses = sum(a and (not b) for a, b in zip(base, other, strict=True))
+    p = 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)
+    return {"wins": wins, "losses": losses, "p_value": p, "test": "exact McNemar (binomial on discordant pairs)"}
+
+
+def summarise(traces: list[Trace], correct: list[bool], wall_s: float) -> dict:
+    n = len(traces)
+    tok = [t.n_tokens for t in traces]
+    probe = [t.probe_tokens for t in traces]
+    return {"accuracy": sum(correct) / n if n else float("nan"), "n": n, "mean_tokens": sum(tok) / n,
+            "mean_probe_tokens": sum(probe) / n, "mean_total_tokens": (sum(tok) + sum(probe)) / n,
+            "interventions_per_problem": sum(t.interventions for t in traces) / n, "wall_s": wall_s}
+
+
+def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLibrary | None = None,
+             config: StirConfig | None = None, n: int = 200, split: str = "eval", seed: int = 123,
+             batch_size: int = 64, out_dir: str | Path | None = None,
+             progress: Callable[[int, int, str], None] | None = None, show_progress: bool = True) -> EvalResult:
+    """Every method on the same `n` problems of `split` (greedy, batched); optional outputs under `out_dir`."""
+    config = config or StirConfig()
+    if not methods:
+        raise ValueError("evaluate needs at least one method")
+    mined_split = (library.manifest.get("config", {}).get("mine", {}) or {}).get("split") if library else None
+    if mined_split is not None and mined_split == split:
+        raise ValueError(f"the library was mined on split {split!r}; evaluate on another split")
+    examples = task.load(split, n, seed)
+    model = engine.model
+    prompts = [model.format_prompt(task.prompt(ex)) for ex in examples]
+    rows, summary, correct_by = [], {}, {}
+    total = len(methods) * len(examples)
+    bar = tqdm(total=total, desc="eval", unit="problem", disable=not show_progress)
+    done = 0
+    for method in methods:
+        t0 = time.perf_counter()
+        traces: list[Trace] = []
+        for lo in range(0, len(examples), batch_size):
+            chunk = examples[lo: lo + batch_size]
+            traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
+                                 example_ids=[ex.id for ex in chunk])
+            done += len(chunk)
+            bar.update(len(chunk))
+            if progress:
+                progress(done, total, method)
+        wall = time.perf_counter() - t0
+        correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, examples, strict=True)]
+        correct_by[method] = correct
+        summary[method] = summarise(traces, correct, wall)
+        for t, ex, ok in zip(traces, examples, correct, strict=True):
+            rows.append({"example_id": ex.id, "method": method, "correct": ok, "n_tokens": t.n_tokens,
+                         "probe_tokens": t.probe_tokens, "interventions": t.interventions,
+                         "prompt": t.prompt, "completion": t.completion, "answer": task.extract(t.completion),
+                         "gold": ex.answer, "trace_json": t.to_json()})
+    bar.close()
+    if "vanilla" in correct_by:
+        for method in methods:
+            if method != "vanilla":
+                summary[method]["vs_vanilla"] = mcnemar(correct_by["vanilla"], correct_by[method])
+    cfg = {"task": task.name, "split": split, "n": len(examples), "seed": seed, "methods": list(methods),
+           "library": str(library.path) if library is not None and library.path else None,
+           "model": model.model_id, "stir": asdict(config)}
+    result = EvalResult(summary, pd.DataFrame(rows), cfg)
+    if out_dir is not None:
+        save_results(result, out_dir)
+    return result
+
+
+def save_results(result: EvalResult, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "summary.json", json.dumps({"config": result.config, "methods": result.summary},
+                                                       indent=2, default=str))
+    lines = "\n".join(json.dumps(r, default=str) for r in result.examples.to_dict(orient="records"))
+    atomic.write_text(out / "examples.jsonl", lines + "\n")
+    atomic.write_text(out / "examples.csv", result.examples.drop(columns=["trace_json"]).to_csv(index=False))
+    return out
+
+
+def load_results(out_dir: str | Path) -> EvalResult:
+    out = Path(out_dir)
+    if not (out / "summary.json").is_file():
+        raise ValueError(f"{out}: no summary.json (not an evaluation directory)")
+    s = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines() if line.strip()]
+    return EvalResult(s["methods"], pd.DataFrame(rows), s["config"])
+
+
+def parse_sweep(spec: str) -> tuple[str, list]:
+    """`k_scale=0.25,0.5,1` -> ("k_scale", [0.25, 0.5, 1.0]), values typed like the StirConfig field."""
+    if "=" not in spec:
+        raise ValueError(f"sweep {spec!r}: expected name=v1,v2,...")
+    name, values = spec.split("=", 1)
+    name = name.strip()
+    default = getattr(StirConfig(), name, "__missing__")
+    if default == "__missing__":
+        raise ValueError(f"sweep: unknown StirConfig field {name!r}")
+
+    def cast(v: str):
+        v = v.strip()
+        if v.lower() in ("none", "null"):
+            return None
+        if isinstance(default, bool):
+            return v.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int) and not isinstance(default, bool):
+            return int(v)
+        if isinstance(default, float) or default is None:
+            try:
+                return float(v) if default is not None or "." in v else int(v)
+            except ValueError:
+                return v
+        return v
+
+    return name, [cast(v) for v in values.split(",") if v.strip()]

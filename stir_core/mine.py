@@ -1,0 +1,324 @@
+"""Stage I — differential intrinsic action induction: mine candidate tools from the model's own rollouts.
+
+For each problem: K sampled rollouts (one batched decode, the prompt prefilled once and forked), a
+length-regularised reward, and at every control point m the mean state of the best correct prefixes minus
+that of the worst incorrect ones. States come from the rollout itself (captured while decoding), never from
+a re-prefill per prefix. Every item becomes two entries: a correction (key μ⁻, vector Δ) and an anchor
+(key μ⁺, no vector). Mining checkpoints after each batch of problems and resumes bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from tqdm.auto import tqdm
+
+from stir_core import atomic
+from stir_core.engine import Engine, Sampling
+from stir_core.library import ToolLibrary
+from stir_core.model import LoadedModel, resolve_layers
+from stir_core.tasks import Example, Task, get_task, step_checker_of
+
+CHECKPOINT = "mine_checkpoint"
+
+
+@dataclass
+class MineConfig:
+    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted."""
+
+    task: str = "planted"
+    split: str = "mine"  # never the evaluation split by default
+    n_problems: int = 64
+    k_rollouts: int = 8
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 256  # T_mine
+    eta0: float = 0.01  # length penalty: R = 1[correct] - eta0 * len / T_mine
+    layers: list = field(default_factory=lambda: [0.6])
+    method: str = "contrastive"  # contrastive | random (ablation)
+    require_correct_and_incorrect: bool = True
+    k_pos: int = 4
+    k_neg: int = 4
+    min_incorrect: int = 1
+    pos_source: str = "rollout"  # rollout | gold | rollout_or_gold
+    clean_prefixes: str = "auto"  # off | auto | on
+    max_control_points: int | None = None
+    top_c: int = 256
+    problems_per_batch: int = 8
+    capture: str = "decode"  # decode (one pass) | reprefill (one forward per prefix, the reference's way)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {"method": ("contrastive", "random"), "pos_source": ("rollout", "gold", "rollout_or_gold"),
+                  "clean_prefixes": ("off", "auto", "on"), "capture": ("decode", "reprefill")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"mine config: {name}={getattr(self, name)!r}, expected one of {allowed}")
+        if self.k_rollouts < 2 or self.n_problems < 1 or self.top_c < 1:
+            raise ValueError("mine config: need k_rollouts >= 2, n_problems >= 1, top_c >= 1")
+
+
+@dataclass
+class Rollout:
+    example_id: str
+    k: int
+    text: str
+    n_tokens: int
+    correct: bool
+    reward: float
+    states: torch.Tensor  # [n_control_points, n_layers, d_model]: state after segment m at index m-1
+    prefixes: list[str]  # completion text up to and including the m-th delimiter
+
+
+@dataclass
+class Item:
+    """One mined (problem, control point, layer) contrast."""
+
+    example_id: str
+    m: int
+    layer: int
+    mu_pos: torch.Tensor  # [d_model]
+    mu_neg: torch.Tensor
+    shuffled_norm: float
+    quality: float
+    mean_reward_pos: float
+    mean_reward_neg: float
+    pos_ids: list[str]
+    neg_ids: list[str]
+    order: int  # global discovery order: deterministic tie-break
+
+    @property
+    def key(self) -> tuple:
+        return (self.quality, -self.order)
+
+
+def _seed(seed: int, example_id: str, k: int) -> int:
+    return (seed * 1_000_003 + hash_str(example_id) * 131 + k) % (2**62)
+
+
+def hash_str(s: str) -> int:
+    import zlib
+
+    return zlib.crc32(s.encode())
+
+
+def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: MineConfig,
+                    layers: list[int]) -> list[list[Rollout]]:
+    """K seeded rollouts per example, one batched decode; states at every control point per rollout."""
+    model = engine.model
+    prompts = [model.encode(model.format_prompt(task.prompt(ex))) for ex in examples]
+    state = engine.prefill(prompts, capture_layers=layers if cfg.capture == "decode" else ())
+    rows = [i for i in range(len(examples)) for _ in range(cfg.k_rollouts)]
+    state = engine.fork(state, rows)  # the prompt is prefilled once per problem, then forked K times
+    for b, i in enumerate(rows):
+        state.rows[b].generator = torch.Generator().manual_seed(_seed(cfg.seed, examples[i].id, b % cfg.k_rollouts))
+    delim = task.delimiter
+    engine.decode(state, cfg.max_new_tokens, sampling=Sampling(cfg.temperature, cfg.top_p),
+                  capture_at=delim if cfg.capture == "decode" else None)
+    out: list[list[Rollout]] = [[] for _ in examples]
+    for b, i in enumerate(rows):
+        row, ex = state.rows[b], examples[i]
+        text = row.text
+        correct = bool(task.score(text, ex))
+        reward = float(correct) - cfg.eta0 * len(row.tokens) / cfg.max_new_tokens
+        # Prefix texts and token ends at each control point, from the rollout's own tokens.
+        ends, prefixes, acc = [], [], ""
+        for t, piece in enumerate(row.pieces):
+            before = acc
+            acc += piece
+            if acc.count(delim) > before.count(delim):
+                ends.append(t)
+                prefixes.append(acc)
+        if cfg.capture == "decode":
+            states = torch.stack([c.states for c in row.captures]) if row.captures else torch.zeros(0, len(layers), model.d_model)
+        else:  # the reference's way: one forward per prefix (kept for tests and benchmarks)
+            states = torch.stack([engine.forward_states([row.prompt + row.tokens[: t + 1]], layers)[0][-1]
+                                  for t in ends]) if ends else torch.zeros(0, len(layers), model.d_model)
+        out[i].append(Rollout(ex.id, b % cfg.k_rollouts, text, len(row.tokens), correct, reward, states, prefixes))
+    return out
+
+
+def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> torch.Tensor:
+    """States of the gold solution at each of its control points [n_cp, n_layers, d_model]."""
+    if not ex.solution:
+        return torch.zeros(0)
+    model = engine.model
+    prompt = model.encode(model.format_prompt(task.prompt(ex)))
+    sol = model.tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
+    states = engine.forward_states([prompt + sol], layers)[0][len(prompt):]
+    text, ends = "", []
+    for t, tok in enumerate(sol):
+        before = text
+        text += engine.piece(tok)
+        if text.count(task.delimiter) > before.count(task.delimiter):
+            ends.append(t)
+    return states[ends] if ends else torch.zeros(0)
+
+
+def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rollout], cfg: MineConfig,
+                     layers: list[int], order_start: int) -> tuple[list[Item], dict]:
+    """The items of one problem (one per mined control point and layer) and its counts."""
+    checker = step_checker_of(task) if cfg.clean_prefixes != "off" else None
+    if cfg.clean_prefixes == "on" and checker is None:
+        raise ValueError(f"clean_prefixes='on' but task {task.name!r} has no step checker")
+    rng = random.Random(_seed(cfg.seed, ex.id, 10_007))
+    n_cp = max((len(r.prefixes) for r in rollouts), default=0)
+    if cfg.max_control_points is not None:
+        n_cp = min(n_cp, cfg.max_control_points)
+    gold = None
+    items, stats = [], {"control_points": 0, "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0}
+    for m in range(1, n_cp + 1):
+        valid = [r for r in rollouts if len(r.prefixes) >= m]
+        if checker is not None:
+            clean = [r for r in valid if checker(ex, r.prefixes[m - 1])]
+            stats["dropped_unclean"] += len(valid) - len(clean)
+            valid = clean
+        pos_states = None
+        if cfg.method == "random":
+            if len(valid) < 2:
+                continue
+            shuffled = sorted(valid, key=lambda r: r.k)
+            rng.shuffle(shuffled)
+            half = len(shuffled) // 2
+            pos, neg = shuffled[:half], shuffled[half:]
+        elif cfg.require_correct_and_incorrect:
+            neg = sorted((r for r in valid if not r.correct), key=lambda r: (r.reward, r.k))[: cfg.k_neg]
+            if len(neg) < max(1, cfg.min_incorrect):
+                stats["skipped_no_neg"] += 1
+                continue
+            pos = sorted((r for r in valid if r.correct), key=lambda r: (-r.reward, r.k))[: cfg.k_pos]
+            if not pos and cfg.pos_source == "rollout":
+                stats["skipped_no_pos"] += 1
+                continue
+            if cfg.pos_source == "gold" or (not pos and cfg.pos_source == "rollout_or_gold"):
+                gold = _gold_states(engine, task, ex, layers) if gold is None else gold
+                if len(gold) < m:
+                    stats["skipped_no_pos"] += 1
+                    continue
+                pos, pos_states = [], gold[m - 1][None]
+        else:
+            ranked = sorted(valid, key=lambda r: (-r.reward, r.k))
+            if len(ranked) < 2:
+                continue
+            k = min(cfg.k_pos, cfg.k_neg, len(ranked) // 2)
+            pos, neg = ranked[:k], ranked[-k:]
+        if pos_states is None:
+            pos_states = torch.stack([r.states[m - 1] for r in pos])
+        neg_states = torch.stack([r.states[m - 1] for r in neg])  # [n_neg, n_layers, d]
+        r_pos = sum(r.reward for r in pos) / len(pos) if pos else 1.0  # gold: a correct, unpenalised answer
+        r_neg = sum(r.reward for r in neg) / len(neg)
+        quality = r_pos - r_neg
+        if quality <= 0:
+            continue
+        stats["control_points"] += 1
+        # Label-shuffled control: the same states, positive/negative labels permuted within the problem.
+        both = torch.cat([pos_states, neg_states])
+        perm = list(range(len(both)))
+        rng.shuffle(perm)
+        sh = both[perm]
+        for j, layer in enumerate(layers):
+            mu_pos, mu_neg = pos_states[:, j].mean(0), neg_states[:, j].mean(0)
+            shuffled = float((sh[: len(pos_states), j].mean(0) - sh[len(pos_states):, j].mean(0)).norm())
+            items.append(Item(ex.id, m, layer, mu_pos, mu_neg, shuffled, quality, r_pos, r_neg,
+                              [f"{ex.id}:{r.k}" for r in pos] or [f"{ex.id}:gold"],
+                              [f"{ex.id}:{r.k}" for r in neg], order_start + len(items)))
+    return items, stats
+
+
+def items_to_library(items: list[Item], model: LoadedModel, cfg: MineConfig, extra: dict) -> ToolLibrary:
+    """Two entries per item: a correction (key μ⁻, vector Δ) and an anchor (key μ⁺, zero vector)."""
+    keys, vectors, rows = [], [], []
+    for it in items:
+        delta = it.mu_pos - it.mu_neg
+        pair = f"{it.example_id}/m{it.m}/L{it.layer}"
+        common = {"layer": it.layer, "control_point": it.m, "quality": it.quality, "task": cfg.task,
+                  "example_id": it.example_id, "n_pos": len(it.pos_ids), "n_neg": len(it.neg_ids),
+                  "mean_reward_pos": it.mean_reward_pos, "mean_reward_neg": it.mean_reward_neg,
+                  "model_id": model.model_id, "model_revision": model.revision or "", "seed": cfg.seed,
+                  "pair_id": pair, "rollout_ids": json.dumps(it.pos_ids + it.neg_ids),
+                  "pos_rollouts": json.dumps(it.pos_ids), "neg_rollouts": json.dumps(it.neg_ids)}
+        keys += [it.mu_neg, it.mu_pos]
+        vectors += [delta, torch.zeros_like(delta)]
+        rows.append({"id": f"{pair}/corr", "kind": "correction", "norm": float(delta.norm()),
+                     "shuffled_norm": it.shuffled_norm, **common})
+        rows.append({"id": f"{pair}/anchor", "kind": "anchor", "norm": 0.0, "shuffled_norm": float("nan"), **common})
+    d = model.d_model
+    manifest = {"model_id": model.model_id, "model_revision": model.revision or "", "d_model": d,
+                "n_layers": model.n_layers, "config": {"mine": asdict(cfg)}, "seed": cfg.seed, **extra}
+    if not items:
+        return ToolLibrary.empty(d, **manifest)
+    return ToolLibrary.from_records(torch.stack(keys).float(), torch.stack(vectors).float(), rows, manifest)
+
+
+# ---- checkpointing ---------------------------------------------------------------------------------
+def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: dict, cfg: MineConfig) -> None:
+    tensors = {}
+    meta = []
+    for i, it in enumerate(items):
+        tensors[f"pos.{i}"], tensors[f"neg.{i}"] = it.mu_pos.contiguous(), it.mu_neg.contiguous()
+        meta.append({k: v for k, v in asdict(it).items() if k not in ("mu_pos", "mu_neg")})
+    with atomic.atomic_dir(path) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp / "items.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"next_problem": next_problem, "stats": stats,
+                                                    "config": asdict(cfg), "items": meta}))
+
+
+def _load_checkpoint(path: Path, cfg: MineConfig) -> tuple[list[Item], int, dict] | None:
+    if not (path / "state.json").exists():
+        return None
+    state = json.loads((path / "state.json").read_text())
+    if state["config"] != json.loads(json.dumps(asdict(cfg))):
+        raise ValueError(f"{path}: checkpoint was written with a different mining config; "
+                         "delete it or use another run directory")
+    tensors = safetensors.torch.load_file(str(path / "items.safetensors"))
+    items = [Item(**m, mu_pos=tensors[f"pos.{i}"], mu_neg=tensors[f"neg.{i}"]) for i, m in enumerate(state["items"])]
+    return items, state["next_problem"], state["stats"]
+
+
+def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | None = None,
+                    progress: Callable[[int, int, dict], None] | None = None,
+                    task: Task | None = None, show_progress: bool = True) -> ToolLibrary:
+    """Stage I over `cfg.n_problems` problems of `cfg.split`; resumes from `run_dir`'s checkpoint.
+
+    Returns the candidate set (2 entries per kept item, top `cfg.top_c` items by quality).
+    """
+    task = task or get_task(cfg.task)
+    layers = resolve_layers(cfg.layers, model.n_layers)
+    examples = task.load(cfg.split, cfg.n_problems, cfg.seed)
+    engine = Engine(model)
+    ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    items: list[Item] = []
+    start, stats = 0, {"problems": 0, "rollouts": 0, "correct_rollouts": 0, "control_points": 0,
+                       "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0}
+    if ckpt is not None and (loaded := _load_checkpoint(ckpt, cfg)) is not None:
+        items, start, stats = loaded
+    bar = tqdm(total=len(examples), initial=start, desc="mine", unit="problem", disable=not show_progress)
+    order = max((it.order for it in items), default=-1) + 1
+    for lo in range(start, len(examples), cfg.problems_per_batch):
+        batch = examples[lo: lo + cfg.problems_per_batch]
+        for ex, rollouts in zip(batch, sample_rollouts(Engine(model) if engine is None else engine, task, batch,
+                                                       cfg, layers), strict=True):
+            new, s = contrast_problem(engine, task, ex, rollouts, cfg, layers, order)
+            order += len(new)
+            items.extend(new)
+            stats["problems"] += 1
+            stats["rollouts"] += len(rollouts)
+            stats["correct_rollouts"] += sum(r.correct for r in rollouts)
+            for k, v in s.items():
+                stats[k] += v
+        items = sorted(items, key=lambda it: it.key, reverse=True)[: cfg.top_c]  # the top-C heap
+        if ckpt is not None:
+            _save_checkpoint(ckpt, items, lo + len(batch), stats, cfg)
+        bar.update(len(batch))
+        bar.set_postfix(candidates=2 * len(items))
+        if progress is not None:
+            progress(lo + len(batch), len(examples), {"candidates": 2 * len(items), **stats})
+    bar.close()
+    items.sort(key=lambda it: (it.m, it.layer, -it.quality, it.order))
+    return items_to_library(items, model, cfg, {"mining_stats": stats, "layers": layers})

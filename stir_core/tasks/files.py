@@ -1,0 +1,392 @@
+"""Benchmark tasks read from local JSONL or Parquet files: gsm8k, math500, aime, amc, arc-challenge,
+openbookqa. No network: the user passes `path=` (the eval split) or `paths={"eval": ..., "mine": ...}`.
+
+Each file is one split. Rows are parsed into `Example`s once per split; field names (and the accepted
+alternatives) are in `docs/tasks.md`. Bad files fail loudly, naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from stir_core.tasks import register_task
+from stir_core.tasks.base import SPLITS, Example
+from stir_core.tasks.extract import (
+    answers_equal,
+    extract_boxed,
+    extract_choice,
+    extract_number,
+    last_hash_answer,
+    normalize_latex,
+    normalize_number,
+)
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".pq")
+CHOICE_LETTERS = "ABCDE"
+
+# Accepted field names, preferred first.
+QUESTION_FIELDS = ("question", "problem", "Problem", "Question", "input", "prompt")
+NUMBER_ANSWER_FIELDS = ("answer", "Answer", "final_answer", "expected_answer", "target", "output")
+SOLUTION_FIELDS = ("solution", "Solution", "rationale", "reasoning")
+ID_FIELDS = ("id", "ID", "unique_id", "idx", "index", "problem_id")
+CHOICE_QUESTION_FIELDS = ("question", "question_stem", "stem", "Question")
+CHOICES_FIELDS = ("choices", "options")
+ANSWER_KEY_FIELDS = ("answerKey", "answer_key", "answer", "label", "gold")
+META_FIELDS = ("level", "subject", "type", "year", "url", "source")
+
+_STEPS = "Reason step by step, and separate the steps with a blank line."
+GSM8K_TEMPLATE = (
+    f"Solve the following math problem. {_STEPS} "
+    'Finish with the final answer on its own line in the form "#### <number>".\n\n'
+    "Problem: {question}\n"
+)
+MATH_TEMPLATE = f"Solve the following math problem. {_STEPS} Put the final answer in \\boxed{{}}.\n\nProblem: {{question}}\n"
+INTEGER_TEMPLATE = (
+    f"Solve the following math problem. {_STEPS} The answer is an integer; "
+    "put it in \\boxed{}.\n\nProblem: {question}\n"
+)
+CHOICE_TEMPLATE = (
+    f"Answer the following multiple-choice question. {_STEPS} "
+    'Finish with the letter of the correct option on its own line in the form "#### <letter>".\n\n'
+    "Question: {question}\n{choices}\n"
+)
+
+# --- reading files --------------------------------------------------------------------------------
+
+
+def _plain(x: Any) -> Any:
+    """Parquet values to plain Python: numpy arrays to lists, numpy scalars to Python, NaN to None."""
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of a JSONL / JSON-array / Parquet file as (location, record), location like
+    "test.jsonl line 3" (JSONL: the file's line number) or "test.parquet row 3" (1-based)."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if suffix in (".parquet", ".pq"):
+        import pandas as pd
+
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+            raise ValueError(f"{path}: not a readable Parquet file ({e})") from e
+        for i, rec in enumerate(frame.to_dict("records"), start=1):
+            rows.append((f"{path.name} row {i}", {str(k): _plain(v) for k, v in rec.items()}))
+    else:
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json" and text.lstrip().startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from e
+            located = [(f"{path.name} item {i}", r) for i, r in enumerate(items, start=1)]
+        else:
+            located = []
+            for i, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    located.append((f"{path.name} line {i}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path.name} line {i}: not valid JSON ({e.msg})") from e
+        for where, rec in located:
+            if not isinstance(rec, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            rows.append((where, rec))
+    if not rows:
+        raise ValueError(f"{path}: the file has no rows")
+    return rows
+
+
+def _get(rec: dict[str, Any], names: Sequence[str], where: str, required: bool = True) -> Any:
+    """The first present, non-null field among `names`; a ValueError naming the field when required."""
+    for name in names:
+        if rec.get(name) is not None:
+            return rec[name]
+    if not required:
+        return None
+    also = f" (also accepted: {', '.join(names[1:])})" if len(names) > 1 else ""
+    raise ValueError(f"{where}: missing field {names[0]!r}{also}; the row has {sorted(rec)}")
+
+
+def _text(rec: dict[str, Any], names: Sequence[str], where: str, required: bool = True) -> str | None:
+    value = _get(rec, names, where, required)
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"{where}: field {names[0]!r} should be text, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text and required:
+        raise ValueError(f"{where}: field {names[0]!r} is empty")
+    return text or None
+
+
+def _row_id(rec: dict[str, Any], name: str, index: int) -> str:
+    value = _get(rec, ID_FIELDS, "", required=False)
+    return str(value) if value is not None else f"{name}-{index}"
+
+
+def _meta(rec: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {k: rec[k] for k in META_FIELDS if rec.get(k) is not None} | extra
+
+
+# --- row parsers: (record, location, name, index) -> Example -----------------------------------------------
+
+_CALC = re.compile(r"<<[^<>]*>>")  # GSM8K calculator annotations, e.g. "<<16-3-4=9>>"
+
+
+def _steps(text: str) -> list[str]:
+    """Non-empty lines of a worked solution, calculator annotations removed."""
+    return [s for line in text.splitlines() if (s := _CALC.sub("", line).strip())]
+
+
+def parse_gsm8k(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
+    question = _text(rec, QUESTION_FIELDS, where)
+    answer = _text(rec, NUMBER_ANSWER_FIELDS, where)
+    body, sep, final = answer.rpartition("####")
+    raw = final.strip() if sep else answer
+    gold = normalize_number(raw)
+    if gold is None:
+        raise ValueError(f"{where}: field 'answer': final answer {raw!r} is not a number")
+    worked = body if sep else _text(rec, SOLUTION_FIELDS, where, required=False)
+    steps = _steps(worked) if worked else []
+    solution = "\n\n".join([*steps, f"#### {raw}"]) if steps else None
+    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+
+
+def parse_math(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
+    question = _text(rec, QUESTION_FIELDS, where)
+    solution = _text(rec, SOLUTION_FIELDS, where, required=False)
+    raw = _text(rec, NUMBER_ANSWER_FIELDS, where, required=False)
+    if raw is None and solution is not None:  # original MATH rows carry the answer only as \boxed{}
+        raw = extract_boxed(solution)
+    if raw is None:
+        raise ValueError(
+            f"{where}: missing field 'answer' (also accepted: {', '.join(NUMBER_ANSWER_FIELDS[1:])}, "
+            f"or a 'solution' with a \\boxed{{}} answer); the row has {sorted(rec)}"
+        )
+    gold = normalize_latex(raw)
+    if not gold:
+        raise ValueError(f"{where}: field 'answer' {raw!r} is empty after normalisation")
+    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+
+
+def parse_integer(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
+    question = _text(rec, QUESTION_FIELDS, where)
+    raw = _text(rec, NUMBER_ANSWER_FIELDS, where)
+    gold = normalize_number(raw)
+    if gold is None or not re.fullmatch(r"-?\d+", gold):
+        raise ValueError(f"{where}: field 'answer' {raw!r} is not an integer ({name} answers are integers)")
+    solution = _text(rec, SOLUTION_FIELDS, where, required=False)
+    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+
+
+def _choices(value: Any, where: str) -> tuple[list[str], list[str]]:
+    """(labels, texts) of the three accepted shapes: ["t1", ...], [{"label", "text"}, ...],
+    {"text": [...], "label": [...]}; labels default to A, B, C, ..."""
+    if isinstance(value, dict) and "text" in value:
+        texts = list(value["text"])
+        labels = list(value.get("label") or CHOICE_LETTERS[: len(texts)])
+    elif isinstance(value, list) and value and all(isinstance(c, dict) for c in value):
+        if not all("text" in c for c in value):
+            raise ValueError(f"{where}: field 'choices': every option needs a 'text'")
+        texts = [c["text"] for c in value]
+        labels = [
+            c.get("label", CHOICE_LETTERS[i] if i < len(CHOICE_LETTERS) else "?") for i, c in enumerate(value)
+        ]
+    elif isinstance(value, list) and all(isinstance(c, str) for c in value):
+        texts, labels = list(value), list(CHOICE_LETTERS[: len(value)])
+    else:
+        raise ValueError(
+            f"{where}: field 'choices' should be a list of strings, a list of {{label, text}} objects or "
+            f'{{"text": [...], "label": [...]}}; got {type(value).__name__}'
+        )
+    if len(labels) != len(texts):
+        raise ValueError(f"{where}: field 'choices' has {len(texts)} texts but {len(labels)} labels")
+    if not 2 <= len(texts) <= len(CHOICE_LETTERS):
+        raise ValueError(
+            f"{where}: field 'choices' has {len(texts)} options; expected 2 to {len(CHOICE_LETTERS)}"
+        )
+    return [str(x).strip() for x in labels], [str(x).strip() for x in texts]
+
+
+def parse_choice(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
+    q = rec.get("question")
+    if isinstance(q, dict):  # the original ARC / OpenBookQA files: {"stem": ..., "choices": [...]}
+        question = _text(q, ("stem",), f"{where} field 'question'")
+        raw_choices = _get(q, ("choices",), f"{where} field 'question'")
+    else:
+        question = _text(rec, CHOICE_QUESTION_FIELDS, where)
+        raw_choices = _get(rec, CHOICES_FIELDS, where, required=False)
+        if raw_choices is None:  # MMLU-style columns A, B, C, D
+            raw_choices = [rec[c] for c in CHOICE_LETTERS if rec.get(c) is not None]
+            if not raw_choices:
+                _get(rec, CHOICES_FIELDS, where)  # raises the missing-field error
+    labels, texts = _choices(raw_choices, where)
+    key = _get(rec, ANSWER_KEY_FIELDS, where)
+    if isinstance(key, int) and not isinstance(key, bool):  # an integer key is a 0-based index
+        if not 0 <= key < len(texts):
+            raise ValueError(f"{where}: answer index {key} is out of range for {len(texts)} options")
+        pos = key
+    elif str(key).strip() in labels:
+        pos = labels.index(str(key).strip())
+    else:
+        raise ValueError(f"{where}: field 'answerKey' {key!r} is not one of the option labels {labels}")
+    letters = list(CHOICE_LETTERS[: len(texts)])
+    meta = _meta(rec, choices=texts, letters=letters, labels_raw=labels, answer_raw=key)
+    return Example(_row_id(rec, name, index), question, letters[pos], None, meta)
+
+
+# --- the task -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """What differs between file tasks: how a row becomes an Example, the prompt, how answers compare."""
+
+    name: str
+    kind: str  # "number" | "latex" | "choice" (see stir_core.tasks.extract)
+    parse: Callable[[dict[str, Any], str, str, int], Example]
+    template: str
+    extract: Callable[[str], str | None]
+
+
+def extract_math(completion: str) -> str | None:
+    """MATH-style answer: last `\\boxed{}`, else the last `#### <answer>` line; LaTeX-normalised. No
+    last-number fallback: a stray number is not a LaTeX answer."""
+    answer = extract_boxed(completion)
+    if answer is None:
+        answer = last_hash_answer(completion)
+    return None if answer is None else normalize_latex(answer) or None
+
+
+def extract_integer(completion: str) -> str | None:
+    """AIME/AMC answer: last `\\boxed{}` read as a number (after LaTeX normalisation, so
+    `\\boxed{042}` and `\\boxed{42^\\circ}` give 42); without a box, `extract_number`."""
+    boxed = extract_boxed(completion)
+    if boxed is not None:
+        return normalize_number(normalize_latex(boxed))
+    return extract_number(completion)
+
+
+FORMATS = {
+    f.name: f
+    for f in (
+        FileFormat("gsm8k", "number", parse_gsm8k, GSM8K_TEMPLATE, extract_number),
+        FileFormat("math500", "latex", parse_math, MATH_TEMPLATE, extract_math),
+        FileFormat("aime", "number", parse_integer, INTEGER_TEMPLATE, extract_integer),
+        FileFormat("amc", "number", parse_integer, INTEGER_TEMPLATE, extract_integer),
+        FileFormat("arc-challenge", "choice", parse_choice, CHOICE_TEMPLATE, extract_choice),
+        FileFormat("openbookqa", "choice", parse_choice, CHOICE_TEMPLATE, extract_choice),
+    )
+}
+
+
+class FileTask:
+    """A task over local files, one file per split. `template` overrides the prompt: `{question}` (and
+    `{choices}` for multiple choice) are replaced literally, so LaTeX braces need no escaping."""
+
+    delimiter = "\n\n"
+
+    def __init__(
+        self,
+        fmt: FileFormat,
+        path: str | Path | None = None,
+        paths: dict[str, str | Path] | None = None,
+        template: str | None = None,
+    ):
+        self.format, self.name, self.kind = fmt, fmt.name, fmt.kind
+        if path is not None and paths is not None:
+            raise ValueError(f"task {fmt.name!r}: pass either path= or paths=, not both")
+        if path is None and paths is None:
+            raise ValueError(
+                f"task {fmt.name!r} reads local files: pass path=FILE (the eval split) or "
+                f"paths={{'eval': FILE, 'mine': FILE, ...}} (JSONL or Parquet)"
+            )
+        given = {"eval": path} if path is not None else dict(paths)
+        self.paths: dict[str, Path] = {}
+        for split, p in given.items():
+            if split not in SPLITS:
+                raise ValueError(f"task {fmt.name!r}: unknown split {split!r} in paths; splits are {SPLITS}")
+            p = Path(p).expanduser()
+            if not p.is_file():
+                raise FileNotFoundError(
+                    f"task {fmt.name!r}: {split} file {str(p)!r} does not exist or is not a file"
+                )
+            if p.suffix.lower() not in SUFFIXES:
+                raise ValueError(f"task {fmt.name!r}: {p} has type {p.suffix!r}; expected one of {SUFFIXES}")
+            self.paths[split] = p
+        self.template = template if template is not None else fmt.template
+        needed = ("{question}", "{choices}") if fmt.kind == "choice" else ("{question}",)
+        for slot in needed:
+            if slot not in self.template:
+                raise ValueError(f"task {fmt.name!r}: the prompt template must contain {slot}")
+        self._cache: dict[str, list[Example]] = {}
+
+    def examples(self, split: str = "eval") -> list[Example]:
+        """Every row of `split`'s file, in file order (parsed once)."""
+        if split not in SPLITS:
+            raise ValueError(f"task {self.name!r}: unknown split {split!r}; splits are {SPLITS}")
+        if split not in self.paths:
+            raise ValueError(
+                f"task {self.name!r} has no file for split {split!r} (it has {sorted(self.paths)}); "
+                f"pass paths={{'eval': ..., {split!r}: ...}}"
+            )
+        if split not in self._cache:
+            rows, seen = [], {}
+            for i, (where, rec) in enumerate(read_records(self.paths[split])):
+                ex = self.format.parse(rec, where, self.name, i)
+                if ex.id in seen:
+                    raise ValueError(f"{where}: duplicate id {ex.id!r} (first at {seen[ex.id]})")
+                seen[ex.id] = where
+                rows.append(ex)
+            self._cache[split] = rows
+        return self._cache[split]
+
+    def load(self, split: str = "eval", n: int | None = None, seed: int = 0) -> list[Example]:
+        """The rows of `split`; with `n`, a seeded random subset of n rows kept in file order."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"n must be a non-negative integer or None, got {n!r}")
+        rows = self.examples(split)
+        if n is None or n >= len(rows):
+            return list(rows)
+        keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+        return [rows[i] for i in keep]
+
+    def prompt(self, example: Example) -> str:
+        text = self.template.replace("{question}", example.question)
+        if self.kind == "choice":
+            options = "\n".join(
+                f"{k}. {t}" for k, t in zip(example.meta["letters"], example.meta["choices"], strict=True)
+            )
+            text = text.replace("{choices}", options)
+        return text
+
+    def extract(self, completion: str) -> str | None:
+        return self.format.extract(completion)
+
+    def score(self, completion: str, example: Example) -> bool:
+        return answers_equal(self.extract(completion), example.answer, self.kind)
+
+
+for _fmt in FORMATS.values():
+    register_task(_fmt.name, partial(FileTask, _fmt))
