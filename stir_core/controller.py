@@ -43,6 +43,7 @@ class StirConfig:
     k_scale: float = 1.0
     positions: str = "last"  # last | segment | last+segment
     center_keys: bool = False
+    preview: str = "fork"  # fork (rows of one batched decode over a forked cache) | reprefill (reference)
     layer: int | None = None  # restrict to one library layer (None: every layer in the library)
     static_scale: float = 1.0  # alpha of the static baselines
     seed: int = 0
@@ -186,7 +187,11 @@ class StirPolicy(_LoggingPolicy):
         return Steer(c.layer, self.library.vectors[c.entry], scale, self.config.positions, tag or c.tool_id)
 
     def _preview(self, engine, state, points, decisions, shortlists) -> None:
-        """Null + L candidate probes for every point, as rows of one batched decode over a forked cache."""
+        """Null + L candidate probes for every point, as rows of one batched decode over a forked cache.
+
+        `preview="reprefill"` runs each probe as its own fresh prefill + decode instead, as the reference
+        does; it gives the same probes and exists to measure what forking saves.
+        """
         rows, steers, owners = [], [], []
         for k, (p, cands) in enumerate(zip(points, shortlists, strict=True)):
             if not cands:
@@ -200,10 +205,13 @@ class StirPolicy(_LoggingPolicy):
                 owners.append((k, c))
         if not rows:
             return
-        fork = engine.fork(state, rows)
-        start = [len(r.tokens) for r in fork.rows]
-        engine.refeed_last(fork, steers)
-        made = engine.decode(fork, self.config.probe_tokens, steers=steers)
+        if self.config.preview == "reprefill":
+            fork, start, made = self._reprefill_probes(engine, state, rows, steers)
+        else:
+            fork = engine.fork(state, rows)
+            start = [len(r.tokens) for r in fork.rows]
+            engine.refeed_last(fork, steers)
+            made = engine.decode(fork, self.config.probe_tokens, steers=steers)
         null_lp: dict[int, float] = {}
         for b, (k, c) in enumerate(owners):
             lps = fork.rows[b].logprobs[start[b]:]
@@ -218,6 +226,18 @@ class StirPolicy(_LoggingPolicy):
         for k, c in owners:
             if c is not None:
                 c.gain = c.probe_logprob - null_lp[k]
+
+    def _reprefill_probes(self, engine, state, rows, steers):
+        """The slow way: one fresh prefill of the whole prefix per probe (no cache sharing)."""
+        out_rows, made = [], []
+        for b, s in zip(rows, steers, strict=True):
+            src = state.rows[b]
+            fresh = engine.prefill([src.prompt + src.tokens])
+            engine.refeed_last(fresh, [s])
+            made += engine.decode(fresh, self.config.probe_tokens, steers=[s])
+            out_rows.append(fresh.rows[0])
+        fake = DecodeState(None, torch.zeros(0), torch.zeros(0), out_rows)
+        return fake, [0] * len(out_rows), made
 
     def _gate(self, p: ControlPoint, dec: GateDecision, cands: list[Candidate], state) -> Steer | None:
         cfg = self.config

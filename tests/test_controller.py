@@ -158,3 +158,17 @@ def test_width_mismatch_is_a_clear_error(engine, tiny):
         run_method(engine, PROMPTS, "stir", lib, CFG)
     with pytest.raises(ValueError, match="unknown method"):
         run_method(engine, PROMPTS, "magic", make_library(tiny.d_model), CFG)
+
+
+def test_forked_previews_equal_reprefilled_previews(engine, tiny):
+    lib = make_library(tiny.d_model)
+    fork = run_method(engine, PROMPTS[:2], "stir", lib, CFG)
+    slow = run_method(engine, PROMPTS[:2], "stir", lib, CFG.with_overrides(preview="reprefill"))
+    for a, b in zip(fork, slow, strict=True):
+        assert a.completion == b.completion
+        for da, db in zip(a.decisions, b.decisions, strict=True):
+            assert da.chosen == db.chosen and da.probe_tokens == db.probe_tokens
+            for ca, cb in zip(da.candidates, db.candidates, strict=True):
+                assert ca.probe_text == cb.probe_text
+                if ca.previewed:
+                    assert ca.probe_logprob == pytest.approx(cb.probe_logprob, abs=1e-4)
