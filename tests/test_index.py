@@ -1,0 +1,116 @@
+"""Stage III retrieval: the matrix-product top-k against a brute-force loop over entries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from stir_core.index import ToolIndex, l2_normalize
+from stir_core.library import ToolLibrary
+
+D = 24
+
+
+def make_lib(seed: int = 0) -> ToolLibrary:
+    """Entries over layers {2, 5} x control points {1, 2, 3}, keys sharing a large common component."""
+    g = torch.Generator().manual_seed(seed)
+    common = 10.0 * torch.randn(D, generator=g)
+    rows, keys, vectors = [], [], []
+    for i in range(90):
+        layer, m = (2, 5)[i % 2], 1 + (i // 2) % 3
+        kind = "anchor" if i % 5 == 0 else "correction"
+        keys.append(common + torch.randn(D, generator=g))
+        vectors.append(torch.zeros(D) if kind == "anchor" else torch.randn(D, generator=g))
+        rows.append(dict(id=f"e{i}", kind=kind, layer=layer, control_point=m, quality=0.5))
+    return ToolLibrary.from_records(torch.stack(keys), torch.stack(vectors), rows, {"n_layers": 6})
+
+
+def brute_force(lib: ToolLibrary, query: torch.Tensor, layer: int, m: int, k: int, center: bool):
+    """Loop over every entry, keep the group's, cosine in float64, sort."""
+    members = [
+        i for i in range(len(lib)) if lib.table["layer"][i] == layer and lib.table["control_point"][i] == m
+    ]
+    mean = sum(lib.keys[i].double() for i in members) / len(members) if center else 0.0
+    q = query.double() - mean
+    scored = []
+    for i in members:
+        key = lib.keys[i].double() - mean
+        scored.append((float(key @ q) / (float(key.norm()) * float(q.norm())), i))
+    scored.sort(key=lambda t: -t[0])
+    return scored[:k]
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize(("layer", "m", "k"), [(2, 1, 8), (5, 3, 4), (2, 2, 100)])
+def test_search_equals_brute_force(center, layer, m, k):
+    lib = make_lib()
+    index = ToolIndex(lib, center_keys=center)
+    g = torch.Generator().manual_seed(1)
+    queries = lib.keys.mean(0) + torch.randn(5, D, generator=g)
+    sims, idx = index.search(queries, layer=layer, control_point=m, k=k)
+    group_size = 15
+    assert sims.shape == idx.shape == (5, min(k, group_size))
+    for r in range(5):
+        ref = brute_force(lib, queries[r], layer, m, k, center)
+        assert idx[r].tolist() == [i for _, i in ref]
+        assert sims[r].tolist() == pytest.approx([s for s, _ in ref], abs=1e-5)
+        assert all(
+            lib.table["layer"][i] == layer and lib.table["control_point"][i] == m for i in idx[r].tolist()
+        )
+
+
+def test_centring_spreads_the_similarities():
+    lib = make_lib()
+    q = lib.keys[0] + 0.1 * torch.randn(D, generator=torch.Generator().manual_seed(3))
+    raw, _ = ToolIndex(lib).search(q, layer=2, control_point=1, k=15)
+    centred, _ = ToolIndex(lib, center_keys=True).search(q, layer=2, control_point=1, k=15)
+    assert raw.min() > 0.95  # the common component makes every raw cosine near 1
+    assert centred.max() - centred.min() > 0.5
+
+
+def test_single_query_unknown_group_and_bad_query():
+    lib = make_lib()
+    index = ToolIndex(lib)
+    sims, idx = index.search(lib.keys[3], layer=5, control_point=2, k=1)
+    assert idx.tolist() == [[3]] and sims[0, 0].item() == pytest.approx(1.0, abs=1e-6)
+    sims, idx = index.search(torch.randn(4, D), layer=3, control_point=1)
+    assert sims.shape == idx.shape == (4, 0) and idx.dtype == torch.long
+    sims, idx = index.search(torch.randn(D), layer=2, control_point=9)
+    assert sims.shape == (1, 0)
+    with pytest.raises(ValueError, match="d_model=24"):
+        index.search(torch.randn(D + 1), layer=2, control_point=1)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(torch.full((D,), float("nan")), layer=2, control_point=1)
+    assert sum(index.group_sizes().values()) == len(lib)
+
+
+def test_empty_library():
+    index = ToolIndex(ToolLibrary.empty(D))
+    sims, idx = index.search(torch.randn(2, D), layer=0, control_point=1)
+    assert sims.shape == idx.shape == (2, 0)
+
+
+def test_zero_query_and_zero_key_give_zero_similarity():
+    lib = make_lib()
+    keys = lib.keys.clone()
+    keys[0] = 0.0
+    zero_key = ToolLibrary.from_records(keys, lib.vectors, lib.table.to_dict("records"), {"n_layers": 6})
+    sims, idx = ToolIndex(zero_key).search(torch.zeros(D), layer=2, control_point=1, k=3)
+    assert torch.isfinite(sims).all() and (sims == 0).all()
+    sims, idx = ToolIndex(zero_key).search(torch.randn(D), layer=2, control_point=1, k=15)
+    assert sims[0, idx[0].tolist().index(0)].item() == 0.0
+
+
+def test_l2_normalize():
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-30, 0.0]])
+    y = l2_normalize(x)
+    assert torch.isfinite(y).all()
+    assert y[0].tolist() == pytest.approx([0.6, 0.8])
+    assert y[1].tolist() == [0.0, 0.0]
+    batch = torch.randn(3, 4, 5)
+    assert torch.linalg.vector_norm(l2_normalize(batch), dim=-1).flatten().tolist() == pytest.approx(
+        [1.0] * 12
+    )
+    assert not math.isnan(l2_normalize(torch.zeros(7)).sum().item())
