@@ -172,7 +172,8 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
     if cfg.max_control_points is not None:
         n_cp = min(n_cp, cfg.max_control_points)
     gold = None
-    items, stats = [], {"control_points": 0, "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0}
+    items, stats = [], {"control_points": 0, "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0,
+                        "zero_delta": 0}
     for m in range(1, n_cp + 1):
         valid = [r for r in rollouts if len(r.prefixes) >= m]
         if checker is not None:
@@ -224,6 +225,10 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
         sh = both[perm]
         for j, layer in enumerate(layers):
             mu_pos, mu_neg = pos_states[:, j].mean(0), neg_states[:, j].mean(0)
+            # Identical prefixes (e.g. a first segment every rollout shares) give Δ = 0: no action to take.
+            if float((mu_pos - mu_neg).norm()) <= 1e-5 * max(1.0, float(mu_neg.norm())):
+                stats["zero_delta"] += 1
+                continue
             shuffled = float((sh[: len(pos_states), j].mean(0) - sh[len(pos_states):, j].mean(0)).norm())
             items.append(Item(ex.id, m, layer, mu_pos, mu_neg, shuffled, quality, r_pos, r_neg,
                               [f"{ex.id}:{r.k}" for r in pos] or [f"{ex.id}:gold"],
@@ -295,7 +300,7 @@ def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | N
     ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     items: list[Item] = []
     start, stats = 0, {"problems": 0, "rollouts": 0, "correct_rollouts": 0, "control_points": 0,
-                       "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0}
+                       "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0, "zero_delta": 0}
     if ckpt is not None and (loaded := _load_checkpoint(ckpt, cfg)) is not None:
         items, start, stats = loaded
     bar = tqdm(total=len(examples), initial=start, desc="mine", unit="problem", disable=not show_progress)
