@@ -1,0 +1,89 @@
+"""The `stir` command end to end on a tiny model (in-process through typer's CliRunner)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from stir_core.cli import app
+from stir_core.tasks import register_task
+
+runner = CliRunner()
+
+
+class LineTask:
+    """Segments end at a newline; 'correct' when the completion holds a '1' (a random model gets both)."""
+
+    name = "line"
+    delimiter = "\n"
+
+    def load(self, split="eval", n=None, seed=0):
+        from stir_core.tasks import Example
+
+        base = 0 if split == "mine" else 100
+        return [Example(f"{split}{i}", f"{base + i}+{i}=", "1") for i in range(n or 8)]
+
+    def prompt(self, ex):
+        return ex.question
+
+    def extract(self, completion):
+        return "1" if "1" in completion else None
+
+    def score(self, completion, ex):
+        return "1" in completion
+
+
+register_task("line", LineTask)
+
+
+def test_eval_vanilla_writes_summary(tiny_model_dir, tmp_path):
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", "--task", "line", "--methods", "vanilla,no_memory", "--n", "6",
+                            "--model", str(tiny_model_dir), "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "summary.json").read_text())
+    for meth in ("vanilla", "no_memory"):
+        assert {"accuracy", "n", "mean_tokens", "wall_s", "mean_probe_tokens"} <= set(s["methods"][meth])
+        assert s["methods"][meth]["n"] == 6
+    # no_memory never steers, so it equals vanilla on greedy decoding
+    assert s["methods"]["no_memory"]["vs_vanilla"]["wins"] == s["methods"]["no_memory"]["vs_vanilla"]["losses"] == 0
+    assert len((out / "examples.jsonl").read_text().splitlines()) == 12
+    assert "vanilla" in r.output
+
+
+def test_build_then_eval_with_library_and_sweep(tiny_model_dir, tmp_path):
+    cfg = {"mine": {"task": "line", "n_problems": 6, "k_rollouts": 6, "temperature": 1.5, "top_p": 1.0,
+                    "max_new_tokens": 30, "layers": [1], "require_correct_and_incorrect": False,
+                    "problems_per_batch": 3},
+           "select": {"budget": 16}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg))
+    r = runner.invoke(app, ["build", "--config", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "run"),
+                            "--model", str(tiny_model_dir), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    lib = tmp_path / "run" / "library"
+    assert (lib / "manifest.json").exists() and (tmp_path / "run" / "build.json").exists()
+    r = runner.invoke(app, ["index", str(lib)])
+    assert r.exit_code == 0 and '"self_retrieval"' in r.output, r.output
+    r = runner.invoke(app, ["eval", "--task", "line", "--methods", "vanilla,stir,static", "--n", "4",
+                            "--library", str(lib), "--model", str(tiny_model_dir), "--device", "cpu",
+                            "--set", "max_new_tokens=24", "--sweep", "k_scale=0.5,1", "--out", str(tmp_path / "sw")])
+    assert r.exit_code == 0, r.output
+    import pandas as pd
+
+    sweep = pd.read_csv(tmp_path / "sw" / "sweep.csv")
+    assert sorted(sweep["k_scale"].unique().tolist()) == [0.5, 1.0] and len(sweep) == 6
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["eval", "--methods", "vanilla,magic"], "unknown method"),
+    (["eval", "--task", "nope"], "unknown task"),
+    (["eval", "--model", "/nonexistent/model/dir"], "does not exist"),
+    (["generate", "   "], "empty"),
+])
+def test_bad_input_gives_clear_errors(args, needle):
+    r = runner.invoke(app, args)
+    assert r.exit_code != 0
+    assert needle in r.output
