@@ -217,7 +217,6 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
         quality = r_pos - r_neg
         if quality <= 0:
             continue
-        stats["control_points"] += 1
         # Label-shuffled control: the same states, positive/negative labels permuted within the problem.
         both = torch.cat([pos_states, neg_states])
         perm = list(range(len(both)))
@@ -233,6 +232,7 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
             items.append(Item(ex.id, m, layer, mu_pos, mu_neg, shuffled, quality, r_pos, r_neg,
                               [f"{ex.id}:{r.k}" for r in pos] or [f"{ex.id}:gold"],
                               [f"{ex.id}:{r.k}" for r in neg], order_start + len(items)))
+        stats["control_points"] += any(it.m == m for it in items)
     return items, stats
 
 

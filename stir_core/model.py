@@ -19,6 +19,7 @@ import torch
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS_DIR / "toy-reasoner"
 DEFAULT_MODEL = "embedded"  # alias for DEFAULT_MODEL_DIR
+EMBEDDED_ID = "embedded:toy-reasoner"
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -163,7 +164,7 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     """The embedded default for None/"embedded"; a local directory must hold a config and weights."""
-    if name_or_path is None or str(name_or_path) in ("", DEFAULT_MODEL):
+    if name_or_path is None or str(name_or_path) in ("", DEFAULT_MODEL, EMBEDDED_ID):
         if not (DEFAULT_MODEL_DIR / "config.json").exists():
             raise ModelLoadError(f"the embedded model is missing: no config.json in {DEFAULT_MODEL_DIR} "
                                  "(train it with `stir toy-train`)")
@@ -192,7 +193,8 @@ def configure_threads(model: LoadedModel, threads: int | str = "auto") -> int:
     `auto`: one thread for small models on CPU. Their matmuls are microseconds long, so OpenMP barriers
     dominate; with another busy process on the cores they wait for time slices (measured on 2 shared
     cores: 49 s with 2 threads vs 1.1 s with 1 for the same 32-problem decode). Larger models keep torch's
-    default.
+    default. Note: the setting does not reach threads that already ran torch work (e.g. a web server's
+    worker threads); call this again from the thread that decodes.
     """
     if threads == "auto":
         if model.device.type != "cpu" or model.n_params >= SMALL_MODEL_PARAMS:
@@ -229,7 +231,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "aut
     if tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token
     revision = getattr(bridge.original_model.config, "_commit_hash", None)
-    model = LoadedModel(bridge=bridge, tokenizer=tok, model_id=name, revision=revision, device=dev, dtype=dt)
+    # The embedded model gets a portable id (libraries built on it must not record this machine's path).
+    model_id = EMBEDDED_ID if Path(name) == DEFAULT_MODEL_DIR else name
+    model = LoadedModel(bridge=bridge, tokenizer=tok, model_id=model_id, revision=revision, device=dev, dtype=dt)
     if threads is not None:
         configure_threads(model, threads)
     return model

@@ -43,7 +43,8 @@ class BuildConfig:
     @classmethod
     def small(cls) -> BuildConfig:
         """The quick default for the embedded testbed model (a few minutes on 2 CPU cores)."""
-        return cls(mine=MineConfig(n_problems=96, k_rollouts=8, max_new_tokens=96, layers=[1], top_c=128),
+        return cls(mine=MineConfig(n_problems=256, k_rollouts=8, max_new_tokens=96, layers=[2, 3], top_c=192,
+                                   problems_per_batch=16),
                    select=SelectConfig(budget=192))
 
     @classmethod

@@ -1,0 +1,31 @@
+"""`python -m app [streamlit options]`: the app server, with the default model loading from the first second.
+
+`streamlit run app/Home.py` imports and loads the model only when the first browser session runs the
+script; this launcher starts that load (in a background thread of the same process, see `app.loading`) while
+the server starts, so the model is ready sooner. Extra arguments go to `streamlit run`, e.g.
+`python -m app --server.port 8502`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from app import loading
+
+    name = loading.default_model()
+    if name != "embedded" or loading.embedded_model_present():
+        loading.start_loading(name, "auto", "auto")  # the sidebar's defaults: the same cache entry
+    from streamlit.web import cli
+
+    sys.argv = ["streamlit", "run", str(Path(__file__).with_name("Home.py")), *sys.argv[1:]]
+    cli.main()
+
+
+if __name__ == "__main__":
+    main()

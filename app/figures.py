@@ -1,0 +1,646 @@
+"""Pure Plotly figure builders (data in, `go.Figure` out) and the Playground's token HTML.
+
+Every figure is export-safe: SVG-rendered traces only (no WebGL `scattergl`; heatmaps are drawn as vector
+cells, not as a raster image), one fixed font (DejaVu Sans). 3-D scatters are the exception: Plotly draws
+them with WebGL, so their SVG/PDF exports embed a raster image (the app says so).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+from plotly.subplots import make_subplots
+
+from stir_core.geometry import ScoreMatrix, diff_mask, pareto_front, token_interventions
+from stir_core.trace import Trace
+
+FONT = "DejaVu Sans"
+# Okabe–Ito: distinguishable with common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#8C6D1F", "#000000")
+NONE_COLOR = "#e3e6ec"
+DIFF_COLOR = "#d6336c"
+COLOR_BY = ("control_point", "layer", "kind", "quality")
+VECTOR_CELL_LIMIT = 40_000  # above this many cells a heatmap is drawn as a (raster) go.Heatmap
+HOVER_COLUMNS = ("id", "kind", "layer", "control_point", "quality", "norm", "task", "example_id")
+
+
+def style(fig: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
+    """The house style: white template, DejaVu Sans, compact margins."""
+    fig.update_layout(
+        template="simple_white",
+        font={"family": FONT, "size": 12},
+        margin={"l": 60, "r": 20, "t": 40 if title else 20, "b": 50},
+        title={"text": title, "x": 0.01} if title else None,
+        hoverlabel={"font_family": FONT},
+    )
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def category_colors(values: Sequence) -> dict:
+    """Stable colour per distinct value (sorted order, palette cycled)."""
+    uniq = sorted({v for v in values if v is not None}, key=lambda v: (str(type(v)), v))
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(uniq)}
+
+
+def tint(color: str, amount: float) -> str:
+    """Blend a #rrggbb colour towards white: amount 1 keeps it, 0 gives white."""
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    mix = [round(255 - (255 - c) * amount) for c in (r, g, b)]
+    return "#{:02x}{:02x}{:02x}".format(*mix)
+
+
+# --- library ----------------------------------------------------------------------------------------
+
+
+def _hover_text(table: pd.DataFrame) -> list[str]:
+    cols = [c for c in HOVER_COLUMNS if c in table.columns]
+    out = []
+    for _, r in table[cols].iterrows():
+        parts = []
+        for c in cols:
+            v = r[c]
+            parts.append(f"{c}: {v:.4g}" if isinstance(v, float) else f"{c}: {v}")
+        out.append("<br>".join(parts))
+    return out
+
+
+def library_scatter(
+    coords: np.ndarray,
+    table: pd.DataFrame,
+    color_by: str = "control_point",
+    title: str | None = None,
+    selected: int | None = None,
+) -> go.Figure:
+    """Scatter of a projection. coords: [N, 2|3], aligned with `table` rows (library entries).
+
+    Categorical colourings get one trace per value (a legend entry each); `quality` is a continuous scale.
+    `customdata[:, 0]` holds the row's position in `table` so a click can name the tool."""
+    coords = np.asarray(coords, dtype=float)
+    if coords.ndim != 2 or coords.shape[1] not in (2, 3) or len(coords) != len(table):
+        raise ValueError(f"coords must be [N, 2|3] with N = {len(table)} table rows, got {coords.shape}")
+    if color_by not in COLOR_BY:
+        raise ValueError(f"unknown colour {color_by!r}; use one of {COLOR_BY}")
+    three = coords.shape[1] == 3
+    hover = np.array(_hover_text(table), dtype=object)
+    rows = np.arange(len(table))
+    symbols = np.where(table["kind"].to_numpy() == "anchor", "circle-open", "circle")
+    fig = go.Figure()
+
+    def add(mask: np.ndarray, name: str, marker: dict, showlegend: bool = True) -> None:
+        xyz = {"x": coords[mask, 0], "y": coords[mask, 1]}
+        if three:
+            xyz["z"] = coords[mask, 2]
+        kw = {
+            "mode": "markers",
+            "name": name,
+            "hovertext": hover[mask],
+            "hoverinfo": "text",
+            "customdata": np.stack([rows[mask], table["id"].to_numpy()[mask]], axis=1),
+            "marker": {**marker, "symbol": symbols[mask].tolist()},
+            "showlegend": showlegend,
+        }
+        fig.add_trace(go.Scatter3d(**xyz, **kw) if three else go.Scatter(**xyz, **kw))
+
+    if color_by == "quality":
+        add(
+            np.ones(len(table), bool),
+            "quality",
+            {
+                "color": table["quality"].to_numpy(float),
+                "colorscale": "Viridis",
+                "size": 7 if not three else 4,
+                "showscale": True,
+                "colorbar": {"title": {"text": "quality"}},
+            },
+            showlegend=False,
+        )
+    else:
+        values = table[color_by].tolist()
+        colors = category_colors(values)
+        label = {"control_point": "m", "layer": "layer", "kind": ""}[color_by]
+        for v, c in colors.items():
+            mask = np.array([x == v for x in values], dtype=bool)
+            add(mask, f"{label} {v}".strip(), {"color": c, "size": 7 if not three else 4})
+    if selected is not None and 0 <= selected < len(table):
+        m = rows == selected
+        xyz = {"x": coords[m, 0], "y": coords[m, 1]}
+        ring = {
+            "size": 16,
+            "color": "rgba(0,0,0,0)",
+            "line": {"color": "#000", "width": 2},
+            "symbol": "circle-open",
+        }
+        if three:
+            fig.add_trace(
+                go.Scatter3d(
+                    **xyz,
+                    z=coords[m, 2],
+                    mode="markers",
+                    name="selected",
+                    marker={**ring, "size": 8},
+                    hoverinfo="skip",
+                )
+            )
+        else:
+            fig.add_trace(go.Scatter(**xyz, mode="markers", name="selected", marker=ring, hoverinfo="skip"))
+    style(fig, title, height=520)
+    fig.update_layout(legend={"itemsizing": "constant"})
+    return fig
+
+
+def vector_heatmap(
+    z: np.ndarray,
+    x_labels: Sequence[str],
+    y_labels: Sequence[str],
+    *,
+    colorscale: str = "Viridis",
+    zmin: float | None = None,
+    zmax: float | None = None,
+    colorbar_title: str = "",
+    title: str | None = None,
+    hovertext: np.ndarray | None = None,
+    n_bins: int = 48,
+) -> go.Figure:
+    """A heatmap drawn as filled vector cells (exports stay vector in SVG/PDF). z: [rows, cols]; NaN cells
+    are left blank. Cells are grouped into `n_bins` colour levels (one trace each); invisible markers at the
+    cell centres carry the hover text and the colour bar. Above `VECTOR_CELL_LIMIT` cells it falls back to a
+    plain go.Heatmap (exported as an embedded image)."""
+    z = np.asarray(z, dtype=float)
+    if z.ndim != 2 or z.shape != (len(y_labels), len(x_labels)):
+        raise ValueError(
+            f"z must be [len(y_labels), len(x_labels)] = {(len(y_labels), len(x_labels))}, got {z.shape}"
+        )
+    finite = z[np.isfinite(z)]
+    lo = float(zmin if zmin is not None else (finite.min() if finite.size else 0.0))
+    hi = float(zmax if zmax is not None else (finite.max() if finite.size else 1.0))
+    if hi <= lo:
+        hi = lo + 1.0
+    if hovertext is None:
+        hovertext = np.array(
+            [
+                [f"{y_labels[r]} × {x_labels[c]}: {z[r, c]:.4g}" for c in range(z.shape[1])]
+                for r in range(z.shape[0])
+            ],
+            dtype=object,
+        )
+    fig = go.Figure()
+    if z.size > VECTOR_CELL_LIMIT:  # too many cells for vector paths in a browser: a (raster) go.Heatmap
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                zmin=lo,
+                zmax=hi,
+                colorscale=colorscale,
+                hovertext=hovertext,
+                hoverinfo="text",
+                colorbar={"title": {"text": colorbar_title}, "thickness": 12},
+            )
+        )
+        return _heatmap_axes(fig, x_labels, y_labels, title)
+    levels = np.clip(np.floor((z - lo) / (hi - lo) * n_bins), 0, n_bins - 1)
+    colors = sample_colorscale(colorscale, [(k + 0.5) / n_bins for k in range(n_bins)])
+    for k in range(n_bins):
+        rr, cc = np.nonzero(np.isfinite(z) & (levels == k))
+        if not len(rr):
+            continue
+        xs, ys = [], []
+        for r, c in zip(rr.tolist(), cc.tolist(), strict=True):
+            xs += [c - 0.5, c + 0.5, c + 0.5, c - 0.5, c - 0.5, None]
+            ys += [r - 0.5, r - 0.5, r + 0.5, r + 0.5, r - 0.5, None]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                fill="toself",
+                fillcolor=colors[k],
+                line={"width": 0.5, "color": colors[k]},
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+    rr, cc = np.nonzero(np.ones_like(z, dtype=bool))
+    fig.add_trace(
+        go.Scatter(
+            x=cc,
+            y=rr,
+            mode="markers",
+            hovertext=np.asarray(hovertext)[rr, cc],
+            hoverinfo="text",
+            showlegend=False,
+            marker={
+                "opacity": 0,
+                "size": 8,
+                "color": np.where(np.isfinite(z[rr, cc]), z[rr, cc], lo),
+                "colorscale": colorscale,
+                "cmin": lo,
+                "cmax": hi,
+                "showscale": True,
+                "colorbar": {"title": {"text": colorbar_title}, "thickness": 12},
+            },
+        )
+    )
+    return _heatmap_axes(fig, x_labels, y_labels, title)
+
+
+def _heatmap_axes(
+    fig: go.Figure, x_labels: Sequence[str], y_labels: Sequence[str], title: str | None
+) -> go.Figure:
+    """Categorical tick labels (hidden when there are too many to read), first row on top."""
+    dense = max(len(x_labels), len(y_labels)) > 40
+    fig.update_xaxes(
+        tickvals=list(range(len(x_labels))),
+        ticktext=list(x_labels),
+        showticklabels=not dense,
+        range=[-0.5, len(x_labels) - 0.5],
+        showgrid=False,
+        zeroline=False,
+        tickangle=-45,
+    )
+    fig.update_yaxes(
+        tickvals=list(range(len(y_labels))),
+        ticktext=list(y_labels),
+        showticklabels=not dense,
+        range=[len(y_labels) - 0.5, -0.5],
+        showgrid=False,
+        zeroline=False,
+    )
+    return style(fig, title)
+
+
+def similarity_heatmap(
+    sims: np.ndarray, labels: Sequence[str], title: str | None = "Cosine similarity"
+) -> go.Figure:
+    """Cosine-similarity matrix [N, N] on a diverging scale fixed to [-1, 1]."""
+    fig = vector_heatmap(
+        sims, labels, labels, colorscale="RdBu_r", zmin=-1.0, zmax=1.0, colorbar_title="cos", title=title
+    )
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def distribution_figure(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Histograms of quality (by kind) and of vector norms (corrections; with the label-shuffled control)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("quality q", "vector norm ‖Δ‖"))
+    colors = category_colors(["anchor", "correction"])
+    for kind in ("correction", "anchor"):
+        q = table.loc[table["kind"] == kind, "quality"].to_numpy(float)
+        if len(q):
+            fig.add_trace(
+                go.Histogram(
+                    x=q, name=kind, marker_color=colors[kind], opacity=0.75, nbinsx=30, legendgroup=kind
+                ),
+                row=1,
+                col=1,
+            )
+    corr = table[table["kind"] == "correction"]
+    if len(corr):
+        fig.add_trace(
+            go.Histogram(
+                x=corr["norm"].to_numpy(float),
+                name="‖Δ‖ (corrections)",
+                nbinsx=30,
+                marker_color=colors["correction"],
+                opacity=0.75,
+                showlegend=False,
+            ),
+            row=1,
+            col=2,
+        )
+        shuffled = corr["shuffled_norm"].to_numpy(float) if "shuffled_norm" in corr else np.array([])
+        shuffled = shuffled[np.isfinite(shuffled)]
+        if len(shuffled):
+            fig.add_trace(
+                go.Histogram(
+                    x=shuffled, name="label-shuffled ‖Δ‖", nbinsx=30, marker_color="#888", opacity=0.6
+                ),
+                row=1,
+                col=2,
+            )
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title_text="q", row=1, col=1)
+    fig.update_xaxes(title_text="norm", row=1, col=2)
+    fig.update_yaxes(title_text="entries", row=1, col=1)
+    return style(fig, title, height=340)
+
+
+def message_figure(message: str, height: int = 140) -> go.Figure:
+    """An empty figure that says `message` (a placeholder where a chart will appear)."""
+    fig = go.Figure()
+    fig.add_annotation(
+        text=message,
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        showarrow=False,
+        font={"size": 13, "color": "#868e96"},
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return style(fig, None, height=height)
+
+
+# --- playground -------------------------------------------------------------------------------------
+
+
+def tool_colors(traces: Sequence[Trace]) -> dict[str, str]:
+    """One colour per tool tag that acts anywhere in these traces (stable: sorted tags)."""
+    tags = {iv.tool for t in traces for iv in token_interventions(t) if iv.tool is not None}
+    return category_colors(sorted(tags))
+
+
+def _shown(piece: str) -> str:
+    return piece.replace("\n", "↵").replace(" ", "·") or "∅"
+
+
+def _token_hover(tok, iv, differs: bool) -> str:
+    parts = [f"#{tok.index} {_shown(tok.text)}", f"log p = {tok.logprob:.3f}", f"segment {tok.segment}"]
+    if iv.tool is not None:
+        how = f"added here, ‖·‖={iv.added_norm:.3g}" if iv.direct else "in the committed segment"
+        parts.append(f"tool {iv.tool} (m={iv.m}, α={iv.alpha:.3g}; {how})")
+    if differs:
+        parts.append("differs from vanilla")
+    return "<br>".join(parts)
+
+
+def token_strip(
+    columns: Sequence[tuple[str, Trace]],
+    reference: Trace | None = None,
+    max_text_tokens: int = 96,
+    title: str | None = None,
+) -> go.Figure:
+    """Gate firing per token: one row per column (method), one vector cell per generated token.
+
+    Cell colour: the tool governing the token (full colour where its vector was added at that token, a
+    tint over the rest of its committed segment), grey under the null action. Black ticks mark segment
+    boundaries (after each delimiter); pink markers flag tokens that differ from `reference` (vanilla).
+    Hover: token text, log-probability, segment, tool and α."""
+    traces = [t for _, t in columns]
+    colors = tool_colors(traces)
+    n_max = max((t.n_tokens for t in traces), default=0)
+    fill: dict[str, tuple[list, list]] = {}
+    hx, hy, htext, tx, ty, ttext = [], [], [], [], [], []
+    bx, by, dx, dy = [], [], [], []
+    for r, (_, t) in enumerate(columns):
+        ivs = token_interventions(t)
+        diff = (
+            diff_mask([x.token_id for x in reference.tokens], [x.token_id for x in t.tokens])
+            if reference is not None and t is not reference
+            else [False] * t.n_tokens
+        )
+        for tok, iv, d in zip(t.tokens, ivs, diff, strict=True):
+            i = tok.index
+            color = (
+                NONE_COLOR
+                if iv.tool is None
+                else (colors[iv.tool] if iv.direct else tint(colors[iv.tool], 0.35))
+            )
+            xs, ys = fill.setdefault(color, ([], []))
+            xs += [i - 0.45, i + 0.45, i + 0.45, i - 0.45, i - 0.45, None]
+            ys += [r - 0.38, r - 0.38, r + 0.38, r + 0.38, r - 0.38, None]
+            hx.append(i)
+            hy.append(r)
+            htext.append(_token_hover(tok, iv, d))
+            tx.append(i)
+            ty.append(r)
+            ttext.append(_shown(tok.text))
+            if tok.is_delimiter:
+                bx += [i + 0.5, i + 0.5, None]
+                by += [r - 0.48, r + 0.48, None]
+            if d:
+                dx.append(i)
+                dy.append(r - 0.44)
+    fig = go.Figure()
+    for color, (xs, ys) in fill.items():
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                fill="toself",
+                fillcolor=color,
+                hoverinfo="skip",
+                line={"width": 0, "color": color},
+                showlegend=False,
+            )
+        )
+    if bx:
+        fig.add_trace(
+            go.Scatter(
+                x=bx,
+                y=by,
+                mode="lines",
+                line={"color": "#111", "width": 1.5},
+                name="segment boundary",
+                hoverinfo="skip",
+            )
+        )
+    if dx:
+        fig.add_trace(
+            go.Scatter(
+                x=dx,
+                y=dy,
+                mode="markers",
+                name="differs from vanilla",
+                hoverinfo="skip",
+                marker={"symbol": "triangle-down", "size": 6, "color": DIFF_COLOR},
+            )
+        )
+    if n_max <= max_text_tokens:
+        fig.add_trace(
+            go.Scatter(
+                x=tx,
+                y=ty,
+                mode="text",
+                text=ttext,
+                hoverinfo="skip",
+                showlegend=False,
+                textfont={"family": FONT, "size": 9, "color": "#222"},
+                meta={"role": "cell-text"},  # export.paper_figure shrinks or drops it at small sizes
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=hx,
+            y=hy,
+            mode="markers",
+            hovertext=htext,
+            hoverinfo="text",
+            showlegend=False,
+            marker={"opacity": 0, "size": 10},
+        )
+    )
+    for tag, c in colors.items():  # legend entries for the tools
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=tag,
+                marker={"symbol": "square", "size": 10, "color": c},
+            )
+        )
+    labels = [label for label, _ in columns]
+    fig.update_yaxes(
+        tickvals=list(range(len(labels))),
+        ticktext=labels,
+        range=[len(labels) - 0.5, -0.6],
+        showgrid=False,
+        zeroline=False,
+    )
+    fig.update_xaxes(
+        title_text="generated token", range=[-0.6, max(n_max, 1) - 0.4], showgrid=False, zeroline=False
+    )
+    style(fig, title, height=90 + 46 * len(labels))
+    fig.update_layout(
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+        margin={"t": 40 if title is None else 70},
+    )
+    return fig
+
+
+def tokens_html(trace: Trace, reference: Trace | None = None, colors: dict[str, str] | None = None) -> str:
+    """The completion as HTML spans: tinted by the governing tool, outlined where it differs from
+    `reference`, a ¶ at each segment boundary; hovering a token shows its log-probability."""
+    colors = colors if colors is not None else tool_colors([trace])
+    ivs = token_interventions(trace)
+    diff = (
+        diff_mask([x.token_id for x in reference.tokens], [x.token_id for x in trace.tokens])
+        if reference is not None and reference is not trace
+        else [False] * trace.n_tokens
+    )
+    out = [
+        '<div class="stir-tokens" style="font-family: DejaVu Sans Mono, monospace; font-size: 0.85rem; '
+        'line-height: 1.7; white-space: pre-wrap; word-break: break-all;">'
+    ]
+    for tok, iv, d in zip(trace.tokens, ivs, diff, strict=True):
+        css = []
+        if iv.tool is not None:
+            color = colors.get(iv.tool, PALETTE[0])
+            css.append(f"background:{color if iv.direct else tint(color, 0.3)}")
+        elif d:
+            css.append("background:#fff3bf")
+        if d:
+            css.append(f"box-shadow:inset 0 -2px 0 {DIFF_COLOR}")
+        title = f"log p = {tok.logprob:.3f}" + (f" · tool {iv.tool} α={iv.alpha:.3g}" if iv.tool else "")
+        if tok.is_delimiter:  # the ¶ goes before the delimiter's newline, at the end of its segment
+            out.append('<span class="seg" style="color:#868e96" title="segment boundary">¶</span>')
+        out.append(
+            f'<span class="{"tok diff" if d else "tok"}" title="{html.escape(title)}" '
+            f'style="{";".join(css)}">{html.escape(tok.text)}</span>'
+        )
+    out.append("</div>")
+    return "".join(out)
+
+
+def score_heatmap(sm: ScoreMatrix, title: str | None = None) -> go.Figure:
+    """Control points × candidates gate scores (column 0: the null score); ◆ marks the chosen action."""
+    hover = np.array(
+        [
+            [
+                f"{r} · {c}: "
+                + ("not scored" if not math.isfinite(sm.z[i, j]) else f"score {sm.z[i, j]:.4g}")
+                for j, c in enumerate(sm.col_labels)
+            ]
+            for i, r in enumerate(sm.row_labels)
+        ],
+        dtype=object,
+    )
+    hover = hover.reshape(len(sm.row_labels), len(sm.col_labels))
+    fig = vector_heatmap(
+        sm.z,
+        sm.col_labels,
+        sm.row_labels,
+        colorscale="Viridis",
+        colorbar_title="score",
+        title=title,
+        hovertext=hover,
+    )
+    cx = [c for c in sm.chosen if c is not None]
+    cy = [r for r, c in enumerate(sm.chosen) if c is not None]
+    if cx:
+        fig.add_trace(
+            go.Scatter(
+                x=cx,
+                y=cy,
+                mode="markers",
+                name="chosen",
+                hoverinfo="skip",
+                marker={
+                    "symbol": "diamond",
+                    "size": 9,
+                    "color": "#fff",
+                    "line": {"color": "#000", "width": 1.5},
+                },
+            )
+        )
+    fig.update_layout(
+        height=max(220, 60 + 28 * len(sm.row_labels)),
+        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+    )
+    fig.update_xaxes(showticklabels=len(sm.col_labels) <= 40)
+    fig.update_yaxes(showticklabels=len(sm.row_labels) <= 40)
+    return fig
+
+
+# --- evaluate ---------------------------------------------------------------------------------------
+
+
+def pareto_figure(
+    summary: dict[str, dict], x: str = "mean_total_tokens", title: str | None = None
+) -> go.Figure:
+    """Accuracy vs tokens, one labelled point per method, the Pareto front as a dashed line.
+
+    Error bars: ±1 binomial standard error √(p(1−p)/n)."""
+    methods = list(summary)
+    xs = [float(summary[m].get(x, float("nan"))) for m in methods]
+    ys = [float(summary[m].get("accuracy", float("nan"))) for m in methods]
+    ns = [max(1, int(summary[m].get("n", 1))) for m in methods]
+    err = [
+        math.sqrt(max(p * (1 - p), 0.0) / n) if math.isfinite(p) else 0.0 for p, n in zip(ys, ns, strict=True)
+    ]
+    colors = category_colors(methods)
+    fig = go.Figure()
+    front = pareto_front(xs, ys)
+    if len(front) > 1:
+        fig.add_trace(
+            go.Scatter(
+                x=[xs[i] for i in front],
+                y=[ys[i] for i in front],
+                mode="lines",
+                line={"dash": "dash", "color": "#868e96"},
+                name="Pareto front",
+                hoverinfo="skip",
+            )
+        )
+    for m, xv, yv, e in zip(methods, xs, ys, err, strict=True):
+        fig.add_trace(
+            go.Scatter(
+                x=[xv],
+                y=[yv],
+                mode="markers+text",
+                text=[m],
+                textposition="top center",
+                name=m,
+                marker={"size": 11, "color": colors[m]},
+                error_y={"type": "data", "array": [e], "visible": True, "thickness": 1},
+                hovertemplate=f"{m}<br>{x}: %{{x:.1f}}<br>accuracy: %{{y:.3f}}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(
+        title_text={
+            "mean_total_tokens": "mean tokens (committed + probe)",
+            "mean_tokens": "mean committed tokens",
+        }.get(x, x)
+    )
+    fig.update_yaxes(title_text="accuracy", rangemode="tozero")
+    return style(fig, title, height=420)

@@ -1,0 +1,313 @@
+"""Cached loaders and the generation lock: everything the pages share across reruns and users.
+
+- `st.cache_resource`: the model, its engine and libraries — loaded once per process, shared by every
+  browser session. Libraries are keyed by their manifest's content hash, so a rebuilt directory reloads.
+- `st.cache_data`: projections, similarity matrices, lens readouts and generated traces (per arguments).
+- `GENERATION_LOCK`: every decode (Playground, Evaluate, Build) holds it, so concurrent users never share
+  a forward; the engine attaches hooks for one forward at a time, so none stay attached.
+
+Zero configuration: the embedded model and the shipped demo library. Overrides (tests, other setups):
+`STIR_MODEL` (model name or path), `STIR_LIBRARY` (library directory), `STIR_RUNS` (where Build and
+Evaluate write, and where the library picker looks).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+
+from app.loading import (  # noqa: F401 - re-exported: the pages use `state.*`
+    DEMO_LIBRARY,
+    GENERATION_LOCK,
+    LIBRARY_ENV,
+    MAX_MODELS,
+    MODEL_ENV,
+    REPO,
+    RUNS_ENV,
+    default_library,
+    default_model,
+    embedded_model_present,
+    generation,
+    model_ready,
+    runs_dir,
+    start_loading,
+)
+from stir_core import geometry
+from stir_core.controller import StirConfig, run_method
+from stir_core.engine import Engine
+from stir_core.library import MANIFEST_FILE, LibraryError, ToolLibrary, validate_for_model
+from stir_core.model import LoadedModel
+from stir_core.trace import Trace
+
+
+def find_dirs(root: Path, marker: str, max_depth: int = 3) -> list[Path]:
+    """Directories under `root` (to `max_depth`) that hold `marker`, newest first."""
+    if not root.is_dir():
+        return []
+    found = []
+    for depth in range(max_depth + 1):
+        pattern = "/".join(["*"] * depth + [marker])
+        found += [p.parent for p in root.glob(pattern) if not p.parent.name.startswith(".")]
+    return sorted(set(found), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def library_stamp(path: str | Path) -> str:
+    """The manifest's content hash (cheap to read): the cache key of a library directory's contents."""
+    try:
+        return str(json.loads((Path(path) / MANIFEST_FILE).read_text()).get("content_hash", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+# --- resources (one per process) ---------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=MAX_MODELS)
+def get_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    return start_loading(name, device, dtype).result()[0]
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=MAX_MODELS)
+def get_engine(name: str, device: str = "auto", dtype: str = "auto") -> Engine:
+    """The model's engine, warmed up by a two-token decode."""
+    return start_loading(name, device, dtype).result()[1]
+
+
+@st.cache_resource(show_spinner="Loading the library…", max_entries=8)
+def get_library_file(path: str, stamp: str) -> ToolLibrary:
+    """A library directory, read and content-validated (not yet checked against a model)."""
+    return ToolLibrary.load(path)
+
+
+@st.cache_resource(show_spinner="Loading the library…", max_entries=8)
+def get_library(path: str, stamp: str, d_model: int, n_layers: int) -> ToolLibrary:
+    """A validated library that fits the model (`stamp` only keys the cache)."""
+    lib = get_library_file(path, stamp)
+    validate_for_model(lib, d_model, n_layers)
+    return lib
+
+
+@dataclass
+class Context:
+    """What the sidebar picked this run; pages read it through `context()`. The model and engine are loaded
+    on first use (waiting for the background load); `library` is read and content-validated, and
+    `check_library()` checks it against the model."""
+
+    model_name: str
+    device: str
+    dtype: str
+    library_path: str | None = None
+    library: ToolLibrary | None = None
+    library_error: str | None = None
+
+    @property
+    def model_key(self) -> tuple[str, str, str]:
+        return (self.model_name, self.device, self.dtype)
+
+    @property
+    def model(self) -> LoadedModel:
+        return get_model(*self.model_key)
+
+    @property
+    def engine(self) -> Engine:
+        return get_engine(*self.model_key)
+
+    @property
+    def ready(self) -> bool:
+        return model_ready(*self.model_key)
+
+    @property
+    def library_key(self) -> tuple[str, str]:
+        return (self.library_path or "", library_stamp(self.library_path) if self.library_path else "")
+
+    def check_library(self) -> ToolLibrary | None:
+        """The library if it fits the model (waits for the model); else None with `library_error` set."""
+        if self.library is None:
+            return None
+        try:
+            return get_library(*self.library_key, self.model.d_model, self.model.n_layers)
+        except LibraryError as err:
+            self.library_error = str(err)
+            self.library = None
+            return None
+
+
+CONTEXT_KEY = "stir_context"
+
+
+def context() -> Context:
+    """The Context the entry script stored for this run; stops the page with a message if there is none."""
+    ctx = st.session_state.get(CONTEXT_KEY)
+    if ctx is None:
+        st.error("No model is loaded: open the app through its entry script (`streamlit run app/Home.py`).")
+        st.stop()
+    return ctx
+
+
+def _library_of(path: str, stamp: str, model_key: tuple[str, str, str]) -> ToolLibrary:
+    m = get_model(*model_key)
+    return get_library(path, stamp, m.d_model, m.n_layers)
+
+
+# --- cached data -------------------------------------------------------------------------------------
+
+
+def _source_matrix(lib: ToolLibrary, source: str) -> tuple[torch.Tensor, np.ndarray]:
+    """(rows of keys or vectors, their library row indices). Vectors: corrections only (anchors have none)."""
+    if source == "keys":
+        return lib.keys, np.arange(len(lib))
+    if source == "vectors":
+        rows = np.flatnonzero(lib.table["kind"].to_numpy() == "correction")
+        return lib.vectors[torch.from_numpy(rows)], rows
+    raise ValueError(f"unknown source {source!r}; use keys or vectors")
+
+
+@st.cache_data(show_spinner="Projecting…", max_entries=64)
+def projection(
+    path: str,
+    stamp: str,
+    source: str,
+    method: str,
+    dims: int,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+) -> dict[str, Any]:
+    """{"coords" [n, dims], "rows" (library rows), "method", "note", "explained"} for one set of parameters."""
+    lib = get_library_file(path, stamp)
+    x, rows = _source_matrix(lib, source)
+    if len(rows) == 0:
+        return {
+            "coords": np.zeros((0, dims)),
+            "rows": rows,
+            "method": method,
+            "note": "no entries",
+            "explained": None,
+        }
+    p = geometry.project(x, method, dims, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
+    return {"coords": p.coords, "rows": rows, "method": p.method, "note": p.note, "explained": p.explained}
+
+
+@st.cache_data(max_entries=32)
+def similarity(path: str, stamp: str, source: str, limit: int) -> dict[str, Any]:
+    """Cosine matrix of up to `limit` entries, ordered by layer, control point, kind, then quality (best first)."""
+    lib = get_library_file(path, stamp)
+    x, rows = _source_matrix(lib, source)
+    t = lib.table.iloc[rows].assign(_pos=np.arange(len(rows)))
+    t = t.sort_values(["layer", "control_point", "kind", "quality"], ascending=[True, True, False, False])
+    order = t["_pos"].to_numpy()
+    keep = order[:limit]
+    sims = (
+        geometry.cosine_matrix(x[torch.as_tensor(keep.tolist(), dtype=torch.long)])
+        if len(keep)
+        else np.zeros((0, 0))
+    )
+    return {"sims": sims, "rows": rows[keep], "total": len(rows)}
+
+
+@st.cache_data(max_entries=256)
+def neighbours(path: str, stamp: str, source: str, row: int, k: int = 5) -> list[tuple[int, float]]:
+    """Nearest neighbours of library row `row` among the source rows, as (library row, cosine)."""
+    lib = get_library_file(path, stamp)
+    x, rows = _source_matrix(lib, source)
+    where = np.flatnonzero(rows == row)
+    if not len(where):
+        return []
+    return [(int(rows[j]), s) for j, s in geometry.nearest_neighbors(x, int(where[0]), k)]
+
+
+@st.cache_data(max_entries=256)
+def lens(
+    path: str, stamp: str, model_key: tuple[str, str, str], row: int, k: int = 10, final_norm: bool = True
+) -> dict[str, Any]:
+    lib = _library_of(path, stamp, model_key)
+    out = geometry.lens_for_model(get_model(*model_key), lib.vectors[row], k=k, final_norm=final_norm)
+    return {
+        "promoted": out.promoted,
+        "suppressed": out.suppressed,
+        "texts": out.texts,
+        "final_norm": out.final_norm,
+    }
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def find_example(task_name: str, example_id: str, split_hint: str | None = None) -> dict[str, Any] | None:
+    """The task example a tool was mined from (searching the mining split first), or None."""
+    from stir_core.tasks import SPLITS, get_task
+
+    try:
+        task = get_task(task_name)
+    except Exception:  # noqa: BLE001 - an unknown or file-backed task without its data: no source to show
+        return None
+    # Tools come from the mining split (the library's config names it; "mine" by default). The training split
+    # is never searched: it is large (20k problems for the testbed tasks) and never mined.
+    for split in [split_hint or "mine"] + [s for s in ("val", "eval") if s != split_hint and s in SPLITS]:
+        try:
+            exs = task.load(split, None, 0)
+        except Exception:  # noqa: BLE001 - a split the task does not have
+            continue
+        for ex in exs:
+            if ex.id == example_id:
+                return {
+                    "split": split,
+                    "id": ex.id,
+                    "question": ex.question,
+                    "answer": ex.answer,
+                    "solution": ex.solution,
+                    "prompt": task.prompt(ex),
+                }
+    return None
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def run_trace(
+    model_key: tuple[str, str, str], library_key: tuple[str, str], prompt: str, method: str, config_json: str
+) -> dict[str, Any]:
+    """Decode one formatted prompt with one method (under the lock): {"trace": Trace dict, "wall_s"}."""
+    engine = get_engine(*model_key)
+    lib = _library_of(*library_key, model_key) if library_key[0] else None
+    cfg = StirConfig(**json.loads(config_json))
+    with generation(*model_key):
+        t0 = time.perf_counter()
+        trace = run_method(engine, [prompt], method, lib, cfg)[0]
+        wall = time.perf_counter() - t0
+    return {"trace": trace.to_dict(), "wall_s": wall}
+
+
+def generate(ctx: Context, prompt_text: str, method: str, config: StirConfig) -> tuple[Trace, float]:
+    """One column of the Playground: format the raw prompt for the model, decode (cached per arguments)."""
+    formatted = ctx.model.format_prompt(prompt_text)
+    out = run_trace(
+        ctx.model_key,
+        ctx.library_key if ctx.library is not None else ("", ""),
+        formatted,
+        method,
+        json.dumps(asdict(config), sort_keys=True),
+    )
+    return Trace.from_dict(out["trace"]), float(out["wall_s"])
+
+
+def memory_in_use(device: torch.device | str) -> dict[str, float]:
+    """Resident memory of this process (MiB), torch's thread count and, on CUDA, the GPU memory torch
+    holds (MiB)."""
+    out: dict[str, float] = {}
+    try:
+        import psutil
+
+        out["process_mib"] = psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # pragma: no cover - psutil ships with streamlit
+        import resource
+
+        out["process_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["torch_threads"] = torch.get_num_threads()
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        out["gpu_allocated_mib"] = torch.cuda.memory_allocated() / 2**20
+        out["gpu_reserved_mib"] = torch.cuda.memory_reserved() / 2**20
+    return out

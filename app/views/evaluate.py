@@ -1,0 +1,233 @@
+"""Evaluate: run methods over a task (progress bar) or open saved results; accuracy vs tokens (the
+paper's Pareto view), per-example wins/losses vs vanilla, and any example's traces in the Playground."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app import figures, state, ui
+from app.export import ColumnSpec, SavedView
+from stir_core.controller import METHODS, StirConfig
+from stir_core.evaluate import evaluate, load_results
+from stir_core.geometry import paired_outcomes
+from stir_core.tasks import get_task, task_names
+from stir_core.trace import Trace
+
+ctx = state.context()
+st.title("Evaluate")
+
+methods_ok = list(METHODS) if ctx.library is not None and len(ctx.library) else ["vanilla", "no_memory"]
+for k, v in {
+    "ev_task": "planted",
+    "ev_x": "mean_total_tokens",
+    "ev_f_outcome": "all",
+    "ev_n": 50,
+    "ev_split": "eval",
+    "ev_seed": 123,
+    "ev_tokens": 128,
+    "ev_k_scale": 1.0,
+    "ev_tau_null": 0.0,
+    "ev_top_l": 4,
+    "ev_probe_tokens": 4,
+    "ev_methods": [m for m in ("vanilla", "static", "stir") if m in methods_ok],
+}.items():
+    st.session_state.setdefault(k, v)
+
+run_tab, open_tab = st.tabs(["Run", "Open saved results"])
+with run_tab:
+    names = task_names()
+    if st.session_state["ev_task"] not in names:
+        st.session_state["ev_task"] = names[0]
+    c1, c2, c3, c4 = st.columns(4)
+    c1.selectbox("Task", names, key="ev_task", persist_state="session")
+    c2.number_input("Problems", min_value=1, max_value=5000, step=10, key="ev_n", persist_state="session")
+    c3.selectbox("Split", ["eval", "val"], key="ev_split", persist_state="session")
+    c4.number_input("Seed", min_value=0, step=1, key="ev_seed", persist_state="session")
+    st.multiselect("Methods", methods_ok, key="ev_methods", persist_state="session")
+    with st.expander("STIR knobs"):
+        k1, k2, k3, k4, k5 = st.columns(5)
+        k1.number_input(
+            "max_new_tokens", min_value=8, max_value=4096, step=16, key="ev_tokens", persist_state="session"
+        )
+        k2.number_input("k_scale", step=0.05, key="ev_k_scale", persist_state="session")
+        k3.number_input("tau_null", step=0.05, key="ev_tau_null", persist_state="session")
+        k4.number_input("top_l", min_value=1, max_value=16, key="ev_top_l", persist_state="session")
+        k5.number_input(
+            "probe_tokens", min_value=1, max_value=32, key="ev_probe_tokens", persist_state="session"
+        )
+    st.session_state.setdefault(
+        "x_ev_out",
+        str(state.runs_dir() / f"eval-{st.session_state['ev_task']}-{time.strftime('%Y%m%d-%H%M%S')}"),
+    )
+    out_dir = st.text_input("Write results to", key="x_ev_out")
+    if st.button("Run evaluation", type="primary", key="x_ev_run"):
+        if not st.session_state["ev_methods"]:
+            st.error("Pick at least one method.")
+        else:
+            cfg = StirConfig(
+                max_new_tokens=int(st.session_state["ev_tokens"]),
+                k_scale=float(st.session_state["ev_k_scale"]),
+                tau_null=float(st.session_state["ev_tau_null"]),
+                top_l=int(st.session_state["ev_top_l"]),
+                probe_tokens=int(st.session_state["ev_probe_tokens"]),
+            )
+            bar = st.progress(0.0, text="starting…")
+
+            def progress(done: int, total: int, info: str) -> None:
+                bar.progress(done / max(total, 1), text=f"{info}: {done}/{total}")
+
+            try:
+                task = get_task(st.session_state["ev_task"])
+                library = ctx.check_library()
+                if ctx.library_error:
+                    raise ValueError(f"library not usable with this model: {ctx.library_error}")
+                engine = ctx.engine
+                with state.generation(*ctx.model_key):
+                    evaluate(
+                        engine,
+                        task,
+                        list(st.session_state["ev_methods"]),
+                        library,
+                        cfg,
+                        n=int(st.session_state["ev_n"]),
+                        split=st.session_state["ev_split"],
+                        seed=int(st.session_state["ev_seed"]),
+                        out_dir=out_dir,
+                        progress=progress,
+                        show_progress=False,
+                    )
+                bar.progress(1.0, text="done")
+                st.session_state["ev_dir"] = out_dir
+                st.success(f"Saved to {out_dir}")
+            except ValueError as err:
+                st.error(str(err))
+
+with open_tab:
+    found = [str(p) for p in state.find_dirs(state.runs_dir(), "summary.json")]
+    if found:
+        pick = st.selectbox("Results found under runs/", found, key="x_ev_found")
+        if st.button("Open", key="x_ev_open_found"):
+            st.session_state["ev_dir"] = pick
+    typed = st.text_input("…or a results directory", key="x_ev_typed")
+    if st.button("Open directory", key="x_ev_open_typed") and typed.strip():
+        st.session_state["ev_dir"] = typed.strip()
+
+ev_dir = st.session_state.get("ev_dir")
+if not ev_dir:
+    st.caption("Run an evaluation or open saved results to see them here.")
+    st.stop()
+try:
+    res = load_results(ev_dir)
+except (ValueError, OSError) as err:
+    st.error(f"Could not open {ev_dir}: {err}")
+    st.stop()
+
+st.subheader(f"Results: {Path(ev_dir).name}")
+cfg = res.config
+st.caption(
+    f"task `{cfg.get('task')}` · split `{cfg.get('split')}` · n={cfg.get('n')} · model `{cfg.get('model')}` · "
+    f"library `{cfg.get('library')}`"
+)
+summary = pd.DataFrame.from_dict(res.summary, orient="index")
+if "vs_vanilla" in summary:
+    vs = summary.pop("vs_vanilla")
+    summary["wins"] = [v.get("wins") if isinstance(v, dict) else None for v in vs]
+    summary["losses"] = [v.get("losses") if isinstance(v, dict) else None for v in vs]
+    summary["p_value"] = [v.get("p_value") if isinstance(v, dict) else None for v in vs]
+summary = summary.rename_axis("method").reset_index()
+st.dataframe(summary, hide_index=True, width="stretch")
+ui.table_exports(summary, "eval-summary", "x_ev_sum_exp")
+
+x_axis = (
+    st.segmented_control(
+        "Tokens",
+        ["mean_total_tokens", "mean_tokens"],
+        key="ev_x",
+        persist_state="session",
+        format_func=lambda s: "committed + probe" if s == "mean_total_tokens" else "committed",
+    )
+    or "mean_total_tokens"
+)
+pareto = figures.pareto_figure(res.summary, x=x_axis, title="Accuracy vs tokens")
+st.plotly_chart(pareto, theme=None, key="x_ev_pareto", config={"displaylogo": False})
+ui.figure_exports(pareto, "accuracy-vs-tokens", "x_ev_pareto_exp")
+
+st.subheader("Per example")
+ex = res.examples
+if "vanilla" in set(ex["method"]):
+    outcomes = paired_outcomes(ex, "vanilla")
+    f1, f2 = st.columns(2)
+    others = sorted(set(outcomes["method"]))
+    meth = f1.selectbox("Method", others, key="ev_f_method", persist_state="session") if others else None
+    which = (
+        f2.segmented_control(
+            "Outcome vs vanilla", ["all", "win", "loss", "tie"], key="ev_f_outcome", persist_state="session"
+        )
+        or "all"
+    )
+    view = outcomes[outcomes["method"] == meth] if meth else outcomes
+    if which != "all":
+        view = view[view["outcome"] == which]
+    detail = (
+        ex[ex["method"] == meth][
+            ["example_id", "n_tokens", "probe_tokens", "interventions", "answer", "gold"]
+        ]
+        if meth
+        else ex.iloc[0:0]
+    )
+    view = view.merge(detail, on="example_id", how="left")
+else:
+    st.caption("No vanilla run in these results: wins/losses need it.")
+    view = ex.drop(columns=["trace_json"], errors="ignore")
+st.dataframe(view, hide_index=True, width="stretch")
+ui.table_exports(view, "eval-examples", "x_ev_ex_exp")
+
+ids = list(dict.fromkeys(view["example_id"].astype(str))) if len(view) else []
+if ids:
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = c1.selectbox("Example", ids, key="ev_example", persist_state="session")
+    if c2.button("Open in Playground", key="x_ev_to_pg"):
+        rows = ex[ex["example_id"].astype(str) == chosen]
+        cols = [
+            {
+                "label": f"{r['method']} ({'✓' if r['correct'] else '✗'})",
+                "method": r["method"],
+                "knobs": {},
+                "trace": Trace.from_json(r["trace_json"]).to_dict(),
+                "wall_s": float("nan"),
+            }
+            for _, r in rows.iterrows()
+        ]
+        # The Playground takes raw prompts (it applies the chat template itself): take the task's own text.
+        found = state.find_example(str(cfg.get("task")), chosen, cfg.get("split"))
+        stir_cfg = cfg.get("stir") or {}
+        view = SavedView(
+            model=ctx.model_name,
+            device=ctx.device,
+            dtype=ctx.dtype,
+            library=ctx.library_path,
+            prompt=found["prompt"] if found else str(rows.iloc[0]["prompt"]),
+            seed=int(stir_cfg.get("seed", 0)),
+            max_new_tokens=int(stir_cfg.get("max_new_tokens", 64)),
+            delimiter=stir_cfg.get("delimiter", "\n\n"),
+            columns=[
+                ColumnSpec(
+                    c["method"],
+                    {k: stir_cfg[k] for k in ui.METHOD_KNOBS.get(c["method"], ()) if k in stir_cfg},
+                )
+                for c in cols
+            ],
+        )
+        st.session_state["pending_view"] = view
+        st.session_state["pending_view_fields"] = set()  # keep the sidebar's model and library
+        st.session_state["pg_opened_result"] = {
+            "view": view.to_json(),
+            "columns": cols,
+            "total_s": 0.0,
+            "source": f"{ev_dir} (example {chosen})",
+        }
+        st.switch_page("views/playground.py")

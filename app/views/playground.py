@@ -1,0 +1,336 @@
+"""Playground: one prompt, N columns side by side (vanilla and steered configurations), gate firing per
+token, a card per control point, the control points × candidates score heatmap."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from app import export, figures, state, ui
+from app.export import ColumnSpec, SavedView
+from stir_core import geometry
+from stir_core.controller import METHODS, StirConfig
+from stir_core.trace import Trace
+
+SAMPLE_TASKS = ("planted", "plain")
+FALLBACK_PROMPT = "mod10 3+4-2+6-5\n"
+MAX_COLUMNS = 6
+MAX_CARDS = 24
+
+ctx = state.context()
+lib_layers = (
+    sorted({int(x) for x in ctx.library.table["layer"]})
+    if ctx.library is not None and len(ctx.library)
+    else []
+)
+methods = list(METHODS) if ctx.library is not None and len(ctx.library) else ["vanilla", "no_memory"]
+
+
+@st.cache_data(show_spinner=False)
+def samples(task_name: str, n: int = 20) -> list[dict]:
+    """The first `n` eval problems of a task: id, raw prompt, gold answer."""
+    from stir_core.tasks import get_task
+
+    task = get_task(task_name)
+    return [{"id": ex.id, "prompt": task.prompt(ex), "answer": ex.answer} for ex in task.load("eval", n, 0)]
+
+
+def default_prompt() -> str:
+    try:
+        return samples("planted")[0]["prompt"]
+    except Exception:  # noqa: BLE001 - the task registry is optional for the Playground
+        return FALLBACK_PROMPT
+
+
+def default_columns() -> list[ColumnSpec]:
+    if "stir" in methods:
+        return [ColumnSpec("vanilla"), ColumnSpec("static"), ColumnSpec("stir")]
+    return [ColumnSpec("vanilla")]
+
+
+def apply_view(view: SavedView) -> None:
+    """Load a saved view / deep link into the widgets (before they render)."""
+    st.session_state["pg_prompt"] = view.prompt
+    st.session_state["pg_seed"] = view.seed
+    st.session_state["pg_tokens"] = view.max_new_tokens
+    st.session_state["pg_delim"] = export.escape_delimiter(view.delimiter)
+    st.session_state["pg_ncols"] = min(len(view.columns), MAX_COLUMNS)
+    for i, c in enumerate(view.columns[:MAX_COLUMNS]):
+        st.session_state[f"pg_m{i}"] = c.method if c.method in methods else "vanilla"
+        ui.set_knob_widgets(f"pg{i}", c.knobs, lib_layers)
+
+
+def init_defaults() -> None:
+    """Defaults for every Playground setting the session does not have yet."""
+    if "pg_ncols" in st.session_state:
+        return
+    view = SavedView(prompt=st.session_state.get("pg_prompt") or default_prompt(), columns=default_columns())
+    apply_view(view)
+
+
+def current_view(n_cols: int, knobs: list[dict]) -> SavedView:
+    return SavedView(
+        model=ctx.model_name,
+        device=ctx.device,
+        dtype=ctx.dtype,
+        library=ctx.library_path,
+        prompt=st.session_state["pg_prompt"],
+        seed=int(st.session_state["pg_seed"]),
+        max_new_tokens=int(st.session_state["pg_tokens"]),
+        delimiter=export.unescape_delimiter(st.session_state["pg_delim"]),
+        columns=[ColumnSpec(st.session_state[f"pg_m{i}"], knobs[i]) for i in range(n_cols)],
+    )
+
+
+def column_label(i: int, spec: ColumnSpec) -> str:
+    changed = [f"{k}={v}" for k, v in spec.knobs.items() if getattr(StirConfig(), k) != v]
+    return f"{i + 1}. {spec.method}" + (f" ({', '.join(changed)})" if changed else "")
+
+
+def run_comparison(view: SavedView) -> dict:
+    cols = []
+    t0 = time.perf_counter()
+    for i, spec in enumerate(view.columns):
+        trace, wall = state.generate(ctx, view.prompt, spec.method, view.config(i))
+        cols.append(
+            {
+                "label": column_label(i, spec),
+                "method": spec.method,
+                "knobs": spec.knobs,
+                "trace": trace.to_dict(),
+                "wall_s": wall,
+            }
+        )
+    return {"view": view.to_json(), "columns": cols, "total_s": time.perf_counter() - t0}
+
+
+# --- pending view (saved file, deep link, or an Evaluate example) ------------------------------------
+pending: SavedView | None = st.session_state.pop("pending_view", None)
+if pending is not None:
+    apply_view(pending)
+init_defaults()
+if "pg_opened_result" in st.session_state:  # an example opened from the Evaluate page
+    st.session_state["pg_result"] = st.session_state.pop("pg_opened_result")
+
+st.title("Playground")
+st.caption(
+    "Vanilla and steered decoding of one prompt, side by side. Decoding is greedy (as in the paper); "
+    "the seed drives the random ablations. Tokens that differ from vanilla are underlined in pink; "
+    "hover a token for its log-probability."
+)
+if ctx.library is None:
+    st.info(
+        "No tool library is loaded, so only vanilla and no_memory are available. Pick one in the sidebar "
+        "or build one on the Build page."
+    )
+
+with st.expander("Sample problems"):
+    c1, c2, c3 = st.columns([2, 3, 1], vertical_alignment="bottom")
+    task_name = c1.selectbox("Task", SAMPLE_TASKS, key="pg_sample_task", persist_state="session")
+    try:
+        options = samples(task_name)
+    except Exception as err:  # noqa: BLE001
+        options = []
+        st.caption(f"Samples unavailable: {err}")
+    if options:
+        pick = c2.selectbox(
+            "Problem",
+            range(len(options)),
+            key="pg_sample_pick",
+            persist_state="session",
+            format_func=lambda j: (
+                f"{options[j]['id']}: {options[j]['prompt'].strip()} (gold {options[j]['answer']})"
+            ),
+        )
+
+        def _use_sample() -> None:
+            st.session_state["pg_prompt"] = options[st.session_state["pg_sample_pick"]]["prompt"]
+
+        c3.button("Use", on_click=_use_sample, key="x_sample_use")
+
+st.text_area(
+    "Prompt",
+    key="pg_prompt",
+    persist_state="session",
+    height=90,
+    help="The raw prompt; the model's chat template (if it has one) is applied before decoding.",
+)
+c1, c2, c3, c4 = st.columns(4)
+c1.number_input("Seed", min_value=0, step=1, key="pg_seed", persist_state="session")
+c2.number_input(
+    "Max new tokens", min_value=1, max_value=4096, step=16, key="pg_tokens", persist_state="session"
+)
+c3.text_input(
+    "Segment delimiter", key="pg_delim", persist_state="session", help="Escaped, e.g. \\n\\n (the default)"
+)
+c4.number_input(
+    "Columns", min_value=1, max_value=MAX_COLUMNS, step=1, key="pg_ncols", persist_state="session"
+)
+n_cols = int(st.session_state["pg_ncols"])
+
+knobs: list[dict] = []
+cfg_cols = st.columns(n_cols)
+for i in range(n_cols):
+    with cfg_cols[i]:
+        if st.session_state.get(f"pg_m{i}") not in methods:
+            st.session_state[f"pg_m{i}"] = "stir" if i > 0 and "stir" in methods else "vanilla"
+        method = st.selectbox(f"Column {i + 1}", methods, key=f"pg_m{i}", persist_state="session")
+        if ui.METHOD_KNOBS.get(method):
+            with st.popover("Knobs", width="stretch"):
+                knobs.append(ui.knob_editor(method, f"pg{i}", lib_layers, vars(StirConfig())))
+        else:
+            knobs.append({})
+
+try:
+    view = current_view(n_cols, knobs)
+except ValueError as err:
+    st.error(str(err))
+    st.stop()
+
+run_clicked = st.button("Run comparison", type="primary", key="x_run")
+autorun = st.session_state.pop("pending_autorun", False)
+if (run_clicked or autorun) and not view.prompt.strip():
+    st.error("The prompt is empty.")
+elif (run_clicked or autorun) and ctx.library is not None and ctx.check_library() is None:
+    st.error(f"The library does not fit this model: {ctx.library_error}")
+elif run_clicked or autorun:
+    try:
+        with st.spinner("Decoding…"):
+            st.session_state["pg_result"] = run_comparison(view)
+    except ValueError as err:
+        st.error(f"Generation failed: {err}")
+
+with st.expander("Saved view"):
+    st.download_button(
+        "Download this view (JSON)",
+        data=export.view_bytes(view),
+        file_name="stir-view.json",
+        mime="application/json",
+        key="x_view_dl",
+        on_click="ignore",
+    )
+    up = st.file_uploader("Open a saved view", type=["json"], key="x_view_up")
+    if up is not None and st.session_state.get("pg_view_seen") != up.file_id:
+        st.session_state["pg_view_seen"] = up.file_id
+        try:
+            st.session_state["pending_view"] = SavedView.from_json(up.getvalue())
+            st.session_state["pending_autorun"] = True
+            st.rerun()
+        except ValueError as err:
+            st.error(str(err))
+
+# --- results -------------------------------------------------------------------------------------------
+result = st.session_state.get("pg_result")
+if result:
+    st.query_params.from_dict({**view.to_query(), "run": "1"})
+    traces = [Trace.from_dict(c["trace"]) for c in result["columns"]]
+    labels = [c["label"] for c in result["columns"]]
+    reference = next((t for t in traces if t.method == "vanilla"), None)
+    colors = figures.tool_colors(traces)
+    if result.get("source"):
+        st.caption(f"Traces opened from {result['source']} (as recorded there).")
+    else:
+        st.caption(f"{len(traces)} columns in {result['total_s']:.2f} s (repeated runs come from the cache).")
+    out_cols = st.columns(len(traces))
+    for i, (t, c) in enumerate(zip(traces, result["columns"], strict=True)):
+        with out_cols[i], st.container(key=f"pg_out_{i}", border=True):
+            st.markdown(f"**{c['label']}**")
+            timing = (
+                f" · {c['wall_s']:.2f} s" if c["wall_s"] == c["wall_s"] else ""
+            )  # NaN: opened from results
+            st.caption(
+                f"{t.n_tokens} tokens · {t.interventions} interventions · {t.probe_tokens} probe tokens{timing}"
+            )
+            st.markdown(figures.tokens_html(t, reference, colors), unsafe_allow_html=True)
+
+    st.subheader("Gate firing per token")
+    strip = figures.token_strip(list(zip(labels, traces, strict=True)), reference)
+    with st.container(key="gate_strip"):
+        st.plotly_chart(strip, theme=None, key="x_strip_chart", config={"displaylogo": False})
+        ui.figure_exports(strip, "gate-strip", "x_strip_exp")
+
+    steered = [i for i, t in enumerate(traces) if t.decisions]
+    if steered:
+        st.subheader("Gate cards")
+        if st.session_state.get("pg_card_col") not in steered:
+            st.session_state["pg_card_col"] = steered[-1]
+        pick = st.selectbox(
+            "Column", steered, format_func=lambda i: labels[i], key="pg_card_col", persist_state="session"
+        )
+        t = traces[pick]
+        cand = t.candidates_frame()
+        for start in range(0, min(len(t.decisions), MAX_CARDS), 2):
+            row = st.columns(2)
+            for j, d in enumerate(t.decisions[start : start + 2]):
+                with row[j], st.container(border=True, key=f"gate_card_{start + j}"):
+                    verdict = (
+                        f"committed **{d.chosen}** (α={d.alpha:.3g}, layer {d.layer}, ‖αΔ‖={d.added_norm:.3g})"
+                        if d.committed
+                        else f"null action — *{d.reason}*"
+                    )
+                    st.markdown(f"**Control point m={d.m}** · token {d.token_index} · {verdict}")
+                    st.caption(
+                        f"Â_null = {d.null_value:.4g} · Score_null = {d.score_null:.4g} · "
+                        f"probe tokens {d.probe_tokens} · commit tokens {d.commit_tokens}"
+                        + (f" · null probe: {d.null_probe_text!r}" if d.null_probe_text is not None else "")
+                    )
+                    rows = cand[cand["m"] == d.m]
+                    if len(rows):
+                        st.dataframe(
+                            rows[
+                                [
+                                    "tool_id",
+                                    "kind",
+                                    "layer",
+                                    "sim",
+                                    "value",
+                                    "gain",
+                                    "score",
+                                    "won",
+                                    "probe_text",
+                                ]
+                            ].rename(columns={"value": "Â", "gain": "probe gain"}),
+                            hide_index=True,
+                            width="stretch",
+                        )
+                    else:
+                        st.caption("No candidates retrieved.")
+        if len(t.decisions) > MAX_CARDS:
+            st.caption(
+                f"Showing the first {MAX_CARDS} of {len(t.decisions)} control points; all are in the exports."
+            )
+        sm = geometry.score_matrix(t)
+        if sm.z.size and len(sm.col_labels) > 1:
+            st.subheader("Scores: control points × candidates")
+            heat = figures.score_heatmap(sm)
+            st.plotly_chart(heat, theme=None, key="x_score_chart", config={"displaylogo": False})
+            ui.figure_exports(heat, "gate-scores", "x_score_exp")
+        e1, e2, e3 = st.columns(3)
+        with e1:
+            st.caption("Tokens")
+            ui.table_exports(t.tokens_frame(), f"tokens-{t.method}", "x_tok_exp")
+        with e2:
+            st.caption("Decisions")
+            ui.table_exports(t.decisions_frame(), f"decisions-{t.method}", "x_dec_exp")
+        with e3:
+            st.caption("Candidates")
+            ui.table_exports(cand, f"candidates-{t.method}", "x_cand_exp")
+    all_tokens = pd.concat(
+        [tr.tokens_frame().assign(column=labels[i]) for i, tr in enumerate(traces)], ignore_index=True
+    )
+    with st.expander("All tokens (table)"):
+        st.dataframe(all_tokens, hide_index=True, width="stretch")
+        ui.table_exports(all_tokens, "tokens-all-columns", "x_all_exp")
+else:
+    st.query_params.from_dict(view.to_query())
+    st.subheader("Gate firing per token")
+    # A placeholder chart: the browser loads its chart library now, while the model loads, not after Run.
+    with st.container(key="gate_strip_empty"):
+        st.plotly_chart(
+            figures.message_figure("Run a comparison to see which tool acts at each token."),
+            theme=None,
+            key="x_strip_placeholder",
+            config={"displayModeBar": False},
+        )

@@ -1,0 +1,169 @@
+"""End to end in a real browser: start `streamlit run` on a free loopback port, drive headless Chromium with
+Playwright (the system browser, nothing downloaded), run a comparison, check what the page shows against the
+core, and save a screenshot to assets/screenshots/playground.png.
+
+The app runs on the embedded model and the shipped demo library when both exist (the zero-configuration
+path); otherwise on the tiny test model and a test library (newline-delimited segments)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stir_core.controller import StirConfig, run_method
+from stir_core.engine import Engine
+from stir_core.library import ToolLibrary
+from stir_core.model import DEFAULT_MODEL_DIR, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOT = REPO / "assets" / "screenshots" / "playground.png"
+DEMO_LIBRARY = REPO / "assets" / "demo-library"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+sys.path.insert(0, str(REPO))
+from app.export import find_browser  # noqa: E402
+
+BROWSER = find_browser()
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        BROWSER is None,
+        reason="no Chromium/Chrome installed (Debian: apt-get install chromium); "
+        "the end-to-end test drives a real browser and downloads none",
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "app" / "Home.py"),
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> float:
+    """Seconds until /_stcore/health answers "ok"."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"no health answer in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory):
+    """(env for the server, prompt, delimiter, model dir, library dir)."""
+    root = tmp_path_factory.mktemp("browser")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STIR_")}
+    env["STIR_RUNS"] = str(root / "runs")
+    if (DEFAULT_MODEL_DIR / "config.json").is_file() and (DEMO_LIBRARY / "manifest.json").is_file():
+        return env, None, "\n\n", DEFAULT_MODEL_DIR, DEMO_LIBRARY
+    from test_app import PROMPT, build_test_library
+
+    build_test_library(tiny_model_dir, root / "lib")
+    env.update(STIR_MODEL=str(tiny_model_dir), STIR_LIBRARY=str(root / "lib"))
+    return env, PROMPT, "\n", tiny_model_dir, root / "lib"
+
+
+def test_playground_end_to_end(setup, tmp_path):
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright (Python package) is not installed"
+    )
+    env, prompt, delimiter, model_dir, lib_dir = setup
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    proc = start_server(port, env, log)
+    try:
+        wait_healthy(port, proc, log)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 2300})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            run = page.get_by_role("button", name="Run comparison")
+            run.wait_for(timeout=90_000)
+            box = page.get_by_role("textbox", name="Prompt")
+            if prompt is None:
+                prompt = box.input_value()
+            else:
+                box.fill(prompt)
+                box.press("Control+Enter")
+            if delimiter != "\n\n":
+                field = page.get_by_role("textbox", name="Segment delimiter")
+                field.fill(delimiter.encode("unicode_escape").decode())
+                field.press("Enter")
+            page.wait_for_timeout(500)
+            run.click()
+            columns = page.locator(".stir-tokens")
+            columns.nth(2).wait_for(timeout=90_000)
+            strip = page.locator(".st-key-gate_strip .js-plotly-plot")
+            strip.wait_for(timeout=30_000)
+            texts = [
+                c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
+                for c in columns.all()
+            ]
+            cards = page.locator("[class*='st-key-gate_card_']").count()
+            # export the gate strip as SVG through the app's menu (Kaleido in the server process)
+            page.locator(".st-key-gate_strip").get_by_role("button", name="Export").click()
+            with page.expect_download(timeout=90_000) as dl:
+                page.get_by_role("button", name="SVG (paper column)").click()
+            svg = Path(dl.value.path()).read_bytes()
+            page.keyboard.press("Escape")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    # what the browser shows is what the core decodes, column by column
+    model = load_model(str(model_dir), device="cpu")
+    lib = ToolLibrary.load(lib_dir)
+    cfg = StirConfig(max_new_tokens=64, delimiter=delimiter)
+    refs = [
+        run_method(Engine(model), [model.format_prompt(prompt)], m, lib, cfg)[0]
+        for m in ("vanilla", "static", "stir")
+    ]
+    assert texts == [r.completion for r in refs]
+    assert cards == len(refs[2].decisions[:24])
+    assert SCREENSHOT.stat().st_size > 10_000
+    assert svg.lstrip().startswith(b"<svg") and b"<image" not in svg  # a real, vector SVG
