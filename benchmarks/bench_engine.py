@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 
 import torch
-
 from _common import best_of, load_bench_model
+
 from stir_core.engine import Engine, Steer
 
 

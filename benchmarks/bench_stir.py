@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from _common import REPO, load_bench_model
+
 from stir_core.controller import StirConfig, run_method
 from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
