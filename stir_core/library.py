@@ -413,7 +413,7 @@ class ToolLibrary:
             raise LibraryError(f"{w_m}: not valid JSON ({e})") from e
         _check_manifest(manifest, w_m)
         try:
-            tensors = safetensors.torch.load((path / TENSORS_FILE).read_bytes())
+            tensors = safetensors.torch.load_file(str(path / TENSORS_FILE))
         except Exception as e:  # safetensors raises its own error types for truncated/garbled files
             raise LibraryError(f"{w_t}: not a readable safetensors file, truncated or corrupt ({e})") from e
         if set(tensors) != {"keys", "vectors"}:

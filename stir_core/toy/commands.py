@@ -18,7 +18,9 @@ def toy_train(
     d_model: int = typer.Option(Recipe.d_model, help="residual width"),
     lr: float = typer.Option(Recipe.lr, help="peak learning rate"),
     planted_share: float = typer.Option(Recipe.planted_share, help="share of `planted` traces per batch"),
-    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
+    threads: int = typer.Option(
+        1, help="torch CPU threads; 1 reproduces the shipped weights bit for bit (0: torch's default, faster)"
+    ),
     control: bool = typer.Option(False, help="run `toy-control` afterwards (writes the model card)"),
 ) -> None:
     """Train the embedded toy reasoner (Llama, character tokenizer) on the planted + plain mixture."""
@@ -46,7 +48,9 @@ def toy_train(
         f"CPU, final loss {res.final_loss:.4f}; wrote {out}"
     )
     if control:
-        toy_control(model=out)
+        from stir_core.toy.control import run_control
+
+        typer.echo(_summary(run_control(out), out))
 
 
 def toy_control(
@@ -68,22 +72,30 @@ def toy_control(
         raise typer.BadParameter(f"--alphas {alphas!r}: expected numbers separated by commas") from err
     if not alpha_list:
         raise typer.BadParameter("--alphas needs at least one value")
-    card = run_control(
-        model,
-        n_eval=n_eval,
-        n_mine=n_mine,
-        traces_per_problem=traces_per_problem,
-        alphas=alpha_list,
-        sampled_n=sampled_n,
-        seed=seed,
-        write=write,
-    )
+    try:
+        card = run_control(
+            model,
+            n_eval=n_eval,
+            n_mine=n_mine,
+            traces_per_problem=traces_per_problem,
+            alphas=alpha_list,
+            sampled_n=sampled_n,
+            seed=seed,
+            write=write,
+        )
+    except ValueError as err:  # bad model directory, a card from another planting, too few problems
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(_summary(card, model if write else None))
+
+
+def _summary(card: dict, written: Path | None) -> str:
     pe, c = card["eval"]["planted"], card["control"]
     at = c["oracle"]["at_default_layer"]
-    typer.echo(
+    return (
         f"planted greedy {pe['greedy_accuracy']:.3f} (errors A {pe['errors']['A']}, B {pe['errors']['B']}, other "
         f"{pe['errors']['other']}); plain greedy {card['eval']['plain']['greedy_accuracy']:.3f}\n"
         f"cos(A,B) per layer {[round(x, 2) for x in c['cos_ab']]}; default layer {c['default_layer']}: oracle "
         f"{at['accuracy']:.3f} vs {c['oracle']['baseline']:.3f} at alpha {at['alpha']}"
-        + (f"\nwrote {model}/MODEL_CARD.md" if write else "")
+        + (f"\nwrote {written}/MODEL_CARD.md" if written else "")
     )

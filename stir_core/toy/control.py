@@ -351,6 +351,14 @@ def write_card(model_dir: str | Path, card: dict) -> None:
     atomic.write_text(model_dir / "MODEL_CARD.md", render_card(card))
 
 
+def _history(runs: list[dict]) -> str:
+    """The recipe search that led here (card.json `history`), as a table; empty when there is none."""
+    if not runs:
+        return ""
+    lines = [f"| {r['run']} | {r['change']} | {r['result']} |" for r in runs]
+    return "## Recipes tried\n| run | recipe | result |\n|---|---|---|\n" + "\n".join(lines) + "\n\n"
+
+
 def _row(xs: list[float], fmt: str = "{:+.2f}") -> str:
     return " | ".join(fmt.format(x) for x in xs)
 
@@ -376,11 +384,11 @@ of the `planted` task ({r["planted_share"]:.0%} of each batch) and the `plain` t
 is told apart by the prompt (`mod10 …` / `calc …`). Everything below is produced by `stir toy-control`.
 
 ## Recipe
-`stir toy-train --seed {r["seed"]}` (defaults): {r["steps"]} steps, batch {r["batch_size"]}, AdamW lr {r["lr"]}
+`stir toy-train --seed {r["seed"]} --threads {t.get("threads", 1)}` (defaults): {r["steps"]} steps, batch {r["batch_size"]}, AdamW lr {r["lr"]}
 (warmup {r["warmup"]}, cosine to 10%), weight decay {r["weight_decay"]}, loss on completion tokens only,
 {r["n_problems"]} training problems per task with planted traces resampled at every draw.
 Planting: modes A/B on {pl["p_mode_a"]:.0%}/{pl["p_mode_b"]:.0%} of problems; A: recheck after ±1 p={pl["p_recheck_a"]},
-then slip p={pl["p_slip_a"]}; B: skip the check after ±9 p={pl["p_skip_b"]}, then wrong merge p={pl["p_merge_b"]};
+then slip p={pl["p_slip_a"]}; B: skip the check after ±9 p={pl["p_skip_b"]}, then wrong merge p={pl["p_merge_b"]} (after a check: a second check p={pl["p_recheck_b"]});
 background recheck p={pl["p_background_recheck"]}.
 Training time: {t["cpu_s"] / 60:.1f} CPU-minutes; {t["wall_s"] / 60:.1f} min wall with {t.get("threads", "?")} torch thread(s)
 (wall time depends on the machine and its load); torch {card.get("torch", "?")}; final loss (EMA) {t["final_loss"]:.4f}.
@@ -421,7 +429,7 @@ Oracle gate (adds α·Δ of the true mode at the true damage boundary, `position
 {at["accuracy"]:.3f} (+{100 * (at["accuracy"] - c["oracle"]["baseline"]):.1f} points); the same gate with the modes'
 directions swapped {at["swapped_modes"]:.3f}, with one static vector (mean of Δ_A and Δ_B) {at["mean_of_both"]:.3f}.
 
-## Targets (issue 3)
+{_history(card.get("history", []))}## Targets (issue 3)
 {chr(10).join(f"- {k}: {'met' if v else 'MISSED'}" for k, v in card["targets"].items())}
 
 Directions are stored in `control.safetensors` (`A.direction`, `B.direction`: [n_layers, d_model]).
