@@ -12,9 +12,9 @@ import hashlib
 import random
 
 from stir_core.tasks import register_task
-from stir_core.tasks.base import SPLITS, Example
+from stir_core.tasks.base import Example
 from stir_core.tasks.extract import extract_number
-from stir_core.tasks.planted import DEFAULT_SIZES, DELIM, split_of
+from stir_core.tasks.planted import DELIM, draw_split
 
 MAX_TOTAL = 199
 
@@ -56,25 +56,8 @@ class PlainTask:
 
     def load(self, split: str = "eval", n: int | None = None, seed: int = 0) -> list[Example]:
         """Up to `n` distinct problems of `split` (default size per split as for `planted`), seeded."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        n = DEFAULT_SIZES[split] if n is None else n
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        rng = random.Random(f"plain/{split}/{seed}")
-        seen: set[str] = set()
-        out: list[Example] = []
-        for _ in range(200 * n + 1000):
-            if len(out) >= n:
-                break
-            ex = self.make_example(*self._sample_problem(rng))
-            if ex.question in seen or split_of(f"plain:{ex.question}") != split:
-                continue
-            seen.add(ex.question)
-            out.append(ex)
-        if len(out) < n:
-            raise ValueError(f"could only draw {len(out)} distinct {split!r} problems, asked for {n}")
-        return out
+        return draw_split(split, n, f"plain/{split}/{seed}", "plain:",
+                          lambda rng: self.make_example(*self._sample_problem(rng)))
 
     def prompt(self, example: Example) -> str:
         return f"calc {example.question}\n"

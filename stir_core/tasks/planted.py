@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from stir_core.tasks import register_task
@@ -111,6 +112,30 @@ def split_of(key: str) -> str:
     """The split a problem belongs to, from a stable hash of its question (so splits are disjoint)."""
     h = int(hashlib.blake2b(key.encode(), digest_size=8).hexdigest(), 16) % 100
     return next(s for s, (lo, hi) in _SPLIT_BOUNDS.items() if lo <= h < hi)
+
+
+def draw_split(split: str, n: int | None, rng_seed: str, key_prefix: str,
+               draw: Callable[[random.Random], Example]) -> list[Example]:
+    """`n` distinct problems from `draw` that hash into `split` (so splits never share a question)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    n = DEFAULT_SIZES[split] if n is None else n
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(rng_seed)
+    seen: set[str] = set()
+    out: list[Example] = []
+    for _ in range(200 * n + 1000):
+        if len(out) >= n:
+            break
+        ex = draw(rng)
+        if ex.question in seen or split_of(key_prefix + ex.question) != split:
+            continue
+        seen.add(ex.question)
+        out.append(ex)
+    if len(out) < n:
+        raise ValueError(f"could only draw {len(out)} distinct {split!r} problems, asked for {n}")
+    return out
 
 
 def boundary_classes(n_ops: int, mode: str | None, trigger: int | None) -> list[str]:
@@ -195,26 +220,8 @@ class PlantedTask:
 
     def load(self, split: str = "eval", n: int | None = None, seed: int = 0) -> list[Example]:
         """Up to `n` distinct problems of `split` (default size per split: DEFAULT_SIZES), seeded."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        n = DEFAULT_SIZES[split] if n is None else n
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        rng = random.Random(f"planted/{split}/{seed}")
-        seen: set[str] = set()
-        out: list[Example] = []
-        for _ in range(200 * n + 1000):
-            if len(out) >= n:
-                break
-            start, ops, _, _ = self._sample_problem(rng)
-            ex = self.make_example(start, ops)
-            if ex.question in seen or split_of(ex.question) != split:
-                continue
-            seen.add(ex.question)
-            out.append(ex)
-        if len(out) < n:
-            raise ValueError(f"could only draw {len(out)} distinct {split!r} problems, asked for {n}")
-        return out
+        return draw_split(split, n, f"planted/{split}/{seed}", "",
+                          lambda rng: self.make_example(*self._sample_problem(rng)[:2]))
 
     # --- text -----------------------------------------------------------------------------------------
     def prompt(self, example: Example) -> str:
