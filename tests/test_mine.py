@@ -93,14 +93,14 @@ def test_contrast_rules_on_constructed_rollouts():
         _rollout(1, True, 0.5, s(2.0), ["a\n", "a\nb\n"]),
         _rollout(2, False, -0.1, s(-1.0), ["a\n", "a\nbad\n"]),
         _rollout(3, False, -0.2, s(-3.0), ["a\n", "a\nb\n"]),
-        _rollout(4, False, -0.3, s(5.0), ["a\n"]),  # only one control point
+        _rollout(4, False, -0.3, s(6.0), ["a\n"]),  # only one control point
     ]
     cfg = MineConfig(task="echo", k_pos=1, k_neg=2, clean_prefixes="off", layers=[0])
     items, _ = contrast_problem(None, EchoTask(), ex, rollouts, cfg, [0], 0)
     m1 = [it for it in items if it.m == 1][0]
     # positives: the best correct (k=0); negatives: the two lowest-reward incorrect at m=1 (k=4, k=3)
     assert m1.pos_ids == ["x:0"] and m1.neg_ids == ["x:4", "x:3"]
-    torch.testing.assert_close(m1.mu_pos - m1.mu_neg, torch.full((d,), 1.0 - 1.0))
+    torch.testing.assert_close(m1.mu_pos - m1.mu_neg, torch.full((d,), 1.0 - (6.0 - 3.0) / 2))
     assert m1.quality == pytest.approx(0.9 - (-0.25))
     m2 = [it for it in items if it.m == 2][0]
     assert m2.neg_ids == ["x:3", "x:2"]  # rollout 4 has no second control point
@@ -109,6 +109,10 @@ def test_contrast_rules_on_constructed_rollouts():
     items, stats = contrast_problem(None, CheckTask(), ex, rollouts, cfg_clean, [0], 0)
     assert [it for it in items if it.m == 2][0].neg_ids == ["x:3"]
     assert stats["dropped_unclean"] == 1
+    # identical positive and negative states carry no action: such items are dropped
+    same = [_rollout(0, True, 0.9, s(1.0), ["a\n"]), _rollout(1, False, -0.1, s(1.0), ["a\n"])]
+    items, stats = contrast_problem(None, EchoTask(), ex, same, cfg, [0], 0)
+    assert items == [] and stats["zero_delta"] == 1
     # without incorrect rollouts nothing is mined
     only_correct = [r for r in rollouts if r.correct]
     assert contrast_problem(None, EchoTask(), ex, only_correct, cfg, [0], 0)[0] == []
