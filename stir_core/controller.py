@@ -8,7 +8,6 @@ action as L+1 rows of one batched decode over a forked KV cache, scores them, an
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -339,6 +338,3 @@ def make_trace(method: str, prompt: str, row, decisions: list[GateDecision], pro
         d.commit_tokens = max(0, nxt - d.token_index)
     return Trace(method, prompt, row.text, tokens, decisions, probe_tokens, example_id)
 
-
-def mean_or_nan(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else math.nan
