@@ -17,12 +17,12 @@ Hooks are attached for one forward at a time through `bridge.hooks(...)`, so non
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from stir_core.backend import Backend, hook_name
 from stir_core.model import LoadedModel
 
 POSITIONS = ("last", "segment", "last+segment")
@@ -165,25 +165,13 @@ class FunctionPolicy(Policy):
         return [self.fn(p.row, p.m, p.text, p.states) for p in points]
 
 
-def _select_cache(cache, idx: torch.Tensor):
-    """A new cache holding rows `idx` (repeats allowed); the original is left untouched."""
-    new = copy.copy(cache)
-    new.layers = []
-    for layer in cache.layers:
-        lay = copy.copy(layer)
-        if getattr(layer, "keys", None) is not None:
-            lay.keys = layer.keys.index_select(0, idx)
-            lay.values = layer.values.index_select(0, idx)
-        new.layers.append(lay)
-    return new
-
-
 class Engine:
     """Batched KV-cached decoding with per-row stops, budgets, sampling, steering, capture and forks."""
 
     def __init__(self, model: LoadedModel):
         self.model = model
         self.bridge = model.bridge
+        self.backend = Backend(model.bridge)
         self.device = model.device
         self._piece_cache: dict[int, str] = {}
 
@@ -196,11 +184,12 @@ class Engine:
 
     @torch.no_grad()
     def _forward(self, state: DecodeState | None, input_ids: torch.Tensor, new_mask: torch.Tensor,
-                 adds: dict[int, torch.Tensor] | None, capture_layers: Sequence[int]):
+                 adds: dict[int, torch.Tensor] | None, capture_layers: Sequence[int], keep: str = "last"):
         """Feed `input_ids` [batch, t] after the cached slots.
 
         `adds[layer]` is [batch, t, d_model] (or [batch, 1, d_model] for t == 1) added to resid_post.
-        Returns (logits [batch, t, vocab] float32, cache, mask, {layer: resid_post [batch, t, d_model]}).
+        Returns (logits [batch, 1, vocab] float32 — the last position's, or None for keep="none" —, cache,
+        mask, {layer: resid_post [batch, t, d_model]}).
         """
         mask = new_mask if state is None else torch.cat([state.mask, new_mask], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
@@ -216,15 +205,10 @@ class Engine:
                     captured[layer] = x.detach().float()
                 return x
 
-            hooks.append((f"blocks.{layer}.hook_resid_post", fn))
-        kwargs = {"attention_mask": mask, "position_ids": pos}
-        if state is not None:
-            kwargs["past_key_values"] = state.cache
-        else:
-            kwargs["use_cache"] = True
-        with self.bridge.hooks(fwd_hooks=hooks):
-            logits, cache = self.bridge(input_ids, return_type="logits_and_cache", **kwargs)
-        return logits.float(), cache, mask, captured
+            hooks.append((hook_name(layer), fn))
+        cache = self.backend.new_cache() if state is None else state.cache
+        logits = self.backend.forward(input_ids, mask, pos, cache, hooks, keep=keep)
+        return (None if logits is None else logits.float()), cache, mask, captured
 
     def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
                 seeds: Sequence[int] | None = None) -> DecodeState:
@@ -259,14 +243,15 @@ class Engine:
         for b, x in enumerate(sequences):
             ids[b, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
             mask[b, width - len(x):] = 1
-        _, _, _, cap = self._forward(None, ids.to(self.device), mask.to(self.device), None, tuple(layers))
+        _, _, _, cap = self._forward(None, ids.to(self.device), mask.to(self.device), None, tuple(layers),
+                                     keep="none")
         stacked = torch.stack([cap[layer] for layer in layers], dim=2).cpu()  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
     def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
         """An independent state with the given rows (repeats allowed), e.g. one prefix into L+1 previews."""
         idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
-        return DecodeState(_select_cache(state.cache, idx), state.mask.index_select(0, idx),
+        return DecodeState(self.backend.select_rows(state.cache, idx), state.mask.index_select(0, idx),
                            state.logits.index_select(0, idx), [state.rows[i].clone() for i in rows],
                            state.capture_layers)
 

@@ -1,0 +1,153 @@
+"""The backend seam: the only module that touches transformers' or TransformerLens' internals.
+
+Everything the engine, mining and the controller need from the model goes through `Backend`:
+
+- `hook_name(layer, point)` — the TransformerLens hook name of a residual-stream point;
+- `new_cache()` / `select_rows(cache, idx)` / `cache_length(cache)` — Hugging Face's KV cache;
+- `forward(ids, mask, positions, cache, hooks, keep)` — one forward with the cache extended in place.
+
+Why a seam: transformers 5.24 renamed the cache keyword (`past_key_values` → `cache`) in every model,
+decoder layer and attention module, and the output field with it. TransformerLens 4.3 still speaks the old
+name in two places: `return_type="logits_and_cache"` reads `output.past_key_values` (so it hands back
+`None`), and its re-implemented attention modules read `kwargs["past_key_values"]` to extend the cache (so
+on 5.24 they silently skip it). Every incremental step then ran without its prefix and the embedded model
+decoded `111…`. Here (1) the cache is created by us and passed in by the keyword the installed model
+accepts, and read back from nowhere (Hugging Face caches update in place); (2) on transformers that say
+`cache`, a forward pre-hook on each re-implemented TransformerLens attention module hands it the cache
+under the old name (`_install_cache_shim`). Both spellings live in this file alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+HOOK_POINTS = ("hook_resid_post", "hook_resid_pre", "hook_resid_mid")
+DEFAULT_HOOK_POINT = "blocks.{layer}.hook_resid_post"
+
+Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]
+
+
+class KVCache(Protocol):
+    """What we rely on in a Hugging Face cache (`DynamicCache`): per-layer `keys`/`values`
+    `[batch, kv_heads, slots, head_dim]`, updated in place by every forward."""
+
+    layers: list
+
+    def get_seq_length(self) -> int: ...
+
+
+def hook_name(layer: int, point: str = DEFAULT_HOOK_POINT) -> str:
+    """The hook name for `layer` under a manifest-style template, e.g. `blocks.3.hook_resid_post`."""
+    if "{layer}" not in point:
+        raise ValueError(f"hook point template {point!r} has no '{{layer}}' field")
+    name = point.format(layer=int(layer))
+    if not name.rsplit(".", 1)[-1] in HOOK_POINTS:
+        raise ValueError(f"hook point {point!r} is not a residual-stream point ({', '.join(HOOK_POINTS)})")
+    return name
+
+
+def cache_keyword(hf_model: torch.nn.Module) -> str:
+    """`cache` on transformers ≥ 5.24, `past_key_values` before: read off the model's forward signature."""
+    params = inspect.signature(hf_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _install_cache_shim(bridge: Any) -> int:
+    """On `cache`-keyword transformers, give TransformerLens' re-implemented attention the old keyword.
+
+    Only modules whose `forward` overrides `AttentionBridge.forward` read the cache themselves (through
+    `_update_kv_cache`, which looks for `past_key_values`); the base class hands kwargs to the Hugging Face
+    module, which already understands `cache`. Installed once per bridge and left installed: it only renames
+    a keyword, and attaching it around every forward would cost about as much as a toy model's step.
+    Returns the number of modules shimmed.
+    """
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    if getattr(bridge, "_stir_cache_shim", None) is not None:
+        return bridge._stir_cache_shim
+
+    def rename(module, args, kwargs):
+        if "cache" in kwargs and kwargs.get("past_key_values") is None:
+            kwargs = dict(kwargs)
+            kwargs["past_key_values"] = kwargs.pop("cache")
+            return args, kwargs
+        return None
+
+    n = 0
+    for module in bridge.original_model.modules():
+        if isinstance(module, AttentionBridge) and type(module).forward is not AttentionBridge.forward:
+            module.register_forward_pre_hook(rename, with_kwargs=True)
+            n += 1
+    bridge._stir_cache_shim = n
+    return n
+
+
+class Backend:
+    """A TransformerLens 4 `TransformerBridge` driven one forward at a time with a Hugging Face KV cache.
+
+    Shapes: `ids` `[batch, t]` long; `mask` `[batch, slots]` long over every physical cache slot plus the
+    `t` new ones (0 = a hole: padding or a replaced slot); `positions` `[batch, t]` long; logits
+    `[batch, t or 1, d_vocab]` in the model's dtype; hooks see `[batch, t, d_model]`.
+    """
+
+    def __init__(self, bridge: Any):
+        self.bridge = bridge
+        self.hf_model = bridge.original_model
+        self.config = self.hf_model.config
+        self.cache_kw = cache_keyword(self.hf_model)
+        if self.cache_kw == "cache":
+            _install_cache_shim(bridge)
+        # `logits_to_keep` avoids materialising [batch, t, vocab] logits at prefill (15 GB at 64 x 400 x 152k
+        # in fp32); every architecture we support takes it, an old custom one may not.
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
+
+    def new_cache(self) -> KVCache:
+        from transformers import DynamicCache
+
+        # With the config, layers get their real kinds (sliding-window layers for Gemma 2/3, Mistral).
+        return DynamicCache(config=self.config)
+
+    @staticmethod
+    def cache_length(cache: KVCache) -> int:
+        return int(cache.get_seq_length())
+
+    @staticmethod
+    def select_rows(cache: KVCache, idx: torch.Tensor) -> KVCache:
+        """A new cache holding rows `idx` (repeats allowed); the original is left untouched.
+
+        Only the key/value tensors are gathered (`index_select` copies just those rows); every other field
+        of a layer (sliding-window bookkeeping, dtype, device) is shared by a shallow copy.
+        """
+        new = copy.copy(cache)
+        new.layers = []
+        for layer in cache.layers:
+            lay = copy.copy(layer)
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                i = idx.to(layer.keys.device)
+                lay.keys = layer.keys.index_select(0, i)
+                lay.values = layer.values.index_select(0, i)
+            new.layers.append(lay)
+        return new
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                hooks: Sequence[Hook] = (), keep: str = "last") -> torch.Tensor:
+        """Run `ids` after the cached slots, extending `cache` in place.
+
+        `keep="last"` returns logits `[batch, 1, d_vocab]` for the last position only (prefill, steps);
+        `keep="all"` returns `[batch, t, d_vocab]`; `keep="none"` returns None (capture-only forwards).
+        """
+        kwargs: dict[str, Any] = {"attention_mask": mask, "position_ids": positions, "use_cache": True,
+                                  self.cache_kw: cache}
+        if keep in ("last", "none") and self._keeps_logits:
+            kwargs["logits_to_keep"] = 1
+        with self.bridge.hooks(fwd_hooks=list(hooks)):
+            logits = self.bridge(ids, return_type="logits", **kwargs)
+        if keep == "none":
+            return None
+        return logits[:, -1:] if keep == "last" else logits
