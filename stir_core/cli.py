@@ -186,14 +186,18 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
 def select(candidates: Annotated[Path, typer.Argument(help="candidate library directory")],
            out: Annotated[Path, typer.Option(help="library directory to write")],
            budget: int = 256, method: str = "dpp", lam: float = 0.5, eps: float = 1e-4,
-           min_per_control_point: int = 0, seed: int = 0) -> None:
+           min_per_control_point: int = 0, seed: int = 0,
+           force_mode: Annotated[str, typer.Option(help="reference: DPP on the rest, blind to forced entries; "
+                                                   "conditioned (ours): DPP conditioned on them")] = "reference",
+           ) -> None:
     """Stage II+III: select a diverse library (quality-DPP, top, random) and index it."""
     from stir_core.library import LibraryError, ToolLibrary
     from stir_core.pipeline import SelectConfig, select_and_index
 
     try:
         cands = ToolLibrary.load(candidates)
-        lib, report = select_and_index(cands, SelectConfig(budget, method, lam, eps, min_per_control_point), seed)
+        lib, report = select_and_index(cands, SelectConfig(budget, method, lam, eps, min_per_control_point,
+                                                              force_mode), seed)
     except (LibraryError, ValueError) as err:
         _fail(str(err))
     lib.save(out)

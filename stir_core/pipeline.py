@@ -25,13 +25,14 @@ from stir_core.select import select_library
 
 @dataclass
 class SelectConfig:
-    """Stage II knobs (STIR_SPEC.md): budget B, method dpp|top|random, λ, ε, min_per_control_point."""
+    """Stage II knobs (STIR_SPEC.md): budget B, method dpp|top|random, λ, ε, min_per_control_point, force_mode."""
 
     budget: int = 256
     method: str = "dpp"
     lam: float = 0.5
     eps: float = 1e-4
     min_per_control_point: int = 0
+    force_mode: str = "reference"  # reference | conditioned (ours): see stir_core/select.py
 
 
 @dataclass
@@ -82,9 +83,11 @@ def _make(kind, d: dict | None, section: str):
 def select_and_index(candidates: ToolLibrary, cfg: SelectConfig, seed: int = 0) -> tuple[ToolLibrary, dict]:
     """Stage II + III: the selected library (validated by building its index) and a selection report."""
     lib, res = select_library(candidates, cfg.budget, method=cfg.method, lam=cfg.lam, eps=cfg.eps,
-                              min_per_control_point=cfg.min_per_control_point, seed=seed)
+                              min_per_control_point=cfg.min_per_control_point, seed=seed,
+                              force_mode=cfg.force_mode)
     index = ToolIndex(lib)
-    report = {"method": cfg.method, "budget": cfg.budget, "n_candidates": res.n_candidates, "kept": len(lib),
+    report = {"method": cfg.method, "budget": cfg.budget, "min_per_control_point": cfg.min_per_control_point,
+              "force_mode": cfg.force_mode, "n_forced": res.n_forced, "n_candidates": res.n_candidates, "kept": len(lib),
               "dropped": res.n_dropped, "logdet": res.logdet, "objective": res.objective,
               "index_groups": {f"L{layer}/m{m}": n for (layer, m), n in sorted(index.group_sizes().items())}}
     lib.manifest["selection"] = report

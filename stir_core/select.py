@@ -15,10 +15,17 @@ Ties: gains within `TIE_TOL` of the best (relative, floor 1) count as equal and 
 float rounding in how s_i is computed cannot change the pick.
 
 `min_per_control_point = k` forces, before anything else, the k highest-quality entries of every control
-point (order: control point ascending, then quality descending, then index). They enter through the same
-incremental factor as greedy picks (so later gains are conditioned on them, and they count towards B and
-the log-det), whatever their own gain. If they alone exceed B, that is an error. `top` and `random` honour
-it the same way, then fill up by quality (stable) or a seeded permutation.
+point m >= 1 (order: control point ascending, then quality descending, then index); they come first in the
+pick order and count towards B. What happens next is the `force_mode` switch:
+- `reference` (default, the authors' `stir/offline/stage2.py::select_library`): the DPP runs on the
+  remaining entries alone, with budget B - |forced|, as if the forced entries did not exist — its gains are
+  NOT conditioned on them, so it may pick entries that duplicate a forced one.
+- `conditioned` (ours): the forced entries enter through the same incremental factor as greedy picks, so
+  every later gain is conditioned on them and nothing near-duplicates a forced entry.
+Either way `logdet`/`objective` are those of the whole chosen set, forced entries included. If the forced
+entries alone exceed B, that is an error (the reference silently truncates the forced list instead). `top`
+and `random` honour the forcing the same way in both modes, then fill up from the remaining entries by
+quality (stable) or a seeded permutation.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch
 from stir_core.library import ToolLibrary
 
 METHODS = ("dpp", "top", "random")
+FORCE_MODES = ("reference", "conditioned")
 MIN_VARIANCE = 1e-12
 TIE_TOL = 1e-9
 GRAM_CACHE_BYTES = 256 * 2**20  # precompute the float64 Gram matrix up to N = 5,792 candidates
@@ -60,9 +68,11 @@ def _numpy(x) -> np.ndarray:
 
 
 def forced_entries(quality: np.ndarray, control_points: np.ndarray, k: int) -> list[int]:
-    """The top-k by quality of every control point (m ascending, q descending, index ascending)."""
+    """The top-k by quality of every control point m >= 1 (m ascending, q descending, index ascending).
+
+    m <= 0 is skipped as in the reference (no offline control point exists before the first segment)."""
     out: list[int] = []
-    for m in np.unique(control_points):
+    for m in np.unique(control_points[control_points >= 1]):
         idx = np.flatnonzero(control_points == m)
         order = idx[np.argsort(-quality[idx], kind="stable")]
         out.extend(int(i) for i in order[:k])
@@ -121,8 +131,11 @@ def select_tools(
     eps: float = 1e-4,
     min_per_control_point: int = 0,
     seed: int = 0,
+    force_mode: str = "reference",
 ) -> SelectionResult:
-    """Pick at most `budget` of N candidates. keys: [N, d]; quality: [N] (> -1); control_points: [N]."""
+    """Pick at most `budget` of N candidates. keys: [N, d]; quality: [N] (> -1); control_points: [N].
+
+    `force_mode` only matters for `dpp` with `min_per_control_point > 0` (see the module docstring)."""
     raw = torch.as_tensor(keys).detach().cpu()
     if raw.ndim != 2:
         raise ValueError(f"keys must be [N, d], got shape {tuple(raw.shape)}")
@@ -136,6 +149,8 @@ def select_tools(
         raise ValueError("quality must be finite and > -1 (log1p(q) is used)")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if force_mode not in FORCE_MODES:
+        raise ValueError(f"force_mode must be one of {FORCE_MODES}, got {force_mode!r}")
     if budget < 0 or min_per_control_point < 0 or eps < 0:
         raise ValueError("budget, min_per_control_point and eps must be >= 0")
     budget = min(int(budget), n)
@@ -154,14 +169,14 @@ def select_tools(
                 f"{len(np.unique(cp))} control points, more than the budget {budget}"
             )
 
-    if method == "dpp":
-        state = _Greedy(x, eps, budget)
-        for j in forced:
-            state.add(j)
-        gain = torch.from_numpy(np.log1p(q))
-        while len(state.picks) < budget and (j := state.best(gain, lam)) is not None:
-            state.add(j)
-        picks, logdet = state.picks, state.logdet
+    if method == "dpp" and (force_mode == "conditioned" or not forced):
+        picks, logdet = _greedy_dpp(x, q, budget, lam, eps, forced)
+    elif method == "dpp":  # reference: a plain DPP over the rest, blind to the forced entries
+        taken = set(forced)
+        rest = [i for i in range(n) if i not in taken]
+        local, _ = _greedy_dpp(x[rest], q[rest], budget - len(forced), lam, eps, [])
+        picks = forced + [rest[i] for i in local]
+        logdet = gram_logdet(x, picks, eps)
     else:
         order = (
             np.argsort(-q, kind="stable") if method == "top" else np.random.default_rng(seed).permutation(n)
@@ -171,6 +186,18 @@ def select_tools(
         logdet = gram_logdet(x, picks, eps)
     objective = float(np.log1p(q[picks]).sum()) + lam * logdet
     return SelectionResult(picks, logdet, objective, n, n - len(picks), len(forced))
+
+
+def _greedy_dpp(x: torch.Tensor, q: np.ndarray, budget: int, lam: float, eps: float,
+                forced: list[int]) -> tuple[list[int], float]:
+    """Greedy quality-DPP over unit rows x [N, d], conditioned on `forced` (added first); picks and log-det."""
+    state = _Greedy(x, eps, budget)
+    for j in forced:
+        state.add(j)
+    gain = torch.from_numpy(np.log1p(q))
+    while len(state.picks) < budget and (j := state.best(gain, lam)) is not None:
+        state.add(j)
+    return state.picks, state.logdet
 
 
 def gram_logdet(unit_keys: torch.Tensor, indices: Sequence[int], eps: float) -> float:
@@ -190,6 +217,7 @@ def select_library(
     eps: float = 1e-4,
     min_per_control_point: int = 0,
     seed: int = 0,
+    force_mode: str = "reference",
 ) -> tuple[ToolLibrary, SelectionResult]:
     """Select from a candidate library; the result's manifest records the selection under "selection"."""
     res = select_tools(
@@ -202,6 +230,7 @@ def select_library(
         eps=eps,
         min_per_control_point=min_per_control_point,
         seed=seed,
+        force_mode=force_mode,
     )
     out = lib.subset(res.indices)
     out.manifest["selection"] = {
@@ -210,6 +239,7 @@ def select_library(
         "lam": lam,
         "eps": eps,
         "min_per_control_point": min_per_control_point,
+        "force_mode": force_mode,
         "seed": seed,
         "n_candidates": res.n_candidates,
         "n_kept": len(res.indices),

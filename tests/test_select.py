@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ import torch
 from stir_core import select as select_mod
 from stir_core.library import ToolLibrary
 from stir_core.select import TIE_TOL, select_library, select_tools
+
+REFERENCE_CASES = json.loads((Path(__file__).parent / "fixtures" / "dpp_reference_picks.json").read_text())["cases"]
 
 
 def unit(keys: torch.Tensor) -> torch.Tensor:
@@ -100,11 +104,55 @@ def test_float32_keys_match_naive(seed):
     assert res.indices == naive_greedy(k32.double(), q, 20, 0.5, 1e-4)
 
 
+@pytest.mark.parametrize("case", REFERENCE_CASES, ids=lambda c: f"seed{c['seed']}-k{c['min_per_control_point']}")
+def test_default_picks_match_the_authors_selection_code(case):
+    """The authors' picks, in order, on raw keys — plain DPP and DPP with min_per_control_point > 0."""
+    res = select_tools(np.array(case["keys"]), np.array(case["quality"]), np.array(case["control_point"]),
+                       case["budget"], lam=case["lam"], eps=case["eps"],
+                       min_per_control_point=case["min_per_control_point"])
+    assert res.indices == case["picks_in_order"]
+
+
+def test_conditioned_forcing_differs_from_the_reference_on_the_fixture():
+    # The switch is not a no-op: on every forced fixture case, conditioning changes the picks.
+    forced_cases = [c for c in REFERENCE_CASES if c["min_per_control_point"] > 0]
+    assert forced_cases
+    for c in forced_cases:
+        res = select_tools(np.array(c["keys"]), np.array(c["quality"]), np.array(c["control_point"]), c["budget"],
+                           lam=c["lam"], eps=c["eps"], min_per_control_point=c["min_per_control_point"],
+                           force_mode="conditioned")
+        assert res.indices != c["picks_in_order"]
+
+
+def reference_forced_then_rest(keys, q, cps, budget, k, lam, eps):
+    """The reference's forcing, spelled out: top-k per m >= 1, then the naive DPP on what is left."""
+    forced = []
+    for m in sorted(set(cps.tolist())):
+        if m >= 1:
+            forced += sorted(np.flatnonzero(cps == m).tolist(), key=lambda i: (-q[i], i))[:k]
+    rest = [i for i in range(len(q)) if i not in forced]
+    local = naive_greedy(torch.as_tensor(keys)[rest], q[rest], budget - len(forced), lam, eps)
+    return forced, forced + [rest[i] for i in local]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("seed", [3, 7])
+def test_min_per_control_point_reference_forcing_is_blind_to_forced(k, seed):
+    keys, q, cps = hard_case(seed)
+    cps[:3] = 0  # m = 0 entries are never forced (as in the reference)
+    q = q + np.arange(len(q)) * 1e-3
+    forced, expect = reference_forced_then_rest(keys, q, cps, 25, k, 0.5, 1e-4)
+    res = select_tools(keys, q, cps, 25, min_per_control_point=k)
+    assert res.indices == expect and res.n_forced == len(forced)
+    assert res.logdet == pytest.approx(subset_logdet(keys, res.indices, 1e-4), rel=1e-9)
+    assert res.objective == pytest.approx(np.log1p(q[res.indices]).sum() + 0.5 * res.logdet, rel=1e-12)
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_min_per_control_point_forced_first_then_greedy(k):
     keys, q, cps = hard_case(7)
     q = q + np.arange(len(q)) * 1e-3  # distinct qualities so the forced set is unambiguous
-    res = select_tools(keys, q, cps, 25, min_per_control_point=k)
+    res = select_tools(keys, q, cps, 25, min_per_control_point=k, force_mode="conditioned")
     forced = []
     for m in sorted(set(cps.tolist())):
         members = sorted(np.flatnonzero(cps == m).tolist(), key=lambda i: (-q[i], i))
@@ -122,9 +170,10 @@ def test_min_per_control_point_rescues_a_low_quality_control_point():
     cps = np.where(np.arange(len(q)) < 36, 1, 2)
     q = np.where(cps == 2, 0.0, q + 1.0)  # control point 2 only has zero-quality entries
     plain = select_tools(keys, q, cps, 5)
-    forced = select_tools(keys, q, cps, 5, min_per_control_point=1)
     assert 2 not in cps[plain.indices]
-    assert 2 in cps[forced.indices] and len(forced.indices) == 5
+    for mode in ("reference", "conditioned"):
+        forced = select_tools(keys, q, cps, 5, min_per_control_point=1, force_mode=mode)
+        assert 2 in cps[forced.indices] and len(forced.indices) == 5
 
 
 def test_min_per_control_point_over_budget_is_an_error():
@@ -195,6 +244,8 @@ def test_bad_inputs():
         select_tools(keys, np.array([0.1, -1.0, 0.2, 0.3, 0.4]), None, 2)
     with pytest.raises(ValueError, match="method"):
         select_tools(keys, q, None, 2, method="greedy")
+    with pytest.raises(ValueError, match="force_mode"):
+        select_tools(keys, q, None, 2, force_mode="blind")
     with pytest.raises(ValueError, match="4 values for 5"):
         select_tools(keys, q[:4], None, 2)
     nan_keys = keys.clone()
