@@ -266,9 +266,7 @@ def _check_contents(lib: ToolLibrary, path: Path | None, *, check_hash: bool = T
     if (anchor & (norms > 0)).any():
         i = int(np.flatnonzero(anchor & (norms > 0))[0])
         raise LibraryError(f"{w_p}: row {i} ({ids.iloc[i]!r}) is an anchor but its vector is not zero")
-    if (~anchor & (norms == 0)).any():
-        i = int(np.flatnonzero(~anchor & (norms == 0))[0])
-        raise LibraryError(f"{w_p}: row {i} ({ids.iloc[i]!r}) is a correction but its vector is zero")
+    # A correction may be zero: the reference keeps mined items with Δ = 0 (MineConfig.drop_zero_delta).
     off = ~np.isclose(table["norm"].to_numpy(), norms, rtol=NORM_RTOL, atol=1e-6)
     if off.any():
         i = int(np.flatnonzero(off)[0])

@@ -47,8 +47,12 @@ class MineConfig:
     k_neg: int = 4
     min_incorrect: int = 1
     pos_source: str = "rollout"  # rollout | gold | rollout_or_gold
-    clean_prefixes: str = "auto"  # off | auto | on
-    max_control_points: int | None = None
+    # Reference-fidelity switches (STIR_SPEC.md, knob table); each default is what the authors' code does.
+    clean_prefixes: str = "off"  # off (reference) | auto | on: ours, contrast only error-free prefixes
+    max_control_points: int | None = 8  # M: the reference config's 8 (code default 6); None = unbounded (ours)
+    gold_reward: str = "penalised"  # penalised (reference: 1[gold correct] - eta0*len/T_mine) | fixed (ours: 1.0)
+    drop_zero_delta: bool = False  # reference keeps items with Δ = 0; True (ours) drops them
+    random_quality: str = "clamp"  # method=random: clamp (reference: q = max(0, gap), keep all) | drop (q <= 0)
     top_c: int = 256
     problems_per_batch: int = 8
     capture: str = "decode"  # decode (one pass) | reprefill (one forward per prefix, the reference's way)
@@ -56,12 +60,15 @@ class MineConfig:
 
     def __post_init__(self) -> None:
         checks = {"method": ("contrastive", "random"), "pos_source": ("rollout", "gold", "rollout_or_gold"),
-                  "clean_prefixes": ("off", "auto", "on"), "capture": ("decode", "reprefill")}
+                  "clean_prefixes": ("off", "auto", "on"), "capture": ("decode", "reprefill"),
+                  "gold_reward": ("penalised", "fixed"), "random_quality": ("clamp", "drop")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"mine config: {name}={getattr(self, name)!r}, expected one of {allowed}")
         if self.k_rollouts < 2 or self.n_problems < 1 or self.top_c < 1:
             raise ValueError("mine config: need k_rollouts >= 2, n_problems >= 1, top_c >= 1")
+        if self.max_control_points is not None and self.max_control_points < 1:
+            raise ValueError(f"mine config: max_control_points={self.max_control_points}, expected >= 1 or null")
 
 
 @dataclass
@@ -144,10 +151,11 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
     return out
 
 
-def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> torch.Tensor:
-    """States of the gold solution at each of its control points [n_cp, n_layers, d_model]."""
+def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> tuple[torch.Tensor, int]:
+    """States of the gold solution at each of its control points [n_cp, n_layers, d_model], and its length
+    in tokens."""
     if not ex.solution:
-        return torch.zeros(0)
+        return torch.zeros(0), 0
     model = engine.model
     prompt = model.encode(model.format_prompt(task.prompt(ex)))
     sol = model.tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
@@ -158,7 +166,15 @@ def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> 
         text += engine.piece(tok)
         if text.count(task.delimiter) > before.count(task.delimiter):
             ends.append(t)
-    return states[ends] if ends else torch.zeros(0)
+    return (states[ends] if ends else torch.zeros(0)), len(sol)
+
+
+def gold_reward(task: Task, ex: Example, n_tokens: int, cfg: MineConfig) -> float:
+    """The gold positive's reward. `penalised` (reference, stage1.py `_length_regularized_reward` applied to
+    the gold text): 1[the gold text scores correct] - eta0 * len / T_mine. `fixed` (ours): 1.0."""
+    if cfg.gold_reward == "fixed":
+        return 1.0
+    return float(bool(task.score(ex.solution, ex))) - cfg.eta0 * n_tokens / cfg.max_new_tokens
 
 
 def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rollout], cfg: MineConfig,
@@ -171,9 +187,9 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
     n_cp = max((len(r.prefixes) for r in rollouts), default=0)
     if cfg.max_control_points is not None:
         n_cp = min(n_cp, cfg.max_control_points)
-    gold = None
+    gold, r_gold = None, 1.0
     items, stats = [], {"control_points": 0, "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0,
-                        "zero_delta": 0}
+                        "zero_delta": 0, "nonpositive_quality": 0}
     for m in range(1, n_cp + 1):
         valid = [r for r in rollouts if len(r.prefixes) >= m]
         if checker is not None:
@@ -198,7 +214,9 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
                 stats["skipped_no_pos"] += 1
                 continue
             if cfg.pos_source == "gold" or (not pos and cfg.pos_source == "rollout_or_gold"):
-                gold = _gold_states(engine, task, ex, layers) if gold is None else gold
+                if gold is None:
+                    gold, n_gold = _gold_states(engine, task, ex, layers)
+                    r_gold = gold_reward(task, ex, n_gold, cfg)
                 if len(gold) < m:
                     stats["skipped_no_pos"] += 1
                     continue
@@ -212,11 +230,17 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
         if pos_states is None:
             pos_states = torch.stack([r.states[m - 1] for r in pos])
         neg_states = torch.stack([r.states[m - 1] for r in neg])  # [n_neg, n_layers, d]
-        r_pos = sum(r.reward for r in pos) / len(pos) if pos else 1.0  # gold: a correct, unpenalised answer
+        r_pos = sum(r.reward for r in pos) / len(pos) if pos else r_gold  # no rollout positives: the gold
         r_neg = sum(r.reward for r in neg) / len(neg)
         quality = r_pos - r_neg
         if quality <= 0:
-            continue
+            # The random ablation keeps every split at q = max(0, gap) (reference); dropping q <= 0 there would
+            # turn it back into a reward-selected contrast. Everything else needs a positive gap.
+            if cfg.method == "random" and cfg.random_quality == "clamp":
+                quality = 0.0
+            else:
+                stats["nonpositive_quality"] += 1
+                continue
         # Label-shuffled control: the same states, positive/negative labels permuted within the problem.
         both = torch.cat([pos_states, neg_states])
         perm = list(range(len(both)))
@@ -225,9 +249,11 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
         for j, layer in enumerate(layers):
             mu_pos, mu_neg = pos_states[:, j].mean(0), neg_states[:, j].mean(0)
             # Identical prefixes (e.g. a first segment every rollout shares) give Δ = 0: no action to take.
+            # The reference keeps such items (counted here either way); `drop_zero_delta` (ours) drops them.
             if float((mu_pos - mu_neg).norm()) <= 1e-5 * max(1.0, float(mu_neg.norm())):
                 stats["zero_delta"] += 1
-                continue
+                if cfg.drop_zero_delta:
+                    continue
             shuffled = float((sh[: len(pos_states), j].mean(0) - sh[len(pos_states):, j].mean(0)).norm())
             items.append(Item(ex.id, m, layer, mu_pos, mu_neg, shuffled, quality, r_pos, r_neg,
                               [f"{ex.id}:{r.k}" for r in pos] or [f"{ex.id}:gold"],
@@ -300,7 +326,8 @@ def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | N
     ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     items: list[Item] = []
     start, stats = 0, {"problems": 0, "rollouts": 0, "correct_rollouts": 0, "control_points": 0,
-                       "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0, "zero_delta": 0}
+                       "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0, "zero_delta": 0,
+                       "nonpositive_quality": 0}
     if ckpt is not None and (loaded := _load_checkpoint(ckpt, cfg)) is not None:
         items, start, stats = loaded
     bar = tqdm(total=len(examples), initial=start, desc="mine", unit="problem", disable=not show_progress)

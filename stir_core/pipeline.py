@@ -44,8 +44,11 @@ class BuildConfig:
     @classmethod
     def small(cls) -> BuildConfig:
         """The quick default for the embedded testbed model (a few minutes on 2 CPU cores)."""
+        # Our switches (clean_prefixes, unbounded M, dropping Δ = 0) as the demo library was built; see
+        # configs/toy-small.yaml and STIR_SPEC.md's knob table. configs/reference.yaml is the paper's config.
         return cls(mine=MineConfig(n_problems=256, k_rollouts=8, max_new_tokens=96, layers=[2, 3], top_c=192,
-                                   problems_per_batch=16),
+                                   problems_per_batch=16, clean_prefixes="auto", max_control_points=None,
+                                   drop_zero_delta=True),
                    select=SelectConfig(budget=192))
 
     @classmethod

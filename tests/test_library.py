@@ -314,10 +314,12 @@ def test_from_records_rejects_bad_input():
     rows = lib.table.to_dict("records")
     with pytest.raises(LibraryError, match="ids must be unique"):
         ToolLibrary.from_records(lib.keys, lib.vectors, [{**r, "id": "x"} for r in rows], {})
-    with pytest.raises(LibraryError, match="is a correction but its vector is zero"):
-        ToolLibrary.from_records(
-            lib.keys, torch.zeros_like(lib.vectors), [{**r, "norm": 0.0} for r in rows], {}
-        )
+    # a zero correction is allowed (the reference keeps mined items with Δ = 0), a non-zero anchor is not
+    zero = ToolLibrary.from_records(lib.keys, torch.zeros_like(lib.vectors), [{**r, "norm": 0.0} for r in rows], {})
+    assert (zero.table["norm"] == 0).all()
+    with pytest.raises(LibraryError, match="is an anchor but its vector is not zero"):
+        ToolLibrary.from_records(lib.keys, torch.ones_like(lib.vectors),
+                                 [{**r, "norm": float(lib.vectors.shape[1]) ** 0.5} for r in rows], {})
     with pytest.raises(LibraryError, match="11 rows for 12 entries"):
         ToolLibrary.from_records(lib.keys, lib.vectors, rows[:-1], {})
     with pytest.raises(LibraryError, match="lacks \\['quality'\\]"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -109,12 +111,106 @@ def test_contrast_rules_on_constructed_rollouts():
     items, stats = contrast_problem(None, CheckTask(), ex, rollouts, cfg_clean, [0], 0)
     assert [it for it in items if it.m == 2][0].neg_ids == ["x:3"]
     assert stats["dropped_unclean"] == 1
-    # identical positive and negative states carry no action: such items are dropped
+    # identical positive and negative states (Δ = 0): kept by default (reference), dropped by the switch
     same = [_rollout(0, True, 0.9, s(1.0), ["a\n"]), _rollout(1, False, -0.1, s(1.0), ["a\n"])]
     items, stats = contrast_problem(None, EchoTask(), ex, same, cfg, [0], 0)
+    assert len(items) == 1 and stats["zero_delta"] == 1
+    assert torch.equal(items[0].mu_pos, items[0].mu_neg) and items[0].quality == pytest.approx(1.0)
+    items, stats = contrast_problem(None, EchoTask(), ex, same, replace(cfg, drop_zero_delta=True), [0], 0)
     assert items == [] and stats["zero_delta"] == 1
     # without incorrect rollouts nothing is mined
     only_correct = [r for r in rollouts if r.correct]
     assert contrast_problem(None, EchoTask(), ex, only_correct, cfg, [0], 0)[0] == []
     with pytest.raises(ValueError, match="step checker"):
         contrast_problem(None, EchoTask(), ex, rollouts, MineConfig(task="echo", clean_prefixes="on"), [0], 0)
+
+
+class GoldTask(EchoTask):
+    """Gold solutions: 'right' scores correct, anything else does not."""
+
+    def score(self, completion, ex):
+        return completion == "right"
+
+
+class GoldEngine:
+    """Stands in for the engine where only the gold path needs it: states are token positions."""
+
+    class model:  # noqa: N801
+        d_model = 4
+
+        @staticmethod
+        def encode(text):
+            return [0] * len(text)
+
+        @staticmethod
+        def format_prompt(text):
+            return text
+
+        @staticmethod
+        def tokenizer(text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    def piece(self, tok):
+        return chr(tok)
+
+    def forward_states(self, rows, layers):
+        return [torch.arange(len(rows[0]), dtype=torch.float32)[:, None, None].expand(-1, len(layers), 4)]
+
+
+@pytest.mark.parametrize(("solution", "mode", "expect"), [
+    ("right", "penalised", 1.0 - 0.01 * 5 / 40),  # correct gold, 5 tokens, eta0 = 0.01, T_mine = 40
+    ("wrong", "penalised", 0.0 - 0.01 * 5 / 40),  # the reference scores the gold text too
+    ("right", "fixed", 1.0),
+])
+def test_gold_positive_reward(solution, mode, expect):
+    ex = Example("x", "q", "1", solution=solution)
+    s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
+    neg = [_rollout(0, False, -0.2, s(-1.0), ["a\n"])]
+    cfg = MineConfig(task="echo", k_pos=1, k_neg=1, pos_source="gold", max_new_tokens=40, eta0=0.01,
+                     gold_reward=mode, layers=[0])
+    # The gold text has no delimiter, so give it one control point by making the delimiter one of its letters.
+    task = GoldTask()
+    task.delimiter = solution[-1]
+    items, _ = contrast_problem(GoldEngine(), task, ex, neg, cfg, [0], 0)
+    if expect - (-0.2) <= 0:
+        assert items == []
+    else:
+        (it,) = items
+        assert it.mean_reward_pos == pytest.approx(expect) and it.quality == pytest.approx(expect + 0.2)
+        assert it.pos_ids == ["x:gold"]
+
+
+def test_random_mining_keeps_nonpositive_splits_at_zero_quality():
+    ex = Example("x", "q", "1")
+    s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
+    rollouts = [_rollout(k, k % 2 == 0, r, s(k), ["a\n"]) for k, r in enumerate([0.9, -0.1, 0.8, -0.2])]
+    base = MineConfig(task="echo", method="random", layers=[0], seed=0)
+    # Brute force over seeds: each split's gap is mean R(first half) - mean R(second half) of the seeded
+    # shuffle; the reference keeps every split with q = max(0, gap), `drop` keeps only gap > 0.
+    seen_nonpositive = False
+    for seed in range(12):
+        cfg = replace(base, seed=seed)
+        kept, _ = contrast_problem(None, EchoTask(), ex, rollouts, cfg, [0], 0)
+        dropped, stats = contrast_problem(None, EchoTask(), ex, rollouts, replace(cfg, random_quality="drop"), [0], 0)
+        (it,) = kept
+        pos_r = [rollouts[int(i.split(":")[1])].reward for i in it.pos_ids]
+        neg_r = [rollouts[int(i.split(":")[1])].reward for i in it.neg_ids]
+        gap = sum(pos_r) / len(pos_r) - sum(neg_r) / len(neg_r)
+        assert it.quality == pytest.approx(max(0.0, gap))
+        assert len(dropped) == (1 if gap > 0 else 0) and stats["nonpositive_quality"] == (0 if gap > 0 else 1)
+        seen_nonpositive |= gap <= 0
+    assert seen_nonpositive, "no seed produced a non-positive split; the test would not exercise the switch"
+
+
+def test_max_control_points_caps_mining():
+    ex = Example("x", "q", "1")
+    s = lambda v: torch.full((10, 1, 4), float(v))  # noqa: E731  ten control points
+    pre = [f"{'a' * (i + 1)}\n" for i in range(10)]
+    rollouts = [_rollout(0, True, 0.9, s(1.0), pre), _rollout(1, False, -0.1, s(-1.0), pre)]
+    cfg = MineConfig(task="echo", k_pos=1, k_neg=1, layers=[0])
+    assert cfg.max_control_points == 8 and cfg.clean_prefixes == "off"  # the reference config's defaults
+    assert sorted({it.m for it in contrast_problem(None, EchoTask(), ex, rollouts, cfg, [0], 0)[0]}) == list(range(1, 9))
+    unbounded = replace(cfg, max_control_points=None)
+    assert len(contrast_problem(None, EchoTask(), ex, rollouts, unbounded, [0], 0)[0]) == 10
+    with pytest.raises(ValueError, match="max_control_points"):
+        MineConfig(max_control_points=0)
