@@ -29,6 +29,7 @@ METHOD_KNOBS: dict[str, tuple[str, ...]] = {
     "no_memory": (),
     "static": ("static_scale", "positions", "layer"),
     "static_cp": ("static_scale", "positions", "layer"),
+    "static_norm": ("static_scale", "positions", "layer"),
     "stir": STIR_KNOBS,
     "no_probing": tuple(k for k in STIR_KNOBS if k != "probe_tokens"),
     "random_vector": STIR_KNOBS,

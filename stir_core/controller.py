@@ -19,7 +19,8 @@ from stir_core.index import ToolIndex
 from stir_core.library import ToolLibrary
 from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace
 
-METHODS = ("vanilla", "no_memory", "static", "static_cp", "stir", "no_probing", "random_vector", "random_choice")
+METHODS = ("vanilla", "no_memory", "static", "static_cp", "static_norm", "stir", "no_probing", "random_vector",
+           "random_choice")
 STIR_VARIANTS = ("stir", "no_probing", "random_vector", "random_choice")
 
 
@@ -76,9 +77,16 @@ class _LoggingPolicy(Policy):
 
 
 class StaticPolicy(_LoggingPolicy):
-    """One fixed vector (or one per control point) committed at every control point."""
+    """One fixed vector (or one per control point) committed at every control point, at `static_scale`.
 
-    def __init__(self, library: ToolLibrary, config: StirConfig, per_control_point: bool):
+    `static` / `static_cp`: the mean Δ of the layer's corrections (per control point for `static_cp`).
+    `static_norm` (norm-matched, ours): the direction of that mean rescaled to the median correction norm
+    ‖Δ‖ at the layer, so that `static_scale` = STIR's mean committed α adds what a typical STIR commit adds
+    (a mean of many directions is much shorter than any one tool: 21 vs a median of 86 on the demo library).
+    """
+
+    def __init__(self, library: ToolLibrary, config: StirConfig, per_control_point: bool,
+                 norm_matched: bool = False):
         super().__init__()
         self.config = config
         corr = library.table["kind"].to_numpy() == "correction"
@@ -93,12 +101,18 @@ class StaticPolicy(_LoggingPolicy):
         self.layer = layer
         self.capture_layers = ()
         self.vectors: dict[int | None, torch.Tensor] = {None: library.vectors[torch.from_numpy(sel)].mean(0)}
+        if norm_matched:
+            mean = self.vectors[None].float()
+            if not float(mean.norm()) > 0:
+                raise ValueError(f"static_norm: the mean correction at layer {layer} is zero (no direction)")
+            median = float(torch.linalg.vector_norm(library.vectors[torch.from_numpy(sel)].float(), dim=1).median())
+            self.vectors[None] = mean / mean.norm() * median
         if per_control_point:
             cps = library.table["control_point"].to_numpy()
             for m in sorted(set(cps[sel].tolist())):
                 self.vectors[int(m)] = library.vectors[torch.from_numpy(sel & (cps == m))].mean(0)
         self.per_cp = per_control_point
-        self.name = "static_cp" if per_control_point else "static"
+        self.name = "static_cp" if per_control_point else ("static_norm" if norm_matched else "static")
 
     def decide(self, engine, state, points):
         out = []
@@ -293,8 +307,9 @@ def build_policy(method: str, library: ToolLibrary | None, config: StirConfig) -
         return NullPolicy()
     if library is None:
         raise ValueError(f"method {method!r} needs a tool library (--library)")
-    if method in ("static", "static_cp"):
-        return StaticPolicy(library, config, per_control_point=method == "static_cp")
+    if method in ("static", "static_cp", "static_norm"):
+        return StaticPolicy(library, config, per_control_point=method == "static_cp",
+                            norm_matched=method == "static_norm")
     return StirPolicy(library, config, variant=method)
 
 

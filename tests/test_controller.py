@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stir_core.controller import StirConfig, run_method
+from stir_core.controller import StirConfig, build_policy, run_method
 from stir_core.library import ToolLibrary
 from stir_core.trace import Trace
 
@@ -124,6 +124,30 @@ def test_static_baselines_apply_the_mean_vectors(engine, tiny):
                 continue
             want = lib.vectors[corr & (cps == dec.m)].mean(0)
             assert dec.added_norm == pytest.approx(0.5 * float(want.norm()), rel=1e-5)
+
+
+def test_static_norm_is_the_mean_direction_at_the_median_tool_norm(engine, tiny):
+    lib = make_library(tiny.d_model)
+    corr = [k == "correction" for k in lib.table["kind"]]
+    vecs = [lib.vectors[i].double() for i, c in enumerate(corr) if c]
+    mean = sum(vecs) / len(vecs)
+    norms = sorted(float(v.norm()) for v in vecs)
+    median = norms[(len(norms) - 1) // 2]  # torch's median: the lower middle value for an even count
+    cfg = CFG.with_overrides(static_scale=0.5)
+    plain = run_method(engine, PROMPTS, "static", lib, cfg)
+    normed = run_method(engine, PROMPTS, "static_norm", lib, cfg)
+    n = 0
+    for tp, tn in zip(plain, normed, strict=True):
+        for dec in tn.decisions:
+            assert dec.committed and dec.chosen == "static_norm"
+            assert dec.added_norm == pytest.approx(0.5 * median, rel=1e-5)
+            n += 1
+        # same direction as `static`: the first commit (same state in both runs) differs only in length
+        if tp.decisions and tn.decisions:
+            assert tp.decisions[0].added_norm == pytest.approx(0.5 * float(mean.norm()), rel=1e-5)
+    assert n >= 1 and median > float(mean.norm())
+    vec = build_policy("static_norm", lib, cfg).vectors[None].double()
+    torch.testing.assert_close(vec, mean / mean.norm() * median, rtol=1e-5, atol=1e-6)
 
 
 def test_random_vector_matches_the_norm_of_what_stir_would_commit(engine, tiny):
