@@ -45,13 +45,18 @@ def _library(path: str | None, model):
         _fail(str(err))
 
 
-def _stir_config(overrides: list[str] | None):
+def _stir_config(overrides: list[str] | None, config: Path | None = None):
     from stir_core.controller import StirConfig
     from stir_core.evaluate import parse_sweep
 
     cfg = StirConfig()
+    if config is not None:  # a build config's [online] section (e.g. configs/reference.yaml), then --set
+        cfg = cfg.with_overrides(**_build_config(config).online)
     for spec in overrides or []:
-        name, values = parse_sweep(spec)
+        try:
+            name, values = parse_sweep(spec)
+        except ValueError as err:
+            _fail(f"--set {spec}: {err}")
         if len(values) != 1:
             _fail(f"--set {spec}: give one value (use --sweep for several)")
         cfg = cfg.with_overrides(**{name: values[0]})
@@ -66,6 +71,8 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
              library: Annotated[str | None, typer.Option(help="library directory")] = None,
              set_: Annotated[list[str] | None, typer.Option("--set", help="StirConfig override name=value")] = None,
              sweep: Annotated[str | None, typer.Option(help="name=v1,v2,...: one row per setting")] = None,
+             config: Annotated[Path | None, typer.Option(help="YAML config whose [online] section sets "
+                                                         "the knobs (e.g. configs/reference.yaml)")] = None,
              batch_size: int = 64, path: Annotated[str | None, typer.Option(help="data file for file tasks")] = None,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
@@ -82,6 +89,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         task_obj = get_task(task, **({"path": path} if path else {}))
     except (ValueError, TypeError) as err:
         _fail(str(err))
+    cfg = _stir_config(set_, config)  # bad knobs fail here, before the model loads
     m = _model(model, device, dtype)
     lib = _library(library, m)
     if lib is None and any(x not in ("vanilla", "no_memory") for x in method_list):
@@ -90,7 +98,6 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
             typer.echo(f"using the demo library {DEMO_LIBRARY}")
         else:
             _fail("steered methods need --library DIR")
-    cfg = _stir_config(set_)
     engine = Engine(m)
     settings = [(None, None)]
     if sweep:

@@ -40,6 +40,9 @@ class BuildConfig:
     model: str | None = None  # None: the embedded testbed model
     mine: MineConfig = field(default_factory=MineConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    # Online knobs (StirConfig fields) that go with this library; `stir build` ignores them, `stir eval
+    # --config` applies them before any --set. Validated on load so a typo fails before a model loads.
+    online: dict = field(default_factory=dict)
 
     @classmethod
     def small(cls) -> BuildConfig:
@@ -54,11 +57,19 @@ class BuildConfig:
     @classmethod
     def from_dict(cls, d: dict) -> BuildConfig:
         d = dict(d or {})
-        unknown = set(d) - {"model", "mine", "select"}
+        unknown = set(d) - {"model", "mine", "select", "online"}
         if unknown:
-            raise ValueError(f"build config: unknown section(s) {sorted(unknown)}; expected model, mine, select")
+            raise ValueError(f"build config: unknown section(s) {sorted(unknown)}; "
+                             "expected model, mine, select, online")
+        online = dict(d.get("online") or {})
+        from stir_core.controller import StirConfig  # here: the controller imports the engine (torch)
+
+        try:
+            StirConfig().with_overrides(**online)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"build config [online]: {err}") from err
         return cls(model=d.get("model"), mine=_make(MineConfig, d.get("mine"), "mine"),
-                   select=_make(SelectConfig, d.get("select"), "select"))
+                   select=_make(SelectConfig, d.get("select"), "select"), online=online)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BuildConfig:

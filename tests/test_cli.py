@@ -87,3 +87,17 @@ def test_bad_input_gives_clear_errors(args, needle):
     r = runner.invoke(app, args)
     assert r.exit_code != 0
     assert needle in r.output
+
+
+@pytest.mark.parametrize("online,needle", [
+    ({"k_retreive": 8}, "unknown STIR config field(s): k_retreive"),
+    ({"beta": 2.0}, None),
+])
+def test_eval_config_online_section_is_checked_before_the_model_loads(tmp_path, online, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"online": online}))
+    # A model path that does not exist: a bad [online] section must fail first, a good one gets that far.
+    r = runner.invoke(app, ["eval", "--config", str(cfg), "--model", "/nonexistent/model/dir"])
+    assert r.exit_code != 0
+    assert (needle or "does not exist") in r.output
+    assert "Traceback" not in r.output
