@@ -53,6 +53,10 @@ class MineConfig:
     gold_reward: str = "penalised"  # penalised (reference: 1[gold correct] - eta0*len/T_mine) | fixed (ours: 1.0)
     drop_zero_delta: bool = False  # reference keeps items with Δ = 0; True (ours) drops them
     random_quality: str = "clamp"  # method=random: clamp (reference: q = max(0, gap), keep all) | drop (q <= 0)
+    # Without the correct/incorrect contrast (method=random, or require_correct_and_incorrect=False):
+    # reference = the first max(1, k_pos) of the shuffled / reward-ranked rollouts are positives and the next
+    # (random) or last (ranked) max(1, k_neg) negatives, as the reference; disjoint (ours) = equal halves.
+    split_rule: str = "reference"
     top_c: int = 256
     problems_per_batch: int = 8
     capture: str = "decode"  # decode (one pass) | reprefill (one forward per prefix, the reference's way)
@@ -61,7 +65,8 @@ class MineConfig:
     def __post_init__(self) -> None:
         checks = {"method": ("contrastive", "random"), "pos_source": ("rollout", "gold", "rollout_or_gold"),
                   "clean_prefixes": ("off", "auto", "on"), "capture": ("decode", "reprefill"),
-                  "gold_reward": ("penalised", "fixed"), "random_quality": ("clamp", "drop")}
+                  "gold_reward": ("penalised", "fixed"), "random_quality": ("clamp", "drop"),
+                  "split_rule": ("reference", "disjoint")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"mine config: {name}={getattr(self, name)!r}, expected one of {allowed}")
@@ -198,12 +203,17 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
             valid = clean
         pos_states = None
         if cfg.method == "random":
-            if len(valid) < 2:
+            if len(valid) < (1 if cfg.split_rule == "reference" else 2):
                 continue
             shuffled = sorted(valid, key=lambda r: r.k)
             rng.shuffle(shuffled)
-            half = len(shuffled) // 2
-            pos, neg = shuffled[:half], shuffled[half:]
+            if cfg.split_rule == "reference":  # stage1.py `_select_pos_neg_random`
+                n_pos = min(max(1, cfg.k_pos), len(shuffled))
+                rest = shuffled[n_pos:] or shuffled  # one valid rollout: it is both sides (Δ = 0)
+                pos, neg = shuffled[:n_pos], rest[: max(1, cfg.k_neg)]
+            else:
+                half = len(shuffled) // 2
+                pos, neg = shuffled[:half], shuffled[half:]
         elif cfg.require_correct_and_incorrect:
             neg = sorted((r for r in valid if not r.correct), key=lambda r: (r.reward, r.k))[: cfg.k_neg]
             if len(neg) < max(1, cfg.min_incorrect):
@@ -223,10 +233,15 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
                 pos, pos_states = [], gold[m - 1][None]
         else:
             ranked = sorted(valid, key=lambda r: (-r.reward, r.k))
-            if len(ranked) < 2:
-                continue
-            k = min(cfg.k_pos, cfg.k_neg, len(ranked) // 2)
-            pos, neg = ranked[:k], ranked[-k:]
+            if cfg.split_rule == "reference":  # stage1.py `_select_pos_neg`: best K_pos, worst K_neg (may overlap)
+                if not ranked:
+                    continue
+                pos, neg = ranked[: max(1, cfg.k_pos)], ranked[::-1][: max(1, cfg.k_neg)]
+            else:
+                if len(ranked) < 2:
+                    continue
+                k = min(cfg.k_pos, cfg.k_neg, len(ranked) // 2)
+                pos, neg = ranked[:k], ranked[-k:]
         if pos_states is None:
             pos_states = torch.stack([r.states[m - 1] for r in pos])
         neg_states = torch.stack([r.states[m - 1] for r in neg])  # [n_neg, n_layers, d]

@@ -184,7 +184,7 @@ def test_random_mining_keeps_nonpositive_splits_at_zero_quality():
     ex = Example("x", "q", "1")
     s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
     rollouts = [_rollout(k, k % 2 == 0, r, s(k), ["a\n"]) for k, r in enumerate([0.9, -0.1, 0.8, -0.2])]
-    base = MineConfig(task="echo", method="random", layers=[0], seed=0)
+    base = MineConfig(task="echo", method="random", layers=[0], seed=0, k_pos=2, k_neg=2)
     # Brute force over seeds: each split's gap is mean R(first half) - mean R(second half) of the seeded
     # shuffle; the reference keeps every split with q = max(0, gap), `drop` keeps only gap > 0.
     seen_nonpositive = False
@@ -214,3 +214,47 @@ def test_max_control_points_caps_mining():
     assert len(contrast_problem(None, EchoTask(), ex, rollouts, unbounded, [0], 0)[0]) == 10
     with pytest.raises(ValueError, match="max_control_points"):
         MineConfig(max_control_points=0)
+
+
+def _ids(it):
+    return [int(i.split(":")[1]) for i in it.pos_ids], [int(i.split(":")[1]) for i in it.neg_ids]
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 7])
+def test_split_rule_without_the_correct_incorrect_contrast(n):
+    ex = Example("x", "q", "1")
+    s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
+    rewards = [0.5, 0.9, 0.5, -0.1, 0.2, 0.9, -0.3][:n]  # ties: 0.5 (k=0, 2) and 0.9 (k=1, 5)
+    rollouts = [_rollout(k, r > 0.4, r, s(k), ["a\n"]) for k, r in enumerate(rewards)]
+    # Ranked (require_correct_and_incorrect=False): spelled out as the reference's `_select_pos_neg`.
+    order = sorted(range(n), key=lambda k: rewards[k], reverse=True)  # stable: equal rewards keep k order
+    ranked = MineConfig(task="echo", layers=[0], k_pos=2, k_neg=3, require_correct_and_incorrect=False)
+    items, _ = contrast_problem(None, EchoTask(), ex, rollouts, ranked, [0], 0)
+    want_pos, want_neg = order[:2], order[::-1][:3]
+    gap = sum(rewards[k] for k in want_pos) / 2 - sum(rewards[k] for k in want_neg) / len(want_neg)
+    if n == 1 or gap <= 0:
+        assert items == []  # one rollout is both sides: gap 0, dropped outside the random ablation
+    else:
+        assert _ids(items[0]) == (want_pos[: len(want_pos)], want_neg)
+    disjoint, _ = contrast_problem(None, EchoTask(), ex, rollouts, replace(ranked, split_rule="disjoint"), [0], 0)
+    k = min(2, 3, n // 2)
+    if k == 0:
+        assert disjoint == []
+    else:
+        assert _ids(disjoint[0]) == (order[:k], order[n - k:])
+    # Random: the first max(1, k_pos) of a seeded shuffle, then the next max(1, k_neg) (all of it if none left).
+    for seed in range(4):
+        cfg = MineConfig(task="echo", layers=[0], method="random", k_pos=2, k_neg=3, seed=seed)
+        (it,), _ = contrast_problem(None, EchoTask(), ex, rollouts, cfg, [0], 0)
+        pos, neg = _ids(it)
+        assert len(pos) == min(2, n) and set(pos) | set(neg) <= set(range(n))
+        if n > 2:
+            assert not set(pos) & set(neg) and len(neg) == min(3, n - 2)
+        else:
+            assert sorted(neg) == sorted(pos)  # nothing left: the reference reuses the shuffle
+        halves = contrast_problem(None, EchoTask(), ex, rollouts, replace(cfg, split_rule="disjoint"), [0], 0)[0]
+        if n < 2:
+            assert halves == []
+        else:
+            hp, hn = _ids(halves[0])
+            assert len(hp) == n // 2 and len(hn) == n - n // 2 and not set(hp) & set(hn)

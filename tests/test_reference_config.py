@@ -31,6 +31,7 @@ REFERENCE_MINE = {
     "seed": 0,
     # behaviours of stir/offline/stage1.py::mine_candidates, as our switches
     "clean_prefixes": "off", "gold_reward": "penalised", "drop_zero_delta": False, "random_quality": "clamp",
+    "split_rule": "reference",
 }
 REFERENCE_SELECT = {"budget": 256, "method": "dpp", "lam": 0.5, "eps": 1e-4, "min_per_control_point": 8,
                     "force_mode": "reference"}
@@ -66,6 +67,7 @@ def test_reference_yaml_matches_the_reference_config_field_by_field():
 
 def test_mining_and_selection_defaults_are_the_reference_behaviour():
     mine, select = MineConfig(), SelectConfig()
-    for key in ("clean_prefixes", "gold_reward", "drop_zero_delta", "random_quality", "max_control_points"):
+    for key in ("clean_prefixes", "gold_reward", "drop_zero_delta", "random_quality", "split_rule",
+                "max_control_points"):
         assert getattr(mine, key) == REFERENCE_MINE[key], key
     assert select.force_mode == "reference"
