@@ -256,7 +256,7 @@ def test_build_page_builds_a_library_that_the_picker_lists(app_env, monkeypatch)
     _ok(at)
     at.selectbox(key="bd_task").set_value("echo")
     at.number_input(key="bd_problems").set_value(4)
-    at.number_input(key="bd_rollouts").set_value(4)
+    at.number_input(key="bd_rollouts").set_value(8)  # > k_pos + k_neg: disjoint sides under the reference split
     at.number_input(key="bd_tokens").set_value(24)
     at.text_input(key="bd_layers").set_value("1")
     at.number_input(key="bd_temperature").set_value(1.5)

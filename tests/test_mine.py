@@ -258,3 +258,11 @@ def test_split_rule_without_the_correct_incorrect_contrast(n):
         else:
             hp, hn = _ids(halves[0])
             assert len(hp) == n // 2 and len(hn) == n - n // 2 and not set(hp) & set(hn)
+
+
+def test_nothing_mined_gives_an_empty_library(tiny):
+    # One rollout per side of the same four: with k_pos = k_neg = 4 the reference split puts every rollout on
+    # both sides, so no split has a positive gap and nothing is mined.
+    lib = mine_candidates(tiny, _cfg(k_rollouts=4, k_pos=4, k_neg=4, n_problems=2), task=EchoTask(),
+                          show_progress=False)
+    assert len(lib) == 0 and lib.manifest["d_model"] == tiny.d_model
