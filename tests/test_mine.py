@@ -146,12 +146,13 @@ class GoldEngine:
         def format_prompt(text):
             return text
 
-        @staticmethod
-        def tokenizer(text, add_special_tokens=False):
-            return {"input_ids": [ord(c) for c in text]}
+        class tokenizer:  # noqa: N801  one character per token
+            def __new__(cls, text, add_special_tokens=False):
+                return {"input_ids": [ord(c) for c in text]}
 
-    def piece(self, tok):
-        return chr(tok)
+            @staticmethod
+            def decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False):
+                return "".join(chr(i) for i in ids)
 
     def forward_states(self, rows, layers):
         return [torch.arange(len(rows[0]), dtype=torch.float32)[:, None, None].expand(-1, len(layers), 4)]

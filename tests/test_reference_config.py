@@ -41,10 +41,11 @@ REFERENCE_ONLINE = {
     "max_control_points": 7,  # M = 8 segments: tools are used after segments 1..M-1
     "probe_scale": 1.0, "positions": "last",  # SteerVectorRequest(scale=1.0, prefill_trigger_positions=[-1])
     "center_keys": False,
+    "scope": "segment", "probe_stop": "delimiter", "random_choice_gate": "none",  # stir.py:788–820, 581–588, 684–721
 }
 BUDGETS = {("mine", "max_new_tokens"), ("online", "max_new_tokens")}  # reference: 16384 each
 # Data (the reference mines math500 on its eval split; we never do) and ours with no effect on results.
-DATA_OR_NO_EFFECT = {("mine", "problems_per_batch"), ("mine", "capture"), ("online", "preview"),
+DATA_OR_NO_EFFECT = {("mine", "problems_per_batch"), ("mine", "capture"), ("online", "preview"), ("online", "schedule"),
                   ("online", "seed"), ("mine", "task"), ("mine", "split")}
 
 
