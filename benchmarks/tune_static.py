@@ -23,6 +23,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -115,6 +116,7 @@ def main() -> int:
                "library": str(Path(args.library).resolve().relative_to(ROOT)) if Path(args.library).resolve()
                .is_relative_to(ROOT) else args.library,
                "rule": "max val accuracy on planted; ties: smaller static_scale, then lower layer",
+               "stir_config_base": asdict(base),  # every other online knob (scope, probe_stop, ...) as run
                "vanilla_val_accuracy": ref.summary["vanilla"]["accuracy"],
                "stir_val_accuracy": ref.summary["stir"]["accuracy"], "stir_settings": STIR_SETTINGS,
                "stir_mean_committed_alpha": alpha, "stir_commits": n_commits,
