@@ -51,6 +51,7 @@ class StirConfig:
     probe_stop: str = "delimiter"  # delimiter (reference: a probe ends at the delimiter) | none (ours)
     random_choice_gate: str = "none"  # none (reference: the random pick is committed) | null (ours: it must beat null)
     schedule: str = "continuous"  # continuous (per-row scheduling) | sync (segment-synchronous reference path)
+    max_preview_rows: int | None = None  # continuous: cap on probe rows in flight (memory); None = no cap
     layer: int | None = None  # restrict to one library layer (None: every layer in the library)
     static_scale: float = 1.0  # alpha of the static baselines
     seed: int = 0
@@ -249,7 +250,7 @@ def replay(engine: Engine, prompts: Sequence[str], policy: Policy, config: StirC
     if config.schedule == "continuous" and config.preview == "fork":
         from stir_core.scheduler import run_continuous
 
-        rows = run_continuous(engine, ids, policy, sched, config.delimiter)
+        rows = run_continuous(engine, ids, policy, sched, config.delimiter, config.max_preview_rows)
     else:
         state = engine.prefill(ids, policy.capture_layers, delimiter=config.delimiter)
         run_segmented(engine, state, policy, sched)
