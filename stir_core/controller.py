@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
+from stir_core.config import StirConfig  # noqa: F401 - re-exported: `from stir_core.controller import StirConfig`
 from stir_core.engine import ControlPoint, DecodeState, Engine, Policy, Steer
 from stir_core.index import ToolIndex
 from stir_core.library import ToolLibrary
@@ -21,37 +22,6 @@ from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace
 
 METHODS = ("vanilla", "no_memory", "static", "static_cp", "stir", "no_probing", "random_vector", "random_choice")
 STIR_VARIANTS = ("stir", "no_probing", "random_vector", "random_choice")
-
-
-@dataclass
-class StirConfig:
-    """Every online knob, with the reference defaults (see STIR_SPEC.md, "Online")."""
-
-    max_new_tokens: int = 256  # committed-token budget T_max
-    delimiter: str = "\n\n"
-    max_control_points: int | None = None  # M; None = every control point
-    k_retrieve: int = 8
-    min_entries: int = 1
-    min_sim: float | None = None  # null when the best similarity is below this
-    top_l: int = 4  # L corrections previewed
-    probe_tokens: int = 4
-    probe_scale: float = 1.0
-    beta: float = 1.0
-    rho: float = 0.1
-    tau_null: float = 0.0
-    k_scale: float = 1.0
-    positions: str = "last"  # last | segment | last+segment
-    center_keys: bool = False
-    preview: str = "fork"  # fork (rows of one batched decode over a forked cache) | reprefill (reference)
-    layer: int | None = None  # restrict to one library layer (None: every layer in the library)
-    static_scale: float = 1.0  # alpha of the static baselines
-    seed: int = 0
-
-    def with_overrides(self, **kw) -> StirConfig:
-        unknown = set(kw) - set(asdict(self))
-        if unknown:
-            raise ValueError(f"unknown STIR config field(s): {', '.join(sorted(unknown))}")
-        return replace(self, **kw)
 
 
 def _stable_seed(*parts) -> int:

@@ -17,6 +17,7 @@ from scipy.stats import binomtest
 from tqdm.auto import tqdm
 
 from stir_core import atomic
+from stir_core import config as config_schema
 from stir_core.controller import StirConfig, run_method
 from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
@@ -126,28 +127,5 @@ def load_results(out_dir: str | Path) -> EvalResult:
 
 
 def parse_sweep(spec: str) -> tuple[str, list]:
-    """`k_scale=0.25,0.5,1` -> ("k_scale", [0.25, 0.5, 1.0]), values typed like the StirConfig field."""
-    if "=" not in spec:
-        raise ValueError(f"sweep {spec!r}: expected name=v1,v2,...")
-    name, values = spec.split("=", 1)
-    name = name.strip()
-    default = getattr(StirConfig(), name, "__missing__")
-    if default == "__missing__":
-        raise ValueError(f"sweep: unknown StirConfig field {name!r}")
-
-    def cast(v: str):
-        v = v.strip()
-        if v.lower() in ("none", "null"):
-            return None
-        if isinstance(default, bool):
-            return v.lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int) and not isinstance(default, bool):
-            return int(v)
-        if isinstance(default, float) or default is None:
-            try:
-                return float(v) if default is not None or "." in v else int(v)
-            except ValueError:
-                return v
-        return v
-
-    return name, [cast(v) for v in values.split(",") if v.strip()]
+    """`k_scale=0.25,0.5,1` -> ("k_scale", [0.25, 0.5, 1.0]): the one knob caster (`stir_core.config`)."""
+    return config_schema.parse_values(StirConfig, spec)

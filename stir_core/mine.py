@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stir_core import atomic
+from stir_core.config import knob, validate
 from stir_core.engine import Engine, Sampling
 from stir_core.library import ToolLibrary
 from stir_core.model import LoadedModel, resolve_layers
@@ -30,38 +31,38 @@ CHECKPOINT = "mine_checkpoint"
 
 @dataclass
 class MineConfig:
-    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted."""
+    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted. Validated on creation."""
 
-    task: str = "planted"
-    split: str = "mine"  # never the evaluation split by default
-    n_problems: int = 64
-    k_rollouts: int = 8
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 256  # T_mine
-    eta0: float = 0.01  # length penalty: R = 1[correct] - eta0 * len / T_mine
-    layers: list = field(default_factory=lambda: [0.6])
-    method: str = "contrastive"  # contrastive | random (ablation)
-    require_correct_and_incorrect: bool = True
-    k_pos: int = 4
-    k_neg: int = 4
-    min_incorrect: int = 1
-    pos_source: str = "rollout"  # rollout | gold | rollout_or_gold
-    clean_prefixes: str = "auto"  # off | auto | on
-    max_control_points: int | None = None
-    top_c: int = 256
-    problems_per_batch: int = 8
-    capture: str = "decode"  # decode (one pass) | reprefill (one forward per prefix, the reference's way)
-    seed: int = 0
+    task: str = knob("planted", str, "task to mine (a registered task name)", "data")
+    split: str = knob("mine", str, "split to mine (never the evaluation split by default)", "data")
+    n_problems: int = knob(64, int, "problems mined", "data", min=1)
+    k_rollouts: int = knob(8, int, "K: sampled rollouts per problem", "rollouts", min=2)
+    temperature: float = knob(0.7, float, "sampling temperature of the rollouts", "rollouts", gt=0.0)
+    top_p: float = knob(0.95, float, "nucleus sampling mass", "rollouts", gt=0.0, max=1.0)
+    max_new_tokens: int = knob(256, int, "T_mine: tokens per rollout", "rollouts", min=1)
+    eta0: float = knob(0.01, float, "length penalty: R = 1[correct] - eta0 * len / T_mine", "rollouts", min=0.0)
+    layers: list = knob([0.6], list, "layers to mine (int, fraction in [0, 1], or 'a/b')", "contrast")
+    method: str = knob("contrastive", str, "contrastive, or random (ablation)", "contrast",
+                       choices=("contrastive", "random"))
+    require_correct_and_incorrect: bool = knob(True, bool, "mine a control point only when it has both",
+                                               "contrast")
+    k_pos: int = knob(4, int, "best correct prefixes averaged", "contrast", min=1)
+    k_neg: int = knob(4, int, "worst incorrect prefixes averaged", "contrast", min=1)
+    min_incorrect: int = knob(1, int, "incorrect rollouts needed at a control point", "contrast", min=0)
+    pos_source: str = knob("rollout", str, "where positive states come from", "contrast",
+                           choices=("rollout", "gold", "rollout_or_gold"))
+    clean_prefixes: str = knob("auto", str, "drop prefixes whose steps are already wrong", "contrast",
+                               choices=("off", "auto", "on"))
+    max_control_points: int | None = knob(None, int, "control points mined per problem (none: all)",
+                                          "contrast", optional=True, min=1)
+    top_c: int = knob(256, int, "C: items kept (by quality)", "contrast", min=1)
+    problems_per_batch: int = knob(8, int, "problems decoded together (and per checkpoint)", "rollouts", min=1)
+    capture: str = knob("decode", str, "decode (one pass) | reprefill (one forward per prefix, the reference's)",
+                        "rollouts", choices=("decode", "reprefill"))
+    seed: int = knob(0, int, "seed of the split sample and the rollouts", "data", min=0)
 
     def __post_init__(self) -> None:
-        checks = {"method": ("contrastive", "random"), "pos_source": ("rollout", "gold", "rollout_or_gold"),
-                  "clean_prefixes": ("off", "auto", "on"), "capture": ("decode", "reprefill")}
-        for name, allowed in checks.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"mine config: {name}={getattr(self, name)!r}, expected one of {allowed}")
-        if self.k_rollouts < 2 or self.n_problems < 1 or self.top_c < 1:
-            raise ValueError("mine config: need k_rollouts >= 2, n_problems >= 1, top_c >= 1")
+        validate(self, "mine")
 
 
 @dataclass
