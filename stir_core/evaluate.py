@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from stir_core import atomic
 from stir_core import config as config_schema
+from stir_core.checks import check_prompts_fit
 from stir_core.controller import StirConfig, run_method
 from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
@@ -57,8 +58,14 @@ def summarise(traces: list[Trace], correct: list[bool], wall_s: float) -> dict:
 def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLibrary | None = None,
              config: StirConfig | None = None, n: int = 200, split: str = "eval", seed: int = 123,
              batch_size: int = 64, out_dir: str | Path | None = None,
-             progress: Callable[[int, int, str], None] | None = None, show_progress: bool = True) -> EvalResult:
-    """Every method on the same `n` problems of `split` (greedy, batched); optional outputs under `out_dir`."""
+             progress: Callable[[int, int, str], None] | None = None, show_progress: bool = True,
+             warnings: Sequence[str] = ()) -> EvalResult:
+    """Every method on the same `n` problems of `split` (greedy, batched); optional outputs under `out_dir`.
+
+    Prompts that do not fit the model's context with `config.max_new_tokens` are refused before decoding.
+    With `out_dir`, results are written after each method (config "partial": true until the last), so an
+    interrupted or cancelled run keeps what it finished; `progress` may raise to cancel. `warnings` (e.g.
+    an allowed model mismatch) are recorded in every trace and in the config."""
     config = config or StirConfig()
     if not methods:
         raise ValueError("evaluate needs at least one method")
@@ -68,6 +75,10 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
     examples = task.load(split, n, seed)
     model = engine.model
     prompts = [model.format_prompt(task.prompt(ex)) for ex in examples]
+    check_prompts_fit(model, prompts, config.max_new_tokens, [ex.id for ex in examples])
+    cfg = {"task": task.name, "split": split, "n": len(examples), "seed": seed, "methods": list(methods),
+           "library": str(library.path) if library is not None and library.path else None,
+           "model": model.model_id, "stir": asdict(config), "warnings": list(warnings)}
     rows, summary, correct_by = [], {}, {}
     total = len(methods) * len(examples)
     bar = tqdm(total=total, desc="eval", unit="problem", disable=not show_progress)
@@ -79,6 +90,8 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
             chunk = examples[lo: lo + batch_size]
             traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
                                  example_ids=[ex.id for ex in chunk])
+            for t in traces[-len(chunk):]:
+                t.warnings.extend(warnings)
             done += len(chunk)
             bar.update(len(chunk))
             if progress:
@@ -92,14 +105,13 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
                          "probe_tokens": t.probe_tokens, "interventions": t.interventions,
                          "prompt": t.prompt, "completion": t.completion, "answer": task.extract(t.completion),
                          "gold": ex.answer, "trace_json": t.to_json()})
+        if out_dir is not None and method != methods[-1]:
+            save_results(EvalResult(dict(summary), pd.DataFrame(rows), {**cfg, "partial": True}), out_dir)
     bar.close()
     if "vanilla" in correct_by:
         for method in methods:
             if method != "vanilla":
                 summary[method]["vs_vanilla"] = mcnemar(correct_by["vanilla"], correct_by[method])
-    cfg = {"task": task.name, "split": split, "n": len(examples), "seed": seed, "methods": list(methods),
-           "library": str(library.path) if library is not None and library.path else None,
-           "model": model.model_id, "stir": asdict(config)}
     result = EvalResult(summary, pd.DataFrame(rows), cfg)
     if out_dir is not None:
         save_results(result, out_dir)

@@ -275,16 +275,41 @@ def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: di
                                                     "config": asdict(cfg), "items": meta}))
 
 
+class CheckpointError(ValueError):
+    """A mining checkpoint that cannot be resumed; the message names the file and how to recover."""
+
+
 def _load_checkpoint(path: Path, cfg: MineConfig) -> tuple[list[Item], int, dict] | None:
     if not (path / "state.json").exists():
         return None
-    state = json.loads((path / "state.json").read_text())
-    if state["config"] != json.loads(json.dumps(asdict(cfg))):
-        raise ValueError(f"{path}: checkpoint was written with a different mining config; "
-                         "delete it or use another run directory")
-    tensors = safetensors.torch.load_file(str(path / "items.safetensors"))
-    items = [Item(**m, mu_pos=tensors[f"pos.{i}"], mu_neg=tensors[f"neg.{i}"]) for i, m in enumerate(state["items"])]
-    return items, state["next_problem"], state["stats"]
+    recover = "rerun with --restart to discard it and mine from the start"
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        next_problem, stats, metas, saved_cfg = state["next_problem"], state["stats"], state["items"], state["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path / 'state.json'}: damaged checkpoint ({type(err).__name__}: {err}); "
+                              f"{recover}") from None
+    if saved_cfg != json.loads(json.dumps(asdict(cfg))):
+        raise CheckpointError(f"{path}: checkpoint was written with a different mining config; "
+                              f"{recover}, or use another run directory")
+    try:
+        tensors = safetensors.torch.load_file(str(path / "items.safetensors"))
+        items = [Item(**m, mu_pos=tensors[f"pos.{i}"], mu_neg=tensors[f"neg.{i}"]) for i, m in enumerate(metas)]
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own types for truncated files
+        raise CheckpointError(f"{path / 'items.safetensors'}: damaged checkpoint ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]}); {recover}") from None
+    return items, next_problem, stats
+
+
+def discard_checkpoint(run_dir: str | Path) -> bool:
+    """Delete a run directory's mining checkpoint (`--restart`); True when there was one."""
+    import shutil
+
+    ckpt = Path(run_dir) / CHECKPOINT
+    if not ckpt.is_dir():
+        return False
+    shutil.rmtree(ckpt)
+    return True
 
 
 def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | None = None,

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from stir_core import atomic, config
+from stir_core import atomic, config, outputs
 from stir_core.config import ConfigError, knob, validate
 from stir_core.index import ToolIndex
 from stir_core.library import ToolLibrary
-from stir_core.mine import MineConfig, mine_candidates
+from stir_core.mine import MineConfig, discard_checkpoint, mine_candidates
 from stir_core.model import LoadedModel
 from stir_core.select import select_library
 
@@ -88,6 +88,15 @@ class BuildConfig:
         return asdict(self)
 
 
+def check_build_output(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Claim `out_dir` as a build run directory, refusing before any work what `build_library` would
+    refuse to overwrite; returns the path."""
+    out = outputs.claim_run_dir(out_dir, "build")
+    outputs.check_library_target(out / "library", overwrite)
+    outputs.check_library_target(out / "candidates", overwrite=True)  # an intermediate of ours: rewritten
+    return out
+
+
 def select_and_index(candidates: ToolLibrary, cfg: SelectConfig, seed: int = 0) -> tuple[ToolLibrary, dict]:
     """Stage II + III: the selected library (validated by building its index) and a selection report."""
     lib, res = select_library(candidates, cfg.budget, method=cfg.method, lam=cfg.lam, eps=cfg.eps,
@@ -102,10 +111,14 @@ def select_and_index(candidates: ToolLibrary, cfg: SelectConfig, seed: int = 0) 
 
 def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
                   progress: Callable[[str, int, int, dict], None] | None = None,
-                  show_progress: bool = True) -> Path:
-    """Run all three stages; returns the library directory `<out_dir>/library`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+                  show_progress: bool = True, overwrite: bool = False, restart: bool = False) -> Path:
+    """Run all three stages; returns the library directory `<out_dir>/library`.
+
+    `out_dir` must be new, empty or a run directory of ours (`outputs.claim_run_dir`); an existing
+    `<out_dir>/library` is replaced only with `overwrite`. `restart` discards a mining checkpoint."""
+    out = check_build_output(out_dir, overwrite)
+    if restart:
+        discard_checkpoint(out)
     t0 = time.perf_counter()
     mine_cb = (lambda done, total, info: progress("mine", done, total, info)) if progress else None
     candidates = mine_candidates(model, config.mine, run_dir=out, progress=mine_cb, show_progress=show_progress)
@@ -118,7 +131,7 @@ def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
                          "at a control point); mine more problems or rollouts")
     lib, report = select_and_index(candidates, config.select, seed=config.mine.seed)
     lib.manifest["config"] = config.to_dict()
-    lib.save(out / "library")
+    lib.save(out / "library", overwrite=overwrite)
     if progress:
         progress("index", 1, 1, {"candidates": len(candidates), "kept": len(lib)})
     summary = {"config": config.to_dict(), "mining_stats": candidates.manifest.get("mining_stats"),
