@@ -18,6 +18,7 @@ from stir_core.config import StirConfig  # noqa: F401 - re-exported: `from stir_
 from stir_core.engine import ControlPoint, DecodeState, Engine, Policy, Steer
 from stir_core.index import ToolIndex
 from stir_core.library import ToolLibrary
+from stir_core.locks import serialised
 from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace
 
 METHODS = ("vanilla", "no_memory", "static", "static_cp", "stir", "no_probing", "random_vector", "random_choice")
@@ -268,6 +269,7 @@ def build_policy(method: str, library: ToolLibrary | None, config: StirConfig) -
     return StirPolicy(library, config, variant=method)
 
 
+@serialised  # the engine is not safe for concurrent callers (stir_core/locks.py)
 def run_method(engine: Engine, prompts: Sequence[str], method: str, library: ToolLibrary | None = None,
                config: StirConfig | None = None, example_ids: Sequence[str] | None = None) -> list[Trace]:
     """Decode `prompts` (already formatted) with one method, batched; returns one Trace per prompt."""

@@ -23,6 +23,7 @@ from stir_core import atomic
 from stir_core.config import knob, validate
 from stir_core.engine import Engine, Sampling
 from stir_core.library import ToolLibrary
+from stir_core.locks import serialised
 from stir_core.model import LoadedModel, resolve_layers
 from stir_core.tasks import Example, Task, get_task, step_checker_of
 
@@ -109,6 +110,7 @@ def hash_str(s: str) -> int:
     return zlib.crc32(s.encode())
 
 
+@serialised  # one decode on the model at a time (stir_core/locks.py)
 def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: MineConfig,
                     layers: list[int]) -> list[list[Rollout]]:
     """K seeded rollouts per example, one batched decode; states at every control point per rollout."""
@@ -145,6 +147,7 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
     return out
 
 
+@serialised
 def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> torch.Tensor:
     """States of the gold solution at each of its control points [n_cp, n_layers, d_model]."""
     if not ex.solution:
