@@ -130,6 +130,14 @@ def generation(name: str, device: str = "auto", dtype: str = "auto",
         yield
 
 
+def use_model_threads(name: str, device: str = "auto", dtype: str = "auto") -> None:
+    """Apply the model's torch thread count in this thread (a background job's), without taking its turn:
+    jobs take the model's lock per batch, inside stir_core."""
+    n = _THREADS.get((name, device, dtype))
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def start_loading(name: str, device: str = "auto", dtype: str = "auto") -> Future:
     """Start loading a model (and its warmed-up engine) in the background; idempotent. A failed load is
     retried on the next call."""

@@ -40,6 +40,7 @@ from app.loading import (  # noqa: F401 - re-exported: the pages use `state.*`
     runs_dir,
     start_loading,
     time_cap_s,
+    use_model_threads,
 )
 from stir_core import geometry
 from stir_core.checks import fit_prompt, library_model_check

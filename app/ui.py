@@ -134,3 +134,39 @@ def set_knob_widgets(prefix: str, knobs_: dict[str, Any], layers: list[int]) -> 
     """Put knob values into the widgets' session state (before they render), e.g. from a saved view."""
     for knob, value in knobs_.items():
         st.session_state[f"{prefix}_{knob}"] = _widget_value(knob, value, layers)
+
+
+def job_panel(job_key: str, title: str) -> None:
+    """Progress, Cancel and the outcome of the background job whose id is in `st.session_state[job_key]`;
+    refreshes itself every second while the job runs (a fragment: the rest of the page does not rerun),
+    and reruns the page once when it ends. The job keeps running across reruns and page switches."""
+    from stir_core.jobs import get_job
+
+    @st.fragment(run_every=1.0)
+    def panel() -> None:
+        job = get_job(st.session_state.get(job_key))
+        if job is None:
+            return
+        if job.active:
+            st.progress(job.fraction, text=f"{title}: {job.text} {job.done}/{job.total}".strip())
+            if job.info:
+                st.caption(" · ".join(f"{k} {v}" for k, v in job.info.items() if not isinstance(v, dict)))
+            if job.cancel_requested:
+                st.caption("Cancelling after the current batch…")
+            elif st.button("Cancel", key=f"x_{job_key}_cancel"):
+                job.cancel()
+            return
+        if st.session_state.get(f"{job_key}_seen") != job.id:
+            st.session_state[f"{job_key}_seen"] = job.id
+            st.rerun()  # the page redraws with the finished job's results
+        if job.status == "done":
+            st.success(f"{title}: done in {(job.finished or job.started) - job.started:.1f} s.")
+        elif job.status == "cancelled":
+            st.warning(f"{title}: cancelled ({job.error}); what was finished is kept.")
+        else:
+            st.error(f"{title} failed: {job.error}")
+            if job.detail:
+                with st.expander("Details"):
+                    st.code(job.detail)
+
+    panel()

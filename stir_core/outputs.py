@@ -38,6 +38,8 @@ def _entries(path: Path) -> list[str]:
 
 def is_library_dir(path: Path) -> bool:
     """Holds a library manifest and nothing but library files."""
+    if not path.is_dir():
+        return False
     names = _entries(path)
     return "manifest.json" in names and set(names) <= LIBRARY_FILES
 
