@@ -89,10 +89,12 @@ def _overrides(specs: list[str] | None) -> dict:
     return out
 
 
-def _facts(model: str) -> dict:
-    """The model's depth/context/width and its id, from its config.json (no weights loaded)."""
-    from stir_core.model import model_facts, model_id_for
+def _facts(model: str, device: str = "auto", dtype: str = "auto") -> dict:
+    """The model's depth/context/width and its id, from its config.json, and the device/dtype checked
+    (no weights loaded)."""
+    from stir_core.model import model_facts, model_id_for, pick_device, pick_dtype
 
+    pick_dtype(dtype, pick_device(device))
     return {**model_facts(model), "model_id": model_id_for(model)}
 
 
@@ -116,6 +118,10 @@ def _online_config(lib, overrides: dict, facts: dict, steered: bool):
     from stir_core.config import check_layers, online_config
 
     cfg = online_config(lib, overrides)
+    n_ctx = facts.get("n_ctx")
+    if n_ctx is not None and cfg.max_new_tokens >= n_ctx:
+        _fail(f"max_new_tokens={cfg.max_new_tokens} does not fit the model's context of {n_ctx} positions "
+              "(prompt included); lower it, e.g. --set max_new_tokens=128")
     lib_layers = sorted({int(x) for x in lib.table["layer"]}) if lib is not None and len(lib) else None
     check_layers(cfg, facts.get("n_layers"), lib_layers if steered else None)
     return cfg
@@ -183,10 +189,10 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
     task_obj = _task(task, path)
     task_obj.load(split, n, seed)  # reads and checks the data (files, split names) before the model loads
     steered = any(x not in ("vanilla", "no_memory") for x in method_list)
-    facts = _facts(model)
-    if library is None and steered:
+    facts = _facts(model, device, dtype)
+    if library is None:  # the embedded model starts from the demo library's recommended settings
         library = _default_library(None, model)
-        if library is None:
+        if library is None and steered:
             _fail("steered methods need --library DIR")
     lib, warnings = _library(library, facts, allow_model_mismatch)
     cfg = _online_config(lib, overrides, facts, steered)
@@ -262,7 +268,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
         _fail(f"--json {json_out}: is a directory; give a file path")
     overrides = _overrides(set_)
     task_obj = None if raw else _task(task, None)
-    facts = _facts(model)
+    facts = _facts(model, device, dtype)
     steered = any(x not in ("vanilla", "no_memory") for x in method_list)
     lib, warnings = _library(_default_library(library, model) if steered or library else None, facts,
                              allow_model_mismatch)
@@ -315,13 +321,13 @@ def _build_config(path: Path | None):
     return BuildConfig.from_yaml(path) if path else BuildConfig.small()
 
 
-def _check_mine_config(cfg, model_name: str) -> dict:
+def _check_mine_config(cfg, model_name: str, device: str, dtype: str) -> dict:
     """Task, split and layer specs of a mining config, checked against the model's config.json."""
     from stir_core.config import check_layers
     from stir_core.tasks import get_task
 
     get_task(cfg.mine.task).load(cfg.mine.split, 1, cfg.mine.seed)
-    facts = _facts(model_name)
+    facts = _facts(model_name, device, dtype)
     check_layers(cfg.mine, facts.get("n_layers"), section="mine")
     return facts
 
@@ -335,13 +341,15 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
          model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Stage I: mine candidate tools into <out>/candidates."""
     from stir_core import outputs
-    from stir_core.mine import discard_checkpoint, mine_candidates
+    from stir_core.mine import check_checkpoint, discard_checkpoint, mine_candidates
 
     cfg = _build_config(config)
     model_name = cfg.model or model
-    _check_mine_config(cfg, model_name)
+    _check_mine_config(cfg, model_name, device, dtype)
     outputs.claim_run_dir(out, "mine")
     outputs.check_library_target(out / "candidates", force or restart)
+    if not restart:
+        check_checkpoint(out, cfg.mine)
     for line in outputs.report_orphans(out / "candidates"):
         _note(line)
     if restart and discard_checkpoint(out):
@@ -411,12 +419,15 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
           model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """mine → select → index from one YAML config; writes <out>/candidates, <out>/library, <out>/build.json."""
     from stir_core import outputs
+    from stir_core.mine import check_checkpoint
     from stir_core.pipeline import build_library, check_build_output
 
     cfg = _build_config(config)
     model_name = cfg.model or model
-    _check_mine_config(cfg, model_name)
+    _check_mine_config(cfg, model_name, device, dtype)
     check_build_output(out, force)
+    if not restart:
+        check_checkpoint(out, cfg.mine)
     for target in (out / "library", out / "candidates"):
         for line in outputs.report_orphans(target):
             _note(line)

@@ -304,6 +304,13 @@ def _load_checkpoint(path: Path, cfg: MineConfig) -> tuple[list[Item], int, dict
     return items, next_problem, stats
 
 
+def check_checkpoint(run_dir: str | Path, cfg: MineConfig) -> int | None:
+    """Read a run directory's mining checkpoint without a model (so a damaged one is reported before any
+    model loads): the problem it resumes at, or None when there is none. Raises `CheckpointError`."""
+    loaded = _load_checkpoint(Path(run_dir) / CHECKPOINT, cfg)
+    return None if loaded is None else loaded[1]
+
+
 def discard_checkpoint(run_dir: str | Path) -> bool:
     """Delete a run directory's mining checkpoint (`--restart`); True when there was one."""
     import shutil

@@ -88,8 +88,8 @@ def check_library_target(path: str | Path, overwrite: bool = False) -> None:
         return
     if is_library_dir(path):
         if not overwrite:
-            raise OutputError(f"{path}: already holds a library; pass --force to replace it "
-                              "(the replacement is atomic)")
+            raise OutputError(f"{path}: already holds a library; replace it explicitly (--force on the "
+                              "command line, the Replace box in the app; the replacement is atomic)")
         return
     foreign = [n for n in names if n not in LIBRARY_FILES]
     shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")

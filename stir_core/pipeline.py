@@ -82,7 +82,7 @@ class BuildConfig:
         try:
             return cls.from_dict(data or {})
         except ConfigError as err:
-            raise ConfigError(f"build config {p}: {err}") from None
+            raise ConfigError(f"build config {p}: {str(err).removeprefix('build config: ')}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
