@@ -78,18 +78,20 @@ def start_job(kind: str, fn: Callable[[Job], Any], label: str = "") -> Job:
     job = Job(kind, label)
 
     def run() -> None:
+        status = "failed"  # the status is set last: a poller that sees it finished sees everything else
         try:
             job.result = fn(job)
-            job.status = "done"
+            status = "done"
         except Cancelled as err:
-            job.status, job.error = "cancelled", str(err)
+            status, job.error = "cancelled", str(err)
         except (ValueError, OSError) as err:
-            job.status, job.error = "failed", str(err)
+            job.error = str(err)
         except Exception as err:  # noqa: BLE001 - a job must never take the server down; keep the details
-            job.status, job.error = "failed", f"internal error {type(err).__name__}: {err}"
+            job.error = f"internal error {type(err).__name__}: {err}"
             job.detail = traceback.format_exc()
         finally:
             job.finished = time.time()
+            job.status = status
 
     with _GUARD:
         finished = [j for j in _JOBS.values() if not j.active]
