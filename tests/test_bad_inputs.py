@@ -363,3 +363,198 @@ def test_orphan_temp_dir_of_a_killed_write_is_removed_and_reported(ws):
 def test_n_zero_is_refused_not_divided_by():
     r = _run(["eval", "--n", "0", "--methods", "vanilla"])
     assert r.exit_code == 2 and "ZeroDivision" not in r.output and "--n must be >= 1" in r.output
+
+
+# --- the app: every app-side case through AppTest --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_env(tiny_model_dir, tmp_path_factory):
+    """The app on the tiny model, with a library of its own and one said to be mined on another model."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from test_app import build_test_library
+
+    root = tmp_path_factory.mktemp("app-bad")
+    build_test_library(tiny_model_dir, root / "lib")
+    shutil.copytree(root / "lib", root / "other-lib")
+    m = json.loads((root / "other-lib" / "manifest.json").read_text())
+    m["model_id"] = "someone/another-model"
+    (root / "other-lib" / "manifest.json").write_text(json.dumps(m))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STIR_MODEL", str(tiny_model_dir))
+        mp.setenv("STIR_LIBRARY", str(root / "lib"))
+        mp.setenv("STIR_RUNS", str(root / "runs"))
+        mp.setenv("STIR_TORCH_THREADS", str(torch.get_num_threads()))
+        yield {"root": root, "model": tiny_model_dir}
+
+
+def _at(**query):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app" / "Home.py"), default_timeout=120)
+    at.query_params.update(query)
+    return at
+
+
+def _no_crash(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+@pytest.mark.parametrize("query,needle", [
+    ({"prompt": "1+1=", "c0": "stir;top_l=many"}, "top_l"),
+    ({"prompt": "1+1=", "c0": "stir;warp=1"}, "unknown field 'warp'"),
+    ({"prompt": "1+1=", "c0": "stir;positions=middle"}, "positions"),
+    ({"prompt": "1+1=", "c0": "stir;min_sim=nan"}, "min_sim"),
+    ({"prompt": "1+1=", "tokens": "abc"}, "tokens"),
+    ({"prompt": "1+1=", "tokens": "0"}, "max_new_tokens"),
+    ({"prompt": "1+1=", "c0": "magic"}, "unknown method"),
+    ({"prompt": "1+1=", "delim": ""}, "delimiter"),
+])
+def test_app_bad_deep_link_is_named_and_ignored(app_env, query, needle):
+    at = _at(**query)
+    at.run()
+    _no_crash(at)
+    warnings = [w for w in _texts(at.warning) if w.startswith("Ignoring the link's view")]
+    assert len(warnings) == 1 and needle in warnings[0], _texts(at.warning)
+
+
+def test_app_deep_link_above_the_token_cap_is_clamped_visibly(app_env, monkeypatch):
+    monkeypatch.setenv("STIR_APP_MAX_TOKENS", "32")
+    at = _at(prompt="1+1=", tokens="100", c0="vanilla")
+    at.run()
+    _no_crash(at)
+    assert at.number_input(key="pg_tokens").value == 32
+    assert any("per-request cap" in w for w in _texts(at.warning))
+
+
+def test_app_prompt_longer_than_the_context_is_truncated_with_a_warning(app_env):
+    at = _at()
+    at.run()
+    at.text_area(key="pg_prompt").set_value("1+" * 600 + "1=")  # 1202 characters, 512 positions
+    at.number_input(key="pg_ncols").set_value(1)
+    at.number_input(key="pg_tokens").set_value(16)
+    at.button(key="x_run").click().run()
+    _no_crash(at)
+    assert not at.error, _texts(at.error)
+    assert any("did not fit the model's context" in w for w in _texts(at.warning)), _texts(at.warning)
+
+
+def test_app_empty_prompt_is_refused(app_env):
+    at = _at()
+    at.run()
+    at.text_area(key="pg_prompt").set_value("   ")
+    at.button(key="x_run").click().run()
+    _no_crash(at)
+    assert "The prompt is empty." in _texts(at.error)
+
+
+def test_app_time_cap_stops_between_columns_and_says_so(app_env, monkeypatch):
+    monkeypatch.setenv("STIR_APP_TIME_CAP_S", "0.000001")
+    at = _at()
+    at.run()
+    at.text_area(key="pg_prompt").set_value("3+4=7\n\n")
+    at.number_input(key="pg_tokens").set_value(8)
+    at.button(key="x_run").click().run()
+    _no_crash(at)
+    assert any("per-request time cap" in w for w in _texts(at.warning)), _texts(at.warning)
+
+
+def test_app_refuses_a_library_mined_on_another_model_unless_allowed(app_env):
+    at = _at()
+    at.session_state["sb_lib_src"] = "path"
+    at.session_state["sb_lib_path"] = str(app_env["root"] / "other-lib")
+    at.run()
+    _no_crash(at)
+    assert any("mined on model 'someone/another-model'" in e for e in _texts(at.error)), _texts(at.error)
+    at.sidebar.checkbox(key="sb_allow_mismatch").check().run()
+    _no_crash(at)
+    assert not at.error, _texts(at.error)
+    assert any("model mismatch allowed" in w for w in _texts(at.warning))
+
+
+def test_app_build_refuses_a_foreign_directory_and_an_existing_library(app_env):
+    user = app_env["root"] / "user-dir"
+    user.mkdir(exist_ok=True)
+    (user / "notes.txt").write_text("keep")
+    before = _tree_digest(user)
+    at = _at()
+    at.run()
+    at.switch_page("views/build.py").run()
+    at.text_input(key="bd_layers").set_value("1")
+    at.text_input(key="x_bd_out").set_value(str(user))
+    at.button(key="x_bd_run").click().run()
+    _no_crash(at)
+    assert any("not a STIR run directory" in e for e in _texts(at.error)), _texts(at.error)
+    assert _tree_digest(user) == before
+    # a run directory that already holds a library: the page asks before replacing it
+    from stir_core import outputs
+
+    run = outputs.claim_run_dir(app_env["root"] / "runs" / "done", "build")
+    shutil.copytree(app_env["root"] / "lib", run / "library", dirs_exist_ok=True)
+    lib_before = _tree_digest(run / "library")
+    at.text_input(key="x_bd_out").set_value(str(run)).run()
+    assert at.checkbox(key="x_bd_force").value is False
+    at.button(key="x_bd_run").click().run()
+    _no_crash(at)
+    assert any("already holds a library" in e for e in _texts(at.error)), _texts(at.error)
+    assert _tree_digest(run / "library") == lib_before
+
+
+@pytest.mark.parametrize("layers,needle", [("99", "mine.layers"), ("abc", "mine.layers"), ("", "mine.layers")])
+def test_app_build_bad_layers_are_named(app_env, layers, needle):
+    at = _at()
+    at.run()
+    at.switch_page("views/build.py").run()
+    at.text_input(key="bd_layers").set_value(layers)
+    at.text_input(key="x_bd_out").set_value(str(app_env["root"] / "runs" / f"never-{len(layers)}"))
+    at.button(key="x_bd_run").click().run()
+    _no_crash(at)
+    assert any(needle in e for e in _texts(at.error)), _texts(at.error)
+    assert not (app_env["root"] / "runs" / f"never-{len(layers)}").exists()
+
+
+def test_app_evaluate_refuses_a_foreign_directory(app_env):
+    user = app_env["root"] / "user-eval"
+    user.mkdir(exist_ok=True)
+    (user / "thesis.tex").write_text("keep")
+    before = _tree_digest(user)
+    at = _at()
+    at.run()
+    at.switch_page("views/evaluate.py").run()
+    at.text_input(key="x_ev_out").set_value(str(user))
+    at.button(key="x_ev_run").click().run()
+    _no_crash(at)
+    assert any("not a STIR run directory" in e for e in _texts(at.error)), _texts(at.error)
+    assert _tree_digest(user) == before
+
+
+def test_app_evaluate_job_can_be_cancelled(app_env):
+    from stir_core.jobs import get_job
+
+    at = _at()
+    at.run()
+    at.switch_page("views/evaluate.py").run()
+    at.number_input(key="ev_n").set_value(400)
+    at.number_input(key="evk_max_new_tokens").set_value(64)
+    at.multiselect(key="ev_methods").set_value(["vanilla", "no_memory"])
+    at.text_input(key="x_ev_out").set_value(str(app_env["root"] / "runs" / "cancel-me"))
+    at.button(key="x_ev_run").click().run()
+    _no_crash(at)
+    job = get_job(at.session_state["ev_job"])
+    assert job is not None
+    at.button(key="x_ev_job_cancel").click().run()
+    t0 = time.time()
+    while job.active and time.time() - t0 < 120:
+        time.sleep(0.1)
+    assert job.status == "cancelled", (job.status, job.error)
+    at.run()
+    _no_crash(at)
+    assert any("cancelled" in w for w in _texts(at.warning)), _texts(at.warning)

@@ -116,7 +116,7 @@ def run_comparison(view: SavedView) -> dict:
 
     t0 = time.perf_counter()
     for i, spec in enumerate(view.columns):
-        if time.perf_counter() - t0 > cap:
+        if i > 0 and time.perf_counter() - t0 > cap:  # the first column always runs
             skipped.append(column_label(i, spec))
             continue
         trace, wall = state.generate(ctx, view.prompt, spec.method, view.config(i), on_wait=on_wait)
