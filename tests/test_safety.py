@@ -19,7 +19,6 @@ from stir_core.mine import MineConfig
 from stir_core.pipeline import SelectConfig
 from stir_core.tasks import Example
 
-
 # --- the knob schema ----------------------------------------------------------------------------------
 
 
