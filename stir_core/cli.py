@@ -329,6 +329,10 @@ def _check_mine_config(cfg, model_name: str, device: str, dtype: str) -> dict:
     get_task(cfg.mine.task).load(cfg.mine.split, 1, cfg.mine.seed)
     facts = _facts(model_name, device, dtype)
     check_layers(cfg.mine, facts.get("n_layers"), section="mine")
+    n_ctx = facts.get("n_ctx")
+    if n_ctx is not None and cfg.mine.max_new_tokens >= n_ctx:
+        _fail(f"mine.max_new_tokens={cfg.mine.max_new_tokens} does not fit the model's context of {n_ctx} "
+              "positions (prompt included)")
     return facts
 
 

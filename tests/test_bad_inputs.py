@@ -187,6 +187,7 @@ CASES = [
     ("build-model-type", ["build", "--config", "@model5", "--out", "{tmp}/run"], "model"),
     ("build-task", ["build", "--config", "@task", "--out", "{tmp}/run"], "unknown task"),
     ("build-temperature", ["build", "--config", "@temp0", "--out", "{tmp}/run"], "mine.temperature"),
+    ("build-tokens-over-context", ["build", "--config", "@tokens999", "--out", "{tmp}/run"], "context"),
     ("build-out-foreign", ["build", "--out", "{user}"], "not a STIR run directory"),
     ("build-out-library-foreign", ["build", "--out", "{run_foreign_lib}"], "not part of a library"),
     ("build-out-library-exists", ["build", "--out", "{run_with_lib}"], "--force"),
@@ -217,6 +218,7 @@ YAMLS = {
     "model5": {"model": 5},
     "task": {"mine": {"task": "nope"}},
     "temp0": {"mine": {"temperature": 0}},
+    "tokens999": {"mine": {"max_new_tokens": 999, "layers": [2]}},
 }
 
 
