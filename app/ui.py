@@ -97,6 +97,11 @@ def config_editor(cls: Any, wanted: tuple[str, ...] | list[str], prefix: str, de
             if k.layer and layers is not None:
                 options = ["all"] + [str(x) for x in layers]
                 if st.session_state[key] not in options:
+                    # e.g. a link or saved view naming a layer this library has no tools at: say so
+                    st.session_state.setdefault("ui_notices", []).append(
+                        f"{knob}={st.session_state[key]}: the library has no tools at that layer "
+                        f"(its layers: {layers}); using all layers"
+                    )
                     st.session_state[key] = "all"
                 value = st.selectbox(knob, options, key=key, persist_state="session", help=help_)
             elif k.type is bool:
@@ -116,6 +121,12 @@ def config_editor(cls: Any, wanted: tuple[str, ...] | list[str], prefix: str, de
                 value = st.text_input(knob, key=key, persist_state="session", help=help_)
             out[knob] = config_schema.cast_value(cls, knob, None if k.layer and value == "all" else value)
     return out
+
+
+def show_notices() -> None:
+    """Warnings the editors recorded this run (a value they could not keep), shown once."""
+    for msg in st.session_state.pop("ui_notices", []):
+        st.warning(msg)
 
 
 def _widget_value(knob: str, value: Any, layers: list[int] | None, cls: Any = StirConfig) -> Any:

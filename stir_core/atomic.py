@@ -87,6 +87,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically (temp file in the same dir, fsync, os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_orphans(path)
     tmp = _tmp_sibling(path, "file")
     try:
         with open(tmp, "wb") as f:

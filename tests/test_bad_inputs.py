@@ -428,6 +428,14 @@ def test_app_bad_deep_link_is_named_and_ignored(app_env, query, needle):
     assert len(warnings) == 1 and needle in warnings[0], _texts(at.warning)
 
 
+def test_app_deep_link_to_a_layer_the_library_lacks_says_so(app_env):
+    at = _at(prompt="1+1=", c0="stir;layer=2")  # the test library holds layer 1 only
+    at.run()
+    _no_crash(at)
+    assert at.selectbox(key="pg0_layer").value == "all"
+    assert any("layer=2: the library has no tools at that layer" in w for w in _texts(at.warning))
+
+
 def test_app_deep_link_above_the_token_cap_is_clamped_visibly(app_env, monkeypatch):
     monkeypatch.setenv("STIR_APP_MAX_TOKENS", "32")
     at = _at(prompt="1+1=", tokens="100", c0="vanilla")

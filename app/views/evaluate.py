@@ -66,6 +66,7 @@ with run_tab:
             knob_values = ui.config_editor(StirConfig, list(knobs(StirConfig)), "evk", vars(base), lib_layers)
         except ValueError as err:
             knob_error, knob_values = str(err), {}
+    ui.show_notices()
     st.session_state.setdefault(
         "x_ev_out",
         str(state.runs_dir() / f"eval-{st.session_state['ev_task']}-{time.strftime('%Y%m%d-%H%M%S')}"),

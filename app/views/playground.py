@@ -226,6 +226,7 @@ for i in range(n_cols):
         else:
             knobs.append({})
 
+ui.show_notices()
 if knob_error:
     st.error(knob_error)
     st.stop()
