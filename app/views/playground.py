@@ -11,6 +11,7 @@ import streamlit as st
 from app import export, figures, state, ui
 from app.export import ColumnSpec, SavedView
 from stir_core import geometry
+from stir_core.config import recommended
 from stir_core.controller import METHODS
 from stir_core.trace import Trace
 
@@ -78,7 +79,9 @@ def init_defaults() -> None:
     view = SavedView(
         prompt=st.session_state.get("pg_prompt") or default_prompt(),
         columns=default_columns(),
-        max_new_tokens=base.max_new_tokens if ctx.library is not None else SavedView.max_new_tokens,
+        # the library's recommended budget (the README's 128 for the demo library), else the view default
+        max_new_tokens=int(recommended(ctx.library.manifest if ctx.library else None).get(
+            "max_new_tokens", SavedView.max_new_tokens)),
         delimiter=base.delimiter,
         seed=base.seed,
     )
