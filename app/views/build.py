@@ -10,9 +10,10 @@ import streamlit as st
 
 from app import state, ui
 from stir_core import outputs
-from stir_core.config import check_layers
+from stir_core.config import check_layers, knobs
 from stir_core.jobs import get_job, start_job
-from stir_core.pipeline import BuildConfig, build_library, check_build_output
+from stir_core.mine import MineConfig
+from stir_core.pipeline import BuildConfig, SelectConfig, build_library, check_build_output
 from stir_core.tasks import task_names
 
 ctx = state.context()
@@ -71,6 +72,19 @@ c1.number_input(
 )
 c2.number_input("Seed", min_value=0, step=1, key="bd_seed", persist_state="session")
 c3.checkbox("Need correct and incorrect rollouts", key="bd_both", persist_state="session")
+MAIN_MINE = ("task", "n_problems", "k_rollouts", "max_new_tokens", "layers", "top_c", "temperature", "seed",
+             "require_correct_and_incorrect")
+advanced_error, advanced = None, {"mine": {}, "select": {}}
+with st.expander("All mining and selection knobs"):
+    try:
+        advanced["mine"] = ui.config_editor(
+            MineConfig, [k for k in knobs(MineConfig) if k not in MAIN_MINE], "bdm", vars(base.mine)
+        )
+        advanced["select"] = ui.config_editor(
+            SelectConfig, [k for k in knobs(SelectConfig) if k not in ("budget", "method")], "bds", vars(base.select)
+        )
+    except ValueError as err:
+        advanced_error = str(err)
 st.session_state.setdefault("x_bd_out", str(state.runs_dir() / f"build-{time.strftime('%Y%m%d-%H%M%S')}"))
 out_dir = st.text_input("Run directory", key="x_bd_out")
 
@@ -98,11 +112,14 @@ def run_job(job, model_key, model, cfg: BuildConfig, out: str, overwrite: bool) 
 running = get_job(st.session_state.get("bd_job"))
 if st.button("Build library", type="primary", key="x_bd_run", disabled=bool(running and running.active)):
     try:
+        if advanced_error:
+            raise ValueError(advanced_error)
         cfg = BuildConfig.from_dict(
             {
                 "model": ctx.model_name,
                 "mine": {
                     **vars(base.mine),
+                    **advanced["mine"],
                     "task": st.session_state["bd_task"],
                     "n_problems": int(st.session_state["bd_problems"]),
                     "k_rollouts": int(st.session_state["bd_rollouts"]),
@@ -115,6 +132,7 @@ if st.button("Build library", type="primary", key="x_bd_run", disabled=bool(runn
                 },
                 "select": {
                     **vars(base.select),
+                    **advanced["select"],
                     "budget": int(st.session_state["bd_budget"]),
                     "method": st.session_state["bd_select"],
                 },
