@@ -215,7 +215,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
     rows = []
     for name, value, c in configs:
         sub = None if out is None else (out if name is None else out / f"{name}={value}")
-        res = evaluate(engine, task_obj, method_list, lib, c, n=n, split=split, seed=seed,
+        res = evaluate(engine, task_obj, method_list, lib if steered else None, c, n=n, split=split, seed=seed,
                        batch_size=batch_size, out_dir=sub, warnings=warnings)
         for meth, s in res.summary.items():
             vs = s.get("vs_vanilla", {})
