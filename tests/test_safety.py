@@ -300,3 +300,31 @@ def test_fit_prompt_truncates_visibly(tiny):
     assert context_problem(len(tiny.encode(text)), tokens, tiny.n_ctx) is None
     assert text.endswith("1=")  # the end of the question is kept
     assert fit_prompt(tiny, "1+1=", 16) == ("1+1=", 16, None)
+
+
+def test_unreachable_hub_fails_fast_without_retries(monkeypatch):
+    import socket
+
+    from stir_core.model import ModelLoadError, resolve_model_path
+
+    calls = []
+
+    def refuse(addr, timeout=None):
+        calls.append((addr, timeout))
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="unreachable"):
+        resolve_model_path("nobody-here/not-a-cached-model")
+    assert time.perf_counter() - t0 < 2 and len(calls) == 1 and calls[0][1] <= 3
+
+
+def test_bad_config_json_is_named_as_such(tmp_path):
+    from stir_core.model import ModelLoadError, model_facts
+
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 2,')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="not a valid config.json"):
+        model_facts(str(tmp_path))
