@@ -62,9 +62,9 @@ def main() -> None:
                      f"probe {sum(x.probe_tokens for x in traces):6d}  interventions "
                      f"{sum(x.interventions for x in traces)}")
     a, b = runs["stir continuous"][2], runs["stir sync"][2]
-    same_tokens = all([t.token_id for t in x.tokens] == [t.token_id for t in y.tokens] for x, y in zip(a, b))
+    same_tokens = all([t.token_id for t in x.tokens] == [t.token_id for t in y.tokens] for x, y in zip(a, b, strict=False))
     same_dec = all([(d.m, d.reason, d.chosen) for d in x.decisions] == [(d.m, d.reason, d.chosen)
-                                                                       for d in y.decisions] for x, y in zip(a, b))
+                                                                       for d in y.decisions] for x, y in zip(a, b, strict=False))
     v = runs["vanilla"][0]
     lines.append(f"continuous == sync: tokens {same_tokens}, decisions {same_dec}")
     lines.append(f"stir continuous / vanilla = {runs['stir continuous'][0] / v:.2f}x wall time (goal <= 1.3x)")

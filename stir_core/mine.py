@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -20,8 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from stir_core import atomic
+from stir_core.config import knob, validate
 from stir_core.engine import Engine, Sampling
 from stir_core.library import ToolLibrary
+from stir_core.locks import serialised
 from stir_core.model import LoadedModel, resolve_layers
 from stir_core.segment import segment_ends
 from stir_core.tasks import Example, Task, get_task, step_checker_of
@@ -31,38 +33,38 @@ CHECKPOINT = "mine_checkpoint"
 
 @dataclass
 class MineConfig:
-    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted."""
+    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted. Validated on creation."""
 
-    task: str = "planted"
-    split: str = "mine"  # never the evaluation split by default
-    n_problems: int = 64
-    k_rollouts: int = 8
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 256  # T_mine
-    eta0: float = 0.01  # length penalty: R = 1[correct] - eta0 * len / T_mine
-    layers: list = field(default_factory=lambda: [0.6])
-    method: str = "contrastive"  # contrastive | random (ablation)
-    require_correct_and_incorrect: bool = True
-    k_pos: int = 4
-    k_neg: int = 4
-    min_incorrect: int = 1
-    pos_source: str = "rollout"  # rollout | gold | rollout_or_gold
-    clean_prefixes: str = "auto"  # off | auto | on
-    max_control_points: int | None = None
-    top_c: int = 256
-    problems_per_batch: int = 8
-    capture: str = "decode"  # decode (one pass) | reprefill (one forward per prefix, the reference's way)
-    seed: int = 0
+    task: str = knob("planted", str, "task to mine (a registered task name)", "data")
+    split: str = knob("mine", str, "split to mine (never the evaluation split by default)", "data")
+    n_problems: int = knob(64, int, "problems mined", "data", min=1)
+    k_rollouts: int = knob(8, int, "K: sampled rollouts per problem", "rollouts", min=2)
+    temperature: float = knob(0.7, float, "sampling temperature of the rollouts", "rollouts", gt=0.0)
+    top_p: float = knob(0.95, float, "nucleus sampling mass", "rollouts", gt=0.0, max=1.0)
+    max_new_tokens: int = knob(256, int, "T_mine: tokens per rollout", "rollouts", min=1)
+    eta0: float = knob(0.01, float, "length penalty: R = 1[correct] - eta0 * len / T_mine", "rollouts", min=0.0)
+    layers: list = knob([0.6], list, "layers to mine (int, fraction in [0, 1], or 'a/b')", "contrast")
+    method: str = knob("contrastive", str, "contrastive, or random (ablation)", "contrast",
+                       choices=("contrastive", "random"))
+    require_correct_and_incorrect: bool = knob(True, bool, "mine a control point only when it has both",
+                                               "contrast")
+    k_pos: int = knob(4, int, "best correct prefixes averaged", "contrast", min=1)
+    k_neg: int = knob(4, int, "worst incorrect prefixes averaged", "contrast", min=1)
+    min_incorrect: int = knob(1, int, "incorrect rollouts needed at a control point", "contrast", min=0)
+    pos_source: str = knob("rollout", str, "where positive states come from", "contrast",
+                           choices=("rollout", "gold", "rollout_or_gold"))
+    clean_prefixes: str = knob("auto", str, "drop prefixes whose steps are already wrong", "contrast",
+                               choices=("off", "auto", "on"))
+    max_control_points: int | None = knob(None, int, "control points mined per problem (none: all)",
+                                          "contrast", optional=True, min=1)
+    top_c: int = knob(256, int, "C: items kept (by quality)", "contrast", min=1)
+    problems_per_batch: int = knob(8, int, "problems decoded together (and per checkpoint)", "rollouts", min=1)
+    capture: str = knob("decode", str, "decode (one pass) | reprefill (one forward per prefix, the reference's)",
+                        "rollouts", choices=("decode", "reprefill"))
+    seed: int = knob(0, int, "seed of the split sample and the rollouts", "data", min=0)
 
     def __post_init__(self) -> None:
-        checks = {"method": ("contrastive", "random"), "pos_source": ("rollout", "gold", "rollout_or_gold"),
-                  "clean_prefixes": ("off", "auto", "on"), "capture": ("decode", "reprefill")}
-        for name, allowed in checks.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"mine config: {name}={getattr(self, name)!r}, expected one of {allowed}")
-        if self.k_rollouts < 2 or self.n_problems < 1 or self.top_c < 1:
-            raise ValueError("mine config: need k_rollouts >= 2, n_problems >= 1, top_c >= 1")
+        validate(self, "mine")
 
 
 @dataclass
@@ -109,6 +111,7 @@ def hash_str(s: str) -> int:
     return zlib.crc32(s.encode())
 
 
+@serialised  # one decode on the model at a time (stir_core/locks.py)
 def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: MineConfig,
                     layers: list[int]) -> list[list[Rollout]]:
     """K seeded rollouts per example, one batched decode; states at every control point per rollout."""
@@ -148,6 +151,7 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
     return out
 
 
+@serialised
 def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> torch.Tensor:
     """States of the gold solution at each of its control points [n_cp, n_layers, d_model]."""
     if not ex.solution:
@@ -273,16 +277,48 @@ def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: di
                                                     "config": asdict(cfg), "items": meta}))
 
 
+class CheckpointError(ValueError):
+    """A mining checkpoint that cannot be resumed; the message names the file and how to recover."""
+
+
 def _load_checkpoint(path: Path, cfg: MineConfig) -> tuple[list[Item], int, dict] | None:
     if not (path / "state.json").exists():
         return None
-    state = json.loads((path / "state.json").read_text())
-    if state["config"] != json.loads(json.dumps(asdict(cfg))):
-        raise ValueError(f"{path}: checkpoint was written with a different mining config; "
-                         "delete it or use another run directory")
-    tensors = safetensors.torch.load_file(str(path / "items.safetensors"))
-    items = [Item(**m, mu_pos=tensors[f"pos.{i}"], mu_neg=tensors[f"neg.{i}"]) for i, m in enumerate(state["items"])]
-    return items, state["next_problem"], state["stats"]
+    recover = "rerun with --restart to discard it and mine from the start"
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        next_problem, stats, metas, saved_cfg = state["next_problem"], state["stats"], state["items"], state["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path / 'state.json'}: damaged checkpoint ({type(err).__name__}: {err}); "
+                              f"{recover}") from None
+    if saved_cfg != json.loads(json.dumps(asdict(cfg))):
+        raise CheckpointError(f"{path}: checkpoint was written with a different mining config; "
+                              f"{recover}, or use another run directory")
+    try:
+        tensors = safetensors.torch.load_file(str(path / "items.safetensors"))
+        items = [Item(**m, mu_pos=tensors[f"pos.{i}"], mu_neg=tensors[f"neg.{i}"]) for i, m in enumerate(metas)]
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own types for truncated files
+        raise CheckpointError(f"{path / 'items.safetensors'}: damaged checkpoint ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]}); {recover}") from None
+    return items, next_problem, stats
+
+
+def check_checkpoint(run_dir: str | Path, cfg: MineConfig) -> int | None:
+    """Read a run directory's mining checkpoint without a model (so a damaged one is reported before any
+    model loads): the problem it resumes at, or None when there is none. Raises `CheckpointError`."""
+    loaded = _load_checkpoint(Path(run_dir) / CHECKPOINT, cfg)
+    return None if loaded is None else loaded[1]
+
+
+def discard_checkpoint(run_dir: str | Path) -> bool:
+    """Delete a run directory's mining checkpoint (`--restart`); True when there was one."""
+    import shutil
+
+    ckpt = Path(run_dir) / CHECKPOINT
+    if not ckpt.is_dir():
+        return False
+    shutil.rmtree(ckpt)
+    return True
 
 
 def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | None = None,

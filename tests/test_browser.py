@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from stir_core.controller import StirConfig, run_method
+from stir_core.config import online_config, recommended
+from stir_core.controller import run_method
 from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
 from stir_core.model import DEFAULT_MODEL_DIR, load_model
@@ -155,7 +156,10 @@ def test_playground_end_to_end(setup, tmp_path):
     # what the browser shows is what the core decodes, column by column
     model = load_model(str(model_dir), device="cpu")
     lib = ToolLibrary.load(lib_dir)
-    cfg = StirConfig(max_new_tokens=64, delimiter=delimiter)
+    # the Playground starts from the library's recommended settings (the README's, for the demo library)
+    cfg = online_config(lib).with_overrides(
+        delimiter=delimiter, max_new_tokens=int(recommended(lib.manifest).get("max_new_tokens", 64))
+    )
     refs = [
         run_method(Engine(model), [model.format_prompt(prompt)], m, lib, cfg)[0]
         for m in ("vanilla", "static", "stir")
