@@ -74,7 +74,8 @@ class _Run:
     def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
                  delimiter: str, max_preview_rows: int | None):
         self.engine, self.policy, self.sched = engine, policy, sched
-        self.state = engine.prefill(prompts, policy.capture_layers, delimiter=delimiter)
+        layers = policy.capture_layers if policy is not None else ()
+        self.state = engine.prefill(prompts, layers, delimiter=delimiter)
         self.lanes = [Lane(i) for i in range(len(prompts))]
         self.done_rows: list[Row | None] = [None] * len(prompts)
         self.handled = [0] * len(prompts)
@@ -142,7 +143,7 @@ class _Run:
     def point_at(self, lane: Lane) -> ControlPoint | None:
         """The control point main `lane` stands at, if the policy should act (fused ones are noted)."""
         row, sched = self.row(lane), self.sched
-        if row.finished or len(row.tokens) >= sched.max_new_tokens or not row.tokens:
+        if self.policy is None or row.finished or len(row.tokens) >= sched.max_new_tokens or not row.tokens:
             return None
         last, handled = row.control_points, self.handled[lane.seq]
         act = last if sched.max_control_points is None else min(last, sched.max_control_points)
@@ -409,7 +410,8 @@ def _merge(a: dict | None, b: dict | None) -> dict | None:
     return out
 
 
-def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
+def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
                    delimiter: str, max_preview_rows: int | None = None) -> list[Row]:
-    """Greedy segmented decoding of token-id prompts with `policy`; the finished rows, in prompt order."""
+    """Greedy segmented decoding of token-id prompts with `policy` (None: vanilla, no control point acted
+    on); the finished rows, in prompt order."""
     return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows).run()
