@@ -268,6 +268,58 @@ def run_app(port: int = 8501, address: str = "127.0.0.1") -> None:
                                       "--server.port", str(port), "--server.address", address]))
 
 
+def _fresh_output(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a user's file or directory unless asked to."""
+    if path.exists() and not overwrite:
+        _fail(f"{path} already exists; choose another path or pass --overwrite")
+
+
+@app.command("export")
+def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")],
+               out: Annotated[Path, typer.Option(help="file to write")],
+               format_: Annotated[str, typer.Option("--format", help="gguf | repeng | steering-vectors")] = "gguf",
+               ids: Annotated[str | None, typer.Option(help="comma list of tool ids (default: every entry of --kind)")] = None,
+               kind: Annotated[str, typer.Option(help="correction | anchor | all")] = "correction",
+               combine: Annotated[str, typer.Option(help="per-layer rule for a group: mean | quality_mean | sum")] = "mean",
+               scale: float = 1.0,
+               model_hint: Annotated[str | None, typer.Option(help="model type for GGUF (default: from the model's config)")] = None,
+               overwrite: bool = False) -> None:
+    """Export tools as a llama.cpp / repeng control vector (GGUF) or a steering-vectors file."""
+    from stir_core.interop.export import export_library
+    from stir_core.library import LibraryError, ToolLibrary
+
+    _fresh_output(out, overwrite)
+    try:
+        lib = ToolLibrary.load(library)
+        id_list = [x.strip() for x in ids.split(",") if x.strip()] if ids else None
+        path, d = export_library(lib, format_, out, id_list, kind, combine, scale, model_hint)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    layers = ", ".join(f"{k} (|v|={float((v.astype('float64') ** 2).sum()) ** 0.5:.3g})" for k, v in d.directions.items())
+    typer.echo(f"wrote {path}: {len(d.tool_ids)} tool(s) combined by {d.rule}, layers {layers}")
+
+
+@app.command("import-vector")
+def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control vector or safetensors {layer: vector}")],
+                      library_out: Annotated[Path, typer.Option(help="library directory to write")],
+                      layer: Annotated[int | None, typer.Option(help="layer to take (needed when the file has several)")] = None,
+                      scale: float = 1.0, tool_id: Annotated[str | None, typer.Option("--id")] = None,
+                      model: ModelOpt = "embedded", overwrite: bool = False) -> None:
+    """Make a one-entry library from an external vector, usable by the static baselines (`--methods static`)."""
+    from stir_core.interop.import_vector import import_vector, model_dims
+    from stir_core.library import LibraryError
+
+    _fresh_output(library_out, overwrite)
+    try:
+        lib = import_vector(file, model_dims(model), layer, scale, tool_id)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    lib.save(library_out)
+    row = lib.table.iloc[0]
+    typer.echo(f"wrote {library_out}: {row['id']} at layer {int(row['layer'])}, |v|={float(row['norm']):.4g}; "
+               f"try: stir eval --methods vanilla,static --library {library_out} --set layer={int(row['layer'])}")
+
+
 def _register_toy_commands() -> None:
     try:
         from stir_core.toy import commands
