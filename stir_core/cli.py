@@ -320,6 +320,41 @@ def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control ve
                f"try: stir eval --methods vanilla,static --library {library_out} --set layer={int(row['layer'])}")
 
 
+@app.command()
+def dashboard(library: Annotated[Path, typer.Argument(help="library directory")],
+              tool: Annotated[str, typer.Option(help="tool id")],
+              out: Annotated[Path, typer.Option(help="file to write: .html or .json")],
+              run: Annotated[Path | None, typer.Option(help="a `stir eval --out` directory (where it fires)")] = None,
+              prompt: Annotated[str | None, typer.Option(help="raw prompt for the α-sweep (default: its source problem)")] = None,
+              scales: str = "0,0.5,1,2,4", sweep_tokens: int = 48, overwrite: bool = False,
+              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
+    """One tool's dashboard (provenance, firings, lens, α-sweep, paired outcome, neighbours) as HTML or JSON."""
+    from stir_core import atomic
+    from stir_core import dashboard as dash
+    from stir_core.dashboard_html import render
+    from stir_core.engine import Engine
+    from stir_core.evaluate import load_results
+
+    if out.suffix not in (".html", ".json"):
+        _fail(f"--out must end in .html or .json, got {out.name}")
+    _fresh_output(out, overwrite)
+    try:
+        scale_list = tuple(float(x) for x in scales.split(",") if x.strip())
+        examples = load_results(run).examples if run is not None else None
+    except ValueError as err:
+        _fail(f"{err}")
+    m = _model(model, device, dtype)
+    lib = _library(str(library), m)
+    engine = Engine(m)
+    try:
+        d = dash.build(lib, tool, m, engine, examples, str(run) if run else None,
+                       m.format_prompt(prompt) if prompt else None, scale_list, sweep_tokens)
+    except ValueError as err:
+        _fail(str(err))
+    atomic.write_text(out, render(d) if out.suffix == ".html" else dash.to_json(d))
+    typer.echo(f"wrote {out}")
+
+
 def _register_toy_commands() -> None:
     try:
         from stir_core.toy import commands
