@@ -121,8 +121,9 @@ def provenance(lib: ToolLibrary, row: int, with_problem: bool = True) -> Provena
     ratio = norm / sh if sh else None
     pct = None
     if ratio is not None:
-        corr = t[(t["kind"] == "correction") & (t["shuffled_norm"] > 0)]
-        ratios = (corr["norm"] / corr["shuffled_norm"]).to_numpy()
+        corr = t[(t["kind"] == "correction") & t["shuffled_norm"].notna()]
+        with np.errstate(divide="ignore"):  # a zero shuffled norm: the tool is infinitely above its control
+            ratios = (corr["norm"] / corr["shuffled_norm"]).to_numpy()
         pct = float((ratios < ratio).mean()) if len(ratios) else None
     split_hint = ((lib.manifest.get("config") or {}).get("mine") or {}).get("split")
     problem = find_example(str(rec["task"]), str(rec["example_id"]), split_hint) \
