@@ -355,6 +355,27 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
     typer.echo(f"wrote {out}")
 
 
+@app.command("diff")
+def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[Path, typer.Argument(help="library B")],
+             out: Annotated[Path, typer.Option(help="directory to write (CSV tables + diff.html)")],
+             source: Annotated[str, typer.Option(help="vectors (corrections) | keys (all entries)")] = "vectors",
+             min_cos: Annotated[float, typer.Option(help="a matched pair needs at least this cosine")] = 0.5,
+             overwrite: bool = False) -> None:
+    """Compare two libraries: cosine matrix, matched pairs, and what each has that the other lacks."""
+    from stir_core.library import LibraryError, ToolLibrary
+    from stir_core.library_diff import diff_libraries, save_diff
+
+    _fresh_output(out, overwrite)
+    try:
+        la, lb = ToolLibrary.load(a), ToolLibrary.load(b)
+        d = diff_libraries(la, lb, source, min_cos)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    save_diff(d, out, a.name, b.name)
+    typer.echo(f"{len(d.a_ids)} vs {len(d.b_ids)} {source}: {len(d.pairs)} matched (cos >= {min_cos:g}), "
+               f"{len(d.only_a)} only in {a.name}, {len(d.only_b)} only in {b.name} -> {out}")
+
+
 def _register_toy_commands() -> None:
     try:
         from stir_core.toy import commands
