@@ -52,3 +52,19 @@ def tool_dashboard(model_key: tuple[str, str, str], library_key: tuple[str, str]
     with generation(*model_key):
         return dash.build(lib, tool_id, model, get_engine(*model_key), _examples, source or None, formatted,
                           scales, sweep_tokens, positions)
+
+
+@st.cache_data(max_entries=16, show_spinner="Comparing the libraries…")
+def library_diff(path_a: str, stamp_a: str, path_b: str, stamp_b: str, source: str, min_cos: float):
+    from stir_core.library import ToolLibrary
+    from stir_core.library_diff import diff_libraries
+
+    return diff_libraries(ToolLibrary.load(path_a), ToolLibrary.load(path_b), source, min_cos)
+
+
+@st.cache_data(max_entries=32, show_spinner="Exporting…")
+def export_file(path: str, stamp: str, fmt: str, ids: tuple[str, ...], rule: str, scale: float) -> tuple[bytes, str]:
+    from stir_core.interop.export import export_bytes
+    from stir_core.library import ToolLibrary
+
+    return export_bytes(ToolLibrary.load(path), fmt, list(ids) or None, "correction", rule, scale)

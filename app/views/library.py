@@ -13,9 +13,10 @@ import streamlit as st
 
 from app import dashboard_state as dstate
 from app import figures, state, ui
-from stir_core import dashboard
+from stir_core import dashboard, library_diff
 from stir_core.controller import StirConfig
 from stir_core.dashboard_html import render as render_dashboard
+from stir_core.library import MANIFEST_FILE
 
 ctx = state.context()
 st.title("Library")
@@ -230,7 +231,7 @@ except ValueError:
     scales = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 board = dstate.tool_dashboard(
-    ctx.model_key, ctx.library_key, tool, source, source_stamp, examples, sweep_prompt.strip() or None,
+    ctx.model_key, ctx.library_key, tool, source, source_stamp, examples, sweep_prompt if sweep_prompt.strip() else None,
     scales or (0.0, 0.5, 1.0, 2.0, 4.0), positions, 48,
 )
 for note in board.notes:
@@ -340,6 +341,68 @@ with tab_n:
                               width="stretch")
     else:
         st.caption("No neighbours.")
+
+# --- export (interop) and library diff ---------------------------------------------------------------------
+st.subheader("Export tools")
+e1, e2, e3, e4 = st.columns([2, 4, 2, 1])
+st.session_state.setdefault("exp_format", "gguf")
+fmt = e1.selectbox("Format", ["gguf", "repeng", "steering-vectors"], key="exp_format", persist_state="session",
+                   help="gguf: a llama.cpp control vector (direction.k = output of block k; layer 0 cannot be "
+                   "steered there); repeng: the same GGUF layout, layer 0 allowed; steering-vectors: safetensors "
+                   "{layer: vector} that `stir_core.interop.export.load_steering_vector` turns into its SteeringVector")
+corr_ids = [i for i, k in zip(ids, table["kind"], strict=True) if k == "correction"]
+st.session_state.setdefault("exp_ids", [tool] if tool in corr_ids else [])
+chosen = e2.multiselect("Tools (empty: every correction)", corr_ids, key="exp_ids")
+st.session_state.setdefault("exp_rule", "mean")
+rule = e3.selectbox("Combine per layer", ["mean", "quality_mean", "sum"], key="exp_rule", persist_state="session",
+                    help="mean: the static baseline's vector; quality_mean: weighted by q; sum: llama.cpp's rule "
+                    "for several directions at one layer")
+st.session_state.setdefault("exp_scale", 1.0)
+scale = e4.number_input("Scale", key="exp_scale", persist_state="session")
+try:
+    data, ext = dstate.export_file(path, stamp, fmt, tuple(chosen), rule, float(scale))
+    st.download_button(f"Download .{ext}", data=data, file_name=f"stir-{fmt}.{ext}", key="x_exp_dl",
+                       on_click="ignore", mime="application/octet-stream")
+except ValueError as err:
+    st.warning(str(err))
+
+st.subheader("Library diff")
+others = [str(p) for p in state.find_dirs(state.runs_dir(), MANIFEST_FILE, max_depth=4)]
+others = [p for p in dict.fromkeys([str(state.DEMO_LIBRARY), *others]) if p != path]
+f1, f2, f3, f4 = st.columns([4, 3, 2, 2])
+st.session_state.setdefault("diff_other", "")
+other = f1.selectbox("Compare with", others, key="diff_pick", index=None,
+                     placeholder="a library under the runs directory, or type a path →")
+typed = f2.text_input("…or a library path", key="diff_other", persist_state="session").strip()
+st.session_state.setdefault("diff_source", "vectors")
+dsource = f3.segmented_control("Of", ["vectors", "keys"], key="diff_source", persist_state="session") or "vectors"
+st.session_state.setdefault("diff_min_cos", 0.5)
+min_cos = f4.number_input("Match if cos ≥", min_value=-1.0, max_value=1.0, step=0.05, key="diff_min_cos",
+                          persist_state="session")
+target = typed or other
+if target:
+    try:
+        ld = dstate.library_diff(path, stamp, target, state.library_stamp(target), dsource, float(min_cos))
+    except (ValueError, OSError) as err:  # LibraryError is a ValueError
+        st.warning(str(err))
+    else:
+        st.caption(f"A = this library ({len(ld.a_ids)} {dsource}), B = `{target}` ({len(ld.b_ids)}): "
+                   f"{len(ld.pairs)} matched, {len(ld.only_a)} only in A, {len(ld.only_b)} only in B")
+        dfig = library_diff.diff_figure(ld, "A", "B")
+        st.plotly_chart(dfig, theme=None, key="x_diff_chart", config={"displaylogo": False})
+        ui.figure_exports(dfig, "library-diff", "x_diff_exp")
+        g1, g2, g3 = st.columns(3)
+        for col, (label, frame, key) in zip(
+            (g1, g2, g3),
+            (("Matched pairs", ld.pairs, "pairs"), ("Only in A", ld.only_a, "only_a"), ("Only in B", ld.only_b, "only_b")),
+            strict=True,
+        ):
+            col.markdown(f"**{label}**")
+            col.dataframe(frame, hide_index=True, width="stretch", height=240)
+            with col:
+                ui.table_exports(frame, f"diff-{key}", f"x_diff_{key}")
+        ui.table_exports(pd.DataFrame(ld.cos, index=ld.a_ids, columns=ld.b_ids).reset_index(names="id_a"),
+                         "diff-cosine", "x_diff_cos")
 
 # --- similarities and distributions --------------------------------------------------------------------
 st.subheader("Cosine similarity")

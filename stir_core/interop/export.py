@@ -78,3 +78,14 @@ def export_library(lib: ToolLibrary, fmt: str, out: str | Path, ids: Sequence[st
         return save_steering_vector_file(out, d, {"provenance": json.dumps(prov)}), d
     flavour = "llamacpp" if fmt == "gguf" else "repeng"
     return gguf_io.write_control_vector(out, d, hint or model_hint(lib.manifest), flavour, prov), d
+
+
+def export_bytes(lib: ToolLibrary, fmt: str, ids: Sequence[str] | None = None, kind: str = "correction",
+                 rule: str = "mean", scale: float = 1.0, hint: str | None = None) -> tuple[bytes, str]:
+    """The exported file's bytes and a file extension (for a download button)."""
+    import tempfile
+
+    ext = "safetensors" if fmt == "steering-vectors" else "gguf"
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = export_library(lib, fmt, Path(tmp) / f"export.{ext}", ids, kind, rule, scale, hint)
+        return path.read_bytes(), ext
