@@ -6,7 +6,9 @@ References: the `gguf` package's own reader, repeng's own loader and `ControlMod
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -115,7 +117,6 @@ cm.reset(); cm.unwrap()
 v = torch.from_numpy(np.asarray(cv.directions[layer], dtype=np.float32))
 with torch.no_grad(), m.bridge.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", lambda x, hook: x + v)]):
     ours = m.bridge(seq)[0].float()
-    plain_diff = None
 with torch.no_grad():
     plain = hf(seq).logits[0].float()
 print(json.dumps({"model_type": cv.model_type, "layers": sorted(cv.directions),
@@ -126,14 +127,10 @@ print(json.dumps({"model_type": cv.model_type, "layers": sorted(cv.directions),
 
 def test_repeng_loads_the_file_and_steers_the_same_point(tmp_path, tiny_model_dir):
     """repeng's own `import_gguf` reads the file; its `ControlModel` steering equals our resid_post hook."""
-    try:
-        import importlib.util
-
-        found = importlib.util.find_spec("repeng") is not None
-    except ImportError:
-        found = False
-    if not found:
-        pytest.skip("repeng is not installed (pip install --no-deps repeng==0.4.0)")
+    if importlib.util.find_spec("repeng") is None:
+        reason = "repeng is not installed (pip install --no-deps repeng==0.4.0)"
+        print(f"SKIP reason: {reason}")
+        pytest.skip(reason)
     lib = _lib([1, 2])
     lib.save(tmp_path / "lib")
     out = tmp_path / "r.gguf"
@@ -142,7 +139,7 @@ def test_repeng_loads_the_file_and_steers_the_same_point(tmp_path, tiny_model_di
     assert r.exit_code == 0, r.output
     p = subprocess.run([sys.executable, "-c", textwrap.dedent(REPENG_CHECK), str(tiny_model_dir), str(out), "1"],
                        capture_output=True, text=True, timeout=300, cwd=REPO,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["model_type"] == "llama" and res["layers"] == [1]
