@@ -225,3 +225,10 @@ def test_steering_vectors_file_round_trip(tmp_path, tiny_model_dir):
     assert r.exit_code == 0, r.output
     imp = ToolLibrary.load(tmp_path / "imp")
     torch.testing.assert_close(imp.vectors[0], lib.vectors[0])
+    from stir_core.interop.export import load_steering_vector
+    from stir_core.interop.steering_vectors_adapter import available
+
+    if available() is None:  # the file also opens as that library's SteeringVector
+        sv = load_steering_vector(out)
+        assert sv.layer_type == "decoder_block" and list(sv.layer_activations) == [2]
+        torch.testing.assert_close(sv.layer_activations[2], lib.vectors[0])
