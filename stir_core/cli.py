@@ -496,6 +496,114 @@ def run_app(port: int = 8501, address: str = "127.0.0.1") -> None:
                                       "--server.port", str(port), "--server.address", address]))
 
 
+def _fresh_output(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a user's file or directory unless asked to."""
+    if path.exists() and not overwrite:
+        _fail(f"{path} already exists; choose another path or pass --overwrite")
+
+
+@app.command("export")
+def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")],
+               out: Annotated[Path, typer.Option(help="file to write")],
+               format_: Annotated[str, typer.Option("--format", help="gguf | repeng | steering-vectors")] = "gguf",
+               ids: Annotated[str | None, typer.Option(help="comma list of tool ids (default: every entry of --kind)")] = None,
+               kind: Annotated[str, typer.Option(help="correction | anchor | all")] = "correction",
+               combine: Annotated[str, typer.Option(help="per-layer rule for a group: mean | quality_mean | sum")] = "mean",
+               scale: float = 1.0,
+               model_hint: Annotated[str | None, typer.Option(help="model type for GGUF (default: from the model's config)")] = None,
+               overwrite: bool = False) -> None:
+    """Export tools as a llama.cpp / repeng control vector (GGUF) or a steering-vectors file."""
+    from stir_core.interop.export import export_library
+    from stir_core.library import LibraryError, ToolLibrary
+
+    _fresh_output(out, overwrite)
+    try:
+        lib = ToolLibrary.load(library)
+        id_list = [x.strip() for x in ids.split(",") if x.strip()] if ids else None
+        path, d = export_library(lib, format_, out, id_list, kind, combine, scale, model_hint)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    layers = ", ".join(f"{k} (|v|={float((v.astype('float64') ** 2).sum()) ** 0.5:.3g})" for k, v in d.directions.items())
+    typer.echo(f"wrote {path}: {len(d.tool_ids)} tool(s) combined by {d.rule}, layers {layers}")
+
+
+@app.command("import-vector")
+def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control vector or safetensors {layer: vector}")],
+                      library_out: Annotated[Path, typer.Option(help="library directory to write")],
+                      layer: Annotated[int | None, typer.Option(help="layer to take (needed when the file has several)")] = None,
+                      scale: float = 1.0, tool_id: Annotated[str | None, typer.Option("--id")] = None,
+                      model: ModelOpt = "embedded", overwrite: bool = False) -> None:
+    """Make a one-entry library from an external vector, usable by the static baselines (`--methods static`)."""
+    from stir_core.interop.import_vector import import_vector, model_dims
+    from stir_core.library import LibraryError
+
+    _fresh_output(library_out, overwrite)
+    try:
+        lib = import_vector(file, model_dims(model), layer, scale, tool_id)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    lib.save(library_out)
+    row = lib.table.iloc[0]
+    typer.echo(f"wrote {library_out}: {row['id']} at layer {int(row['layer'])}, |v|={float(row['norm']):.4g}; "
+               f"try: stir eval --methods vanilla,static --library {library_out} --set layer={int(row['layer'])}")
+
+
+@app.command()
+def dashboard(library: Annotated[Path, typer.Argument(help="library directory")],
+              tool: Annotated[str, typer.Option(help="tool id")],
+              out: Annotated[Path, typer.Option(help="file to write: .html or .json")],
+              run: Annotated[Path | None, typer.Option(help="a `stir eval --out` directory (where it fires)")] = None,
+              prompt: Annotated[str | None, typer.Option(help="raw prompt for the α-sweep (default: its source problem)")] = None,
+              scales: str = "0,0.5,1,2,4", sweep_tokens: int = 48, overwrite: bool = False,
+              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
+    """One tool's dashboard (provenance, firings, lens, α-sweep, paired outcome, neighbours) as HTML or JSON."""
+    from stir_core import atomic
+    from stir_core import dashboard as dash
+    from stir_core.dashboard_html import render
+    from stir_core.engine import Engine
+    from stir_core.evaluate import load_results
+
+    if out.suffix not in (".html", ".json"):
+        _fail(f"--out must end in .html or .json, got {out.name}")
+    _fresh_output(out, overwrite)
+    try:
+        scale_list = tuple(float(x) for x in scales.split(",") if x.strip())
+        examples = load_results(run).examples if run is not None else None
+    except ValueError as err:
+        _fail(f"{err}")
+    m = _model(model, device, dtype)
+    lib = _library(str(library), m)
+    engine = Engine(m)
+    try:
+        d = dash.build(lib, tool, m, engine, examples, str(run) if run else None,
+                       m.format_prompt(prompt) if prompt else None, scale_list, sweep_tokens)
+    except ValueError as err:
+        _fail(str(err))
+    atomic.write_text(out, render(d) if out.suffix == ".html" else dash.to_json(d))
+    typer.echo(f"wrote {out}")
+
+
+@app.command("diff")
+def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[Path, typer.Argument(help="library B")],
+             out: Annotated[Path, typer.Option(help="directory to write (CSV tables + diff.html)")],
+             source: Annotated[str, typer.Option(help="vectors (corrections) | keys (all entries)")] = "vectors",
+             min_cos: Annotated[float, typer.Option(help="a matched pair needs at least this cosine")] = 0.5,
+             overwrite: bool = False) -> None:
+    """Compare two libraries: cosine matrix, matched pairs, and what each has that the other lacks."""
+    from stir_core.library import LibraryError, ToolLibrary
+    from stir_core.library_diff import diff_libraries, save_diff
+
+    _fresh_output(out, overwrite)
+    try:
+        la, lb = ToolLibrary.load(a), ToolLibrary.load(b)
+        d = diff_libraries(la, lb, source, min_cos)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    save_diff(d, out, a.name, b.name)
+    typer.echo(f"{len(d.a_ids)} vs {len(d.b_ids)} {source}: {len(d.pairs)} matched (cos >= {min_cos:g}), "
+               f"{len(d.only_a)} only in {a.name}, {len(d.only_b)} only in {b.name} -> {out}")
+
+
 def _register_toy_commands() -> None:
     try:
         from stir_core.toy import commands

@@ -95,6 +95,12 @@ class Item:
     pos_ids: list[str]
     neg_ids: list[str]
     order: int  # global discovery order: deterministic tie-break
+    # Provenance for the tool dashboard: each contrasted prefix (completion text up to the m-th delimiter)
+    # and its rollout's reward, aligned with pos_ids / neg_ids ("" for a gold positive).
+    pos_prefixes: list[str] = field(default_factory=list)
+    neg_prefixes: list[str] = field(default_factory=list)
+    pos_rewards: list[float] = field(default_factory=list)
+    neg_rewards: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> tuple:
@@ -234,7 +240,9 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
             shuffled = float((sh[: len(pos_states), j].mean(0) - sh[len(pos_states):, j].mean(0)).norm())
             items.append(Item(ex.id, m, layer, mu_pos, mu_neg, shuffled, quality, r_pos, r_neg,
                               [f"{ex.id}:{r.k}" for r in pos] or [f"{ex.id}:gold"],
-                              [f"{ex.id}:{r.k}" for r in neg], order_start + len(items)))
+                              [f"{ex.id}:{r.k}" for r in neg], order_start + len(items),
+                              [r.prefixes[m - 1] for r in pos] or [""], [r.prefixes[m - 1] for r in neg],
+                              [r.reward for r in pos] or [r_pos], [r.reward for r in neg]))
         stats["control_points"] += any(it.m == m for it in items)
     return items, stats
 
@@ -250,7 +258,9 @@ def items_to_library(items: list[Item], model: LoadedModel, cfg: MineConfig, ext
                   "mean_reward_pos": it.mean_reward_pos, "mean_reward_neg": it.mean_reward_neg,
                   "model_id": model.model_id, "model_revision": model.revision or "", "seed": cfg.seed,
                   "pair_id": pair, "rollout_ids": json.dumps(it.pos_ids + it.neg_ids),
-                  "pos_rollouts": json.dumps(it.pos_ids), "neg_rollouts": json.dumps(it.neg_ids)}
+                  "pos_rollouts": json.dumps(it.pos_ids), "neg_rollouts": json.dumps(it.neg_ids),
+                  "pos_prefixes": json.dumps(it.pos_prefixes), "neg_prefixes": json.dumps(it.neg_prefixes),
+                  "pos_rewards": json.dumps(it.pos_rewards), "neg_rewards": json.dumps(it.neg_rewards)}
         keys += [it.mu_neg, it.mu_pos]
         vectors += [delta, torch.zeros_like(delta)]
         rows.append({"id": f"{pair}/corr", "kind": "correction", "norm": float(delta.norm()),
