@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="STIR Workbench: mine, select, store and replay latent actions.")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="hub id, local path, or 'embedded'")]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu | split (one model across the visible GPUs)")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
 DEMO_LIBRARY = Path(__file__).resolve().parent.parent / "assets" / "demo-library"
 
@@ -172,11 +172,17 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
          config: Annotated[Path | None, typer.Option(help="YAML build config (its [mine] section)")] = None,
          model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Stage I: mine candidate tools into <out>/candidates."""
+    from stir_core.distributed import DistributedError
     from stir_core.mine import mine_candidates
 
     cfg = _build_config(config)
     m = _model(cfg.model or model, device, dtype)
-    cands = mine_candidates(m, cfg.mine, run_dir=out)
+    try:
+        cands = mine_candidates(m, cfg.mine, run_dir=out)
+    except (ValueError, DistributedError) as err:
+        _fail(str(err))
+    if cands is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
+        return
     cands.save(out / "candidates")
     typer.echo(f"{len(cands)} candidate entries -> {out / 'candidates'}; stats: "
                f"{json.dumps(cands.manifest.get('mining_stats'))}")
@@ -236,14 +242,17 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
           config: Annotated[Path | None, typer.Option(help="YAML build config (default: the small one)")] = None,
           model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """mine → select → index from one YAML config; writes <out>/candidates, <out>/library, <out>/build.json."""
+    from stir_core.distributed import DistributedError
     from stir_core.pipeline import build_library
 
     cfg = _build_config(config)
     m = _model(cfg.model or model, device, dtype)
     try:
         lib_dir = build_library(m, cfg, out)
-    except ValueError as err:
+    except (ValueError, DistributedError) as err:
         _fail(str(err))
+    if lib_dir is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
+        return
     typer.echo(f"library -> {lib_dir}")
     typer.echo((out / "build.json").read_text())
 

@@ -200,7 +200,7 @@ class Engine:
 
             def fn(x, hook, add=add, layer=layer):
                 if add is not None:
-                    x = x + add.to(x.dtype)
+                    x = x + add.to(x.device, x.dtype)  # under a device_map, the layer's own device
                 if layer in capture_layers:
                     captured[layer] = x.detach().float()
                 return x
@@ -245,7 +245,7 @@ class Engine:
             mask[b, width - len(x):] = 1
         _, _, _, cap = self._forward(None, ids.to(self.device), mask.to(self.device), None, tuple(layers),
                                      keep="none")
-        stacked = torch.stack([cap[layer] for layer in layers], dim=2).cpu()  # [batch, width, layers, d]
+        stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
     def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
