@@ -70,6 +70,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
     from stir_core.controller import METHODS
+    from stir_core.distributed import DistributedError
     from stir_core.engine import Engine
     from stir_core.evaluate import evaluate, parse_sweep
     from stir_core.tasks import get_task
@@ -103,14 +104,18 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         try:
             res = evaluate(engine, task_obj, method_list, lib, c, n=n, split=split, seed=seed,
                            batch_size=batch_size, out_dir=sub)
-        except ValueError as err:
+        except (ValueError, DistributedError) as err:
             _fail(str(err))
+        if res is None:  # a rank other than 0 under a launcher: rank 0 has its traces and reports
+            continue
         for meth, s in res.summary.items():
             vs = s.get("vs_vanilla", {})
             rows.append({**({name: value} if name else {}), "method": meth, "accuracy": s["accuracy"], "n": s["n"],
                          "mean_tokens": s["mean_tokens"], "mean_probe_tokens": s["mean_probe_tokens"],
                          "interventions": s["interventions_per_problem"], "wall_s": s["wall_s"],
                          "wins": vs.get("wins"), "losses": vs.get("losses"), "p_mcnemar": vs.get("p_value")})
+    if not rows:
+        return
     import pandas as pd
 
     table = pd.DataFrame(rows)

@@ -17,6 +17,7 @@ user adds on CUDA tensors gets NCCL.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -136,6 +137,13 @@ def error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _destroy() -> None:
+    import torch.distributed as tdist
+
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
 class ControlPlane:
     """The process group for one job: statuses to rank 0, a verdict back. Use as a context manager.
 
@@ -148,7 +156,6 @@ class ControlPlane:
         self.dist = dist
         self.device = device
         self.timeout = timeout_s() if timeout is None else timeout
-        self._owns = False
 
     def __enter__(self) -> ControlPlane:
         import torch.distributed as tdist
@@ -165,14 +172,13 @@ class ControlPlane:
             except Exception as err:  # noqa: BLE001 - rendezvous fails in many ways; say which rank and why
                 raise DistributedError(f"rank {self.dist.rank}: could not join the process group "
                                        f"({error_text(err)})") from err
-            self._owns = True
+            # One group per process, kept for later stages (a `stir eval --sweep` runs several) and torn
+            # down at exit; re-joining a torchrun rendezvous after destroying the group is not supported.
+            atexit.register(_destroy)
         return self
 
     def __exit__(self, *exc) -> None:
-        import torch.distributed as tdist
-
-        if self._owns and tdist.is_initialized():
-            tdist.destroy_process_group()
+        return None
 
     # ---- JSON over point-to-point -----------------------------------------------------------------
     @staticmethod

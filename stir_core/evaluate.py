@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.stats import binomtest
 from tqdm.auto import tqdm
 
-from stir_core import atomic
+from stir_core import atomic, distributed
 from stir_core.controller import StirConfig, run_method
 from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
@@ -56,8 +56,13 @@ def summarise(traces: list[Trace], correct: list[bool], wall_s: float) -> dict:
 def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLibrary | None = None,
              config: StirConfig | None = None, n: int = 200, split: str = "eval", seed: int = 123,
              batch_size: int = 64, out_dir: str | Path | None = None,
-             progress: Callable[[int, int, str], None] | None = None, show_progress: bool = True) -> EvalResult:
-    """Every method on the same `n` problems of `split` (greedy, batched); optional outputs under `out_dir`."""
+             progress: Callable[[int, int, str], None] | None = None,
+             show_progress: bool = True) -> EvalResult | None:
+    """Every method on the same `n` problems of `split` (greedy, batched); optional outputs under `out_dir`.
+
+    Under a launcher each rank decodes whole batches (round-robin) and rank 0 returns the result, equal to
+    one process's (wall times apart); the other ranks return None.
+    """
     config = config or StirConfig()
     if not methods:
         raise ValueError("evaluate needs at least one method")
@@ -67,22 +72,34 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
     examples = task.load(split, n, seed)
     model = engine.model
     prompts = [model.format_prompt(task.prompt(ex)) for ex in examples]
+    if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: batches shared by rank
+        from stir_core.shard_eval import run_sharded
+
+        traced = run_sharded(engine, examples, prompts, methods, library, config, batch_size, dist,
+                             progress, show_progress)
+        if traced is None:  # not rank 0: its traces went to rank 0
+            return None
+    else:
+        traced = {}
+        total = len(methods) * len(examples)
+        bar = tqdm(total=total, desc="eval", unit="problem", disable=not show_progress)
+        done = 0
+        for method in methods:
+            t0 = time.perf_counter()
+            traces: list[Trace] = []
+            for lo in range(0, len(examples), batch_size):
+                chunk = examples[lo: lo + batch_size]
+                traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
+                                     example_ids=[ex.id for ex in chunk])
+                done += len(chunk)
+                bar.update(len(chunk))
+                if progress:
+                    progress(done, total, method)
+            traced[method] = (traces, time.perf_counter() - t0)
+        bar.close()
     rows, summary, correct_by = [], {}, {}
-    total = len(methods) * len(examples)
-    bar = tqdm(total=total, desc="eval", unit="problem", disable=not show_progress)
-    done = 0
     for method in methods:
-        t0 = time.perf_counter()
-        traces: list[Trace] = []
-        for lo in range(0, len(examples), batch_size):
-            chunk = examples[lo: lo + batch_size]
-            traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
-                                 example_ids=[ex.id for ex in chunk])
-            done += len(chunk)
-            bar.update(len(chunk))
-            if progress:
-                progress(done, total, method)
-        wall = time.perf_counter() - t0
+        traces, wall = traced[method]
         correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, examples, strict=True)]
         correct_by[method] = correct
         summary[method] = summarise(traces, correct, wall)
@@ -91,7 +108,6 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
                          "probe_tokens": t.probe_tokens, "interventions": t.interventions,
                          "prompt": t.prompt, "completion": t.completion, "answer": task.extract(t.completion),
                          "gold": ex.answer, "trace_json": t.to_json()})
-    bar.close()
     if "vanilla" in correct_by:
         for method in methods:
             if method != "vanilla":
