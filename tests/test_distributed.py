@@ -1,6 +1,6 @@
-"""Data parallelism under real launchers (CPU, gloo): torchrun `stir build` / `stir eval` with 2 processes
-equal one process; a killed rank resumes; a failed, dead or silent rank is named by rank 0; shards from
-another config or process count are refused. The reference is an in-process, single-process run.
+"""Data parallelism under real launchers (CPU, gloo): `stir build` (torchrun) and `stir eval` (accelerate
+launch) with 2 processes equal one process; a killed rank resumes; a failed, dead or silent rank is named by
+rank 0; shards from another config or process count are refused. The reference is a single-process run.
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ def _env(**extra) -> dict:
 def _torchrun(args: list[str], **env) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", "--",
            str(BIN / "stir"), *args, "--device", "cpu"]
+    return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def _accelerate(args: list[str], **env) -> subprocess.CompletedProcess:
+    """`accelerate launch` starts its processes through torchrun; `--multi_gpu` is its multi-process switch
+    (its `--cpu` flag means one process), and it works on a CPU-only machine."""
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--no_python", str(BIN / "stir"), *args,
+           "--device", "cpu"]
     return subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
@@ -128,7 +137,7 @@ def test_kill_one_rank_then_resume(config_path, reference, tmp_path):
     _assert_same_library(reference / "library", out / "library")
 
 
-def test_two_process_eval_equals_one_process(tmp_path):
+def test_two_process_eval_under_accelerate_equals_one_process(tmp_path):
     from stir_core.engine import Engine
     from stir_core.evaluate import evaluate
     from stir_core.library import ToolLibrary
@@ -141,7 +150,7 @@ def test_two_process_eval_equals_one_process(tmp_path):
     evaluate(Engine(model), get_task("planted"), ["vanilla", "stir"], lib, n=10, seed=5, batch_size=3,
              out_dir=one, show_progress=False)
     two = tmp_path / "two"
-    r = _torchrun(["eval", "--methods", "vanilla,stir", "--n", "10", "--seed", "5", "--batch-size", "3",
+    r = _accelerate(["eval", "--methods", "vanilla,stir", "--n", "10", "--seed", "5", "--batch-size", "3",
                    "--library", str(REPO / "assets" / "demo-library"), "--out", str(two)])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "rank 1: 8 problem-methods" in r.stdout  # batches [3,6) and [9,10) for both methods
