@@ -76,7 +76,7 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
         from stir_core.shard_eval import run_sharded
 
         traced = run_sharded(engine, examples, prompts, methods, library, config, batch_size, dist,
-                             progress, show_progress)
+                             progress, show_progress, out_dir, task.name, split, seed)
         if traced is None:  # not rank 0: its traces went to rank 0
             return None
     else:

@@ -212,3 +212,46 @@ def test_launcher_environment_and_sharding():
     shards = [distributed.shard(b, Dist(r, 3, r)) for r in range(3)]
     assert shards == [[(0, 2), (6, 7)], [(2, 4)], [(4, 6)]]
     assert sorted(x for s in shards for x in s) == b and distributed.n_rounds(len(b), 3) == 2
+
+
+def test_sharded_eval_checkpoints_each_batch_and_resumes(tiny, tmp_path, monkeypatch):
+    """In this process, as a one-rank group: a fault in batch 1 leaves batch 0's file; the rerun decodes only
+    the missing batches and gives the traces a plain loop gives; a changed config refuses the files."""
+    from stir_core import shard_eval
+    from stir_core.controller import StirConfig, run_method
+    from stir_core.engine import Engine
+    from stir_core.tasks import Example
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    engine = Engine(tiny)
+    examples = [Example(f"q{i}", f"{i}+{i}=", str(2 * i)) for i in range(7)]
+    prompts = [ex.question for ex in examples]
+    cfg = StirConfig(max_new_tokens=8)
+    one = Dist(0, 1, 0)
+    reference = []
+    for lo in range(0, 7, 3):
+        reference += run_method(engine, prompts[lo:lo + 3], "vanilla", None, cfg, [ex.id for ex in examples[lo:lo + 3]])
+    calls = []
+
+    def counted(*a, **k):
+        calls.append(1)
+        return run_method(*a, **k)
+
+    monkeypatch.setattr(shard_eval, "run_method", counted)
+    kw = {"out_dir": tmp_path, "task": "t", "split": "eval", "seed": 0, "show_progress": False}
+    try:
+        monkeypatch.setenv(distributed.FAULT_ENV, "0:1:raise")
+        with pytest.raises(DistributedError, match="rank 0 failed: RuntimeError: injected fault"):
+            shard_eval.run_sharded(engine, examples, prompts, ["vanilla"], None, cfg, 3, one, **kw)
+        assert sorted(p.name for p in (tmp_path / "shards" / "eval" / "vanilla").iterdir()) == ["batch-00000.json"]
+        monkeypatch.delenv(distributed.FAULT_ENV)
+        calls.clear()
+        out = shard_eval.run_sharded(engine, examples, prompts, ["vanilla"], None, cfg, 3, one, **kw)
+        assert len(calls) == 2  # batches 1 and 2; batch 0 came from its file
+        assert [t.to_json() for t in out["vanilla"][0]] == [t.to_json() for t in reference]
+        with pytest.raises(DistributedError, match="written by another evaluation"):
+            shard_eval.run_sharded(engine, examples, prompts, ["vanilla"], None, StirConfig(max_new_tokens=9), 3,
+                                   one, **kw)
+    finally:
+        distributed._destroy()
