@@ -22,6 +22,7 @@ from app import state  # noqa: E402
 from app.export import SavedView  # noqa: E402
 from stir_core.library import LibraryError  # noqa: E402
 from stir_core.model import ModelLoadError  # noqa: E402
+from stir_core.versions import versions  # noqa: E402
 
 # An emoji icon: a Material icon here would be fetched from the web, and the app works offline.
 st.set_page_config(page_title="STIR Workbench", page_icon="🧭", layout="wide")
@@ -173,7 +174,8 @@ def model_facts(ctx: state.Context, slot: DeltaGenerator) -> None:
             st.markdown(
                 f"- **model**: `{model.model_id}`\n- **layers**: {model.n_layers}\n- **d_model**: {model.d_model}\n"
                 f"- **parameters**: {model.n_params:,}\n- **device / dtype**: {model.device} / "
-                f"{str(model.dtype).removeprefix('torch.')}"
+                f"{str(model.dtype).removeprefix('torch.')}\n"
+                + "\n".join(f"- **{name}**: {ver}" for name, ver in versions().items())
             )
             mem = state.memory_in_use(model.device)
             st.markdown(

@@ -46,7 +46,7 @@ def hook_name(layer: int, point: str = DEFAULT_HOOK_POINT) -> str:
     if "{layer}" not in point:
         raise ValueError(f"hook point template {point!r} has no '{{layer}}' field")
     name = point.format(layer=int(layer))
-    if not name.rsplit(".", 1)[-1] in HOOK_POINTS:
+    if name.rsplit(".", 1)[-1] not in HOOK_POINTS:
         raise ValueError(f"hook point {point!r} is not a residual-stream point ({', '.join(HOOK_POINTS)})")
     return name
 
@@ -133,6 +133,19 @@ class Backend:
                 lay.values = layer.values.index_select(0, i)
             new.layers.append(lay)
         return new
+
+    @staticmethod
+    def select_slots(cache: KVCache, keep: torch.Tensor) -> bool:
+        """Keep only the slots `keep` of every layer, in place; False (and nothing done) when a layer keeps
+        a sliding window, whose own bookkeeping counts slots."""
+        if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+            return False
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                i = keep.to(layer.keys.device)
+                layer.keys = layer.keys.index_select(-2, i)
+                layer.values = layer.values.index_select(-2, i)
+        return True
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: KVCache,

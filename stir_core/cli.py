@@ -20,6 +20,20 @@ DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16
 DEMO_LIBRARY = Path(__file__).resolve().parent.parent / "assets" / "demo-library"
 
 
+def _version(value: bool) -> None:
+    if value:
+        from stir_core.versions import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="print the package and backend versions")] = False) -> None:
+    """STIR Workbench: mine, select, store and replay latent actions."""
+
+
 def _fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg="red", err=True)
     raise typer.Exit(2)

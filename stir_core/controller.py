@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from stir_core.engine import ControlPoint, DecodeState, Engine, Policy, Steer
+from stir_core import gate
+from stir_core.engine import ControlPoint, Engine, Steer
+from stir_core.gate import Reason
 from stir_core.index import ToolIndex
 from stir_core.library import ToolLibrary
+from stir_core.policy import NullPolicy, Plan, Policy, Probe
+from stir_core.segmented import Schedule, run_segmented
 from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace
 
 METHODS = ("vanilla", "no_memory", "static", "static_cp", "stir", "no_probing", "random_vector", "random_choice")
@@ -43,6 +47,10 @@ class StirConfig:
     positions: str = "last"  # last | segment | last+segment
     center_keys: bool = False
     preview: str = "fork"  # fork (rows of one batched decode over a forked cache) | reprefill (reference)
+    scope: str = "segment"  # segment (reference: a commit steers one segment) | persist (ours: it stays in the cache)
+    probe_stop: str = "delimiter"  # delimiter (reference: a probe ends at the delimiter) | none (ours)
+    random_choice_gate: str = "none"  # none (reference: the random pick is committed) | null (ours: it must beat null)
+    schedule: str = "continuous"  # continuous (per-row scheduling) | sync (segment-synchronous reference path)
     layer: int | None = None  # restrict to one library layer (None: every layer in the library)
     static_scale: float = 1.0  # alpha of the static baselines
     seed: int = 0
@@ -59,23 +67,7 @@ def _stable_seed(*parts) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
-@dataclass
-class _RowLog:
-    decisions: list[GateDecision] = field(default_factory=list)
-    probe_tokens: int = 0
-
-
-class _LoggingPolicy(Policy):
-    """Keeps per-row decision logs, keyed by the row's prompt position in the batch."""
-
-    def __init__(self) -> None:
-        self.logs: dict[int, _RowLog] = {}
-
-    def log(self, row: int) -> _RowLog:
-        return self.logs.setdefault(row, _RowLog())
-
-
-class StaticPolicy(_LoggingPolicy):
+class StaticPolicy(Policy):
     """One fixed vector (or one per control point) committed at every control point."""
 
     def __init__(self, library: ToolLibrary, config: StirConfig, per_control_point: bool):
@@ -100,25 +92,24 @@ class StaticPolicy(_LoggingPolicy):
         self.per_cp = per_control_point
         self.name = "static_cp" if per_control_point else "static"
 
-    def decide(self, engine, state, points):
-        out = []
-        for p in points:
-            vec = self.vectors.get(p.m) if self.per_cp else self.vectors[None]
-            dec = GateDecision(p.m, p.token_index, [self.layer], positions=self.config.positions)
-            if vec is None:
-                dec.reason = "no_entries"
-                out.append(None)
-            else:
-                s = Steer(self.layer, vec, self.config.static_scale, self.config.positions,
-                          tag=f"{self.name}@m{p.m}" if self.per_cp else self.name)
-                dec.chosen, dec.reason, dec.alpha, dec.layer = s.tag, "static", s.scale, self.layer
-                dec.added_norm = s.added_norm
-                out.append(s)
-            self.log(p.row).decisions.append(dec)
-        return out
+    def plan(self, point, prompt):
+        vec = self.vectors.get(point.m) if self.per_cp else self.vectors[None]
+        dec = GateDecision(point.m, point.token_index, [self.layer], positions=self.config.positions)
+        steer = None
+        if vec is None:
+            dec.reason = Reason.NO_ENTRIES.value
+        else:
+            steer = Steer(self.layer, vec, self.config.static_scale, self.config.positions,
+                          tag=f"{self.name}@m{point.m}" if self.per_cp else self.name)
+            dec.chosen, dec.reason, dec.alpha, dec.layer = steer.tag, Reason.STATIC.value, steer.scale, self.layer
+            dec.added_norm = steer.added_norm
+        return Plan(point, dec, context=steer)
+
+    def resolve(self, plan, null, probes):
+        return self._record(plan, plan.context)
 
 
-class StirPolicy(_LoggingPolicy):
+class StirPolicy(Policy):
     """Retrieve → preview → commit, and its ablations (`no_probing`, `random_vector`, `random_choice`)."""
 
     def __init__(self, library: ToolLibrary, config: StirConfig, variant: str = "stir",
@@ -153,137 +144,60 @@ class StirPolicy(_LoggingPolicy):
         found.sort(key=lambda c: (-c.sim, c.entry))
         return found[: self.config.k_retrieve]
 
-    def decide(self, engine: Engine, state: DecodeState, points: list[ControlPoint]) -> list[Steer | None]:
+    def plan(self, point: ControlPoint, prompt: Sequence[int]) -> Plan:
         cfg = self.config
-        decisions, shortlists = [], []
-        for p in points:
-            dec = GateDecision(p.m, p.token_index, list(self.layers), positions=cfg.positions)
-            dec.candidates = self.retrieve(p)
-            anchors = [c for c in dec.candidates if c.kind == "anchor"]
-            dec.null_value = max(0.0, max((c.value for c in anchors), default=0.0))
-            dec.score_null = cfg.beta * dec.null_value
-            corrections = sorted((c for c in dec.candidates if c.kind == "correction"),
-                                 key=lambda c: (-c.value, c.entry))[: cfg.top_l]
-            if len(dec.candidates) < max(1, cfg.min_entries):
-                dec.reason = "no_entries"
-                corrections = []
-            elif cfg.min_sim is not None and dec.candidates[0].sim < cfg.min_sim:
-                dec.reason = "low_sim"
-                corrections = []
-            elif not corrections:
-                dec.reason = "no_candidates"
-            decisions.append(dec)
-            shortlists.append(corrections)
-        if self.variant != "no_probing":
-            self._preview(engine, state, points, decisions, shortlists)
-        steers = [self._gate(p, d, c, state) for p, d, c in zip(points, decisions, shortlists, strict=True)]
-        for p, d in zip(points, decisions, strict=True):
-            self.log(p.row).decisions.append(d)
-            self.log(p.row).probe_tokens += d.probe_tokens
-        return steers
+        dec = GateDecision(point.m, point.token_index, list(self.layers), positions=cfg.positions)
+        short = gate.shortlist(self.retrieve(point), cfg.top_l, cfg.min_entries, cfg.min_sim)
+        dec.candidates = list(short.candidates)
+        dec.null_value = short.null_value
+        dec.score_null = cfg.beta * short.null_value
+        probes = []
+        if short.reason is None and self.variant != "no_probing":
+            probes = [self._steer(c, cfg.probe_scale) for c in short.corrections]
+        return Plan(point, dec, probes, (short, tuple(prompt)))
+
+    def resolve(self, plan: Plan, null: Probe | None, probes: list[Probe] | None) -> Steer | None:
+        cfg, dec = self.config, plan.decision
+        short, prompt_key = plan.context
+        gains = None
+        if probes is not None:
+            gains = {c.entry: pr.mean_logprob - null.mean_logprob
+                     for c, pr in zip(short.corrections, probes, strict=True)}
+            dec.null_probe_text, dec.null_probe_logprob = null.text, null.mean_logprob
+            dec.probe_tokens = null.n_tokens + sum(pr.n_tokens for pr in probes)
+        pick = None
+        if self.variant == "random_choice" and short.reason is None:
+            g = torch.Generator().manual_seed(_stable_seed(cfg.seed, prompt_key, plan.point.m))
+            pick = int(torch.randint(len(short.corrections), (1,), generator=g))
+        out = gate.decide(short, gains, cfg.beta, cfg.rho, cfg.tau_null, cfg.k_scale, pick,
+                          pick_beats_null=cfg.random_choice_gate == "null")
+        scored = {c.entry: c for c in out.scored}
+        for i, c in enumerate(dec.candidates):
+            if c.entry in scored:
+                pr = None if probes is None else probes[short.corrections.index(c)]
+                dec.candidates[i] = replace(scored[c.entry], previewed=pr is not None,
+                                            probe_text=None if pr is None else pr.text,
+                                            probe_logprob=None if pr is None else pr.mean_logprob)
+        dec.reason = out.reason.value
+        steer = None
+        if out.chosen is not None:
+            best = out.chosen
+            steer = self._steer(best, out.alpha)
+            if self.variant == "random_vector":
+                g = torch.Generator().manual_seed(_stable_seed(cfg.seed, prompt_key, plan.point.m, "vec"))
+                rnd = torch.randn(self.library.vectors.shape[1], generator=g)
+                vec = self.library.vectors[best.entry].float()
+                steer = Steer(best.layer, rnd / rnd.norm() * vec.norm(), out.alpha, cfg.positions,
+                              f"random~{best.tool_id}")
+            dec.chosen, dec.chosen_entry = best.tool_id, best.entry
+            dec.alpha, dec.layer, dec.added_norm = out.alpha, best.layer, steer.added_norm
+        return self._record(plan, steer)
 
     def _steer(self, c: Candidate, scale: float, tag: str | None = None) -> Steer:
         return Steer(c.layer, self.library.vectors[c.entry], scale, self.config.positions, tag or c.tool_id)
 
-    def _preview(self, engine, state, points, decisions, shortlists) -> None:
-        """Null + L candidate probes for every point, as rows of one batched decode over a forked cache.
 
-        `preview="reprefill"` runs each probe as its own fresh prefill + decode instead, as the reference
-        does; it gives the same probes and exists to measure what forking saves.
-        """
-        rows, steers, owners = [], [], []
-        for k, (p, cands) in enumerate(zip(points, shortlists, strict=True)):
-            if not cands:
-                continue
-            rows.append(p.row)
-            steers.append(None)
-            owners.append((k, None))
-            for c in cands:
-                rows.append(p.row)
-                steers.append(self._steer(c, self.config.probe_scale))
-                owners.append((k, c))
-        if not rows:
-            return
-        if self.config.preview == "reprefill":
-            fork, start, made = self._reprefill_probes(engine, state, rows, steers)
-        else:
-            fork = engine.fork(state, rows)
-            start = [len(r.tokens) for r in fork.rows]
-            engine.refeed_last(fork, steers)
-            made = engine.decode(fork, self.config.probe_tokens, steers=steers)
-        null_lp: dict[int, float] = {}
-        for b, (k, c) in enumerate(owners):
-            lps = fork.rows[b].logprobs[start[b]:]
-            mean_lp = sum(lps) / len(lps) if lps else 0.0
-            text = "".join(fork.rows[b].pieces[start[b]:])
-            decisions[k].probe_tokens += made[b]
-            if c is None:
-                null_lp[k] = mean_lp
-                decisions[k].null_probe_text, decisions[k].null_probe_logprob = text, mean_lp
-            else:
-                c.previewed, c.probe_text, c.probe_logprob = True, text, mean_lp
-        for k, c in owners:
-            if c is not None:
-                c.gain = c.probe_logprob - null_lp[k]
-
-    def _reprefill_probes(self, engine, state, rows, steers):
-        """The slow way: one fresh prefill of the whole prefix per probe (no cache sharing)."""
-        out_rows, made = [], []
-        for b, s in zip(rows, steers, strict=True):
-            src = state.rows[b]
-            fresh = engine.prefill([src.prompt + src.tokens])
-            engine.refeed_last(fresh, [s])
-            made += engine.decode(fresh, self.config.probe_tokens, steers=[s])
-            out_rows.append(fresh.rows[0])
-        fake = DecodeState(None, torch.zeros(0), torch.zeros(0), out_rows)
-        return fake, [0] * len(out_rows), made
-
-    def _gate(self, p: ControlPoint, dec: GateDecision, cands: list[Candidate], state) -> Steer | None:
-        cfg = self.config
-        if not cands:
-            return None
-        for c in cands:
-            c.score = cfg.beta * c.value + (0.0 if self.variant == "no_probing" else cfg.rho * (c.gain or 0.0))
-        prompt_key = tuple(state.rows[p.row].prompt)
-        if self.variant == "random_choice":
-            g = torch.Generator().manual_seed(_stable_seed(cfg.seed, prompt_key, p.m))
-            best = cands[int(torch.randint(len(cands), (1,), generator=g))]
-        else:
-            best = max(cands, key=lambda c: (c.score, -c.entry))
-        if best.score < dec.score_null:
-            dec.reason = "anchor_won"
-            return None
-        if best.score == dec.score_null:
-            dec.reason = "tie"
-            return None
-        if best.score < cfg.tau_null:
-            dec.reason = "below_tau"
-            return None
-        alpha = cfg.k_scale * best.score
-        if not alpha > 0:
-            dec.reason = "nonpositive_alpha"
-            return None
-        steer = self._steer(best, alpha)
-        if self.variant == "random_vector":
-            g = torch.Generator().manual_seed(_stable_seed(cfg.seed, prompt_key, p.m, "vec"))
-            rnd = torch.randn(self.library.vectors.shape[1], generator=g)
-            vec = self.library.vectors[best.entry].float()
-            steer = Steer(best.layer, rnd / rnd.norm() * vec.norm(), alpha, cfg.positions, f"random~{best.tool_id}")
-        dec.chosen, dec.chosen_entry, dec.reason = best.tool_id, best.entry, "committed"
-        dec.alpha, dec.layer, dec.added_norm = alpha, best.layer, steer.added_norm
-        return steer
-
-
-class NullPolicy(_LoggingPolicy):
-    """`no_memory`: segmented decoding that records every control point and never steers."""
-
-    def decide(self, engine, state, points):
-        for p in points:
-            self.log(p.row).decisions.append(GateDecision(p.m, p.token_index, [], reason="no_entries"))
-        return [None] * len(points)
-
-
-def build_policy(method: str, library: ToolLibrary | None, config: StirConfig) -> _LoggingPolicy | None:
+def build_policy(method: str, library: ToolLibrary | None, config: StirConfig) -> Policy | None:
     """The policy for `method` (None for vanilla)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -308,33 +222,52 @@ def run_method(engine: Engine, prompts: Sequence[str], method: str, library: Too
     policy = build_policy(method, library, config)
     if policy is None:
         res = engine.generate(prompts, config.max_new_tokens)
-        decisions_by_row: dict[int, _RowLog] = {}
+        rows, logs = res.rows, {}
     else:
-        res, _ = engine.generate_segmented(prompts, policy, config.max_new_tokens, config.delimiter,
-                                           config.max_control_points)
-        decisions_by_row = policy.logs
+        rows = replay(engine, prompts, policy, config)
+        logs = policy.logs
     traces = []
-    for b, row in enumerate(res.rows):
-        log = decisions_by_row.get(b, _RowLog())
-        traces.append(make_trace(method, prompts[b], row, log.decisions, log.probe_tokens, config.delimiter,
-                                 None if example_ids is None else example_ids[b]))
+    for b, row in enumerate(rows):
+        log = logs.get(b)
+        traces.append(make_trace(method, prompts[b], row, log.decisions if log else [],
+                                 log.probe_tokens if log else 0, None if example_ids is None else example_ids[b]))
     return traces
 
 
+def schedule_of(config: StirConfig) -> Schedule:
+    return Schedule(config.max_new_tokens, config.max_control_points, config.probe_tokens,
+                    config.probe_stop == "delimiter", config.scope, config.preview)
+
+
+def replay(engine: Engine, prompts: Sequence[str], policy: Policy, config: StirConfig) -> list:
+    """Segmented greedy decoding of formatted prompts with `policy` at the control points; the rows."""
+    for i, p in enumerate(prompts):
+        if not p or not p.strip():
+            raise ValueError(f"prompt {i} is empty")
+    ids = [engine.model.encode(p) for p in prompts]
+    sched = schedule_of(config)
+    if config.schedule == "continuous" and config.preview == "fork":
+        from stir_core.scheduler import run_continuous
+
+        rows = run_continuous(engine, ids, policy, sched, config.delimiter)
+    else:
+        state = engine.prefill(ids, policy.capture_layers, delimiter=config.delimiter)
+        run_segmented(engine, state, policy, sched)
+        rows = state.rows
+    engine.finish(rows)
+    return rows
+
+
 def make_trace(method: str, prompt: str, row, decisions: list[GateDecision], probe_tokens: int,
-               delimiter: str, example_id: str | None = None) -> Trace:
+               example_id: str | None = None) -> Trace:
     """Assemble a Trace from an engine row: per-token records plus the decisions' commit lengths."""
-    tokens, text, segment = [], "", 0
-    for i, (tok, piece, lp, added) in enumerate(zip(row.tokens, row.pieces, row.logprobs, row.added, strict=True)):
-        before = text
-        text += piece
-        is_delim = text.count(delimiter) > before.count(delimiter)
+    tokens, segment = [], 0
+    for i, (tok, piece, lp, added, ends) in enumerate(zip(row.tokens, row.pieces, row.logprobs, row.added,
+                                                          row.stream.boundaries, strict=True)):
         tokens.append(TokenRecord(i, tok, piece, lp, segment, added[0] if added else None,
-                                  added[1] if added else 0.0, is_delim))
-        if is_delim:
-            segment += 1
+                                  added[1] if added else 0.0, ends > 0))
+        segment += ends
     bounds = [d.token_index for d in decisions] + [len(tokens) - 1]
     for d, nxt in zip(decisions, bounds[1:], strict=True):
         d.commit_tokens = max(0, nxt - d.token_index)
     return Trace(method, prompt, row.text, tokens, decisions, probe_tokens, example_id)
-

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stir_core.backend import Backend, hook_name
+from stir_core.backend import Backend, KVCache, hook_name
 from stir_core.model import LoadedModel
+from stir_core.segment import TextStream
+
+DELIMITER = "\n\n"
 
 POSITIONS = ("last", "segment", "last+segment")
 
@@ -79,11 +82,15 @@ class Capture:
 
 @dataclass
 class Row:
-    """Everything one row has generated. `added[i]` is (tag, norm) of what was added at generated token i."""
+    """Everything one row has generated. `added[i]` is (tag, norm) of what was added at generated token i.
+
+    `stream` holds the row's text and control points (`stir_core.segment`): `pieces[i]` is the text token i
+    added, and `"".join(pieces) == tokenizer.decode(tokens)` once the row is finished.
+    """
 
     prompt: list[int]
+    stream: TextStream
     tokens: list[int] = field(default_factory=list)
-    pieces: list[str] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     added: list[tuple[str, float] | None] = field(default_factory=list)
     captures: list[Capture] = field(default_factory=list)
@@ -95,27 +102,54 @@ class Row:
         return len(self.prompt)
 
     @property
+    def pieces(self) -> list[str]:
+        return self.stream.pieces
+
+    @property
     def text(self) -> str:
-        return "".join(self.pieces)
+        return self.stream.text
+
+    @property
+    def control_points(self) -> int:
+        return self.stream.control_points
 
     def clone(self) -> Row:
         gen = None
         if self.generator is not None:
             gen = torch.Generator(device=self.generator.device)
             gen.set_state(self.generator.get_state())
-        return Row(self.prompt, list(self.tokens), list(self.pieces), list(self.logprobs), list(self.added),
+        return Row(self.prompt, self.stream.copy(), list(self.tokens), list(self.logprobs), list(self.added),
                    list(self.captures), self.finished, gen)
+
+    def push(self, token: int, logprob: float, added: tuple[str, float] | None) -> int:
+        """Record one generated token; returns how many delimiter occurrences it completed."""
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.added.append(added)
+        return self.stream.push(token)
+
+    def truncate(self, n_tokens: int, stream: TextStream) -> None:
+        """Roll the row back to its first `n_tokens` tokens (`stream` is a snapshot taken there)."""
+        del self.tokens[n_tokens:], self.logprobs[n_tokens:], self.added[n_tokens:]
+        self.captures = [c for c in self.captures if c.token_index < n_tokens]
+        self.stream = stream
+        self.finished = False
 
 
 @dataclass
 class DecodeState:
-    """A batch in flight: KV cache, attention mask over physical slots, next-token logits, rows."""
+    """A batch in flight: KV cache, attention mask over physical slots, next-token logits, rows.
 
-    cache: object  # transformers DynamicCache
-    mask: torch.Tensor  # [batch, slots] long
-    logits: torch.Tensor  # [batch, d_vocab] float32: next-token logits of each row
+    `mask` `[batch, slots]` long (0 = a hole: left padding, a re-run token's old slot, a rolled-back
+    token); `logits` `[batch, d_vocab]` float32, each row's next-token logits.
+    """
+
+    cache: KVCache
+    mask: torch.Tensor
+    logits: torch.Tensor
     rows: list[Row]
     capture_layers: tuple[int, ...] = ()
+    delimiter: str = DELIMITER
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -129,6 +163,11 @@ class GenerateResult:
     captures: list[list[Capture]]
     rows: list[Row]
 
+    @classmethod
+    def of(cls, rows: list[Row]) -> GenerateResult:
+        return cls([r.text for r in rows], [r.tokens for r in rows], [r.logprobs for r in rows],
+                   [r.captures for r in rows], rows)
+
 
 @dataclass
 class ControlPoint:
@@ -141,30 +180,6 @@ class ControlPoint:
     states: dict[int, torch.Tensor]
 
 
-class Policy:
-    """Decides, for a batch of control points, what to commit (a Steer) or nothing (None).
-
-    Subclasses override `decide`; a policy may use the engine (e.g. fork the state to preview candidates),
-    but must leave `state` itself unchanged. `capture_layers` are the layers whose states it reads.
-    """
-
-    capture_layers: tuple[int, ...] = ()
-
-    def decide(self, engine: Engine, state: DecodeState, points: list[ControlPoint]) -> list[Steer | None]:
-        raise NotImplementedError
-
-
-class FunctionPolicy(Policy):
-    """Wraps `fn(row, m, text, states) -> Steer | None` (one decision per row, no previews)."""
-
-    def __init__(self, fn: Callable[[int, int, str, dict[int, torch.Tensor]], Steer | None],
-                 capture_layers: Sequence[int]):
-        self.fn, self.capture_layers = fn, tuple(capture_layers)
-
-    def decide(self, engine, state, points):
-        return [self.fn(p.row, p.m, p.text, p.states) for p in points]
-
-
 class Engine:
     """Batched KV-cached decoding with per-row stops, budgets, sampling, steering, capture and forks."""
 
@@ -173,15 +188,25 @@ class Engine:
         self.bridge = model.bridge
         self.backend = Backend(model.bridge)
         self.device = model.device
-        self._piece_cache: dict[int, str] = {}
+        self._decode_cache: dict = {}  # id windows -> text, shared by every row's detokenizer
+
+    # ---- rows and text -----------------------------------------------------------------------------
+    def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
+        return TextStream.new(self.model.tokenizer, delimiter, self._decode_cache)
+
+    def new_row(self, prompt: Sequence[int], delimiter: str = DELIMITER, seed: int | None = None) -> Row:
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        return Row(prompt=list(prompt), stream=self.new_stream(delimiter), generator=gen)
+
+    @staticmethod
+    def finish(rows: Sequence[Row]) -> None:
+        """Release text withheld by the detokenizers (an incomplete character at the very end)."""
+        for r in rows:
+            r.stream.finish()
 
     # ---- low level -------------------------------------------------------------------------------
-    def piece(self, token: int) -> str:
-        """Text of one token (cached); special tokens decode to ''."""
-        if token not in self._piece_cache:
-            self._piece_cache[token] = self.model.tokenizer.decode([token], skip_special_tokens=True)
-        return self._piece_cache[token]
-
     @torch.no_grad()
     def _forward(self, state: DecodeState | None, input_ids: torch.Tensor, new_mask: torch.Tensor,
                  adds: dict[int, torch.Tensor] | None, capture_layers: Sequence[int], keep: str = "last"):
@@ -194,13 +219,13 @@ class Engine:
         mask = new_mask if state is None else torch.cat([state.mask, new_mask], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
         captured: dict[int, torch.Tensor] = {}
-        hooks: list[tuple[str, Callable]] = []
+        hooks = []
         for layer in sorted(set(capture_layers) | set(adds or {})):
             add = None if adds is None else adds.get(layer)
 
             def fn(x, hook, add=add, layer=layer):
                 if add is not None:
-                    x = x + add.to(x.device, x.dtype)  # under a device_map, the layer's own device
+                    x = x + add.to(x.device, x.dtype)
                 if layer in capture_layers:
                     captured[layer] = x.detach().float()
                 return x
@@ -210,41 +235,38 @@ class Engine:
         logits = self.backend.forward(input_ids, mask, pos, cache, hooks, keep=keep)
         return (None if logits is None else logits.float()), cache, mask, captured
 
-    def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
-                seeds: Sequence[int] | None = None) -> DecodeState:
-        """Left-pad and run the prompts (token ids) in one forward; returns the state ready to decode."""
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("prefill needs at least one non-empty prompt")
-        width = max(len(p) for p in prompts)
-        pad = self.model.pad_token_id
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for b, p in enumerate(prompts):
+    def _padded(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and mask `[batch, width]` on the model's device."""
+        width = max(len(p) for p in seqs)
+        ids = torch.full((len(seqs), width), self.model.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for b, p in enumerate(seqs):
             ids[b, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
             mask[b, width - len(p):] = 1
-        logits, cache, mask, _ = self._forward(None, ids.to(self.device), mask.to(self.device), None, ())
-        rows = []
-        for b, p in enumerate(prompts):
-            gen = None
-            if seeds is not None:
-                gen = torch.Generator().manual_seed(int(seeds[b]))
-            rows.append(Row(prompt=list(p), generator=gen))
-        return DecodeState(cache, mask, logits[:, -1], rows, tuple(capture_layers))
+        return ids.to(self.device), mask.to(self.device)
+
+    def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
+                seeds: Sequence[int] | None = None, delimiter: str = DELIMITER) -> DecodeState:
+        """Left-pad and run the prompts (token ids) in one forward; returns the state ready to decode.
+
+        Only the last position's logits are computed (`[batch, d_vocab]`), never `[batch, pos, d_vocab]`.
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("prefill needs at least one non-empty prompt")
+        ids, mask = self._padded(prompts)
+        logits, cache, mask, _ = self._forward(None, ids, mask, None, ())
+        rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
+        return DecodeState(cache, mask, logits[:, -1], rows, tuple(capture_layers), delimiter)
 
     @torch.no_grad()
     def forward_states(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
-        """Teacher-forced states: one left-padded forward over token sequences.
+        """Teacher-forced states: one left-padded forward over token sequences, no logits.
 
         Returns per sequence a tensor [len(seq), len(layers), d_model] of resid_post (float32, CPU).
         """
-        width = max(len(x) for x in sequences)
-        ids = torch.full((len(sequences), width), self.model.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for b, x in enumerate(sequences):
-            ids[b, width - len(x):] = torch.tensor(list(x), dtype=torch.long)
-            mask[b, width - len(x):] = 1
-        _, _, _, cap = self._forward(None, ids.to(self.device), mask.to(self.device), None, tuple(layers),
-                                     keep="none")
+        ids, mask = self._padded(sequences)
+        width = ids.shape[1]
+        _, _, _, cap = self._forward(None, ids, mask, None, tuple(layers), keep="none")
         stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
@@ -253,11 +275,49 @@ class Engine:
         idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
         return DecodeState(self.backend.select_rows(state.cache, idx), state.mask.index_select(0, idx),
                            state.logits.index_select(0, idx), [state.rows[i].clone() for i in rows],
-                           state.capture_layers)
+                           state.capture_layers, state.delimiter)
 
-    def _step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
-              adds: dict[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
-        """Feed one token per row (`feed[b]` False: a masked pad) and update cache, mask and logits."""
+    def regroup(self, state: DecodeState, rows: Sequence[int]) -> None:
+        """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped).
+
+        How previews join the batch and finished rows leave it: one gather of the cache's rows.
+        """
+        idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
+        seen: set[int] = set()
+        new_rows = []
+        for i in rows:
+            new_rows.append(state.rows[i].clone() if i in seen else state.rows[i])
+            seen.add(i)
+        state.cache = self.backend.select_rows(state.cache, idx)
+        state.mask = state.mask.index_select(0, idx)
+        state.logits = state.logits.index_select(0, idx)
+        state.rows = new_rows
+        self.drop_empty_slots(state)
+
+    @staticmethod
+    def drop_empty_slots(state: DecodeState) -> None:
+        """Remove cache slots that no row attends (holes shared by every row), e.g. after rows left."""
+        live = state.mask.any(0)
+        if bool(live.all()):
+            return
+        keep = torch.nonzero(live).flatten()
+        if Backend.select_slots(state.cache, keep):
+            state.mask = state.mask.index_select(1, keep)
+
+    def step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
+             adds: dict[int, torch.Tensor] | None = None, replace_last: torch.Tensor | None = None
+             ) -> dict[int, torch.Tensor]:
+        """Feed one token per row (`feed[b]` False: a masked pad) and update cache, mask and logits.
+
+        `replace_last[b]`: the row's last attended slot is masked out first, so the fed token takes its
+        position (a re-run of the delimiter with a vector added). Returns the captured states
+        `{layer: [batch, 1, d_model]}`.
+        """
+        if replace_last is not None and bool(replace_last.any()):
+            state.mask = state.mask.clone()
+            rows = torch.nonzero(replace_last).flatten().to(state.mask.device)
+            slots = state.mask.shape[1] - 1 - state.mask.flip(1).argmax(1)  # last attended slot per row
+            state.mask[rows, slots[rows]] = 0
         ids = torch.where(feed, tokens, torch.full_like(tokens, self.model.pad_token_id))
         logits, cache, mask, captured = self._forward(
             state, ids[:, None].to(self.device), feed.long()[:, None].to(self.device), adds, state.capture_layers
@@ -267,8 +327,11 @@ class Engine:
         state.logits = torch.where(keep, logits[:, -1], state.logits)
         return captured
 
-    def _adds(self, steers: Sequence[Steer | None], use: Callable[[Steer], bool],
-              feed: torch.Tensor) -> dict[int, torch.Tensor] | None:
+    def _step(self, state, tokens, feed, adds):  # the pre-scheduler name, kept for callers
+        return self.step(state, tokens, feed, adds)
+
+    def add_tables(self, steers: Sequence[Steer | None], use: Callable[[Steer], bool],
+                   feed: torch.Tensor) -> dict[int, torch.Tensor] | None:
         """Per-layer add tables [batch, 1, d_model] for rows whose steer applies at this step."""
         tables: dict[int, torch.Tensor] = {}
         for b, s in enumerate(steers):
@@ -288,38 +351,35 @@ class Engine:
         feed = torch.tensor([s is not None and s.at_last for s in steers])
         if not bool(feed.any()):
             return
-        last_slot = torch.zeros(len(state.rows), dtype=torch.long)
-        tokens = torch.zeros(len(state.rows), dtype=torch.long)
-        for b, row in enumerate(state.rows):
-            if feed[b]:
-                # The last attended slot of row b holds its last token.
-                slots = torch.nonzero(state.mask[b]).flatten()
-                last_slot[b] = slots[-1]
-                tokens[b] = row.tokens[-1] if row.tokens else row.prompt[-1]
-        state.mask = state.mask.clone()
-        rows_idx = torch.nonzero(feed).flatten()
-        state.mask[rows_idx.to(state.mask.device), last_slot[rows_idx].to(state.mask.device)] = 0
-        self._step(state, tokens, feed, self._adds(steers, lambda s: s.at_last, feed))
+        tokens = torch.tensor([(r.tokens[-1] if r.tokens else r.prompt[-1]) for r in state.rows])
+        self.step(state, tokens, feed, self.add_tables(steers, lambda s: s.at_last, feed), replace_last=feed)
         for b, s in enumerate(steers):
             if feed[b] and state.rows[b].added:
                 state.rows[b].added[-1] = (s.tag, s.added_norm)
 
     # ---- decoding --------------------------------------------------------------------------------
-    def _choose(self, state: DecodeState, active: torch.Tensor, sampling: Sampling | None) -> torch.Tensor:
+    def choose(self, state: DecodeState, active: torch.Tensor, sampling: Sampling | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next token and its log-prob for every row `[batch]` (CPU); greedy when `sampling` is None.
+
+        Softmax, top-p and the draw stay on the model's device: only `batch` ids come back.
+        """
         logits = state.logits
+        logp = torch.log_softmax(logits, dim=-1)
         if sampling is None:
-            return logits.argmax(-1).cpu()
-        probs = torch.softmax(logits / sampling.temperature, dim=-1).cpu()
-        if sampling.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p  # always keeps the top token
-            sorted_p = sorted_p * keep
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        out = torch.zeros(len(state.rows), dtype=torch.long)
-        for b, row in enumerate(state.rows):
-            if active[b]:
-                out[b] = torch.multinomial(probs[b], 1, generator=row.generator).item()
-        return out
+            tokens = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits / sampling.temperature, dim=-1)
+            if sampling.top_p < 1.0:
+                sorted_p, order = probs.sort(dim=-1, descending=True)
+                keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p  # always keeps the top token
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+            tokens = torch.zeros(len(state.rows), dtype=torch.long, device=logits.device)
+            for b, row in enumerate(state.rows):
+                if active[b]:
+                    tokens[b] = torch.multinomial(probs[b], 1, generator=row.generator)[0]
+        lp = logp.gather(-1, tokens[:, None])[:, 0]
+        return tokens.cpu(), lp.cpu()
 
     def decode(self, state: DecodeState, max_new_tokens: int | Sequence[int], stop: str | None = None,
                sampling: Sampling | None = None, steers: Sequence[Steer | None] | None = None,
@@ -327,9 +387,13 @@ class Engine:
                on_step: Callable[[int], None] | None = None) -> list[int]:
         """Decode every active row until it emits EOS, completes `stop` or spends its budget.
 
+        `stop` and `capture_at` name the state's delimiter (control points are the rows' text streams').
         Each sampled token is fed (so its state is captured and the next logits are ready); `steers[b]`
         acts at every generated token when its positions include `segment`. Returns new tokens per row.
         """
+        for name, val in (("stop", stop), ("capture_at", capture_at)):
+            if val is not None and val != state.delimiter:
+                raise ValueError(f"{name}={val!r} but this state's delimiter is {state.delimiter!r}")
         n = len(state.rows)
         budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(budgets) != n:
@@ -341,28 +405,20 @@ class Engine:
             raise ValueError("sampling needs seeded rows: pass seeds= to prefill")
         made = [0] * n
         eos = self.model.eos_token_id
-        log_norm = torch.log_softmax
         while bool(live.any()):
-            tokens = self._choose(state, live, sampling)
-            lp = log_norm(state.logits, dim=-1).gather(-1, tokens[:, None].to(state.logits.device))[:, 0].cpu()
-            adds = self._adds(steers, lambda s: s.at_segment, live)
-            captured = self._step(state, tokens, live, adds)
+            tokens, lp = self.choose(state, live, sampling)
+            adds = self.add_tables(steers, lambda s: s.at_segment, live)
+            captured = self.step(state, tokens, live, adds)
             for b in torch.nonzero(live).flatten().tolist():
-                row, tok = state.rows[b], int(tokens[b])
-                s = steers[b]
-                before = row.text if (stop or capture_at) else ""
-                row.tokens.append(tok)
-                row.pieces.append(self.piece(tok))
-                row.logprobs.append(float(lp[b]))
-                row.added.append((s.tag, s.added_norm) if s is not None and s.at_segment else None)
+                row, tok, s = state.rows[b], int(tokens[b]), steers[b]
+                ends = row.push(tok, float(lp[b]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
                 made[b] += 1
-                text = before + row.pieces[-1]
-                if capture_at and captured and text.count(capture_at) > before.count(capture_at):
+                if capture_at and captured and ends:
                     states = torch.stack([captured[layer][b, -1].cpu() for layer in state.capture_layers])
                     row.captures.append(Capture(len(row.tokens) - 1, states))
                 if eos is not None and tok == eos:
                     row.finished = True
-                if row.finished or made[b] >= budgets[b] or (stop and text.count(stop) > before.count(stop)):
+                if row.finished or made[b] >= budgets[b] or (stop and ends):
                     live[b] = False
             if on_step is not None:
                 on_step(int(live.sum()))
@@ -370,7 +426,7 @@ class Engine:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], stop: str | None = None,
                  sampling: Sampling | None = None, seed: int = 0, seeds: Sequence[int] | None = None,
-                 capture_layers: Sequence[int] = (), capture_at: str | None = "\n\n",
+                 capture_layers: Sequence[int] = (), capture_at: str | None = DELIMITER,
                  steers: Sequence[Steer | None] | None = None) -> GenerateResult:
         """Prompts (text, already formatted) in, completions out; greedy when `sampling` is None."""
         if not prompts:
@@ -378,67 +434,14 @@ class Engine:
         for i, p in enumerate(prompts):
             if not p or not p.strip():
                 raise ValueError(f"prompt {i} is empty")
+        if stop is not None and capture_at is not None and capture_layers and stop != capture_at:
+            raise ValueError("stop and capture_at must be the same delimiter")
         ids = [self.model.encode(p) for p in prompts]
         if sampling is not None and seeds is None:
             seeds = [seed * 1_000_003 + b for b in range(len(prompts))]
-        state = self.prefill(ids, capture_layers, seeds)
+        delimiter = stop or capture_at or DELIMITER
+        state = self.prefill(ids, capture_layers, seeds, delimiter)
         self.decode(state, max_new_tokens, stop=stop, sampling=sampling, steers=steers,
                     capture_at=capture_at if capture_layers else None)
-        return GenerateResult([r.text for r in state.rows], [r.tokens for r in state.rows],
-                              [r.logprobs for r in state.rows], [r.captures for r in state.rows], state.rows)
-
-    def generate_segmented(self, prompts: Sequence[str], policy: Policy | Callable | None,
-                           max_new_tokens: int, delimiter: str = "\n\n", max_control_points: int | None = None,
-                           capture_layers: Sequence[int] | None = None):
-        """Greedy segmented decoding of text prompts with `policy` deciding at every control point.
-
-        Returns (GenerateResult, decisions) where decisions[b] lists (ControlPoint, Steer | None) of row b.
-        """
-        if policy is not None and not isinstance(policy, Policy):
-            layers = capture_layers if capture_layers is not None else range(self.model.n_layers)
-            policy = FunctionPolicy(policy, layers)
-        layers = tuple(capture_layers if capture_layers is not None else (policy.capture_layers if policy else ()))
-        for i, p in enumerate(prompts):
-            if not p or not p.strip():
-                raise ValueError(f"prompt {i} is empty")
-        state = self.prefill([self.model.encode(p) for p in prompts], layers)
-        decisions = _segmented(self, state, policy, max_new_tokens, delimiter, max_control_points)
-        rows = state.rows
-        res = GenerateResult([r.text for r in rows], [r.tokens for r in rows], [r.logprobs for r in rows],
-                             [r.captures for r in rows], rows)
-        return res, decisions
-
-
-def _segmented(engine: Engine, state: DecodeState, policy: Policy | None, max_new_tokens: int,
-               delimiter: str, max_control_points: int | None) -> list[list[tuple[ControlPoint, Steer | None]]]:
-    """Decode segment by segment, asking `policy` at each control point; then finish unsteered."""
-    n = len(state.rows)
-    left = lambda: [max(0, max_new_tokens - len(r.tokens)) for r in state.rows]  # noqa: E731
-    cap = delimiter if state.capture_layers else None
-    engine.decode(state, left(), stop=delimiter, capture_at=cap)
-    decisions: list[list[tuple[ControlPoint, Steer | None]]] = [[] for _ in range(n)]
-    m = 0
-    while max_control_points is None or m < max_control_points:
-        m += 1
-        points = []
-        for b, row in enumerate(state.rows):
-            at_cp = row.text.endswith(delimiter) and not row.finished and len(row.tokens) < max_new_tokens
-            if at_cp and row.text.count(delimiter) == m:
-                states = {}
-                if row.captures and row.captures[-1].token_index == len(row.tokens) - 1:
-                    states = dict(zip(state.capture_layers, row.captures[-1].states, strict=True))
-                points.append(ControlPoint(b, m, len(row.tokens) - 1, row.text, states))
-        if not points:
-            break
-        steers: list[Steer | None] = [None] * n
-        chosen = policy.decide(engine, state, points) if policy is not None else [None] * len(points)
-        for p, s in zip(points, chosen, strict=True):
-            steers[p.row] = s
-            decisions[p.row].append((p, s))
-        engine.refeed_last(state, steers)
-        active = [False] * n
-        for p in points:
-            active[p.row] = True
-        engine.decode(state, left(), stop=delimiter, steers=steers, capture_at=cap, active=active)
-    engine.decode(state, left(), stop=None, capture_at=cap)
-    return decisions
+        self.finish(state.rows)
+        return GenerateResult.of(state.rows)

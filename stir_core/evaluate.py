@@ -22,6 +22,7 @@ from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
 from stir_core.tasks import Task
 from stir_core.trace import Trace
+from stir_core.versions import versions
 
 
 @dataclass
@@ -114,7 +115,7 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
                 summary[method]["vs_vanilla"] = mcnemar(correct_by["vanilla"], correct_by[method])
     cfg = {"task": task.name, "split": split, "n": len(examples), "seed": seed, "methods": list(methods),
            "library": str(library.path) if library is not None and library.path else None,
-           "model": model.model_id, "stir": asdict(config)}
+           "model": model.model_id, "stir": asdict(config), "versions": versions()}
     result = EvalResult(summary, pd.DataFrame(rows), cfg)
     if out_dir is not None:
         save_results(result, out_dir)

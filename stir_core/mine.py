@@ -23,6 +23,7 @@ from stir_core import atomic
 from stir_core.engine import Engine, Sampling
 from stir_core.library import ToolLibrary
 from stir_core.model import LoadedModel, resolve_layers
+from stir_core.segment import segment_ends
 from stir_core.tasks import Example, Task, get_task, step_checker_of
 
 CHECKPOINT = "mine_checkpoint"
@@ -113,7 +114,8 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
     """K seeded rollouts per example, one batched decode; states at every control point per rollout."""
     model = engine.model
     prompts = [model.encode(model.format_prompt(task.prompt(ex))) for ex in examples]
-    state = engine.prefill(prompts, capture_layers=layers if cfg.capture == "decode" else ())
+    state = engine.prefill(prompts, capture_layers=layers if cfg.capture == "decode" else (),
+                           delimiter=task.delimiter)
     rows = [i for i in range(len(examples)) for _ in range(cfg.k_rollouts)]
     state = engine.fork(state, rows)  # the prompt is prefilled once per problem, then forked K times
     for b, i in enumerate(rows):
@@ -121,22 +123,24 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
     delim = task.delimiter
     engine.decode(state, cfg.max_new_tokens, sampling=Sampling(cfg.temperature, cfg.top_p),
                   capture_at=delim if cfg.capture == "decode" else None)
+    engine.finish(state.rows)
     out: list[list[Rollout]] = [[] for _ in examples]
     for b, i in enumerate(rows):
         row, ex = state.rows[b], examples[i]
         text = row.text
         correct = bool(task.score(text, ex))
         reward = float(correct) - cfg.eta0 * len(row.tokens) / cfg.max_new_tokens
-        # Prefix texts and token ends at each control point, from the rollout's own tokens.
+        # Prefix texts and token ends at each control point (one per delimiter occurrence), from the
+        # rollout's own text stream: a token holding two delimiters ends two control points.
         ends, prefixes, acc = [], [], ""
-        for t, piece in enumerate(row.pieces):
-            before = acc
+        for t, (piece, n) in enumerate(zip(row.pieces, row.stream.boundaries, strict=True)):
             acc += piece
-            if acc.count(delim) > before.count(delim):
-                ends.append(t)
-                prefixes.append(acc)
+            ends += [t] * n
+            prefixes += [acc] * n
         if cfg.capture == "decode":
-            states = torch.stack([c.states for c in row.captures]) if row.captures else torch.zeros(0, len(layers), model.d_model)
+            # One capture per token; a token ending n control points gives its state to each of them.
+            per_cp = [c.states for c in row.captures for _ in range(row.stream.boundaries[c.token_index])]
+            states = torch.stack(per_cp) if per_cp else torch.zeros(0, len(layers), model.d_model)
         else:  # the reference's way: one forward per prefix (kept for tests and benchmarks)
             states = torch.stack([engine.forward_states([row.prompt + row.tokens[: t + 1]], layers)[0][-1]
                                   for t in ends]) if ends else torch.zeros(0, len(layers), model.d_model)
@@ -152,12 +156,7 @@ def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> 
     prompt = model.encode(model.format_prompt(task.prompt(ex)))
     sol = model.tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
     states = engine.forward_states([prompt + sol], layers)[0][len(prompt):]
-    text, ends = "", []
-    for t, tok in enumerate(sol):
-        before = text
-        text += engine.piece(tok)
-        if text.count(task.delimiter) > before.count(task.delimiter):
-            ends.append(t)
+    ends = segment_ends(model.tokenizer, sol, task.delimiter)
     return states[ends] if ends else torch.zeros(0)
 
 

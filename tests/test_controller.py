@@ -50,7 +50,7 @@ def test_empty_library_and_null_gate_equal_segmented_vanilla(engine, tiny):
 
 def test_preview_row_equals_separate_decode(engine, tiny):
     lib = make_library(tiny.d_model, anchors=False)
-    (trace,) = run_method(engine, ["7-2=45\n9"], "stir", lib, CFG.with_overrides(probe_tokens=5))
+    (trace,) = run_method(engine, ["7-2=45\n9"], "stir", lib, CFG.with_overrides(probe_tokens=5, probe_stop="none"))
     dec = trace.decisions[0]
     cand = dec.candidates[0]
     assert cand.previewed

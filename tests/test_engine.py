@@ -146,7 +146,9 @@ def test_stop_strings_and_budgets_per_row(engine):
 
 def test_segmented_with_null_policy_equals_vanilla(engine, tiny):
     vanilla = engine.generate(PROMPTS, 40)
-    seg, decisions = engine.generate_segmented(PROMPTS, lambda *a: None, 40, delimiter="\n")
+    from stir_core.segmented import generate_segmented
+
+    seg, decisions = generate_segmented(engine, PROMPTS, lambda *a: None, 40, delimiter="\n")
     assert seg.tokens == vanilla.tokens
     assert any(decisions), "the tiny model emits newlines, so there are control points"
 

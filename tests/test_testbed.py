@@ -314,6 +314,7 @@ def test_oracle_gate_repairs_planted_failures(toy, planted):
     from safetensors.torch import load_file
 
     from stir_core.engine import Engine
+    from stir_core.segmented import generate_segmented
     from stir_core.toy.control import oracle_policy
 
     c = json.loads((TOY / "card.json").read_text())["control"]
@@ -324,10 +325,10 @@ def test_oracle_gate_repairs_planted_failures(toy, planted):
     prompts = [planted.prompt(e) for e in exs]
     eng = Engine(toy)
     greedy = eng.generate(prompts, 96).texts
-    steered, decisions = eng.generate_segmented(
-        prompts, oracle_policy(planted, exs, vectors, layer, alpha), 96, capture_layers=()
+    steered, decisions = generate_segmented(
+        eng, prompts, oracle_policy(planted, exs, vectors, layer, alpha), 96, capture_layers=()
     )
-    fired = [sum(s is not None for _, s in d) for d in decisions]
+    fired = [sum(d.committed for d in ds) for ds in decisions]
     assert fired == [1] * len(exs)  # exactly once per problem: at its damage boundary
     assert sum(planted.score(t, e) for t, e in zip(greedy, exs, strict=True)) <= 3
     assert sum(planted.score(t, e) for t, e in zip(steered.texts, exs, strict=True)) >= 13

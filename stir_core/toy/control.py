@@ -6,7 +6,7 @@
    mean(state before a sound segment) − mean(state before the failure form).
 2. Geometry: the cosine between the mode-A and mode-B directions per layer, each direction's norm relative
    to the mean state norm, a label-shuffled norm (noise floor) and the cosine between problem halves.
-3. Oracle gate: greedy segmented decoding (`Engine.generate_segmented`) that adds alpha x the true mode's
+3. Oracle gate: greedy segmented decoding (`segmented.generate_segmented`) that adds alpha x the true mode's
    direction at the true damage boundary (`positions="last"`), swept over layers and alphas.
 4. Evaluation for the card: greedy accuracy and tokens for `planted` and `plain` (the same code path as
    `stir eval --methods vanilla`), planted error attribution, sampled (T=0.7) accuracy.
@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from stir_core import atomic
 from stir_core.engine import Engine, Sampling, Steer
 from stir_core.model import LoadedModel, load_model
+from stir_core.segmented import generate_segmented
 from stir_core.tasks.base import Example
 from stir_core.tasks.plain import PlainTask
 from stir_core.tasks.planted import DELIM, PlantedTask
@@ -172,7 +173,7 @@ def oracle_accuracy(
         chunk = [examples[i] for i in idx[lo : lo + batch_size]]
         policy = oracle_policy(task, chunk, vectors, layer, alpha)
         prompts = [engine.model.format_prompt(task.prompt(ex)) for ex in chunk]
-        res, _ = engine.generate_segmented(prompts, policy, MAX_NEW_TOKENS, DELIM, capture_layers=())
+        res, _ = generate_segmented(engine, prompts, policy, MAX_NEW_TOKENS, DELIM, capture_layers=())
         for i, text in zip(idx[lo : lo + batch_size], res.texts, strict=True):
             correct[i] = task.score(text, examples[i])
     return sum(correct) / len(correct)

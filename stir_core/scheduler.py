@@ -1,0 +1,387 @@
+"""Continuous scheduling of segmented decoding: every row runs its own gate while the others keep decoding.
+
+The physical batch holds *lanes*: each prompt's `main` lane, plus short-lived ones. At a control point the
+policy plans (retrieval, no model). If it wants previews, L `probe` lanes (copies of the main lane) re-run
+the delimiter with a candidate added and decode the probe, while the main lane itself *is* the null
+action's probe: it keeps decoding, greedily, exactly as vanilla would. When every probe is done:
+
+- the null action wins (most control points): the main lane's probe tokens are kept as real progress, so
+  the null action cost no step at all;
+- a correction wins: the main lane rolls back to the control point (its probe slots are masked, its
+  records truncated) and re-runs the delimiter with α·v; when the commit persists and α equals the probe
+  scale, the winner's probe lane simply becomes the main lane;
+- commit scope `segment` (the reference): the committed segment is decoded by a `driver` lane with the
+  vector while the main lane *shadows* it, fed the same tokens without the vector. When the segment closes
+  the driver leaves and the main lane holds the unsteered cache: the reference's re-prefill, for free.
+
+Lanes that finish leave the batch; previews join it (one gather of the cache per change). Tokens and
+decisions equal the segment-synchronous path's (`segmented.py`) under greedy decoding: parity tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from stir_core.engine import Capture, ControlPoint, Engine, Row, Steer
+from stir_core.gate import Reason
+from stir_core.policy import Plan, Policy, Probe
+from stir_core.segment import TextStream
+from stir_core.segmented import Schedule
+
+
+@dataclass
+class Snapshot:
+    """Where a main lane can roll back to: its records' length, text stream, logits and cache width."""
+
+    n_tokens: int
+    stream: TextStream
+    logits: torch.Tensor  # [d_vocab]
+    width: int  # cache slots then; later slots of the lane are masked on roll-back
+    finished: bool
+    n_captures: int
+
+
+@dataclass(eq=False)
+class Lane:
+    seq: int  # the prompt this lane works for
+    role: str = "main"  # main | probe | driver
+    steer: Steer | None = None  # added at generated tokens when its positions include `segment`
+    refeed: Steer | None = None  # next step: re-run the last token with this steer added (`last`)
+    pending_token: int | None = None  # next step: feed this already-recorded token (a reused probe's last)
+    start: int = 0  # first probe token's index (probe lanes, and a main lane in its null probe)
+    made: int = 0
+    done: bool = False  # probe finished / driver's segment closed
+    paused: bool = False  # main: waiting for preview capacity
+    shadow: bool = False  # main in scope `segment`: fed its driver's tokens, unsteered
+    queue: list[int] = field(default_factory=list)
+    shadow_state: torch.Tensor | None = None  # [n_capture_layers, d_model] at the last fed token
+
+
+@dataclass
+class Pending:
+    """A control point whose previews are in flight."""
+
+    plan: Plan
+    snapshot: Snapshot
+    probes: list[Lane]
+    keep: Snapshot | None = None  # the null probe's end of real progress (delimiter or budget) if it ran on
+
+
+class _Run:
+    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
+                 delimiter: str, max_preview_rows: int | None):
+        self.engine, self.policy, self.sched = engine, policy, sched
+        self.state = engine.prefill(prompts, policy.capture_layers, delimiter=delimiter)
+        self.lanes = [Lane(i) for i in range(len(prompts))]
+        self.done_rows: list[Row | None] = [None] * len(prompts)
+        self.handled = [0] * len(prompts)
+        self.pending: dict[int, Pending] = {}
+        self.waiting: list[tuple[Lane, ControlPoint, Plan]] = []  # control points held back by preview capacity
+        self.max_preview = max_preview_rows
+        self.spawns: list[tuple[Lane, Lane]] = []  # (source, new lane) to add at the next regroup
+        self.drops: set[int] = set()  # id(lane) to remove at the next regroup
+        self.eos = engine.model.eos_token_id
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------
+    def idx(self, lane: Lane) -> int:
+        return next(i for i, ln in enumerate(self.lanes) if ln is lane)
+
+    def row(self, lane: Lane) -> Row:
+        return self.state.rows[self.idx(lane)]
+
+    def main(self, seq: int) -> Lane:
+        return next(ln for ln in self.lanes if ln.seq == seq and ln.role == "main")
+
+    def regroup(self) -> None:
+        """Apply queued drops and spawns with one gather of the cache's rows."""
+        if not self.spawns and not self.drops:
+            return
+        keep = [i for i, ln in enumerate(self.lanes) if id(ln) not in self.drops]
+        order = keep + [self.idx(src) for src, _ in self.spawns]
+        lanes = [self.lanes[i] for i in keep] + [new for _, new in self.spawns]
+        self.spawns, self.drops = [], set()
+        if order:
+            self.engine.regroup(self.state, order)
+        self.lanes = lanes
+
+    def snapshot(self, lane: Lane) -> Snapshot:
+        b = self.idx(lane)
+        row = self.state.rows[b]
+        return Snapshot(len(row.tokens), row.stream.copy(), self.state.logits[b].clone(), self.state.mask.shape[1],
+                        row.finished, len(row.captures))
+
+    def rollback(self, lane: Lane, snap: Snapshot) -> None:
+        b = self.idx(lane)
+        self.state.mask = self.state.mask.clone()
+        self.state.mask[b, snap.width:] = 0
+        self.state.logits[b] = snap.logits
+        row = self.state.rows[b]
+        row.truncate(snap.n_tokens, snap.stream.copy())
+        row.finished = snap.finished
+        del row.captures[snap.n_captures:]
+
+    # ---- control points and decisions ----------------------------------------------------------------
+    def point_at(self, lane: Lane) -> ControlPoint | None:
+        """The control point main `lane` stands at, if the policy should act (fused ones are noted)."""
+        row, sched = self.row(lane), self.sched
+        if row.finished or len(row.tokens) >= sched.max_new_tokens or not row.tokens:
+            return None
+        last, handled = row.control_points, self.handled[lane.seq]
+        act = last if sched.max_control_points is None else min(last, sched.max_control_points)
+        if act <= handled or not row.stream.boundaries[-1]:
+            return None
+        t = len(row.tokens) - 1
+        states = {}
+        if row.captures and row.captures[-1].token_index == t:
+            states = dict(zip(self.state.capture_layers, row.captures[-1].states, strict=True))
+        text = row.text
+        for m in range(handled + 1, act):
+            self.policy.note(ControlPoint(lane.seq, m, t, text, states), Reason.FUSED)
+        self.handled[lane.seq] = last
+        return ControlPoint(lane.seq, act, t, text, states)
+
+    def start(self, lane: Lane, point: ControlPoint) -> None:
+        """Plan at a control point: decide at once, or queue the probe lanes (capacity permitting)."""
+        plan = self.policy.plan(point, self.row(lane).prompt)
+        if not plan.probes:
+            self.commit(lane, self.policy.resolve(plan, None, None))
+            return
+        if self.max_preview is not None:
+            busy = sum(len(p.probes) for p in self.pending.values())
+            if busy and busy + len(plan.probes) > self.max_preview:
+                lane.paused = True
+                self.waiting.append((lane, point, plan))
+                return
+        self.open(lane, plan)
+
+    def open(self, lane: Lane, plan: Plan) -> None:
+        lane.paused = False
+        n = len(self.row(lane).tokens)
+        pend = Pending(plan, self.snapshot(lane), [])
+        for s in plan.probes:
+            probe = Lane(lane.seq, "probe", steer=s, refeed=s if s.at_last else None, start=n)
+            pend.probes.append(probe)
+            self.spawns.append((lane, probe))
+        lane.start, lane.made, lane.done = n, 0, False
+        self.pending[lane.seq] = pend
+
+    def commit(self, lane: Lane, steer: Steer | None) -> None:
+        """Carry out a decision for a main lane standing at its control point."""
+        lane.steer = None
+        if steer is None:
+            return
+        if self.sched.scope == "persist":
+            lane.steer, lane.refeed = steer, steer if steer.at_last else None
+            return
+        driver = Lane(lane.seq, "driver", steer=steer, refeed=steer if steer.at_last else None)
+        lane.shadow, lane.queue, lane.shadow_state = True, [], None
+        self.spawns.append((lane, driver))
+
+    def ready(self) -> list[int]:
+        """Prompts whose control point has every probe done."""
+        return [s for s, p in self.pending.items() if self.main(s).done and all(pr.done for pr in p.probes)]
+
+    def resolve_ready(self) -> None:
+        """Gate every control point whose probes are all done, and carry the decisions out."""
+        for seq in self.ready():
+            pend = self.pending.pop(seq)
+            lane = self.main(seq)
+            null = _probe(self.row(lane), lane.start, lane.made)
+            probes = [_probe(self.row(pr), pr.start, pr.made) for pr in pend.probes]
+            steer = self.policy.resolve(pend.plan, null, probes)
+            lane.done, lane.made = False, 0
+            self.drops.update(id(pr) for pr in pend.probes)
+            if steer is None:
+                if pend.keep is not None and len(self.row(lane).tokens) > pend.keep.n_tokens:
+                    self.rollback(lane, pend.keep)  # what ran past the delimiter or the budget was probe only
+                self.after_progress(lane)
+                continue
+            win = self.reusable(pend, steer)
+            if win is not None:
+                self.drops.discard(id(win))
+                self.drops.add(id(lane))
+                win.role, win.done, win.start, win.made = "main", False, 0, 0
+                win.pending_token = self.row(win).tokens[-1]  # scored but never fed
+                continue
+            self.rollback(lane, pend.snapshot)
+            self.commit(lane, steer)
+        while self.waiting and (not self.pending or self.max_preview is None
+                                or sum(len(p.probes) for p in self.pending.values()) + len(self.waiting[0][2].probes)
+                                <= self.max_preview):
+            lane, _, plan = self.waiting.pop(0)
+            self.open(lane, plan)
+
+    def reusable(self, pend: Pending, steer: Steer) -> Lane | None:
+        """The winner's probe lane, when continuing it is exactly the commit (scope persist, same α)."""
+        if self.sched.scope != "persist":
+            return None
+        for probe, s in zip(pend.probes, pend.plan.probes, strict=True):
+            same = (s.vector is steer.vector and s.scale == steer.scale and s.positions == steer.positions
+                    and s.layer == steer.layer)
+            if same:
+                row = self.row(probe)
+                return probe if len(row.tokens) <= self.sched.max_new_tokens else None
+        return None
+
+    def after_progress(self, lane: Lane) -> None:
+        """A main lane whose last token completed a delimiter stands at a control point: act on it."""
+        row = self.row(lane)
+        if row.tokens and row.stream.boundaries[-1] and row.control_points > self.handled[lane.seq]:
+            point = self.point_at(lane)
+            if point is not None:
+                self.start(lane, point)
+
+    def handover(self) -> None:
+        """Scope `segment`: a driver whose segment closed, once its shadow has caught up, hands over."""
+        for drv in [ln for ln in self.lanes if ln.role == "driver" and ln.done]:
+            lane = self.main(drv.seq)
+            if lane.queue:
+                continue
+            b, d = self.idx(lane), self.idx(drv)
+            drow, mrow = self.state.rows[d], self.state.rows[b]
+            captures = list(mrow.captures)
+            if drow.stream.boundaries and drow.stream.boundaries[-1] and lane.shadow_state is not None:
+                captures.append(Capture(len(drow.tokens) - 1, lane.shadow_state))
+            self.state.rows[b] = Row(mrow.prompt, drow.stream, drow.tokens, drow.logprobs, drow.added, captures,
+                                     drow.finished, mrow.generator)
+            lane.shadow, lane.shadow_state = False, None
+            self.drops.add(id(drv))
+            self.after_progress(lane)
+
+    def retire(self) -> None:
+        """Main lanes that are finished leave the batch."""
+        for lane in self.lanes:
+            if lane.role != "main" or lane.seq in self.pending or lane.refeed or lane.shadow or lane.paused:
+                continue
+            if lane.pending_token is not None:
+                continue
+            row = self.row(lane)
+            if row.finished or len(row.tokens) >= self.sched.max_new_tokens:
+                self.done_rows[lane.seq] = row
+                self.drops.add(id(lane))
+
+    # ---- one step ----------------------------------------------------------------------------------
+    def decodes(self, lane: Lane, row: Row) -> bool:
+        if lane.refeed is not None or lane.pending_token is not None or lane.paused or lane.done or lane.shadow:
+            return False
+        if row.finished:
+            return False
+        if lane.role == "main" and lane.seq in self.pending:
+            return True  # the null probe may run past the budget; what does is rolled back
+        return lane.role == "probe" or len(row.tokens) < self.sched.max_new_tokens
+
+    def step(self) -> bool:
+        st, n = self.state, len(self.lanes)
+        tokens = torch.zeros(n, dtype=torch.long)
+        feed = torch.zeros(n, dtype=torch.bool)
+        replace = torch.zeros(n, dtype=torch.bool)
+        at_seg = torch.zeros(n, dtype=torch.bool)
+        want = torch.tensor([self.decodes(ln, st.rows[k]) for k, ln in enumerate(self.lanes)], dtype=torch.bool)
+        chosen, lps = self.engine.choose(st, want, None) if bool(want.any()) else (None, None)
+        for k, ln in enumerate(self.lanes):
+            row = st.rows[k]
+            if ln.refeed is not None:
+                tokens[k] = row.tokens[-1] if row.tokens else row.prompt[-1]
+                feed[k] = replace[k] = True
+            elif ln.pending_token is not None:
+                tokens[k], feed[k] = ln.pending_token, True
+                at_seg[k] = ln.steer is not None and ln.steer.at_segment
+            elif want[k]:
+                tok, s = int(chosen[k]), ln.steer
+                ends = row.push(tok, float(lps[k]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
+                if self.eos is not None and tok == self.eos:
+                    row.finished = True
+                if ln.role == "probe":
+                    ln.made += 1
+                    if ln.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
+                        ln.done = True  # scored; its last token need not be fed
+                        continue
+                elif ln.role == "driver":
+                    self.main(ln.seq).queue.append(tok)
+                    if ends or row.finished or len(row.tokens) >= self.sched.max_new_tokens:
+                        ln.done = True  # the shadow feeds the closing token; the driver is done
+                        continue
+                tokens[k], feed[k] = tok, True
+                at_seg[k] = s is not None and s.at_segment
+        for k, ln in enumerate(self.lanes):  # shadows take their driver's token of this very step
+            if ln.shadow and ln.queue:
+                tokens[k], feed[k] = ln.queue.pop(0), True
+        if not bool(feed.any()):
+            return False
+        last = [ln.refeed if replace[k] else None for k, ln in enumerate(self.lanes)]
+        seg = [ln.steer if at_seg[k] else None for k, ln in enumerate(self.lanes)]
+        adds = _merge(self.engine.add_tables(last, lambda s: s.at_last, replace),
+                      self.engine.add_tables(seg, lambda s: s.at_segment, at_seg))
+        captured = self.engine.step(st, tokens, feed, adds, replace_last=replace)
+        for k, ln in enumerate(self.lanes):
+            if feed[k]:
+                self.after_feed(ln, st.rows[k], bool(replace[k]), captured, k)
+        return True
+
+    def after_feed(self, lane: Lane, row: Row, replaced: bool, captured: dict, k: int) -> None:
+        layers = self.state.capture_layers
+        if replaced:
+            if row.added:
+                row.added[-1] = (lane.refeed.tag, lane.refeed.added_norm)
+            lane.refeed = None
+            return
+        if lane.shadow:
+            if captured:
+                lane.shadow_state = torch.stack([captured[layer][k, -1].cpu() for layer in layers])
+            return
+        lane.pending_token = None
+        if lane.role != "main":
+            return
+        ends = row.stream.boundaries[-1]
+        if ends:
+            lane.steer = None  # a committed segment ends at its delimiter
+        if captured and ends:
+            row.captures.append(Capture(len(row.tokens) - 1, torch.stack([captured[layer][k, -1].cpu()
+                                                                           for layer in layers])))
+        pend = self.pending.get(lane.seq)
+        if pend is None:
+            if ends:
+                self.after_progress(lane)
+            return
+        lane.made += 1  # the null probe
+        stop = ends or len(row.tokens) >= self.sched.max_new_tokens or row.finished
+        if pend.keep is None and stop:
+            pend.keep = self.snapshot(lane)
+        if lane.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
+            lane.done = True
+
+    def run(self) -> list[Row]:
+        while self.lanes:
+            self.resolve_ready()
+            self.handover()
+            self.retire()
+            self.regroup()
+            if not self.lanes:
+                break
+            if not self.step() and not self.ready():  # a step may only finish probes (nothing to feed)
+                raise RuntimeError("scheduler stalled: no lane can make progress")  # a bug, never user error
+            self.regroup()
+        return [r for r in self.done_rows if r is not None]
+
+
+def _probe(row: Row, start: int, made: int) -> Probe:
+    lps = row.logprobs[start:start + made]
+    return Probe("".join(row.pieces[start:start + made]), sum(lps) / len(lps) if lps else 0.0, made)
+
+
+def _merge(a: dict | None, b: dict | None) -> dict | None:
+    if not a or not b:
+        return a or b
+    out = dict(a)
+    for layer, t in b.items():
+        out[layer] = out[layer] + t if layer in out else t
+    return out
+
+
+def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
+                   delimiter: str, max_preview_rows: int | None = None) -> list[Row]:
+    """Greedy segmented decoding of token-id prompts with `policy`; the finished rows, in prompt order."""
+    return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows).run()
