@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="STIR Workbench: mine, select, store and replay latent actions.")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="hub id, local path, or 'embedded'")]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu | split (one model across the visible GPUs)")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="StirConfig override name=value (repeatable)")]
 MismatchOpt = Annotated[bool, typer.Option("--allow-model-mismatch",
@@ -227,12 +227,16 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         sub = None if out is None else (out if name is None else out / f"{name}={value}")
         res = evaluate(engine, task_obj, method_list, lib if steered else None, c, n=n, split=split, seed=seed,
                        batch_size=batch_size, out_dir=sub, warnings=warnings)
+        if res is None:  # a rank other than 0 under a launcher: rank 0 has its traces and reports
+            continue
         for meth, s in res.summary.items():
             vs = s.get("vs_vanilla", {})
             rows.append({**({name: value} if name else {}), "method": meth, "accuracy": s["accuracy"], "n": s["n"],
                          "mean_tokens": s["mean_tokens"], "mean_probe_tokens": s["mean_probe_tokens"],
                          "interventions": s["interventions_per_problem"], "wall_s": s["wall_s"],
                          "wins": vs.get("wins"), "losses": vs.get("losses"), "p_mcnemar": vs.get("p_value")})
+    if not rows:
+        return
     import pandas as pd
 
     table = pd.DataFrame(rows)
@@ -370,6 +374,8 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
         _note(f"discarded the mining checkpoint in {out}")
     m = _load(model_name, device, dtype)
     cands = mine_candidates(m, cfg.mine, run_dir=out)
+    if cands is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
+        return
     cands.save(out / "candidates", overwrite=True)
     typer.echo(f"{len(cands)} candidate entries -> {out / 'candidates'}; stats: "
                f"{json.dumps(cands.manifest.get('mining_stats'))}")
@@ -447,6 +453,8 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
             _note(line)
     m = _load(model_name, device, dtype)
     lib_dir = build_library(m, cfg, out, overwrite=force, restart=restart)
+    if lib_dir is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
+        return
     typer.echo(f"library -> {lib_dir}")
     typer.echo((out / "build.json").read_text())
 

@@ -269,7 +269,7 @@ class Engine:
         ids, mask = self._padded(sequences)
         width = ids.shape[1]
         _, _, _, cap = self._forward(None, ids, mask, None, tuple(layers), keep="none")
-        stacked = torch.stack([cap[layer] for layer in layers], dim=2).cpu()  # [batch, width, layers, d]
+        stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
     def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:

@@ -111,8 +111,9 @@ def select_and_index(candidates: ToolLibrary, cfg: SelectConfig, seed: int = 0) 
 
 def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
                   progress: Callable[[str, int, int, dict], None] | None = None,
-                  show_progress: bool = True, overwrite: bool = False, restart: bool = False) -> Path:
-    """Run all three stages; returns the library directory `<out_dir>/library`.
+                  show_progress: bool = True, overwrite: bool = False, restart: bool = False) -> Path | None:
+    """Run all three stages; returns the library directory `<out_dir>/library` (None on ranks other than 0
+    under a launcher: they only mine their shard).
 
     `out_dir` must be new, empty or a run directory of ours (`outputs.claim_run_dir`); an existing
     `<out_dir>/library` is replaced only with `overwrite`. `restart` discards a mining checkpoint."""
@@ -122,6 +123,8 @@ def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
     t0 = time.perf_counter()
     mine_cb = (lambda done, total, info: progress("mine", done, total, info)) if progress else None
     candidates = mine_candidates(model, config.mine, run_dir=out, progress=mine_cb, show_progress=show_progress)
+    if candidates is None:  # a rank other than 0 under a launcher: its shard is written, rank 0 goes on
+        return None
     candidates.save(out / "candidates")
     t_mine = time.perf_counter() - t0
     if progress:
@@ -135,6 +138,7 @@ def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
     if progress:
         progress("index", 1, 1, {"candidates": len(candidates), "kept": len(lib)})
     summary = {"config": config.to_dict(), "mining_stats": candidates.manifest.get("mining_stats"),
-               "selection": report, "timings_s": {"mine": t_mine, "total": time.perf_counter() - t0}}
+               "selection": report, "timings_s": {"mine": t_mine, "total": time.perf_counter() - t0},
+               **({"parallel": candidates.manifest["parallel"]} if "parallel" in candidates.manifest else {})}
     atomic.write_text(out / "build.json", json.dumps(summary, indent=2, default=str))
     return out / "library"
