@@ -156,6 +156,12 @@ def sidebar() -> tuple[state.Context | None, DeltaGenerator | None]:
             except LibraryError as err:
                 ctx.library_error = str(err)
                 st.error(f"Library not loaded: {err}")
+            ctx.allow_mismatch = st.checkbox(
+                "Allow a library mined on another model",
+                key="sb_allow_mismatch",
+                help="Off: a library whose manifest names another model is refused. On: it is used, with "
+                "a warning shown and recorded in every trace.",
+            )
         facts = st.empty()  # filled after the page: model facts (or a loading note)
     return ctx, facts
 
@@ -170,6 +176,8 @@ def model_facts(ctx: state.Context, slot: DeltaGenerator) -> None:
             return
         if ctx.library is not None and ctx.check_library() is None:
             st.error(f"Library not loaded: {ctx.library_error}")
+        for w in ctx.library_warnings if ctx.library is not None else ():
+            st.warning(w)
         with st.expander("Model facts", expanded=False):
             st.markdown(
                 f"- **model**: `{model.model_id}`\n- **layers**: {model.n_layers}\n- **d_model**: {model.d_model}\n"

@@ -23,6 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from stir_core import atomic
+from stir_core import config as config_schema
 from stir_core.controller import METHODS, StirConfig
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
@@ -154,10 +155,6 @@ def save_figure(fig: go.Figure, path: str | Path, size: str = "column") -> Path:
 
 VIEW_FORMAT = "stir-view"
 VIEW_VERSION = 1
-_KNOB_TYPES = {f.name: type(getattr(StirConfig(), f.name)) for f in fields(StirConfig)}
-_KNOB_TYPES["layer"] = int  # Optional[int]; None is allowed
-_KNOB_TYPES["min_sim"] = float
-_KNOB_TYPES["max_control_points"] = int
 VIEW_GLOBAL_KNOBS = ("max_new_tokens", "delimiter", "seed")  # set once per view, not per column
 
 
@@ -178,32 +175,14 @@ def unescape_delimiter(s: str) -> str:
 
 
 def _cast_knob(name: str, value: Any) -> Any:
-    if name not in _KNOB_TYPES or name in VIEW_GLOBAL_KNOBS:
+    """A per-column knob through the one schema caster (`stir_core.config.cast_value`)."""
+    if name in VIEW_GLOBAL_KNOBS:
         raise ValueError(
-            f"unknown knob {name!r}; per-column knobs are fields of StirConfig other than "
-            f"{', '.join(VIEW_GLOBAL_KNOBS)}"
+            f"knob {name!r} is set once per view, not per column ({', '.join(VIEW_GLOBAL_KNOBS)})"
         )
-    kind = _KNOB_TYPES[name]
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "all")):
-        if name in ("layer", "min_sim", "max_control_points"):
-            return None
-        raise ValueError(f"knob {name!r} cannot be empty")
-    try:
-        if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1")
-            return bool(value)
-        if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"knob {name!r}: cannot read {value!r} as {kind.__name__}") from err
+    if isinstance(value, str) and value.strip().lower() == "all" and name == "layer":
+        value = None  # the layer picker's "all"
+    return config_schema.cast_value(StirConfig, name, value)
 
 
 @dataclass

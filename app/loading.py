@@ -4,8 +4,13 @@
 up, in one worker thread; it returns a future and is idempotent per (name, device, dtype). The first start of
 the app spends most of its time importing TransformerLens: starting the load early lets the page draw (and
 `python -m app` lets the server start) meanwhile. `app.state.get_model`/`get_engine` (st.cache_resource)
-wait on these futures. `generation(...)` holds `GENERATION_LOCK` (every decode in the process is
-serialised) and applies the model's thread count in the decoding thread.
+wait on these futures. `generation(...)` takes the model's turn (`stir_core.locks.model_lock`: one decode
+per model at a time, first come first served, the queue position reported while waiting) and applies the
+model's thread count in the decoding thread.
+
+Per-request budget (so one visitor cannot hold the model for minutes): `STIR_APP_MAX_TOKENS` caps
+max_new_tokens (default 512) and `STIR_APP_TIME_CAP_S` caps one Playground request (default 60 s, checked
+between columns; each column releases the model, so other sessions' requests interleave).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,12 +26,36 @@ import torch
 
 from stir_core.engine import Engine
 from stir_core.library import MANIFEST_FILE
+from stir_core.locks import model_lock
 from stir_core.model import DEFAULT_MODEL_DIR, LoadedModel, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LIBRARY = REPO / "assets" / "demo-library"
 MODEL_ENV, LIBRARY_ENV, RUNS_ENV = "STIR_MODEL", "STIR_LIBRARY", "STIR_RUNS"
-GENERATION_LOCK = threading.Lock()
+MAX_TOKENS_ENV, TIME_CAP_ENV = "STIR_APP_MAX_TOKENS", "STIR_APP_TIME_CAP_S"
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+    except ValueError as err:
+        raise ValueError(f"{name}={raw!r} is not a number") from err
+    if v <= 0:
+        raise ValueError(f"{name}={raw!r} must be > 0")
+    return v
+
+
+def max_tokens_cap() -> int:
+    """The most new tokens one app request may decode per column."""
+    return int(_env_number(MAX_TOKENS_ENV, 512))
+
+
+def time_cap_s() -> float:
+    """Seconds one Playground request may decode (checked between columns)."""
+    return _env_number(TIME_CAP_ENV, 60.0)
 
 
 def default_model() -> str:
@@ -78,24 +107,35 @@ def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
     model = load_model(name, device=device, dtype=dtype, threads=thread_policy())
     _THREADS[(name, device, dtype)] = torch.get_num_threads()
     engine = Engine(model)
-    with GENERATION_LOCK:  # warm-up: first-call allocations happen here, not in the user's first comparison
+    with model_lock(model):  # warm-up: first-call allocations happen here, not in the user's first comparison
         engine.generate([model.format_prompt("1+1=")], 2)
     return model, engine
 
 
 @contextlib.contextmanager
-def generation(name: str, device: str = "auto", dtype: str = "auto") -> Iterator[None]:
-    """Hold GENERATION_LOCK and use the model's torch thread count in *this* thread.
+def generation(name: str, device: str = "auto", dtype: str = "auto",
+               on_wait: Callable[[int], None] | None = None) -> Iterator[None]:
+    """Take the model's turn (FIFO; `on_wait(position)` while queued) and use the model's torch thread
+    count in *this* thread.
 
     Why per thread: `torch.set_num_threads` (what load_model's thread policy calls) does not reach a thread
     whose OpenMP state already exists, and Streamlit decodes in its script threads, not the loader's.
     Measured on 2 shared cores: 64 tokens of the embedded model took 12-15 s in a thread left at 2 threads,
     0.4 s at 1."""
-    with GENERATION_LOCK:
+    model = start_loading(name, device, dtype).result()[0]
+    with model_lock(model).turn(on_wait=on_wait):
         n = _THREADS.get((name, device, dtype))
         if n is not None and torch.get_num_threads() != n:
             torch.set_num_threads(n)
         yield
+
+
+def use_model_threads(name: str, device: str = "auto", dtype: str = "auto") -> None:
+    """Apply the model's torch thread count in this thread (a background job's), without taking its turn:
+    jobs take the model's lock per batch, inside stir_core."""
+    n = _THREADS.get((name, device, dtype))
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def start_loading(name: str, device: str = "auto", dtype: str = "auto") -> Future:

@@ -3,8 +3,9 @@
 - `st.cache_resource`: the model, its engine and libraries — loaded once per process, shared by every
   browser session. Libraries are keyed by their manifest's content hash, so a rebuilt directory reloads.
 - `st.cache_data`: projections, similarity matrices, lens readouts and generated traces (per arguments).
-- `GENERATION_LOCK`: every decode (Playground, Evaluate, Build) holds it, so concurrent users never share
-  a forward; the engine attaches hooks for one forward at a time, so none stay attached.
+- `generation(...)`: every decode (Playground, Evaluate, Build) takes the model's FIFO turn
+  (`stir_core.locks.model_lock`), so concurrent users never share a forward and are served in order; long
+  jobs take it per batch (`stir_core.jobs`), so a Playground request waits at most one batch.
 
 Zero configuration: the embedded model and the shipped demo library. Overrides (tests, other setups):
 `STIR_MODEL` (model name or path), `STIR_LIBRARY` (library directory), `STIR_RUNS` (where Build and
@@ -25,7 +26,6 @@ import torch
 
 from app.loading import (  # noqa: F401 - re-exported: the pages use `state.*`
     DEMO_LIBRARY,
-    GENERATION_LOCK,
     LIBRARY_ENV,
     MAX_MODELS,
     MODEL_ENV,
@@ -35,12 +35,17 @@ from app.loading import (  # noqa: F401 - re-exported: the pages use `state.*`
     default_model,
     embedded_model_present,
     generation,
+    max_tokens_cap,
     model_ready,
     runs_dir,
     start_loading,
+    time_cap_s,
+    use_model_threads,
 )
 from stir_core import geometry
-from stir_core.controller import StirConfig, run_method
+from stir_core.checks import fit_prompt, library_model_check
+from stir_core.config import RECOMMENDED_KEY, StirConfig, online_config
+from stir_core.controller import run_method
 from stir_core.engine import Engine
 from stir_core.library import MANIFEST_FILE, LibraryError, ToolLibrary, validate_for_model
 from stir_core.model import LoadedModel
@@ -59,9 +64,11 @@ def find_dirs(root: Path, marker: str, max_depth: int = 3) -> list[Path]:
 
 
 def library_stamp(path: str | Path) -> str:
-    """The manifest's content hash (cheap to read): the cache key of a library directory's contents."""
+    """The manifest's content hash and recommended settings (cheap to read): the cache key of a library
+    directory's contents (the hash covers tensors and table; the recommendations live in the manifest)."""
     try:
-        return str(json.loads((Path(path) / MANIFEST_FILE).read_text()).get("content_hash", ""))
+        m = json.loads((Path(path) / MANIFEST_FILE).read_text())
+        return str(m.get("content_hash", "")) + json.dumps(m.get(RECOMMENDED_KEY), sort_keys=True)
     except (OSError, ValueError):
         return ""
 
@@ -106,6 +113,8 @@ class Context:
     library_path: str | None = None
     library: ToolLibrary | None = None
     library_error: str | None = None
+    allow_mismatch: bool = False  # the sidebar's "use a library mined on another model"
+    library_warnings: tuple[str, ...] = ()
 
     @property
     def model_key(self) -> tuple[str, str, str]:
@@ -118,6 +127,10 @@ class Context:
     @property
     def engine(self) -> Engine:
         return get_engine(*self.model_key)
+
+    def online_config(self) -> StirConfig:
+        """Where every page starts: the defaults, then the library's recommended settings."""
+        return online_config(self.library)
 
     @property
     def ready(self) -> bool:
@@ -132,7 +145,10 @@ class Context:
         if self.library is None:
             return None
         try:
-            return get_library(*self.library_key, self.model.d_model, self.model.n_layers)
+            lib = get_library(*self.library_key, self.model.d_model, self.model.n_layers)
+            self.library_warnings = tuple(library_model_check(lib, self.model.model_id, self.model.revision,
+                                                              self.allow_mismatch))
+            return lib
         except LibraryError as err:
             self.library_error = str(err)
             self.library = None
@@ -240,30 +256,9 @@ def lens(
 @st.cache_data(max_entries=64, show_spinner=False)
 def find_example(task_name: str, example_id: str, split_hint: str | None = None) -> dict[str, Any] | None:
     """The task example a tool was mined from (searching the mining split first), or None."""
-    from stir_core.tasks import SPLITS, get_task
+    from stir_core.dashboard import find_example as find
 
-    try:
-        task = get_task(task_name)
-    except Exception:  # noqa: BLE001 - an unknown or file-backed task without its data: no source to show
-        return None
-    # Tools come from the mining split (the library's config names it; "mine" by default). The training split
-    # is never searched: it is large (20k problems for the testbed tasks) and never mined.
-    for split in [split_hint or "mine"] + [s for s in ("val", "eval") if s != split_hint and s in SPLITS]:
-        try:
-            exs = task.load(split, None, 0)
-        except Exception:  # noqa: BLE001 - a split the task does not have
-            continue
-        for ex in exs:
-            if ex.id == example_id:
-                return {
-                    "split": split,
-                    "id": ex.id,
-                    "question": ex.question,
-                    "answer": ex.answer,
-                    "solution": ex.solution,
-                    "prompt": task.prompt(ex),
-                }
-    return None
+    return find(task_name, example_id, split_hint)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -281,17 +276,26 @@ def run_trace(
     return {"trace": trace.to_dict(), "wall_s": wall}
 
 
-def generate(ctx: Context, prompt_text: str, method: str, config: StirConfig) -> tuple[Trace, float]:
-    """One column of the Playground: format the raw prompt for the model, decode (cached per arguments)."""
-    formatted = ctx.model.format_prompt(prompt_text)
-    out = run_trace(
-        ctx.model_key,
-        ctx.library_key if ctx.library is not None else ("", ""),
-        formatted,
-        method,
-        json.dumps(asdict(config), sort_keys=True),
-    )
-    return Trace.from_dict(out["trace"]), float(out["wall_s"])
+def generate(ctx: Context, prompt_text: str, method: str, config: StirConfig,
+             on_wait=None) -> tuple[Trace, float]:
+    """One column of the Playground: format the raw prompt for the model (truncated, with a warning in the
+    trace, when it does not fit the context), wait for the model's turn (`on_wait(position)` while queued),
+    decode (cached per arguments). The library's warnings (an allowed model mismatch) go into the trace."""
+    model = ctx.model
+    formatted, tokens, warning = fit_prompt(model, model.format_prompt(prompt_text), config.max_new_tokens)
+    if tokens != config.max_new_tokens:
+        config = config.with_overrides(max_new_tokens=tokens)
+    with generation(*ctx.model_key, on_wait=on_wait):
+        out = run_trace(
+            ctx.model_key,
+            ctx.library_key if ctx.library is not None else ("", ""),
+            formatted,
+            method,
+            json.dumps(asdict(config), sort_keys=True),
+        )
+    trace = Trace.from_dict(out["trace"])
+    trace.warnings += ([warning] if warning else []) + (list(ctx.library_warnings) if ctx.library else [])
+    return trace, float(out["wall_s"])
 
 
 def memory_in_use(device: torch.device | str) -> dict[str, float]:

@@ -10,20 +10,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import export
-from stir_core.engine import POSITIONS
+from stir_core import config as config_schema
+from stir_core.config import StirConfig, groups, knobs
 
-# Knobs each method reads (StirConfig fields); the Playground shows exactly these per column.
-STIR_KNOBS = (
-    "k_scale",
-    "tau_null",
-    "top_l",
-    "probe_tokens",
-    "positions",
-    "layer",
-    "center_keys",
-    "beta",
-    "rho",
-)
+# Knobs each method reads (StirConfig fields); the Playground shows exactly these per column. Types, ranges,
+# help and groups come from the one schema (stir_core.config); the view-wide knobs are set once per view.
+_PER_COLUMN = tuple(k for k in knobs(StirConfig) if k not in export.VIEW_GLOBAL_KNOBS)
+STIR_KNOBS = tuple(k for k in _PER_COLUMN if k != "static_scale")
 METHOD_KNOBS: dict[str, tuple[str, ...]] = {
     "vanilla": (),
     "no_memory": (),
@@ -31,22 +24,11 @@ METHOD_KNOBS: dict[str, tuple[str, ...]] = {
     "static_cp": ("static_scale", "positions", "layer"),
     "static_norm": ("static_scale", "positions", "layer"),
     "stir": STIR_KNOBS,
-    "no_probing": tuple(k for k in STIR_KNOBS if k != "probe_tokens"),
+    "no_probing": tuple(k for k in STIR_KNOBS if k not in ("probe_tokens", "probe_scale", "preview")),
     "random_vector": STIR_KNOBS,
     "random_choice": STIR_KNOBS,
 }
-KNOB_HELP = {
-    "k_scale": "α = k_scale · Score of the winner",
-    "tau_null": "τ_null: commit only when the best score ≥ τ_null",
-    "top_l": "L: corrections previewed per control point",
-    "probe_tokens": "tokens decoded per preview (discarded, counted)",
-    "positions": "where the committed vector is added",
-    "layer": "restrict to one library layer",
-    "center_keys": "subtract the library's mean key before the cosine",
-    "beta": "β: weight of the value Â in the score",
-    "rho": "ρ: weight of the probe gain in the score",
-    "static_scale": "α of the static vector",
-}
+KNOB_HELP = {name: k.help for name, k in knobs(StirConfig).items()}
 
 
 def _export_menu(
@@ -92,50 +74,111 @@ def table_exports(df: pd.DataFrame, name: str, key: str) -> None:
 
 
 def knob_editor(method: str, prefix: str, layers: list[int], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Widgets for the knobs `method` reads; returns {knob: value} (widget keys `{prefix}_{knob}`)."""
+    """Widgets for the knobs `method` reads (see `config_editor`)."""
+    return config_editor(StirConfig, METHOD_KNOBS.get(method, ()), prefix, defaults, layers)
+
+
+def config_editor(cls: Any, wanted: tuple[str, ...] | list[str], prefix: str, defaults: dict[str, Any],
+                  layers: list[int] | None = None) -> dict[str, Any]:
+    """Widgets for the fields `wanted` of a config dataclass, grouped as in its schema, with its help;
+    returns {field: value} (widget keys `{prefix}_{field}`), each value through the schema's caster (so a
+    bad value raises ValueError naming the field)."""
+    schema = knobs(cls)
     out: dict[str, Any] = {}
-    for knob in METHOD_KNOBS.get(method, ()):
-        key = f"{prefix}_{knob}"
-        if key not in st.session_state:
-            st.session_state[key] = _widget_value(knob, defaults.get(knob), layers)
-        help_ = KNOB_HELP.get(knob)
-        if knob in ("k_scale", "tau_null", "static_scale", "beta", "rho"):
-            out[knob] = float(
-                st.number_input(knob, step=0.05, format="%.3f", key=key, persist_state="session", help=help_)
-            )
-        elif knob in ("top_l", "probe_tokens"):
-            out[knob] = int(
-                st.number_input(
-                    knob, min_value=1, max_value=64, step=1, key=key, persist_state="session", help=help_
-                )
-            )
-        elif knob == "positions":
-            out[knob] = st.selectbox(knob, POSITIONS, key=key, persist_state="session", help=help_)
-        elif knob == "layer":
-            options = ["all"] + [str(x) for x in layers]
-            if st.session_state[key] not in options:
-                st.session_state[key] = "all"
-            choice = st.selectbox(knob, options, key=key, persist_state="session", help=help_)
-            out[knob] = None if choice == "all" else int(choice)
-        elif knob == "center_keys":
-            out[knob] = bool(st.checkbox(knob, key=key, persist_state="session", help=help_))
+    for group, names in groups(cls).items():
+        names = [n for n in names if n in wanted]
+        if not names:
+            continue
+        st.caption(group.capitalize())
+        for knob in names:
+            k, key = schema[knob], f"{prefix}_{knob}"
+            if key not in st.session_state:
+                st.session_state[key] = _widget_value(knob, defaults.get(knob), layers, cls)
+            help_ = f"{k.help} ({k.describe()})"
+            if k.layer and layers is not None:
+                options = ["all"] + [str(x) for x in layers]
+                if st.session_state[key] not in options:
+                    # e.g. a link or saved view naming a layer this library has no tools at: say so
+                    st.session_state.setdefault("ui_notices", []).append(
+                        f"{knob}={st.session_state[key]}: the library has no tools at that layer "
+                        f"(its layers: {layers}); using all layers"
+                    )
+                    st.session_state[key] = "all"
+                value = st.selectbox(knob, options, key=key, persist_state="session", help=help_)
+            elif k.type is bool:
+                value = st.checkbox(knob, key=key, persist_state="session", help=help_)
+            elif k.choices is not None:
+                value = st.selectbox(knob, list(k.choices), key=key, persist_state="session", help=help_)
+            elif k.type is int:
+                value = st.number_input(knob, min_value=None if k.min is None else int(k.min),
+                                        max_value=None if k.max is None else int(k.max), step=1, key=key,
+                                        persist_state="session", help=help_,
+                                        placeholder="none" if k.optional else None)
+            elif k.type is float:
+                value = st.number_input(knob, min_value=k.min, max_value=k.max, step=0.05, format="%.3f",
+                                        key=key, persist_state="session", help=help_,
+                                        placeholder="none" if k.optional else None)
+            else:  # text, and lists of layer specs ("2, 3")
+                value = st.text_input(knob, key=key, persist_state="session", help=help_)
+            out[knob] = config_schema.cast_value(cls, knob, None if k.layer and value == "all" else value)
     return out
 
 
-def _widget_value(knob: str, value: Any, layers: list[int]) -> Any:
-    """A StirConfig value in the form its widget holds."""
-    if knob == "layer":
+def show_notices() -> None:
+    """Warnings the editors recorded this run (a value they could not keep), shown once."""
+    for msg in st.session_state.pop("ui_notices", []):
+        st.warning(msg)
+
+
+def _widget_value(knob: str, value: Any, layers: list[int] | None, cls: Any = StirConfig) -> Any:
+    """A config value in the form its widget holds."""
+    k = knobs(cls)[knob]
+    if k.layer and layers is not None:
         return "all" if value is None else str(value)
-    if knob in ("top_l", "probe_tokens"):
-        return int(value)
-    if knob == "center_keys":
-        return bool(value)
-    if knob == "positions":
-        return str(value)
-    return float(value)
+    if value is None:
+        return None
+    if k.type is list:
+        return ", ".join(str(v) for v in value)
+    return {bool: bool, int: int, float: float}.get(k.type, str)(value)
 
 
-def set_knob_widgets(prefix: str, knobs: dict[str, Any], layers: list[int]) -> None:
+def set_knob_widgets(prefix: str, knobs_: dict[str, Any], layers: list[int]) -> None:
     """Put knob values into the widgets' session state (before they render), e.g. from a saved view."""
-    for knob, value in knobs.items():
+    for knob, value in knobs_.items():
         st.session_state[f"{prefix}_{knob}"] = _widget_value(knob, value, layers)
+
+
+def job_panel(job_key: str, title: str) -> None:
+    """Progress, Cancel and the outcome of the background job whose id is in `st.session_state[job_key]`;
+    refreshes itself every second while the job runs (a fragment: the rest of the page does not rerun),
+    and reruns the page once when it ends. The job keeps running across reruns and page switches."""
+    from stir_core.jobs import get_job
+
+    @st.fragment(run_every=1.0)
+    def panel() -> None:
+        job = get_job(st.session_state.get(job_key))
+        if job is None:
+            return
+        if job.active:
+            st.progress(job.fraction, text=f"{title}: {job.text} {job.done}/{job.total}".strip())
+            if job.info:
+                st.caption(" · ".join(f"{k} {v}" for k, v in job.info.items() if not isinstance(v, dict)))
+            if job.cancel_requested:
+                st.caption("Cancelling after the current batch…")
+            elif st.button("Cancel", key=f"x_{job_key}_cancel"):
+                job.cancel()
+            return
+        if st.session_state.get(f"{job_key}_seen") != job.id:
+            st.session_state[f"{job_key}_seen"] = job.id
+            st.rerun()  # the page redraws with the finished job's results
+        if job.status == "done":
+            st.success(f"{title}: done in {(job.finished or job.started) - job.started:.1f} s.")
+        elif job.status == "cancelled":
+            st.warning(f"{title}: cancelled ({job.error}); what was finished is kept.")
+        else:
+            st.error(f"{title} failed: {job.error}")
+            if job.detail:
+                with st.expander("Details"):
+                    st.code(job.detail)
+
+    panel()

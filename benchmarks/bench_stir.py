@@ -1,8 +1,15 @@
-"""Wall time of `stir` vs `vanilla` on the same problems and committed-token budget (M=8, L=4,
-probe_tokens=4), and of `stir` with previews run the slow way (a fresh prefill per probe, as the
-reference does), to show what cache forking saves. Prints ratios measured in one run.
+"""STIR vs vanilla: wall time, sequential steps, and token identity of the two schedulers.
 
-    python benchmarks/bench_stir.py [--n 32] [--library assets/demo-library]
+On the embedded model with the demo library (M=8, L=4, probe_tokens=4, the library's recommended gate
+settings), one run, ratios:
+- wall time of a batched run (all problems in one batch, as `stir eval` runs them): vanilla, STIR with the
+  continuous scheduler (default), STIR segment-synchronous (`schedule=sync`, the straightforward path);
+- the two STIR schedulers' completions and decisions must be identical (greedy): checked, not assumed;
+- sequential steps per problem at batch 1 (model forwards): vanilla, continuous STIR, and the floor —
+  the tokens STIR commits, plus per commit one delimiter re-run and the discarded probe tokens of the
+  rolled-back null row (a null win costs no step: the null row is vanilla's own continuation).
+
+    python benchmarks/bench_stir.py [--n 128] [--steps-n 32] [--out results/bench_stir.txt]
 """
 
 from __future__ import annotations
@@ -18,38 +25,71 @@ from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
 from stir_core.tasks import get_task
 
+# The demo library's gate settings chosen on `val` (README), applied to both schedulers alike.
+GATE = {"layer": 3, "tau_null": 0.5, "min_sim": 0.9}
+
+
+def timed(engine, prompts, method, lib, cfg):
+    engine.forwards = 0
+    t = time.perf_counter()
+    traces = run_method(engine, prompts, method, lib, cfg)
+    return time.perf_counter() - t, engine.forwards, traces
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--n", type=int, default=128, help="problems in the batched wall-time run")
+    ap.add_argument("--steps-n", type=int, default=32, help="problems decoded one by one for step counts")
     ap.add_argument("--library", default=str(REPO / "assets" / "demo-library"))
-    ap.add_argument("--task", default="planted")
+    ap.add_argument("--seed", type=int, default=7, help="val-split seed of the problems")
+    ap.add_argument("--out", default=None, help="also write the report here")
     args = ap.parse_args()
     model = load_bench_model()
-    if not Path(args.library).exists():
-        raise SystemExit(f"no library at {args.library}: build one with `stir build` first")
     lib = ToolLibrary.load(args.library, d_model=model.d_model, n_layers=model.n_layers)
-    task = get_task(args.task)
-    prompts = [model.format_prompt(task.prompt(ex)) for ex in task.load("val", args.n, 7)]
+    task = get_task("planted")
+    prompts = [model.format_prompt(task.prompt(ex)) for ex in task.load("val", args.n, args.seed)]
     engine = Engine(model)
-    cfg = StirConfig(max_new_tokens=128, max_control_points=8, top_l=4, probe_tokens=4)
-    run_method(engine, prompts[:4], "stir", lib, cfg)  # warm-up
-    times, tokens = {}, {}
-    for name, method, c in [("vanilla", "vanilla", cfg), ("stir (forked previews)", "stir", cfg),
-                            ("stir (re-prefilled previews)", "stir", cfg.with_overrides(preview="reprefill"))]:
-        t = time.perf_counter()
-        traces = run_method(engine, prompts, method, lib, c)
-        times[name] = time.perf_counter() - t
-        tokens[name] = (sum(x.n_tokens for x in traces), sum(x.probe_tokens for x in traces),
-                        sum(x.interventions for x in traces))
-    print(f"model {model.model_id}, library {args.library} ({len(lib)} entries), {args.n} problems, "
-          f"M=8 L=4 probe_tokens=4")
-    for name, t in times.items():
-        committed, probe, inter = tokens[name]
-        print(f"{name:30s} {t:7.2f} s   committed {committed:6d}  probe {probe:6d}  interventions {inter}")
-    v, f, r = times.values()
-    print(f"stir / vanilla            = {f / v:.2f}x wall time (goal <= 1.3x)")
-    print(f"re-prefilled / forked     = {r / f:.2f}x wall time (the gain of cache forking)")
+    cfg = StirConfig(max_new_tokens=128, max_control_points=8, top_l=4, probe_tokens=4, **GATE)
+    run_method(engine, prompts[:8], "stir", lib, cfg)  # warm-up
+    lines = [f"model {model.model_id}; library {args.library} ({len(lib)} entries); {args.n} val problems "
+             f"(seed {args.seed}); M=8 L=4 probe_tokens=4; gate {GATE}; scope {cfg.scope}"]
+    runs = {}
+    for name, method, c in [("vanilla", "vanilla", cfg), ("stir continuous", "stir", cfg),
+                            ("stir sync", "stir", cfg.with_overrides(schedule="sync"))]:
+        runs[name] = timed(engine, prompts, method, lib, c)
+        t, fw, traces = runs[name]
+        lines.append(f"{name:16s} {t:7.2f} s  {fw:6d} forwards  committed {sum(x.n_tokens for x in traces):6d}  "
+                     f"probe {sum(x.probe_tokens for x in traces):6d}  interventions "
+                     f"{sum(x.interventions for x in traces)}")
+    a, b = runs["stir continuous"][2], runs["stir sync"][2]
+    same_tokens = all([t.token_id for t in x.tokens] == [t.token_id for t in y.tokens] for x, y in zip(a, b, strict=False))
+    same_dec = all([(d.m, d.reason, d.chosen) for d in x.decisions] == [(d.m, d.reason, d.chosen)
+                                                                       for d in y.decisions] for x, y in zip(a, b, strict=False))
+    v = runs["vanilla"][0]
+    lines.append(f"continuous == sync: tokens {same_tokens}, decisions {same_dec}")
+    lines.append(f"stir continuous / vanilla = {runs['stir continuous'][0] / v:.2f}x wall time (goal <= 1.3x)")
+    lines.append(f"stir sync / vanilla       = {runs['stir sync'][0] / v:.2f}x wall time")
+    # Sequential steps per problem, one problem at a time (no batching effects).
+    steps = {"vanilla": 0, "stir": 0, "floor": 0}
+    for p in prompts[: args.steps_n]:
+        engine.forwards = 0
+        (tv,) = run_method(engine, [p], "vanilla", lib, cfg)
+        steps["vanilla"] += engine.forwards
+        engine.forwards = 0
+        (ts,) = run_method(engine, [p], "stir", lib, cfg)
+        steps["stir"] += engine.forwards
+        lost = sum(1 + min(cfg.probe_tokens, d.commit_tokens) for d in ts.decisions if d.committed)
+        steps["floor"] += 1 + ts.n_tokens + lost  # prefill + committed tokens + per commit
+    k = args.steps_n
+    lines.append(f"steps per problem (batch 1, {k} problems): vanilla {steps['vanilla'] / k:.1f}, "
+                 f"stir {steps['stir'] / k:.1f}, floor {steps['floor'] / k:.1f}; "
+                 f"stir / vanilla = {steps['stir'] / steps['vanilla']:.2f}x, stir / floor = "
+                 f"{steps['stir'] / steps['floor']:.2f}x")
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report + "\n")
 
 
 if __name__ == "__main__":

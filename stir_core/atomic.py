@@ -4,7 +4,9 @@ Files go to a temporary sibling in the same directory (same filesystem, so the r
 flushed and fsynced, then `os.replace`d over the target. Directories are written whole into a temporary
 sibling and swapped in: on Linux with one atomic `renameat2(RENAME_EXCHANGE)`, elsewhere with two renames
 (old -> backup, new -> target), which leaves a window of a few microseconds where the target is missing
-but never one where it is half-written. Temporary names start with `.stir_tmp` (ignored by git).
+but never one where it is half-written. Temporary names start with `.stir_tmp` (ignored by git) and carry
+the writer's pid, so a temp left by a killed writer (`kill -9` mid-save) is recognised as an orphan and
+removed by the next write to the same target (`clean_orphans`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,48 @@ TMP_PREFIX = ".stir_tmp"
 
 
 def _tmp_sibling(path: Path, tag: str) -> Path:
-    return path.with_name(f"{TMP_PREFIX}-{tag}-{path.name}-{uuid.uuid4().hex[:12]}")
+    return path.with_name(f"{TMP_PREFIX}-{tag}-{path.name}-p{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def orphans(path: str | Path) -> tuple[list[Path], list[Path]]:
+    """Temporaries of earlier writes to `path`: (dead: their writer's pid is gone, so they are orphans;
+    unknown: written before temp names carried a pid, or by a live process — left alone)."""
+    path = Path(path)
+    dead, unknown = [], []
+    if not path.parent.is_dir():
+        return dead, unknown
+    for p in path.parent.glob(f"{TMP_PREFIX}-*-{path.name}-*"):
+        tag = next((t for t in ("dir", "old", "file") if p.name.startswith(f"{TMP_PREFIX}-{t}-{path.name}-")), None)
+        if tag is None:
+            continue  # another target whose name ends like this one
+        rest = p.name[len(f"{TMP_PREFIX}-{tag}-{path.name}-"):]  # "p<pid>-<hex>" (or "<hex>" before pids)
+        pid, _, hexpart = rest.partition("-")
+        if pid.startswith("p") and pid[1:].isdigit() and hexpart:
+            (unknown if _pid_alive(int(pid[1:])) else dead).append(p)
+        else:
+            unknown.append(p)
+    return sorted(dead), sorted(unknown)
+
+
+def clean_orphans(path: str | Path) -> list[Path]:
+    """Remove the orphan temporaries of `path` left by killed writers; returns what was removed."""
+    dead, _ = orphans(path)
+    for p in dead:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return dead
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -44,6 +87,7 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` atomically (temp file in the same dir, fsync, os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_orphans(path)
     tmp = _tmp_sibling(path, "file")
     try:
         with open(tmp, "wb") as f:
@@ -116,6 +160,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path}: exists and is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_orphans(path)
     tmp = _tmp_sibling(path, "dir")
     tmp.mkdir()
     try:

@@ -135,6 +135,16 @@ class Backend:
         return new
 
     @staticmethod
+    def copy_rows(cache: KVCache, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Overwrite rows `dst` with rows `src`, in place: a fork into rows that are no longer used, which
+        copies only those rows instead of gathering the whole cache."""
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                s, d = src.to(layer.keys.device), dst.to(layer.keys.device)
+                layer.keys.index_copy_(0, d, layer.keys.index_select(0, s))
+                layer.values.index_copy_(0, d, layer.values.index_select(0, s))
+
+    @staticmethod
     def select_slots(cache: KVCache, keep: torch.Tensor) -> bool:
         """Keep only the slots `keep` of every layer, in place; False (and nothing done) when a layer keeps
         a sliding window, whose own bookkeeping counts slots."""

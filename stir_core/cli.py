@@ -1,8 +1,15 @@
-"""The `stir` command: the pipeline (mine, select, index, build), decoding (generate, eval) and the app."""
+"""The `stir` command: the pipeline (mine, select, index, build), decoding (generate, eval) and the app.
+
+User errors are one line on stderr (`error: ...`, exit 2) and are caught at the door, before any model
+loads: every config value goes through the one knob schema (`stir_core.config`), output directories are
+claimed before anything is written (`stir_core.outputs`). `--debug` (or STIR_DEBUG=1) shows tracebacks.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict
@@ -15,9 +22,45 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="STIR Workbench: mine, select, store and replay latent actions.")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="hub id, local path, or 'embedded'")]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu | split (one model across the visible GPUs)")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="StirConfig override name=value (repeatable)")]
+MismatchOpt = Annotated[bool, typer.Option("--allow-model-mismatch",
+                                           help="use a library mined on another model (warns, recorded)")]
 DEMO_LIBRARY = Path(__file__).resolve().parent.parent / "assets" / "demo-library"
+_STATE = {"debug": os.environ.get("STIR_DEBUG", "").strip() not in ("", "0")}
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.secho(f"error: {' '.join(str(msg).split())}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _note(msg: str) -> None:
+    typer.secho(msg, fg="yellow", err=True)
+
+
+def guarded(fn):
+    """One line for every failure (exit 2 for user errors, 1 for internal ones), no traceback unless
+    --debug: the commands raise ValueError/OSError subclasses for anything the user can fix."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as err:  # noqa: BLE001 - the one place that turns exceptions into one line
+            if _STATE["debug"]:
+                raise
+            user = isinstance(err, (ValueError, OSError, LookupError, UnicodeError))
+            if user:
+                _fail(str(err))
+            _fail(f"internal error {type(err).__name__}: {err} (rerun with --debug for the traceback)", 1)
+
+    return wrapper
 
 
 def _version(value: bool) -> None:
@@ -29,109 +72,174 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="print the package and backend versions")] = False) -> None:
     """STIR Workbench: mine, select, store and replay latent actions."""
+    _STATE["debug"] = debug or os.environ.get("STIR_DEBUG", "").strip() not in ("", "0")
 
 
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(2)
+# --- checks at the door (no model loaded) ----------------------------------------------------------
 
 
-def _model(model: str, device: str, dtype: str):
-    from stir_core.model import load_model
-
-    try:
-        return load_model(model, device=device, dtype=dtype)
-    except ValueError as err:
-        _fail(str(err))
+def _positive(**values: int) -> None:
+    for name, v in values.items():
+        if v is None or v < 1:
+            _fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
 
 
-def _library(path: str | None, model):
-    from stir_core.library import LibraryError, ToolLibrary
+def _overrides(specs: list[str] | None) -> dict:
+    """--set name=value ... -> {name: typed value} through the one schema."""
+    from stir_core.config import StirConfig, parse_assignment
+
+    out = {}
+    for spec in specs or []:
+        name, value = parse_assignment(StirConfig, spec)
+        out[name] = value
+    return out
+
+
+def _facts(model: str, device: str = "auto", dtype: str = "auto") -> dict:
+    """The model's depth/context/width and its id, from its config.json, and the device/dtype checked
+    (no weights loaded)."""
+    from stir_core.model import model_facts, model_id_for, pick_device, pick_dtype
+
+    pick_dtype(dtype, pick_device(device))
+    return {**model_facts(model), "model_id": model_id_for(model)}
+
+
+def _library(path: str | None, facts: dict, allow_mismatch: bool) -> tuple[object, list[str]]:
+    """(library or None, warnings): validated against the model's shape and id before it loads."""
+    from stir_core.checks import library_model_check
+    from stir_core.library import ToolLibrary, validate_for_model
 
     if path is None:
-        return None
-    try:
-        return ToolLibrary.load(path, d_model=model.d_model, n_layers=model.n_layers)
-    except LibraryError as err:
-        _fail(str(err))
+        return None, []
+    lib = ToolLibrary.load(path)
+    validate_for_model(lib, facts.get("d_model"), facts.get("n_layers"))
+    warnings = library_model_check(lib, facts["model_id"], None, allow_mismatch)
+    for w in warnings:
+        _note(f"warning: {w}")
+    return lib, warnings
 
 
-def _stir_config(overrides: list[str] | None, config: Path | None = None):
-    from stir_core.controller import StirConfig
-    from stir_core.evaluate import parse_sweep
+def _online_config(lib, overrides: dict, facts: dict, steered: bool):
+    """Defaults -> the library's recommended settings -> --set; layers checked against model and library."""
+    from stir_core.config import check_layers, online_config
 
-    cfg = StirConfig()
-    if config is not None:  # a build config's [online] section (e.g. configs/reference.yaml), then --set
-        cfg = cfg.with_overrides(**_build_config(config).online)
-    for spec in overrides or []:
-        try:
-            name, values = parse_sweep(spec)
-        except ValueError as err:
-            _fail(f"--set {spec}: {err}")
-        if len(values) != 1:
-            _fail(f"--set {spec}: give one value (use --sweep for several)")
-        cfg = cfg.with_overrides(**{name: values[0]})
+    cfg = online_config(lib, overrides)
+    n_ctx = facts.get("n_ctx")
+    if n_ctx is not None and cfg.max_new_tokens >= n_ctx:
+        _fail(f"max_new_tokens={cfg.max_new_tokens} does not fit the model's context of {n_ctx} positions "
+              "(prompt included); lower it, e.g. --set max_new_tokens=128")
+    lib_layers = sorted({int(x) for x in lib.table["layer"]}) if lib is not None and len(lib) else None
+    check_layers(cfg, facts.get("n_layers"), lib_layers if steered else None)
     return cfg
 
 
+def _load(model: str, device: str, dtype: str):
+    from stir_core.model import load_model
+
+    return load_model(model, device=device, dtype=dtype)
+
+
+def _task(task: str, path: str | None):
+    from stir_core.tasks import get_task
+
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            _fail(f"--path {path}: file not found")
+        if p.is_dir():
+            _fail(f"--path {path}: is a directory; give a data file")
+    try:
+        return get_task(task, **({"path": path} if path else {}))
+    except TypeError as err:
+        _fail(f"task {task!r}: {err}")
+
+
+def _default_library(library: str | None, model: str) -> str | None:
+    if library is None and model == "embedded" and (DEMO_LIBRARY / "manifest.json").is_file():
+        typer.echo(f"using the demo library {DEMO_LIBRARY}", err=True)
+        return str(DEMO_LIBRARY)
+    return library
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
 @app.command("eval")
+@guarded
 def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
              methods: Annotated[str, typer.Option(help="comma list, e.g. vanilla,static,stir")] = "vanilla",
              n: int = 200, seed: int = 123, split: str = "eval",
              out: Annotated[Path | None, typer.Option(help="output directory")] = None,
              library: Annotated[str | None, typer.Option(help="library directory")] = None,
-             set_: Annotated[list[str] | None, typer.Option("--set", help="StirConfig override name=value")] = None,
+             set_: SetOpt = None,
              sweep: Annotated[str | None, typer.Option(help="name=v1,v2,...: one row per setting")] = None,
              config: Annotated[Path | None, typer.Option(help="YAML config whose [online] section sets "
                                                          "the knobs (e.g. configs/reference.yaml)")] = None,
              batch_size: int = 64, path: Annotated[str | None, typer.Option(help="data file for file tasks")] = None,
+             allow_model_mismatch: MismatchOpt = False,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
+    from stir_core import outputs
+    from stir_core.config import StirConfig, check_layers, parse_values
     from stir_core.controller import METHODS
     from stir_core.engine import Engine
-    from stir_core.evaluate import evaluate, parse_sweep
-    from stir_core.tasks import get_task
+    from stir_core.evaluate import evaluate
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in method_list if m not in METHODS]
-    if bad:
-        _fail(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-    try:
-        task_obj = get_task(task, **({"path": path} if path else {}))
-    except (ValueError, TypeError) as err:
-        _fail(str(err))
-    cfg = _stir_config(set_, config)  # bad knobs fail here, before the model loads
-    m = _model(model, device, dtype)
-    lib = _library(library, m)
-    if lib is None and any(x not in ("vanilla", "no_memory") for x in method_list):
-        if DEMO_LIBRARY.exists() and model == "embedded":
-            lib = _library(str(DEMO_LIBRARY), m)
-            typer.echo(f"using the demo library {DEMO_LIBRARY}")
-        else:
+    if bad or not method_list:
+        _fail(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}" if bad else "--methods is empty")
+    _positive(n=n, batch_size=batch_size)
+    if seed < 0:
+        _fail(f"--seed must be >= 0, got {seed}")
+    # defaults -> the library's recommended settings -> --config's [online] section -> --set
+    overrides = {**(_build_config(config).online if config is not None else {}), **_overrides(set_)}
+    sweep_name, sweep_values = parse_values(StirConfig, sweep) if sweep else (None, [None])
+    task_obj = _task(task, path)
+    task_obj.load(split, n, seed)  # reads and checks the data (files, split names) before the model loads
+    steered = any(x not in ("vanilla", "no_memory") for x in method_list)
+    facts = _facts(model, device, dtype)
+    if library is None:  # the embedded model starts from the demo library's recommended settings
+        library = _default_library(None, model)
+        if library is None and steered:
             _fail("steered methods need --library DIR")
-    engine = Engine(m)
-    settings = [(None, None)]
-    if sweep:
-        name, values = parse_sweep(sweep)
-        settings = [(name, v) for v in values]
-    rows = []
+    lib, warnings = _library(library, facts, allow_model_mismatch)
+    cfg = _online_config(lib, overrides, facts, steered)
+    lib_layers = sorted({int(x) for x in lib.table["layer"]}) if lib is not None and len(lib) else None
+    settings = [(None, None)] if sweep_name is None else [(sweep_name, v) for v in sweep_values]
+    configs = []
     for name, value in settings:
         c = cfg if name is None else cfg.with_overrides(**{name: value})
+        check_layers(c, facts.get("n_layers"), lib_layers if steered else None)
+        configs.append((name, value, c))
+    if out is not None:
+        outputs.claim_run_dir(out, "eval")
+    m = _load(model, device, dtype)
+    if lib is not None:
+        from stir_core.checks import library_model_check
+
+        warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
+                                                                     allow_model_mismatch)))
+    engine = Engine(m)
+    rows = []
+    for name, value, c in configs:
         sub = None if out is None else (out if name is None else out / f"{name}={value}")
-        try:
-            res = evaluate(engine, task_obj, method_list, lib, c, n=n, split=split, seed=seed,
-                           batch_size=batch_size, out_dir=sub)
-        except ValueError as err:
-            _fail(str(err))
+        res = evaluate(engine, task_obj, method_list, lib if steered else None, c, n=n, split=split, seed=seed,
+                       batch_size=batch_size, out_dir=sub, warnings=warnings)
+        if res is None:  # a rank other than 0 under a launcher: rank 0 has its traces and reports
+            continue
         for meth, s in res.summary.items():
             vs = s.get("vs_vanilla", {})
             rows.append({**({name: value} if name else {}), "method": meth, "accuracy": s["accuracy"], "n": s["n"],
                          "mean_tokens": s["mean_tokens"], "mean_probe_tokens": s["mean_probe_tokens"],
                          "interventions": s["interventions_per_problem"], "wall_s": s["wall_s"],
                          "wins": vs.get("wins"), "losses": vs.get("losses"), "p_mcnemar": vs.get("p_value")})
+    if not rows:
+        return
     import pandas as pd
 
     table = pd.DataFrame(rows)
@@ -145,31 +253,61 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
 
 
 @app.command()
+@guarded
 def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task's template is applied)")],
              methods: str = "vanilla,stir", task: str = "planted", library: str | None = None,
-             max_new_tokens: int = 128, set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+             max_new_tokens: Annotated[int | None, typer.Option(
+                 help="committed-token budget (default: the library's recommendation, else 128)")] = None,
+             set_: SetOpt = None,
              json_out: Annotated[Path | None, typer.Option("--json", help="write texts and traces here")] = None,
              raw: Annotated[bool, typer.Option(help="use the prompt as is (no task template)")] = False,
+             allow_model_mismatch: MismatchOpt = False,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Decode one prompt with several methods side by side, gate decisions inline."""
-    from stir_core.controller import run_method
+    from stir_core.checks import check_prompts_fit, library_model_check
+    from stir_core.controller import METHODS, run_method
     from stir_core.engine import Engine
-    from stir_core.tasks import Example, get_task
+    from stir_core.tasks import Example
 
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:
+        _fail(f"the prompt is not valid UTF-8 text (undecodable byte at character {err.start})")
     if not prompt.strip():
         _fail("the prompt is empty")
-    m = _model(model, device, dtype)
-    lib = _library(library or (str(DEMO_LIBRARY) if DEMO_LIBRARY.exists() and model == "embedded" else None), m)
-    text = prompt if raw else get_task(task).prompt(Example("cli", prompt, ""))
+    method_list = [x.strip() for x in methods.split(",") if x.strip()]
+    bad = [x for x in method_list if x not in METHODS]
+    if bad or not method_list:
+        _fail(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}" if bad else "--methods is empty")
+    if max_new_tokens is not None:
+        _positive(max_new_tokens=max_new_tokens)
+    if json_out is not None and json_out.is_dir():
+        _fail(f"--json {json_out}: is a directory; give a file path")
+    overrides = _overrides(set_)
+    task_obj = None if raw else _task(task, None)
+    facts = _facts(model, device, dtype)
+    steered = any(x not in ("vanilla", "no_memory") for x in method_list)
+    lib, warnings = _library(_default_library(library, model) if steered or library else None, facts,
+                             allow_model_mismatch)
+    if steered and lib is None:
+        _fail("steered methods need --library DIR")
+    if max_new_tokens is not None:
+        overrides["max_new_tokens"] = max_new_tokens
+    elif "max_new_tokens" not in overrides and "max_new_tokens" not in _recommended(lib):
+        overrides["max_new_tokens"] = 128
+    cfg = _online_config(lib, overrides, facts, steered)
+    m = _load(model, device, dtype)
+    if lib is not None:
+        warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
+                                                                     allow_model_mismatch)))
+    text = prompt if raw else task_obj.prompt(Example("cli", prompt, ""))
     text = m.format_prompt(text)
-    cfg = _stir_config(set_).with_overrides(max_new_tokens=max_new_tokens)
+    check_prompts_fit(m, [text], cfg.max_new_tokens)
     engine = Engine(m)
     out = {}
-    for meth in [x.strip() for x in methods.split(",") if x.strip()]:
-        try:
-            (trace,) = run_method(engine, [text], meth, lib, cfg)
-        except ValueError as err:
-            _fail(str(err))
+    for meth in method_list:
+        (trace,) = run_method(engine, [text], meth, lib, cfg)
+        trace.warnings.extend(warnings)
         out[meth] = trace
         typer.secho(f"── {meth} " + "─" * 40, bold=True)
         decisions = {d.token_index: d for d in trace.decisions}
@@ -188,54 +326,106 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
         typer.echo(f"wrote {json_out}")
 
 
+def _recommended(lib) -> dict:
+    from stir_core.config import recommended
+
+    return recommended(lib.manifest) if lib is not None else {}
+
+
+def _build_config(path: Path | None):
+    from stir_core.pipeline import BuildConfig
+
+    return BuildConfig.from_yaml(path) if path else BuildConfig.small()
+
+
+def _check_mine_config(cfg, model_name: str, device: str, dtype: str) -> dict:
+    """Task, split and layer specs of a mining config, checked against the model's config.json."""
+    from stir_core.config import check_layers
+    from stir_core.tasks import get_task
+
+    get_task(cfg.mine.task).load(cfg.mine.split, 1, cfg.mine.seed)
+    facts = _facts(model_name, device, dtype)
+    check_layers(cfg.mine, facts.get("n_layers"), section="mine")
+    n_ctx = facts.get("n_ctx")
+    if n_ctx is not None and cfg.mine.max_new_tokens >= n_ctx:
+        _fail(f"mine.max_new_tokens={cfg.mine.max_new_tokens} does not fit the model's context of {n_ctx} "
+              "positions (prompt included)")
+    return facts
+
+
 @app.command()
+@guarded
 def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its checkpoint)")],
          config: Annotated[Path | None, typer.Option(help="YAML build config (its [mine] section)")] = None,
+         restart: Annotated[bool, typer.Option(help="discard the run's mining checkpoint first")] = False,
+         force: Annotated[bool, typer.Option(help="replace <out>/candidates if it holds a library")] = False,
          model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Stage I: mine candidate tools into <out>/candidates."""
-    from stir_core.mine import mine_candidates
+    from stir_core import outputs
+    from stir_core.mine import check_checkpoint, discard_checkpoint, mine_candidates
 
     cfg = _build_config(config)
-    m = _model(cfg.model or model, device, dtype)
+    model_name = cfg.model or model
+    _check_mine_config(cfg, model_name, device, dtype)
+    outputs.claim_run_dir(out, "mine")
+    outputs.check_library_target(out / "candidates", force or restart)
+    if not restart:
+        check_checkpoint(out, cfg.mine)
+    for line in outputs.report_orphans(out / "candidates"):
+        _note(line)
+    if restart and discard_checkpoint(out):
+        _note(f"discarded the mining checkpoint in {out}")
+    m = _load(model_name, device, dtype)
     cands = mine_candidates(m, cfg.mine, run_dir=out)
-    cands.save(out / "candidates")
+    if cands is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
+        return
+    cands.save(out / "candidates", overwrite=True)
     typer.echo(f"{len(cands)} candidate entries -> {out / 'candidates'}; stats: "
                f"{json.dumps(cands.manifest.get('mining_stats'))}")
 
 
 @app.command()
+@guarded
 def select(candidates: Annotated[Path, typer.Argument(help="candidate library directory")],
-           out: Annotated[Path, typer.Option(help="library directory to write")],
+           out: Annotated[Path, typer.Option(help="library directory to write (new, empty, or --force)")],
            budget: int = 256, method: str = "dpp", lam: float = 0.5, eps: float = 1e-4,
            min_per_control_point: int = 0, seed: int = 0,
+           force: Annotated[bool, typer.Option(help="replace a library already at --out")] = False,
            force_mode: Annotated[str, typer.Option(help="reference: DPP on the rest, blind to forced entries; "
                                                    "conditioned (ours): DPP conditioned on them")] = "reference",
            ) -> None:
     """Stage II+III: select a diverse library (quality-DPP, top, random) and index it."""
-    from stir_core.library import LibraryError, ToolLibrary
+    from stir_core import config, outputs
+    from stir_core.library import ToolLibrary
     from stir_core.pipeline import SelectConfig, select_and_index
 
-    try:
-        cands = ToolLibrary.load(candidates)
-        lib, report = select_and_index(cands, SelectConfig(budget, method, lam, eps, min_per_control_point,
-                                                              force_mode), seed)
-    except (LibraryError, ValueError) as err:
-        _fail(str(err))
-    lib.save(out)
+    cfg = config.from_dict(SelectConfig, {"budget": budget, "method": method, "lam": lam, "eps": eps,
+                                          "min_per_control_point": min_per_control_point,
+                                          "force_mode": force_mode})
+    if seed < 0:
+        _fail(f"--seed must be >= 0, got {seed}")
+    if Path(out).resolve() == Path(candidates).resolve():
+        _fail(f"--out {out}: is the candidates directory itself; write the library elsewhere")
+    outputs.check_library_target(out, force)
+    for line in outputs.report_orphans(out):
+        _note(line)
+    cands = ToolLibrary.load(candidates)
+    if len(cands) == 0:
+        _fail(f"{candidates}: the candidate set is empty; nothing to select")
+    lib, report = select_and_index(cands, cfg, seed)
+    lib.save(out, overwrite=force)
     typer.echo(json.dumps(report, indent=1))
 
 
 @app.command()
+@guarded
 def index(library: Annotated[Path, typer.Argument(help="library directory")],
           center_keys: bool = False) -> None:
     """Stage III: validate a library, build its key index and check that every key retrieves itself."""
     from stir_core.index import ToolIndex
-    from stir_core.library import LibraryError, ToolLibrary
+    from stir_core.library import ToolLibrary
 
-    try:
-        lib = ToolLibrary.load(library)
-    except LibraryError as err:
-        _fail(str(err))
+    lib = ToolLibrary.load(library)
     idx = ToolIndex(lib, center_keys=center_keys)
     hits = 0
     for i in range(len(lib)):
@@ -247,33 +437,58 @@ def index(library: Annotated[Path, typer.Argument(help="library directory")],
                            "self_retrieval": f"{hits}/{len(lib)}"}, indent=1))
 
 
-def _build_config(path: Path | None):
-    from stir_core.pipeline import BuildConfig
-
-    try:
-        return BuildConfig.from_yaml(path) if path else BuildConfig.small()
-    except (ValueError, TypeError) as err:
-        _fail(str(err))
-
-
 @app.command()
+@guarded
 def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/build"),
           config: Annotated[Path | None, typer.Option(help="YAML build config (default: the small one)")] = None,
+          restart: Annotated[bool, typer.Option(help="discard the run's mining checkpoint first")] = False,
+          force: Annotated[bool, typer.Option(help="replace <out>/library if it already holds one")] = False,
           model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """mine → select → index from one YAML config; writes <out>/candidates, <out>/library, <out>/build.json."""
-    from stir_core.pipeline import build_library
+    from stir_core import outputs
+    from stir_core.mine import check_checkpoint
+    from stir_core.pipeline import build_library, check_build_output
 
     cfg = _build_config(config)
-    m = _model(cfg.model or model, device, dtype)
-    try:
-        lib_dir = build_library(m, cfg, out)
-    except ValueError as err:
-        _fail(str(err))
+    model_name = cfg.model or model
+    _check_mine_config(cfg, model_name, device, dtype)
+    check_build_output(out, force)
+    if not restart:
+        check_checkpoint(out, cfg.mine)
+    for target in (out / "library", out / "candidates"):
+        for line in outputs.report_orphans(target):
+            _note(line)
+    m = _load(model_name, device, dtype)
+    lib_dir = build_library(m, cfg, out, overwrite=force, restart=restart)
+    if lib_dir is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
+        return
     typer.echo(f"library -> {lib_dir}")
     typer.echo((out / "build.json").read_text())
 
 
+@app.command()
+@guarded
+def recommend(library: Annotated[Path, typer.Argument(help="library directory")],
+              set_: Annotated[list[str], typer.Option("--set", help="recommended online setting name=value")],
+              split: Annotated[str, typer.Option(help="the split the settings were chosen on")] = "val",
+              n: Annotated[int, typer.Option(help="problems of that split")] = 300,
+              seed: Annotated[int, typer.Option(help="the seed of that split's sample")] = 1,
+              task: Annotated[str, typer.Option(help="the task they were chosen on")] = "planted",
+              how: Annotated[str, typer.Option(help="how they were chosen, in words")] = "") -> None:
+    """Record the online settings a library recommends (chosen on --split); every entry point starts there."""
+    from stir_core.library import ToolLibrary
+
+    _positive(n=n)
+    settings = _overrides(set_)
+    if not settings:
+        _fail("give at least one --set name=value")
+    ToolLibrary.load(library)
+    ToolLibrary.set_recommended(library, settings, split=split, n=n, seed=seed, task=task, how=how)
+    typer.echo(f"recorded {settings} in {library}")
+
+
 @app.command("show-config")
+@guarded
 def show_config(small: bool = True) -> None:
     """Print the default build config as YAML (small: the embedded-model default; else the reference)."""
     import yaml
@@ -284,13 +499,124 @@ def show_config(small: bool = True) -> None:
 
 
 @app.command("app")
+@guarded
 def run_app(port: int = 8501, address: str = "127.0.0.1") -> None:
-    """Start the Streamlit workbench."""
+    """Start the Streamlit workbench (local only by default; pass --address 0.0.0.0 to expose it)."""
+    if not 0 < port < 65536:
+        _fail(f"--port must be in 1..65535, got {port}")
     entry = Path(__file__).resolve().parent.parent / "app" / "Home.py"
     if not entry.exists():
         _fail(f"the app entry {entry} is missing")
     raise typer.Exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(entry),
                                       "--server.port", str(port), "--server.address", address]))
+
+
+def _fresh_output(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a user's file or directory unless asked to."""
+    if path.exists() and not overwrite:
+        _fail(f"{path} already exists; choose another path or pass --overwrite")
+
+
+@app.command("export")
+def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")],
+               out: Annotated[Path, typer.Option(help="file to write")],
+               format_: Annotated[str, typer.Option("--format", help="gguf | repeng | steering-vectors")] = "gguf",
+               ids: Annotated[str | None, typer.Option(help="comma list of tool ids (default: every entry of --kind)")] = None,
+               kind: Annotated[str, typer.Option(help="correction | anchor | all")] = "correction",
+               combine: Annotated[str, typer.Option(help="per-layer rule for a group: mean | quality_mean | sum")] = "mean",
+               scale: float = 1.0,
+               model_hint: Annotated[str | None, typer.Option(help="model type for GGUF (default: from the model's config)")] = None,
+               overwrite: bool = False) -> None:
+    """Export tools as a llama.cpp / repeng control vector (GGUF) or a steering-vectors file."""
+    from stir_core.interop.export import export_library
+    from stir_core.library import LibraryError, ToolLibrary
+
+    _fresh_output(out, overwrite)
+    try:
+        lib = ToolLibrary.load(library)
+        id_list = [x.strip() for x in ids.split(",") if x.strip()] if ids else None
+        path, d = export_library(lib, format_, out, id_list, kind, combine, scale, model_hint)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    layers = ", ".join(f"{k} (|v|={float((v.astype('float64') ** 2).sum()) ** 0.5:.3g})" for k, v in d.directions.items())
+    typer.echo(f"wrote {path}: {len(d.tool_ids)} tool(s) combined by {d.rule}, layers {layers}")
+
+
+@app.command("import-vector")
+def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control vector or safetensors {layer: vector}")],
+                      library_out: Annotated[Path, typer.Option(help="library directory to write")],
+                      layer: Annotated[int | None, typer.Option(help="layer to take (needed when the file has several)")] = None,
+                      scale: float = 1.0, tool_id: Annotated[str | None, typer.Option("--id")] = None,
+                      model: ModelOpt = "embedded", overwrite: bool = False) -> None:
+    """Make a one-entry library from an external vector, usable by the static baselines (`--methods static`)."""
+    from stir_core.interop.import_vector import import_vector, model_dims
+    from stir_core.library import LibraryError
+
+    _fresh_output(library_out, overwrite)
+    try:
+        lib = import_vector(file, model_dims(model), layer, scale, tool_id)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    lib.save(library_out)
+    row = lib.table.iloc[0]
+    typer.echo(f"wrote {library_out}: {row['id']} at layer {int(row['layer'])}, |v|={float(row['norm']):.4g}; "
+               f"try: stir eval --methods vanilla,static --library {library_out} --set layer={int(row['layer'])}")
+
+
+@app.command()
+def dashboard(library: Annotated[Path, typer.Argument(help="library directory")],
+              tool: Annotated[str, typer.Option(help="tool id")],
+              out: Annotated[Path, typer.Option(help="file to write: .html or .json")],
+              run: Annotated[Path | None, typer.Option(help="a `stir eval --out` directory (where it fires)")] = None,
+              prompt: Annotated[str | None, typer.Option(help="raw prompt for the α-sweep (default: its source problem)")] = None,
+              scales: str = "0,0.5,1,2,4", sweep_tokens: int = 48, overwrite: bool = False,
+              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
+    """One tool's dashboard (provenance, firings, lens, α-sweep, paired outcome, neighbours) as HTML or JSON."""
+    from stir_core import atomic
+    from stir_core import dashboard as dash
+    from stir_core.dashboard_html import render
+    from stir_core.engine import Engine
+    from stir_core.evaluate import load_results
+
+    if out.suffix not in (".html", ".json"):
+        _fail(f"--out must end in .html or .json, got {out.name}")
+    _fresh_output(out, overwrite)
+    try:
+        scale_list = tuple(float(x) for x in scales.split(",") if x.strip())
+        examples = load_results(run).examples if run is not None else None
+    except ValueError as err:
+        _fail(f"{err}")
+    lib, _ = _library(str(library), _facts(model, device, dtype), False)  # checked before the model loads
+    m = _load(model, device, dtype)
+    engine = Engine(m)
+    try:
+        d = dash.build(lib, tool, m, engine, examples, str(run) if run else None,
+                       m.format_prompt(prompt) if prompt else None, scale_list, sweep_tokens)
+    except ValueError as err:
+        _fail(str(err))
+    atomic.write_text(out, render(d) if out.suffix == ".html" else dash.to_json(d))
+    typer.echo(f"wrote {out}")
+
+
+@app.command("diff")
+def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[Path, typer.Argument(help="library B")],
+             out: Annotated[Path, typer.Option(help="directory to write (CSV tables + diff.html)")],
+             source: Annotated[str, typer.Option(help="vectors (corrections) | keys (all entries)")] = "vectors",
+             min_cos: Annotated[float, typer.Option(help="a matched pair needs at least this cosine")] = 0.5,
+             overwrite: bool = False) -> None:
+    """Compare two libraries: cosine matrix, matched pairs, and what each has that the other lacks."""
+    from stir_core.library import LibraryError, ToolLibrary
+    from stir_core.library_diff import diff_libraries, save_diff
+
+    _fresh_output(out, overwrite)
+    try:
+        la, lb = ToolLibrary.load(a), ToolLibrary.load(b)
+        d = diff_libraries(la, lb, source, min_cos)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    save_diff(d, out, a.name, b.name)
+    typer.echo(f"{len(d.a_ids)} vs {len(d.b_ids)} {source}: {len(d.pairs)} matched (cos >= {min_cos:g}), "
+               f"{len(d.only_a)} only in {a.name}, {len(d.only_b)} only in {b.name} -> {out}")
 
 
 def _register_toy_commands() -> None:
@@ -299,9 +625,9 @@ def _register_toy_commands() -> None:
     except ImportError:
         return
     if hasattr(commands, "toy_train"):
-        app.command("toy-train")(commands.toy_train)
+        app.command("toy-train")(guarded(commands.toy_train))
     if hasattr(commands, "toy_control"):
-        app.command("toy-control")(commands.toy_control)
+        app.command("toy-control")(guarded(commands.toy_control))
 
 
 _register_toy_commands()

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from stir_core import gate
+from stir_core.config import StirConfig  # noqa: F401 - re-exported: `from stir_core.controller import StirConfig`
 from stir_core.engine import ControlPoint, Engine, Steer
 from stir_core.gate import Reason
 from stir_core.index import ToolIndex
 from stir_core.library import ToolLibrary
+from stir_core.locks import serialised
 from stir_core.policy import NullPolicy, Plan, Policy, Probe
 from stir_core.segmented import Schedule, run_segmented
 from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace
@@ -26,41 +28,6 @@ from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace
 METHODS = ("vanilla", "no_memory", "static", "static_cp", "static_norm", "stir", "no_probing", "random_vector",
            "random_choice")
 STIR_VARIANTS = ("stir", "no_probing", "random_vector", "random_choice")
-
-
-@dataclass
-class StirConfig:
-    """Every online knob, with the reference defaults (see STIR_SPEC.md, "Online")."""
-
-    max_new_tokens: int = 256  # committed-token budget T_max
-    delimiter: str = "\n\n"
-    max_control_points: int | None = None  # M; None = every control point
-    k_retrieve: int = 8
-    min_entries: int = 1
-    min_sim: float | None = None  # null when the best similarity is below this
-    top_l: int = 4  # L corrections previewed
-    probe_tokens: int = 4
-    probe_scale: float = 1.0
-    beta: float = 1.0
-    rho: float = 0.1
-    tau_null: float = 0.0
-    k_scale: float = 1.0
-    positions: str = "last"  # last | segment | last+segment
-    center_keys: bool = False
-    preview: str = "fork"  # fork (rows of one batched decode over a forked cache) | reprefill (reference)
-    scope: str = "segment"  # segment (reference: a commit steers one segment) | persist (ours: it stays in the cache)
-    probe_stop: str = "delimiter"  # delimiter (reference: a probe ends at the delimiter) | none (ours)
-    random_choice_gate: str = "none"  # none (reference: the random pick is committed) | null (ours: it must beat null)
-    schedule: str = "continuous"  # continuous (per-row scheduling) | sync (segment-synchronous reference path)
-    layer: int | None = None  # restrict to one library layer (None: every layer in the library)
-    static_scale: float = 1.0  # alpha of the static baselines
-    seed: int = 0
-
-    def with_overrides(self, **kw) -> StirConfig:
-        unknown = set(kw) - set(asdict(self))
-        if unknown:
-            raise ValueError(f"unknown STIR config field(s): {', '.join(sorted(unknown))}")
-        return replace(self, **kw)
 
 
 def _stable_seed(*parts) -> int:
@@ -227,6 +194,7 @@ def build_policy(method: str, library: ToolLibrary | None, config: StirConfig) -
     return StirPolicy(library, config, variant=method)
 
 
+@serialised  # the engine is not safe for concurrent callers (stir_core/locks.py)
 def run_method(engine: Engine, prompts: Sequence[str], method: str, library: ToolLibrary | None = None,
                config: StirConfig | None = None, example_ids: Sequence[str] | None = None) -> list[Trace]:
     """Decode `prompts` (already formatted) with one method, batched; returns one Trace per prompt."""
@@ -235,12 +203,8 @@ def run_method(engine: Engine, prompts: Sequence[str], method: str, library: Too
         raise ValueError(f"library vectors have width {library.vectors.shape[1]} but the model's d_model is "
                          f"{engine.model.d_model}")
     policy = build_policy(method, library, config)
-    if policy is None:
-        res = engine.generate(prompts, config.max_new_tokens)
-        rows, logs = res.rows, {}
-    else:
-        rows = replay(engine, prompts, policy, config)
-        logs = policy.logs
+    rows = replay(engine, prompts, policy, config)
+    logs = policy.logs if policy is not None else {}
     traces = []
     for b, row in enumerate(rows):
         log = logs.get(b)
@@ -254,8 +218,12 @@ def schedule_of(config: StirConfig) -> Schedule:
                     config.probe_stop == "delimiter", config.scope, config.preview)
 
 
-def replay(engine: Engine, prompts: Sequence[str], policy: Policy, config: StirConfig) -> list:
-    """Segmented greedy decoding of formatted prompts with `policy` at the control points; the rows."""
+def replay(engine: Engine, prompts: Sequence[str], policy: Policy | None, config: StirConfig) -> list:
+    """Greedy decoding of formatted prompts with `policy` at the control points (None: vanilla); the rows.
+
+    Continuous scheduling by default (finished rows leave the batch); `schedule=sync` runs the
+    segment-synchronous reference path (vanilla: `Engine.generate`).
+    """
     for i, p in enumerate(prompts):
         if not p or not p.strip():
             raise ValueError(f"prompt {i} is empty")
@@ -264,7 +232,9 @@ def replay(engine: Engine, prompts: Sequence[str], policy: Policy, config: StirC
     if config.schedule == "continuous" and config.preview == "fork":
         from stir_core.scheduler import run_continuous
 
-        rows = run_continuous(engine, ids, policy, sched, config.delimiter)
+        rows = run_continuous(engine, ids, policy, sched, config.delimiter, config.max_preview_rows)
+    elif policy is None:
+        return engine.generate(prompts, config.max_new_tokens, capture_at=config.delimiter).rows
     else:
         state = engine.prefill(ids, policy.capture_layers, delimiter=config.delimiter)
         run_segmented(engine, state, policy, sched)

@@ -189,6 +189,7 @@ class Engine:
         self.backend = Backend(model.bridge)
         self.device = model.device
         self._decode_cache: dict = {}  # id windows -> text, shared by every row's detokenizer
+        self.forwards = 0  # model forwards run (sequential steps): what the benchmarks count
 
     # ---- rows and text -----------------------------------------------------------------------------
     def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
@@ -232,6 +233,7 @@ class Engine:
 
             hooks.append((hook_name(layer), fn))
         cache = self.backend.new_cache() if state is None else state.cache
+        self.forwards += 1
         logits = self.backend.forward(input_ids, mask, pos, cache, hooks, keep=keep)
         return (None if logits is None else logits.float()), cache, mask, captured
 
@@ -267,7 +269,7 @@ class Engine:
         ids, mask = self._padded(sequences)
         width = ids.shape[1]
         _, _, _, cap = self._forward(None, ids, mask, None, tuple(layers), keep="none")
-        stacked = torch.stack([cap[layer] for layer in layers], dim=2).cpu()  # [batch, width, layers, d]
+        stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
     def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
@@ -293,6 +295,17 @@ class Engine:
         state.logits = state.logits.index_select(0, idx)
         state.rows = new_rows
         self.drop_empty_slots(state)
+
+    def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
+        """Make rows `dst` copies of rows `src`, in place (cache, mask, logits, records)."""
+        s = torch.tensor(list(src), dtype=torch.long, device=state.mask.device)
+        d = torch.tensor(list(dst), dtype=torch.long, device=state.mask.device)
+        self.backend.copy_rows(state.cache, s, d)
+        state.mask = state.mask.clone()
+        state.mask[d] = state.mask[s]
+        state.logits[d.to(state.logits.device)] = state.logits[s.to(state.logits.device)]
+        for i, j in zip(src, dst, strict=True):
+            state.rows[j] = state.rows[i].clone()
 
     @staticmethod
     def drop_empty_slots(state: DecodeState) -> None:

@@ -16,7 +16,9 @@ import pandas as pd
 from scipy.stats import binomtest
 from tqdm.auto import tqdm
 
-from stir_core import atomic
+from stir_core import atomic, distributed
+from stir_core import config as config_schema
+from stir_core.checks import check_prompts_fit
 from stir_core.controller import StirConfig, run_method
 from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
@@ -57,8 +59,16 @@ def summarise(traces: list[Trace], correct: list[bool], wall_s: float) -> dict:
 def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLibrary | None = None,
              config: StirConfig | None = None, n: int = 200, split: str = "eval", seed: int = 123,
              batch_size: int = 64, out_dir: str | Path | None = None,
-             progress: Callable[[int, int, str], None] | None = None, show_progress: bool = True) -> EvalResult:
-    """Every method on the same `n` problems of `split` (greedy, batched); optional outputs under `out_dir`."""
+             progress: Callable[[int, int, str], None] | None = None, show_progress: bool = True,
+             warnings: Sequence[str] = ()) -> EvalResult | None:
+    """Every method on the same `n` problems of `split` (greedy, batched); optional outputs under `out_dir`.
+
+    Prompts that do not fit the model's context with `config.max_new_tokens` are refused before decoding.
+    With `out_dir`, results are written after each method (config "partial": true until the last), so an
+    interrupted or cancelled run keeps what it finished; `progress` may raise to cancel. `warnings` (e.g.
+    an allowed model mismatch) are recorded in every trace and in the config. Under a launcher each rank
+    decodes whole batches (round-robin) and rank 0 returns the result, equal to one process's (wall times
+    apart); the other ranks return None."""
     config = config or StirConfig()
     if not methods:
         raise ValueError("evaluate needs at least one method")
@@ -68,22 +78,16 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
     examples = task.load(split, n, seed)
     model = engine.model
     prompts = [model.format_prompt(task.prompt(ex)) for ex in examples]
+    check_prompts_fit(model, prompts, config.max_new_tokens, [ex.id for ex in examples])
+    cfg = {"task": task.name, "split": split, "n": len(examples), "seed": seed, "methods": list(methods),
+           "library": str(library.path) if library is not None and library.path else None,
+           "model": model.model_id, "stir": asdict(config), "warnings": list(warnings),
+           "versions": versions()}
     rows, summary, correct_by = [], {}, {}
-    total = len(methods) * len(examples)
-    bar = tqdm(total=total, desc="eval", unit="problem", disable=not show_progress)
-    done = 0
-    for method in methods:
-        t0 = time.perf_counter()
-        traces: list[Trace] = []
-        for lo in range(0, len(examples), batch_size):
-            chunk = examples[lo: lo + batch_size]
-            traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
-                                 example_ids=[ex.id for ex in chunk])
-            done += len(chunk)
-            bar.update(len(chunk))
-            if progress:
-                progress(done, total, method)
-        wall = time.perf_counter() - t0
+
+    def record(method: str, traces: list[Trace], wall: float) -> None:
+        for t in traces:
+            t.warnings.extend(warnings)
         correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, examples, strict=True)]
         correct_by[method] = correct
         summary[method] = summarise(traces, correct, wall)
@@ -92,14 +96,39 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
                          "probe_tokens": t.probe_tokens, "interventions": t.interventions,
                          "prompt": t.prompt, "completion": t.completion, "answer": task.extract(t.completion),
                          "gold": ex.answer, "trace_json": t.to_json()})
-    bar.close()
+
+    if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: batches shared by rank
+        from stir_core.shard_eval import run_sharded
+
+        traced = run_sharded(engine, examples, prompts, methods, library, config, batch_size, dist,
+                             progress, show_progress, out_dir, task.name, split, seed)
+        if traced is None:  # not rank 0: its traces went to rank 0
+            return None
+        for method in methods:
+            record(method, *traced[method])
+    else:
+        total = len(methods) * len(examples)
+        bar = tqdm(total=total, desc="eval", unit="problem", disable=not show_progress)
+        done = 0
+        for method in methods:
+            t0 = time.perf_counter()
+            traces: list[Trace] = []
+            for lo in range(0, len(examples), batch_size):
+                chunk = examples[lo: lo + batch_size]
+                traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
+                                     example_ids=[ex.id for ex in chunk])
+                done += len(chunk)
+                bar.update(len(chunk))
+                if progress:
+                    progress(done, total, method)
+            record(method, traces, time.perf_counter() - t0)
+            if out_dir is not None and method != methods[-1]:
+                save_results(EvalResult(dict(summary), pd.DataFrame(rows), {**cfg, "partial": True}), out_dir)
+        bar.close()
     if "vanilla" in correct_by:
         for method in methods:
             if method != "vanilla":
                 summary[method]["vs_vanilla"] = mcnemar(correct_by["vanilla"], correct_by[method])
-    cfg = {"task": task.name, "split": split, "n": len(examples), "seed": seed, "methods": list(methods),
-           "library": str(library.path) if library is not None and library.path else None,
-           "model": model.model_id, "stir": asdict(config), "versions": versions()}
     result = EvalResult(summary, pd.DataFrame(rows), cfg)
     if out_dir is not None:
         save_results(result, out_dir)
@@ -127,28 +156,5 @@ def load_results(out_dir: str | Path) -> EvalResult:
 
 
 def parse_sweep(spec: str) -> tuple[str, list]:
-    """`k_scale=0.25,0.5,1` -> ("k_scale", [0.25, 0.5, 1.0]), values typed like the StirConfig field."""
-    if "=" not in spec:
-        raise ValueError(f"sweep {spec!r}: expected name=v1,v2,...")
-    name, values = spec.split("=", 1)
-    name = name.strip()
-    default = getattr(StirConfig(), name, "__missing__")
-    if default == "__missing__":
-        raise ValueError(f"sweep: unknown StirConfig field {name!r}")
-
-    def cast(v: str):
-        v = v.strip()
-        if v.lower() in ("none", "null"):
-            return None
-        if isinstance(default, bool):
-            return v.lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int) and not isinstance(default, bool):
-            return int(v)
-        if isinstance(default, float) or default is None:
-            try:
-                return float(v) if default is not None or "." in v else int(v)
-            except ValueError:
-                return v
-        return v
-
-    return name, [cast(v) for v in values.split(",") if v.strip()]
+    """`k_scale=0.25,0.5,1` -> ("k_scale", [0.25, 0.5, 1.0]): the one knob caster (`stir_core.config`)."""
+    return config_schema.parse_values(StirConfig, spec)

@@ -32,7 +32,6 @@ class Reason(str, Enum):
     BELOW_TAU = "below_tau"  # S_best < tau_null
     NONPOSITIVE_ALPHA = "nonpositive_alpha"  # α = k_scale · S_best <= 0
     FUSED = "fused"  # another delimiter completes in the same token: the gate acts at the last one
-    OVER_LIMIT = "over_limit"  # past `max_control_points`: recorded, never steered
 
 
 @dataclass(frozen=True)

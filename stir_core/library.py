@@ -38,7 +38,7 @@ import pandas as pd
 import safetensors.torch
 import torch
 
-from stir_core import atomic
+from stir_core import atomic, outputs
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tools.safetensors"
@@ -366,11 +366,13 @@ class ToolLibrary:
             self.keys[t].contiguous(), self.vectors[t].contiguous(), table, self.manifest
         )._refreshed()
 
-    def save(self, path: str | Path) -> Path:
-        """Write the library directory atomically (replacing any previous one). Counts and hash are
-        recomputed from the in-memory contents (and stored back in `self.manifest`); everything else is
-        validated first, so an invalid library is never written."""
+    def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
+        """Write the library directory atomically (replacing a previous library only when `overwrite`).
+        A directory holding anything but library files is never replaced (`outputs.OutputError`). Counts
+        and hash are recomputed from the in-memory contents (and stored back in `self.manifest`);
+        everything else is validated first, so an invalid library is never written."""
         path = Path(path)
+        outputs.check_library_target(path, overwrite)
         lib = self._refreshed()
         _check_contents(lib, None, check_hash=False)
         tensors = safetensors.torch.save(
@@ -431,6 +433,28 @@ class ToolLibrary:
         if d_model is not None or n_layers is not None:
             validate_for_model(lib, d_model, n_layers)
         return lib
+
+    @staticmethod
+    def set_recommended(path: str | Path, settings: dict[str, Any], *, split: str, n: int, seed: int,
+                        task: str, how: str = "") -> dict:
+        """Record the online settings this library recommends (`config.RECOMMENDED_KEY` in the manifest):
+        validated `StirConfig` values plus the split, size, seed and task that chose them. Only
+        manifest.json is rewritten (atomically): the content hash covers the tensors and the table, which
+        do not change, and the library is re-validated first. Returns the new manifest."""
+        from stir_core.config import RECOMMENDED_KEY, StirConfig, from_dict
+
+        path = Path(path)
+        lib = ToolLibrary.load(path)
+        cfg = from_dict(StirConfig, settings, f"{RECOMMENDED_KEY}.settings")
+        manifest = copy.deepcopy(lib.manifest)
+        manifest[RECOMMENDED_KEY] = {
+            "settings": {k: getattr(cfg, k) for k in settings},
+            "chosen_on": {"task": task, "split": split, "n": int(n), "seed": int(seed)},
+            "how": how,
+        }
+        atomic.write_json(path / MANIFEST_FILE, manifest)
+        ToolLibrary.load(path)  # the written library still validates
+        return manifest
 
     @classmethod
     def empty(cls, d_model: int, **manifest_fields: Any) -> ToolLibrary:

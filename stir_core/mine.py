@@ -20,8 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from stir_core import atomic
+from stir_core.config import knob, validate
 from stir_core.engine import Engine, Sampling
 from stir_core.library import ToolLibrary
+from stir_core.locks import serialised
 from stir_core.model import LoadedModel, resolve_layers
 from stir_core.segment import segment_ends
 from stir_core.tasks import Example, Task, get_task, step_checker_of
@@ -31,50 +33,50 @@ CHECKPOINT = "mine_checkpoint"
 
 @dataclass
 class MineConfig:
-    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted."""
+    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted. Validated on creation."""
 
-    task: str = "planted"
-    split: str = "mine"  # never the evaluation split by default
-    n_problems: int = 64
-    k_rollouts: int = 8
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 256  # T_mine
-    eta0: float = 0.01  # length penalty: R = 1[correct] - eta0 * len / T_mine
-    layers: list = field(default_factory=lambda: [0.6])
-    method: str = "contrastive"  # contrastive | random (ablation)
-    require_correct_and_incorrect: bool = True
-    k_pos: int = 4
-    k_neg: int = 4
-    min_incorrect: int = 1
-    pos_source: str = "rollout"  # rollout | gold | rollout_or_gold
+    task: str = knob("planted", str, "task to mine (a registered task name)", "data")
+    split: str = knob("mine", str, "split to mine (never the evaluation split by default)", "data")
+    n_problems: int = knob(64, int, "problems mined", "data", min=1)
+    k_rollouts: int = knob(8, int, "K: sampled rollouts per problem", "rollouts", min=2)
+    temperature: float = knob(0.7, float, "sampling temperature of the rollouts", "rollouts", gt=0.0)
+    top_p: float = knob(0.95, float, "nucleus sampling mass", "rollouts", gt=0.0, max=1.0)
+    max_new_tokens: int = knob(256, int, "T_mine: tokens per rollout", "rollouts", min=1)
+    eta0: float = knob(0.01, float, "length penalty: R = 1[correct] - eta0 * len / T_mine", "rollouts", min=0.0)
+    layers: list = knob([0.6], list, "layers to mine (int, fraction in [0, 1], or 'a/b')", "contrast")
+    method: str = knob("contrastive", str, "contrastive, or random (ablation)", "contrast",
+                       choices=("contrastive", "random"))
+    require_correct_and_incorrect: bool = knob(True, bool, "mine a control point only when it has both",
+                                               "contrast")
+    k_pos: int = knob(4, int, "best correct prefixes averaged", "contrast", min=1)
+    k_neg: int = knob(4, int, "worst incorrect prefixes averaged", "contrast", min=1)
+    min_incorrect: int = knob(1, int, "incorrect rollouts needed at a control point", "contrast", min=0)
+    pos_source: str = knob("rollout", str, "where positive states come from", "contrast",
+                           choices=("rollout", "gold", "rollout_or_gold"))
     # Reference-fidelity switches (STIR_SPEC.md, knob table); each default is what the authors' code does.
-    clean_prefixes: str = "off"  # off (reference) | auto | on: ours, contrast only error-free prefixes
-    max_control_points: int | None = 8  # M: the reference config's 8 (code default 6); None = unbounded (ours)
-    gold_reward: str = "penalised"  # penalised (reference: 1[gold correct] - eta0*len/T_mine) | fixed (ours: 1.0)
-    drop_zero_delta: bool = False  # reference keeps items with Δ = 0; True (ours) drops them
-    random_quality: str = "clamp"  # method=random: clamp (reference: q = max(0, gap), keep all) | drop (q <= 0)
+    clean_prefixes: str = knob("off", str, "off (reference) | auto | on (ours): drop prefixes whose steps are "
+                               "already wrong", "contrast", choices=("off", "auto", "on"))
+    max_control_points: int | None = knob(8, int, "M: control points mined per problem (reference config 8; "
+                                          "none: all, ours)", "contrast", optional=True, min=1)
+    gold_reward: str = knob("penalised", str, "gold positive's reward: penalised (reference: 1[gold correct] - "
+                            "eta0*len/T_mine) | fixed (ours: 1.0)", "contrast", choices=("penalised", "fixed"))
+    drop_zero_delta: bool = knob(False, bool, "drop items with Δ = 0 (ours; the reference keeps them)", "contrast")
+    random_quality: str = knob("clamp", str, "method=random: clamp (reference: q = max(0, gap), every split "
+                               "kept) | drop (ours: drop q <= 0)", "contrast", choices=("clamp", "drop"))
     # Without the correct/incorrect contrast (method=random, or require_correct_and_incorrect=False):
     # reference = the first max(1, k_pos) of the shuffled / reward-ranked rollouts are positives and the next
-    # (random) or last (ranked) max(1, k_neg) negatives, as the reference; disjoint (ours) = equal halves.
-    split_rule: str = "reference"
-    top_c: int = 256
-    problems_per_batch: int = 8
-    capture: str = "decode"  # decode (one pass) | reprefill (one forward per prefix, the reference's way)
-    seed: int = 0
+    # (random) or last (ranked) max(1, k_neg) negatives; disjoint (ours) = equal halves.
+    split_rule: str = knob("reference", str, "positives/negatives without the correct/incorrect contrast: "
+                           "reference (first k_pos, next/last k_neg) | disjoint (ours: halves)", "contrast",
+                           choices=("reference", "disjoint"))
+    top_c: int = knob(256, int, "C: items kept (by quality)", "contrast", min=1)
+    problems_per_batch: int = knob(8, int, "problems decoded together (and per checkpoint)", "rollouts", min=1)
+    capture: str = knob("decode", str, "decode (one pass) | reprefill (one forward per prefix, the reference's)",
+                        "rollouts", choices=("decode", "reprefill"))
+    seed: int = knob(0, int, "seed of the split sample and the rollouts", "data", min=0)
 
     def __post_init__(self) -> None:
-        checks = {"method": ("contrastive", "random"), "pos_source": ("rollout", "gold", "rollout_or_gold"),
-                  "clean_prefixes": ("off", "auto", "on"), "capture": ("decode", "reprefill"),
-                  "gold_reward": ("penalised", "fixed"), "random_quality": ("clamp", "drop"),
-                  "split_rule": ("reference", "disjoint")}
-        for name, allowed in checks.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"mine config: {name}={getattr(self, name)!r}, expected one of {allowed}")
-        if self.k_rollouts < 2 or self.n_problems < 1 or self.top_c < 1:
-            raise ValueError("mine config: need k_rollouts >= 2, n_problems >= 1, top_c >= 1")
-        if self.max_control_points is not None and self.max_control_points < 1:
-            raise ValueError(f"mine config: max_control_points={self.max_control_points}, expected >= 1 or null")
+        validate(self, "mine")
 
 
 @dataclass
@@ -105,6 +107,12 @@ class Item:
     pos_ids: list[str]
     neg_ids: list[str]
     order: int  # global discovery order: deterministic tie-break
+    # Provenance for the tool dashboard: each contrasted prefix (completion text up to the m-th delimiter)
+    # and its rollout's reward, aligned with pos_ids / neg_ids ("" for a gold positive).
+    pos_prefixes: list[str] = field(default_factory=list)
+    neg_prefixes: list[str] = field(default_factory=list)
+    pos_rewards: list[float] = field(default_factory=list)
+    neg_rewards: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> tuple:
@@ -121,6 +129,7 @@ def hash_str(s: str) -> int:
     return zlib.crc32(s.encode())
 
 
+@serialised  # one decode on the model at a time (stir_core/locks.py)
 def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: MineConfig,
                     layers: list[int]) -> list[list[Rollout]]:
     """K seeded rollouts per example, one batched decode; states at every control point per rollout."""
@@ -160,6 +169,7 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
     return out
 
 
+@serialised
 def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> tuple[torch.Tensor, int]:
     """States of the gold solution at each of its control points [n_cp, n_layers, d_model], and its length
     in tokens."""
@@ -271,7 +281,9 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
             shuffled = float((sh[: len(pos_states), j].mean(0) - sh[len(pos_states):, j].mean(0)).norm())
             items.append(Item(ex.id, m, layer, mu_pos, mu_neg, shuffled, quality, r_pos, r_neg,
                               [f"{ex.id}:{r.k}" for r in pos] or [f"{ex.id}:gold"],
-                              [f"{ex.id}:{r.k}" for r in neg], order_start + len(items)))
+                              [f"{ex.id}:{r.k}" for r in neg], order_start + len(items),
+                              [r.prefixes[m - 1] for r in pos] or [""], [r.prefixes[m - 1] for r in neg],
+                              [r.reward for r in pos] or [r_pos], [r.reward for r in neg]))
         stats["control_points"] += any(it.m == m for it in items)
     return items, stats
 
@@ -287,7 +299,9 @@ def items_to_library(items: list[Item], model: LoadedModel, cfg: MineConfig, ext
                   "mean_reward_pos": it.mean_reward_pos, "mean_reward_neg": it.mean_reward_neg,
                   "model_id": model.model_id, "model_revision": model.revision or "", "seed": cfg.seed,
                   "pair_id": pair, "rollout_ids": json.dumps(it.pos_ids + it.neg_ids),
-                  "pos_rollouts": json.dumps(it.pos_ids), "neg_rollouts": json.dumps(it.neg_ids)}
+                  "pos_rollouts": json.dumps(it.pos_ids), "neg_rollouts": json.dumps(it.neg_ids),
+                  "pos_prefixes": json.dumps(it.pos_prefixes), "neg_prefixes": json.dumps(it.neg_prefixes),
+                  "pos_rewards": json.dumps(it.pos_rewards), "neg_rewards": json.dumps(it.neg_rewards)}
         keys += [it.mu_neg, it.mu_pos]
         vectors += [delta, torch.zeros_like(delta)]
         rows.append({"id": f"{pair}/corr", "kind": "correction", "norm": float(delta.norm()),
@@ -302,7 +316,10 @@ def items_to_library(items: list[Item], model: LoadedModel, cfg: MineConfig, ext
 
 
 # ---- checkpointing ---------------------------------------------------------------------------------
-def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: dict, cfg: MineConfig) -> None:
+def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: dict, cfg: MineConfig,
+                     shard: dict | None = None) -> None:
+    """`shard` (rank, world size; sharded runs only) is recorded so that a shard is never resumed or
+    merged by a run with another layout."""
     tensors = {}
     meta = []
     for i, it in enumerate(items):
@@ -311,54 +328,86 @@ def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: di
     with atomic.atomic_dir(path) as tmp:
         safetensors.torch.save_file(tensors, str(tmp / "items.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"next_problem": next_problem, "stats": stats,
-                                                    "config": asdict(cfg), "items": meta}))
+                                                    "config": asdict(cfg), "items": meta,
+                                                    **({"shard": shard} if shard else {})}))
 
 
-def _load_checkpoint(path: Path, cfg: MineConfig) -> tuple[list[Item], int, dict] | None:
+class CheckpointError(ValueError):
+    """A mining checkpoint that cannot be resumed; the message names the file and how to recover."""
+
+
+def _load_checkpoint(path: Path, cfg: MineConfig, shard: dict | None = None) -> tuple[list[Item], int, dict] | None:
     if not (path / "state.json").exists():
         return None
-    state = json.loads((path / "state.json").read_text())
-    if state["config"] != json.loads(json.dumps(asdict(cfg))):
-        raise ValueError(f"{path}: checkpoint was written with a different mining config; "
-                         "delete it or use another run directory")
-    tensors = safetensors.torch.load_file(str(path / "items.safetensors"))
-    items = [Item(**m, mu_pos=tensors[f"pos.{i}"], mu_neg=tensors[f"neg.{i}"]) for i, m in enumerate(state["items"])]
-    return items, state["next_problem"], state["stats"]
+    recover = "rerun with --restart to discard it and mine from the start"
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        next_problem, stats, metas, saved_cfg = state["next_problem"], state["stats"], state["items"], state["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path / 'state.json'}: damaged checkpoint ({type(err).__name__}: {err}); "
+                              f"{recover}") from None
+    if saved_cfg != json.loads(json.dumps(asdict(cfg))):
+        raise CheckpointError(f"{path}: checkpoint was written with a different mining config; "
+                              f"{recover}, or use another run directory")
+    if state.get("shard") != shard:
+        raise CheckpointError(f"{path}: checkpoint was written as shard {state.get('shard')} but is read as "
+                              f"{shard}; rerun with the process count that wrote it, or use another run directory")
+    try:
+        tensors = safetensors.torch.load_file(str(path / "items.safetensors"))
+        items = [Item(**m, mu_pos=tensors[f"pos.{i}"], mu_neg=tensors[f"neg.{i}"]) for i, m in enumerate(metas)]
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own types for truncated files
+        raise CheckpointError(f"{path / 'items.safetensors'}: damaged checkpoint ({type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:200]}); {recover}") from None
+    return items, next_problem, stats
+
+
+def check_checkpoint(run_dir: str | Path, cfg: MineConfig) -> int | None:
+    """Read a run directory's mining checkpoint without a model (so a damaged one is reported before any
+    model loads): the problem it resumes at, or None when there is none. Raises `CheckpointError`."""
+    loaded = _load_checkpoint(Path(run_dir) / CHECKPOINT, cfg)
+    return None if loaded is None else loaded[1]
+
+
+def discard_checkpoint(run_dir: str | Path) -> bool:
+    """Delete a run directory's mining checkpoint (`--restart`); True when there was one."""
+    import shutil
+
+    ckpt = Path(run_dir) / CHECKPOINT
+    if not ckpt.is_dir():
+        return False
+    shutil.rmtree(ckpt)
+    return True
 
 
 def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | None = None,
                     progress: Callable[[int, int, dict], None] | None = None,
-                    task: Task | None = None, show_progress: bool = True) -> ToolLibrary:
+                    task: Task | None = None, show_progress: bool = True) -> ToolLibrary | None:
     """Stage I over `cfg.n_problems` problems of `cfg.split`; resumes from `run_dir`'s checkpoint.
 
-    Returns the candidate set (2 entries per kept item, top `cfg.top_c` items by quality).
+    Returns the candidate set (2 entries per kept item, top `cfg.top_c` items by quality). Under a launcher
+    (torchrun, accelerate launch) each rank mines its shard and rank 0 returns the merged set; the other
+    ranks return None (see `shard_mine`).
     """
+    from stir_core import distributed, shard_mine
+
+    if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: this rank's shard
+        return shard_mine.mine_sharded(model, cfg, run_dir, dist, progress, task, show_progress)
+    if run_dir is not None:
+        shard_mine.check_run_dir(Path(run_dir), world_size=1)
     task = task or get_task(cfg.task)
     layers = resolve_layers(cfg.layers, model.n_layers)
     examples = task.load(cfg.split, cfg.n_problems, cfg.seed)
     engine = Engine(model)
     ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     items: list[Item] = []
-    start, stats = 0, {"problems": 0, "rollouts": 0, "correct_rollouts": 0, "control_points": 0,
-                       "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0, "zero_delta": 0,
-                       "nonpositive_quality": 0}
+    start, stats = 0, new_stats()
     if ckpt is not None and (loaded := _load_checkpoint(ckpt, cfg)) is not None:
         items, start, stats = loaded
     bar = tqdm(total=len(examples), initial=start, desc="mine", unit="problem", disable=not show_progress)
     order = max((it.order for it in items), default=-1) + 1
     for lo in range(start, len(examples), cfg.problems_per_batch):
         batch = examples[lo: lo + cfg.problems_per_batch]
-        for ex, rollouts in zip(batch, sample_rollouts(Engine(model) if engine is None else engine, task, batch,
-                                                       cfg, layers), strict=True):
-            new, s = contrast_problem(engine, task, ex, rollouts, cfg, layers, order)
-            order += len(new)
-            items.extend(new)
-            stats["problems"] += 1
-            stats["rollouts"] += len(rollouts)
-            stats["correct_rollouts"] += sum(r.correct for r in rollouts)
-            for k, v in s.items():
-                stats[k] += v
-        items = sorted(items, key=lambda it: it.key, reverse=True)[: cfg.top_c]  # the top-C heap
+        items, order = mine_batch(engine, task, batch, cfg, layers, items, stats, order)
         if ckpt is not None:
             _save_checkpoint(ckpt, items, lo + len(batch), stats, cfg)
         bar.update(len(batch))
@@ -366,5 +415,36 @@ def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | N
         if progress is not None:
             progress(lo + len(batch), len(examples), {"candidates": 2 * len(items), **stats})
     bar.close()
-    items.sort(key=lambda it: (it.m, it.layer, -it.quality, it.order))
-    return items_to_library(items, model, cfg, {"mining_stats": stats, "layers": layers})
+    return finish_candidates(items, model, cfg, stats, layers)
+
+
+def new_stats() -> dict:
+    """The mining counters, all zero (every one is a sum over problems, so shards add up)."""
+    return {"problems": 0, "rollouts": 0, "correct_rollouts": 0, "control_points": 0,
+            "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0, "zero_delta": 0,
+            "nonpositive_quality": 0}
+
+
+def mine_batch(engine: Engine, task: Task, batch: list[Example], cfg: MineConfig, layers: list[int],
+               items: list[Item], stats: dict, order: int) -> tuple[list[Item], int]:
+    """One batch of problems: rollouts, contrasts, counts added to `stats` (in place), then the top-C heap.
+
+    Returns (the kept items, the next discovery order). Shared by one-process and sharded mining.
+    """
+    for ex, rollouts in zip(batch, sample_rollouts(engine, task, batch, cfg, layers), strict=True):
+        new, s = contrast_problem(engine, task, ex, rollouts, cfg, layers, order)
+        order += len(new)
+        items.extend(new)
+        stats["problems"] += 1
+        stats["rollouts"] += len(rollouts)
+        stats["correct_rollouts"] += sum(r.correct for r in rollouts)
+        for k, v in s.items():
+            stats[k] += v
+    return sorted(items, key=lambda it: it.key, reverse=True)[: cfg.top_c], order  # the top-C heap
+
+
+def finish_candidates(items: list[Item], model: LoadedModel, cfg: MineConfig, stats: dict, layers: list[int],
+                      extra: dict | None = None) -> ToolLibrary:
+    """The candidate library from the final top-C items, in (control point, layer, quality, order) order."""
+    items = sorted(items, key=lambda it: (it.m, it.layer, -it.quality, it.order))
+    return items_to_library(items, model, cfg, {"mining_stats": stats, "layers": layers, **(extra or {})})

@@ -49,6 +49,12 @@ class LoadedModel:
         return int(self.bridge.cfg.d_model)
 
     @property
+    def n_ctx(self) -> int | None:
+        """Positions the model can attend over (prompt + generated tokens), when the config says."""
+        n = getattr(self.bridge.cfg, "n_ctx", None)
+        return int(n) if n else None
+
+    @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.bridge.original_model.parameters())
 
@@ -177,11 +183,89 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
             raise ModelLoadError(f"model path {name!r} does not exist or is not a directory")
         if not (path / "config.json").exists():
             raise ModelLoadError(f"model path {name!r} has no config.json")
+        read_config(path / "config.json")  # a damaged config.json is named as such, not as "not found"
         weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.safetensors.index.json")]
         if not weights:
             raise ModelLoadError(f"model path {name!r} has a config.json but no weights (*.safetensors or *.bin)")
         return str(path.resolve())
+    check_hub_reachable(name)
     return name  # a hub id
+
+
+_CTX_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length")
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+_WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
+
+
+def model_id_for(name_or_path: str | os.PathLike | None) -> str:
+    """The id `load_model` will record for this name (checkable before loading): the embedded model gets a
+    portable id, a local directory its absolute path, a hub id itself."""
+    name = resolve_model_path(name_or_path)
+    return EMBEDDED_ID if Path(name) == DEFAULT_MODEL_DIR else name
+
+
+def read_config(path: str | Path) -> dict:
+    """A model's config.json as a dict; `ModelLoadError` naming the file when it is unreadable."""
+    import json
+
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelLoadError(f"{path}: not a valid config.json ({type(err).__name__}: {err})") from None
+    if not isinstance(d, dict):
+        raise ModelLoadError(f"{path}: not a valid config.json (expected a JSON object)")
+    return d
+
+
+def _hub_config_path(name: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - an id the hub library rejects: not cached
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def check_hub_reachable(name: str, timeout: float = 2.0) -> None:
+    """Fail fast for a hub id that is neither cached nor reachable (instead of ~30 s of retries)."""
+    if _hub_config_path(name) is not None:
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ModelLoadError(f"model {name!r} is not a local directory and not in the Hugging Face cache, and "
+                             "HF_HUB_OFFLINE is set; download it first or give a local path")
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = urlparse(constants.ENDPOINT)
+    except Exception:  # noqa: BLE001 - fall back to the public hub
+        endpoint = urlparse("https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise ModelLoadError(f"model {name!r} is not a local directory and not in the Hugging Face cache, and "
+                             f"the hub ({host}) is unreachable ({err}); check the name, the network, or give "
+                             "a local path") from None
+
+
+def model_facts(name_or_path: str | os.PathLike | None) -> dict[str, int | None]:
+    """{"n_layers", "n_ctx", "d_model"} read cheaply from the model's config.json (local, embedded or cached hub
+    model) before loading any weights; values are None where the config does not say or is not at hand."""
+    name = resolve_model_path(name_or_path)
+    path = Path(name) / "config.json" if Path(name).is_dir() else _hub_config_path(name)
+    out: dict[str, int | None] = {"n_layers": None, "n_ctx": None, "d_model": None}
+    if path is None:
+        return out
+    cfg = read_config(path)
+    cfg = {**cfg, **(cfg.get("text_config") or {})} if isinstance(cfg.get("text_config"), dict) else cfg
+    for key, names in (("n_layers", _LAYER_KEYS), ("n_ctx", _CTX_KEYS), ("d_model", _WIDTH_KEYS)):
+        v = next((cfg[k] for k in names if isinstance(cfg.get(k), int) and not isinstance(cfg.get(k), bool)), None)
+        out[key] = v
+    return out
 
 
 SMALL_MODEL_PARAMS = 50_000_000
@@ -206,33 +290,46 @@ def configure_threads(model: LoadedModel, threads: int | str = "auto") -> int:
 
 def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
                dtype: str | torch.dtype = "auto", quiet: bool = True,
-               threads: int | str | None = "auto") -> LoadedModel:
+               threads: int | str | None = "auto", device_map: str | dict | None = None) -> LoadedModel:
     """Load a causal LM by hub id or local path (default: the embedded testbed model).
 
-    `threads` goes to `configure_threads` (None leaves torch's thread count alone).
+    `threads` goes to `configure_threads` (None leaves torch's thread count alone). Under a launcher
+    (torchrun, accelerate) an unindexed `cuda` means this rank's GPU, `cuda:LOCAL_RANK`.
+    `device="split"` (or an explicit Hugging Face `device_map`) spreads one model over several devices
+    (see `placement.py`); `device` is then the embedding's device, where inputs go.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    from stir_core import distributed, placement
+
     name = resolve_model_path(name_or_path)
-    dev = pick_device(device)
+    dist = distributed.from_env()
+    if device == "split" or device_map is not None:
+        load_kw = placement.device_map_kwargs(device_map, dist)
+        dev = pick_device("cuda" if device == "split" else device)  # for the dtype default; see below
+    else:
+        dev = distributed.rank_device(pick_device(device), dist)
+        load_kw = {"device": str(dev)}
     dt = pick_dtype(dtype, dev)
     sink = io.StringIO()
     try:
         # The bridge prints weight-loading progress to stderr; keep the CLI and app output clean.
         with contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext():
-            bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dt)
+            bridge = TransformerBridge.boot_transformers(name, dtype=dt, **load_kw)
     except OSError as err:
         raise ModelLoadError(f"could not load model {name!r}: not a local model directory and not found on the "
                              f"Hugging Face hub (offline?) — {err}") from err
     except Exception as err:  # noqa: BLE001 - the bridge raises many kinds; name the model in one clear error
         raise ModelLoadError(f"could not load model {name!r}: {type(err).__name__}: {err}") from err
     bridge.eval()
+    if "device_map" in load_kw:
+        dev = placement.input_device(bridge)
     tok = bridge.tokenizer
     if tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token
     revision = getattr(bridge.original_model.config, "_commit_hash", None)
     # The embedded model gets a portable id (libraries built on it must not record this machine's path).
-    model_id = EMBEDDED_ID if Path(name) == DEFAULT_MODEL_DIR else name
+    model_id = model_id_for(name)
     model = LoadedModel(bridge=bridge, tokenizer=tok, model_id=model_id, revision=revision, device=dev, dtype=dt)
     if threads is not None:
         configure_threads(model, threads)

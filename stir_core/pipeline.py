@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-from stir_core import atomic
+from stir_core import atomic, config, outputs
+from stir_core.config import ConfigError, knob, validate
 from stir_core.index import ToolIndex
 from stir_core.library import ToolLibrary
-from stir_core.mine import MineConfig, mine_candidates
+from stir_core.mine import MineConfig, discard_checkpoint, mine_candidates
 from stir_core.model import LoadedModel
 from stir_core.select import select_library
 
@@ -27,12 +28,17 @@ from stir_core.select import select_library
 class SelectConfig:
     """Stage II knobs (STIR_SPEC.md): budget B, method dpp|top|random, λ, ε, min_per_control_point, force_mode."""
 
-    budget: int = 256
-    method: str = "dpp"
-    lam: float = 0.5
-    eps: float = 1e-4
-    min_per_control_point: int = 0
-    force_mode: str = "reference"  # reference | conditioned (ours): see stir_core/select.py
+    budget: int = knob(256, int, "B: entries kept", "select", min=1)
+    method: str = knob("dpp", str, "quality-DPP, top quality, or random", "select", choices=("dpp", "top", "random"))
+    lam: float = knob(0.5, float, "λ: quality weight of the DPP kernel", "select", min=0.0)
+    eps: float = knob(1e-4, float, "ε: kernel diagonal jitter", "select", min=0.0)
+    min_per_control_point: int = knob(0, int, "entries kept per control point at least", "select", min=0)
+    force_mode: str = knob("reference", str, "with min_per_control_point: reference (the DPP on the rest, blind "
+                           "to the forced entries) | conditioned (ours: conditioned on them)", "select",
+                           choices=("reference", "conditioned"))
+
+    def __post_init__(self) -> None:
+        validate(self, "select")
 
 
 @dataclass
@@ -56,42 +62,51 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> BuildConfig:
-        d = dict(d or {})
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"build config: expected a mapping with sections model, mine, select; got {d!r}")
         unknown = set(d) - {"model", "mine", "select", "online"}
         if unknown:
-            raise ValueError(f"build config: unknown section(s) {sorted(unknown)}; "
-                             "expected model, mine, select, online")
-        online = dict(d.get("online") or {})
-        from stir_core.controller import StirConfig  # here: the controller imports the engine (torch)
-
-        try:
-            StirConfig().with_overrides(**online)
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"build config [online]: {err}") from err
-        return cls(model=d.get("model"), mine=_make(MineConfig, d.get("mine"), "mine"),
-                   select=_make(SelectConfig, d.get("select"), "select"), online=online)
+            raise ConfigError(f"build config: unknown section(s) {sorted(unknown)}; "
+                              "expected model, mine, select, online")
+        model = d.get("model")
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise ConfigError(f"build config: model must be a hub id or a path, got {model!r}")
+        online = d.get("online") or {}
+        config.from_dict(config.StirConfig, online, "online")  # checked now: a typo fails before a model loads
+        return cls(model=model, mine=config.from_dict(MineConfig, d.get("mine"), "mine"),
+                   select=config.from_dict(SelectConfig, d.get("select"), "select"), online=dict(online))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BuildConfig:
         p = Path(path)
         if not p.is_file():
-            raise ValueError(f"build config {p} not found")
+            raise ConfigError(f"build config {p}: not found" + (" (it is a directory)" if p.is_dir() else ""))
         try:
-            return cls.from_dict(yaml.safe_load(p.read_text()) or {})
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"build config {p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise ValueError(f"build config {p}: not valid YAML ({err})") from err
+            raise ConfigError(f"build config {p}: not valid YAML ({' '.join(str(err).split())})") from None
+        try:
+            return cls.from_dict(data or {})
+        except ConfigError as err:
+            raise ConfigError(f"build config {p}: {str(err).removeprefix('build config: ')}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _make(kind, d: dict | None, section: str):
-    d = dict(d or {})
-    names = {f.name for f in fields(kind)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"build config [{section}]: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-    return kind(**d)
+def check_build_output(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Claim `out_dir` as a build run directory, refusing before any work what `build_library` would
+    refuse to overwrite; returns the path."""
+    out = outputs.claim_run_dir(out_dir, "build")
+    outputs.check_library_target(out / "library", overwrite)
+    outputs.check_library_target(out / "candidates", overwrite=True)  # an intermediate of ours: rewritten
+    return out
 
 
 def select_and_index(candidates: ToolLibrary, cfg: SelectConfig, seed: int = 0) -> tuple[ToolLibrary, dict]:
@@ -110,13 +125,20 @@ def select_and_index(candidates: ToolLibrary, cfg: SelectConfig, seed: int = 0) 
 
 def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
                   progress: Callable[[str, int, int, dict], None] | None = None,
-                  show_progress: bool = True) -> Path:
-    """Run all three stages; returns the library directory `<out_dir>/library`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+                  show_progress: bool = True, overwrite: bool = False, restart: bool = False) -> Path | None:
+    """Run all three stages; returns the library directory `<out_dir>/library` (None on ranks other than 0
+    under a launcher: they only mine their shard).
+
+    `out_dir` must be new, empty or a run directory of ours (`outputs.claim_run_dir`); an existing
+    `<out_dir>/library` is replaced only with `overwrite`. `restart` discards a mining checkpoint."""
+    out = check_build_output(out_dir, overwrite)
+    if restart:
+        discard_checkpoint(out)
     t0 = time.perf_counter()
     mine_cb = (lambda done, total, info: progress("mine", done, total, info)) if progress else None
     candidates = mine_candidates(model, config.mine, run_dir=out, progress=mine_cb, show_progress=show_progress)
+    if candidates is None:  # a rank other than 0 under a launcher: its shard is written, rank 0 goes on
+        return None
     candidates.save(out / "candidates")
     t_mine = time.perf_counter() - t0
     if progress:
@@ -126,10 +148,11 @@ def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
                          "at a control point); mine more problems or rollouts")
     lib, report = select_and_index(candidates, config.select, seed=config.mine.seed)
     lib.manifest["config"] = config.to_dict()
-    lib.save(out / "library")
+    lib.save(out / "library", overwrite=overwrite)
     if progress:
         progress("index", 1, 1, {"candidates": len(candidates), "kept": len(lib)})
     summary = {"config": config.to_dict(), "mining_stats": candidates.manifest.get("mining_stats"),
-               "selection": report, "timings_s": {"mine": t_mine, "total": time.perf_counter() - t0}}
+               "selection": report, "timings_s": {"mine": t_mine, "total": time.perf_counter() - t0},
+               **({"parallel": candidates.manifest["parallel"]} if "parallel" in candidates.manifest else {})}
     atomic.write_text(out / "build.json", json.dumps(summary, indent=2, default=str))
     return out / "library"

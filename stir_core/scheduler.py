@@ -47,7 +47,7 @@ class Snapshot:
 @dataclass(eq=False)
 class Lane:
     seq: int  # the prompt this lane works for
-    role: str = "main"  # main | probe | driver
+    role: str = "main"  # main | probe | driver | dead (a row no longer used, until the next gather)
     steer: Steer | None = None  # added at generated tokens when its positions include `segment`
     refeed: Steer | None = None  # next step: re-run the last token with this steer added (`last`)
     pending_token: int | None = None  # next step: feed this already-recorded token (a reused probe's last)
@@ -74,7 +74,8 @@ class _Run:
     def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
                  delimiter: str, max_preview_rows: int | None):
         self.engine, self.policy, self.sched = engine, policy, sched
-        self.state = engine.prefill(prompts, policy.capture_layers, delimiter=delimiter)
+        layers = policy.capture_layers if policy is not None else ()
+        self.state = engine.prefill(prompts, layers, delimiter=delimiter)
         self.lanes = [Lane(i) for i in range(len(prompts))]
         self.done_rows: list[Row | None] = [None] * len(prompts)
         self.handled = [0] * len(prompts)
@@ -82,7 +83,6 @@ class _Run:
         self.waiting: list[tuple[Lane, ControlPoint, Plan]] = []  # control points held back by preview capacity
         self.max_preview = max_preview_rows
         self.spawns: list[tuple[Lane, Lane]] = []  # (source, new lane) to add at the next regroup
-        self.drops: set[int] = set()  # id(lane) to remove at the next regroup
         self.eos = engine.model.eos_token_id
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
@@ -95,14 +95,30 @@ class _Run:
     def main(self, seq: int) -> Lane:
         return next(ln for ln in self.lanes if ln.seq == seq and ln.role == "main")
 
+    def live(self) -> bool:
+        return any(ln.role != "dead" for ln in self.lanes)
+
     def regroup(self) -> None:
-        """Apply queued drops and spawns with one gather of the cache's rows."""
-        if not self.spawns and not self.drops:
+        """Apply queued spawns, and drop dead rows when they are many.
+
+        A lane that is done becomes a dead row (fed nothing); a spawn takes a dead row by an in-place copy of
+        one row. The whole cache is gathered only when spawns outnumber dead rows or dead rows pass a
+        quarter of the batch (then they leave, and so do cache slots no row attends).
+        """
+        dead = [i for i, ln in enumerate(self.lanes) if ln.role == "dead"]
+        if self.spawns and len(self.spawns) <= len(dead):
+            src = [self.idx(s) for s, _ in self.spawns]
+            dst = dead[: len(self.spawns)]
+            self.engine.copy_rows(self.state, src, dst)
+            for j, (_, new) in zip(dst, self.spawns, strict=True):
+                self.lanes[j] = new
+            self.spawns, dead = [], dead[len(dst):]
+        if not self.spawns and len(dead) <= max(4, len(self.lanes) // 4):
             return
-        keep = [i for i, ln in enumerate(self.lanes) if id(ln) not in self.drops]
+        keep = [i for i, ln in enumerate(self.lanes) if ln.role != "dead"]
         order = keep + [self.idx(src) for src, _ in self.spawns]
         lanes = [self.lanes[i] for i in keep] + [new for _, new in self.spawns]
-        self.spawns, self.drops = [], set()
+        self.spawns = []
         if order:
             self.engine.regroup(self.state, order)
         self.lanes = lanes
@@ -127,7 +143,7 @@ class _Run:
     def point_at(self, lane: Lane) -> ControlPoint | None:
         """The control point main `lane` stands at, if the policy should act (fused ones are noted)."""
         row, sched = self.row(lane), self.sched
-        if row.finished or len(row.tokens) >= sched.max_new_tokens or not row.tokens:
+        if self.policy is None or row.finished or len(row.tokens) >= sched.max_new_tokens or not row.tokens:
             return None
         last, handled = row.control_points, self.handled[lane.seq]
         act = last if sched.max_control_points is None else min(last, sched.max_control_points)
@@ -193,7 +209,8 @@ class _Run:
             probes = [_probe(self.row(pr), pr.start, pr.made) for pr in pend.probes]
             steer = self.policy.resolve(pend.plan, null, probes)
             lane.done, lane.made = False, 0
-            self.drops.update(id(pr) for pr in pend.probes)
+            for pr in pend.probes:
+                pr.role = "dead"
             if steer is None:
                 if pend.keep is not None and len(self.row(lane).tokens) > pend.keep.n_tokens:
                     self.rollback(lane, pend.keep)  # what ran past the delimiter or the budget was probe only
@@ -201,8 +218,7 @@ class _Run:
                 continue
             win = self.reusable(pend, steer)
             if win is not None:
-                self.drops.discard(id(win))
-                self.drops.add(id(lane))
+                lane.role = "dead"
                 win.role, win.done, win.start, win.made = "main", False, 0, 0
                 win.pending_token = self.row(win).tokens[-1]  # scored but never fed
                 continue
@@ -248,7 +264,7 @@ class _Run:
             self.state.rows[b] = Row(mrow.prompt, drow.stream, drow.tokens, drow.logprobs, drow.added, captures,
                                      drow.finished, mrow.generator)
             lane.shadow, lane.shadow_state = False, None
-            self.drops.add(id(drv))
+            drv.role = "dead"
             self.after_progress(lane)
 
     def retire(self) -> None:
@@ -261,7 +277,7 @@ class _Run:
             row = self.row(lane)
             if row.finished or len(row.tokens) >= self.sched.max_new_tokens:
                 self.done_rows[lane.seq] = row
-                self.drops.add(id(lane))
+                lane.role = "dead"
 
     # ---- one step ----------------------------------------------------------------------------------
     def decodes(self, lane: Lane, row: Row) -> bool:
@@ -273,41 +289,53 @@ class _Run:
             return True  # the null probe may run past the budget; what does is rolled back
         return lane.role == "probe" or len(row.tokens) < self.sched.max_new_tokens
 
+    def pick(self, probes_only: bool = False) -> None:
+        """Choose and record the next token of every lane that decodes; it is fed by the next forward
+        (`pending_token`), except a probe's last one, which only needs scoring."""
+        st = self.state
+        want = torch.tensor([ln.role != "dead" and (ln.role == "probe" or not probes_only)
+                             and self.decodes(ln, st.rows[k]) for k, ln in enumerate(self.lanes)], dtype=torch.bool)
+        if not bool(want.any()):
+            return
+        chosen, lps = self.engine.choose(st, want, None)
+        for k in torch.nonzero(want).flatten().tolist():
+            ln, row = self.lanes[k], st.rows[k]
+            tok, s = int(chosen[k]), ln.steer
+            ends = row.push(tok, float(lps[k]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
+            if self.eos is not None and tok == self.eos:
+                row.finished = True
+            if ln.role == "probe":
+                ln.made += 1
+                if ln.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
+                    ln.done = True  # scored; its last token need not be fed
+                    continue
+            elif ln.role == "driver":
+                self.main(ln.seq).queue.append(tok)
+                if ends or row.finished or len(row.tokens) >= self.sched.max_new_tokens:
+                    ln.done = True  # the shadow feeds the closing token; the driver is done
+                    continue
+            ln.pending_token = tok
+
     def step(self) -> bool:
+        """Pick, one forward for every lane with something to feed, then the probes' eager picks (so a
+        probe's last choice never costs its main lane a step of waiting)."""
+        self.pick()
         st, n = self.state, len(self.lanes)
         tokens = torch.zeros(n, dtype=torch.long)
         feed = torch.zeros(n, dtype=torch.bool)
         replace = torch.zeros(n, dtype=torch.bool)
         at_seg = torch.zeros(n, dtype=torch.bool)
-        want = torch.tensor([self.decodes(ln, st.rows[k]) for k, ln in enumerate(self.lanes)], dtype=torch.bool)
-        chosen, lps = self.engine.choose(st, want, None) if bool(want.any()) else (None, None)
         for k, ln in enumerate(self.lanes):
             row = st.rows[k]
+            if ln.role == "dead":
+                continue
             if ln.refeed is not None:
                 tokens[k] = row.tokens[-1] if row.tokens else row.prompt[-1]
                 feed[k] = replace[k] = True
             elif ln.pending_token is not None:
                 tokens[k], feed[k] = ln.pending_token, True
                 at_seg[k] = ln.steer is not None and ln.steer.at_segment
-            elif want[k]:
-                tok, s = int(chosen[k]), ln.steer
-                ends = row.push(tok, float(lps[k]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
-                if self.eos is not None and tok == self.eos:
-                    row.finished = True
-                if ln.role == "probe":
-                    ln.made += 1
-                    if ln.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
-                        ln.done = True  # scored; its last token need not be fed
-                        continue
-                elif ln.role == "driver":
-                    self.main(ln.seq).queue.append(tok)
-                    if ends or row.finished or len(row.tokens) >= self.sched.max_new_tokens:
-                        ln.done = True  # the shadow feeds the closing token; the driver is done
-                        continue
-                tokens[k], feed[k] = tok, True
-                at_seg[k] = s is not None and s.at_segment
-        for k, ln in enumerate(self.lanes):  # shadows take their driver's token of this very step
-            if ln.shadow and ln.queue:
+            elif ln.shadow and ln.queue:  # the driver's token of this very step, unsteered
                 tokens[k], feed[k] = ln.queue.pop(0), True
         if not bool(feed.any()):
             return False
@@ -319,6 +347,7 @@ class _Run:
         for k, ln in enumerate(self.lanes):
             if feed[k]:
                 self.after_feed(ln, st.rows[k], bool(replace[k]), captured, k)
+        self.pick(probes_only=True)
         return True
 
     def after_feed(self, lane: Lane, row: Row, replaced: bool, captured: dict, k: int) -> None:
@@ -354,12 +383,12 @@ class _Run:
             lane.done = True
 
     def run(self) -> list[Row]:
-        while self.lanes:
+        while self.live():
             self.resolve_ready()
             self.handover()
             self.retire()
             self.regroup()
-            if not self.lanes:
+            if not self.live():
                 break
             if not self.step() and not self.ready():  # a step may only finish probes (nothing to feed)
                 raise RuntimeError("scheduler stalled: no lane can make progress")  # a bug, never user error
@@ -381,7 +410,8 @@ def _merge(a: dict | None, b: dict | None) -> dict | None:
     return out
 
 
-def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
+def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
                    delimiter: str, max_preview_rows: int | None = None) -> list[Row]:
-    """Greedy segmented decoding of token-id prompts with `policy`; the finished rows, in prompt order."""
+    """Greedy segmented decoding of token-id prompts with `policy` (None: vanilla, no control point acted
+    on); the finished rows, in prompt order."""
     return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows).run()

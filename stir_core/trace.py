@@ -86,6 +86,7 @@ class Trace:
     decisions: list[GateDecision] = field(default_factory=list)
     probe_tokens: int = 0
     example_id: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. a library mined on another model (allowed)
 
     @property
     def n_tokens(self) -> int:

@@ -204,16 +204,35 @@ def test_library_page(app_env):
     assert fig["layout"]["title"]["text"] == "UMAP of keys (22 points)"
 
 
+def _wait_for_job(at, key: str, timeout: float = 120.0) -> None:
+    """Rerun the page until its background job ends (AppTest does not drive run_every fragments)."""
+    import time
+
+    from stir_core.jobs import get_job
+
+    job = get_job(at.session_state[key])
+    assert job is not None
+    t0 = time.time()
+    while job.active and time.time() - t0 < timeout:
+        time.sleep(0.2)
+    assert not job.active, "the job did not finish"
+    assert job.status == "done", (job.status, job.error, job.detail)
+    at.run()
+    at.run()
+    _ok(at)
+
+
 def test_evaluate_page_runs_and_opens_an_example(app_env):
     at = _app()
     at.run()
     at.switch_page("views/evaluate.py").run()
     _ok(at)
     at.number_input(key="ev_n").set_value(3)
-    at.number_input(key="ev_tokens").set_value(16)
+    at.number_input(key="evk_max_new_tokens").set_value(16)
     at.multiselect(key="ev_methods").set_value(["vanilla", "stir"])
     at.button(key="x_ev_run").click().run()
     _ok(at)
+    _wait_for_job(at, "ev_job")
     from stir_core.evaluate import load_results
 
     res = load_results(at.session_state["ev_dir"])
@@ -266,6 +285,7 @@ def test_build_page_builds_a_library_that_the_picker_lists(app_env, monkeypatch)
     at.text_input(key="x_bd_out").set_value(str(out))
     at.button(key="x_bd_run").click().run()
     _ok(at)
+    _wait_for_job(at, "bd_job")
     lib = ToolLibrary.load(out / "library")
     assert 0 < len(lib) <= 16 and set(lib.table["task"]) == {"echo"}
     assert any("Built" in s.value for s in at.success)
@@ -292,7 +312,9 @@ def test_generation_waits_for_the_lock(app_env):
         state.run_trace(model_key, ("", ""), "lock-test 1+1=", "vanilla", cfg)
         done.set()
 
-    with state.GENERATION_LOCK:
+    from stir_core.locks import model_lock
+
+    with model_lock(state.start_loading(*model_key).result()[0]):
         worker = threading.Thread(target=generate)
         worker.start()
         assert not done.wait(1.0), "a generation ran while another held the lock"

@@ -157,9 +157,9 @@ def test_saved_view_bad_input_is_named():
     good = json.loads(_view().to_json())
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         SavedView.from_json(json.dumps({**good, "columns": [{"method": "magic", "knobs": {}}]}))
-    with pytest.raises(ValueError, match="unknown knob 'warp'"):
+    with pytest.raises(ValueError, match="unknown field 'warp'"):
         SavedView.from_json(json.dumps({**good, "columns": [{"method": "stir", "knobs": {"warp": 1}}]}))
-    with pytest.raises(ValueError, match="knob 'top_l'"):
+    with pytest.raises(ValueError, match="top_l: cannot read 'many'"):
         SavedView.from_json(json.dumps({**good, "columns": [{"method": "stir", "knobs": {"top_l": "many"}}]}))
     with pytest.raises(ValueError, match="version"):
         SavedView.from_json(json.dumps({**good, "version": 99}))

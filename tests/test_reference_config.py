@@ -40,7 +40,7 @@ REFERENCE_ONLINE = {
     "tau_null": 0.0, "min_sim": 0.0, "min_entries": 1, "delimiter": "\n\n",
     "max_control_points": 7,  # M = 8 segments: tools are used after segments 1..M-1
     "probe_scale": 1.0, "positions": "last",  # SteerVectorRequest(scale=1.0, prefill_trigger_positions=[-1])
-    "center_keys": False,
+    "center_keys": False, "layer": None,  # retrieval pools every layer of the memory (online/memory.py:95–110)
     "scope": "segment", "probe_stop": "delimiter", "random_choice_gate": "none",  # stir.py:788–820, 581–588, 684–721
 }
 BUDGETS = {("mine", "max_new_tokens"), ("online", "max_new_tokens")}  # reference: 16384 each

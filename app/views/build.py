@@ -4,11 +4,16 @@ library directory then appears in the sidebar's picker (run directory)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import streamlit as st
 
-from app import state
-from stir_core.pipeline import BuildConfig, build_library
+from app import state, ui
+from stir_core import outputs
+from stir_core.config import check_layers, knobs
+from stir_core.jobs import get_job, start_job
+from stir_core.mine import MineConfig
+from stir_core.pipeline import BuildConfig, SelectConfig, build_library, check_build_output
 from stir_core.tasks import task_names
 
 ctx = state.context()
@@ -67,36 +72,59 @@ c1.number_input(
 )
 c2.number_input("Seed", min_value=0, step=1, key="bd_seed", persist_state="session")
 c3.checkbox("Need correct and incorrect rollouts", key="bd_both", persist_state="session")
+MAIN_MINE = ("task", "n_problems", "k_rollouts", "max_new_tokens", "layers", "top_c", "temperature", "seed",
+             "require_correct_and_incorrect")
+advanced_error, advanced = None, {"mine": {}, "select": {}}
+with st.expander("All mining and selection knobs"):
+    try:
+        advanced["mine"] = ui.config_editor(
+            MineConfig, [k for k in knobs(MineConfig) if k not in MAIN_MINE], "bdm", vars(base.mine)
+        )
+        advanced["select"] = ui.config_editor(
+            SelectConfig, [k for k in knobs(SelectConfig) if k not in ("budget", "method")], "bds", vars(base.select)
+        )
+    except ValueError as err:
+        advanced_error = str(err)
 st.session_state.setdefault("x_bd_out", str(state.runs_dir() / f"build-{time.strftime('%Y%m%d-%H%M%S')}"))
 out_dir = st.text_input("Run directory", key="x_bd_out")
 
 
-def parse_layers(text: str) -> list:
-    out: list = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            out.append(float(part) if "." in part else int(part) if "/" not in part else part)
-        except ValueError as err:
-            raise ValueError(f"bad layer spec {part!r}") from err
-    if not out:
-        raise ValueError("give at least one layer")
-    return out
+existing = outputs.is_library_dir(Path(out_dir) / "library") if out_dir.strip() else False
+if existing:
+    st.checkbox(
+        "Replace the library already in this run directory (atomic: the old one stays until the new one "
+        "is complete)",
+        key="x_bd_force",
+    )
 
 
-if st.button("Build library", type="primary", key="x_bd_run"):
+def run_job(job, model_key, model, cfg: BuildConfig, out: str, overwrite: bool) -> str:
+    """The build, in a background job (no Streamlit calls: it runs outside the script thread). Mining
+    checkpoints per batch, so a cancelled build resumes when started again on the same directory."""
+    state.use_model_threads(*model_key)
+
+    def progress(stage: str, done: int, total: int, info: dict) -> None:
+        job.report(done, total, stage, **{k: v for k, v in info.items() if k in ("candidates", "kept")})
+
+    return str(build_library(model, cfg, out, progress=progress, show_progress=False, overwrite=overwrite))
+
+
+running = get_job(st.session_state.get("bd_job"))
+if st.button("Build library", type="primary", key="x_bd_run", disabled=bool(running and running.active)):
     try:
+        if advanced_error:
+            raise ValueError(advanced_error)
         cfg = BuildConfig.from_dict(
             {
                 "model": ctx.model_name,
                 "mine": {
                     **vars(base.mine),
+                    **advanced["mine"],
                     "task": st.session_state["bd_task"],
                     "n_problems": int(st.session_state["bd_problems"]),
                     "k_rollouts": int(st.session_state["bd_rollouts"]),
                     "max_new_tokens": int(st.session_state["bd_tokens"]),
-                    "layers": parse_layers(st.session_state["bd_layers"]),
+                    "layers": st.session_state["bd_layers"],
                     "top_c": int(st.session_state["bd_top_c"]),
                     "temperature": float(st.session_state["bd_temperature"]),
                     "seed": int(st.session_state["bd_seed"]),
@@ -104,38 +132,31 @@ if st.button("Build library", type="primary", key="x_bd_run"):
                 },
                 "select": {
                     **vars(base.select),
+                    **advanced["select"],
                     "budget": int(st.session_state["bd_budget"]),
                     "method": st.session_state["bd_select"],
                 },
             }
         )
+        if not out_dir.strip():
+            raise ValueError("give a run directory")
+        model = ctx.model
+        check_layers(cfg.mine, model.n_layers, section="mine")
+        overwrite = bool(st.session_state.get("x_bd_force")) and existing
+        check_build_output(out_dir, overwrite)  # refuses a foreign directory before any work
+        job = start_job("build", lambda j: run_job(j, ctx.model_key, model, cfg, out_dir, overwrite), label=out_dir)
+        st.session_state["bd_job"] = job.id
     except ValueError as err:
         st.error(str(err))
-        st.stop()
-    bars = {s: st.progress(0.0, text=f"{s}: waiting") for s in ("mine", "select", "index")}
-    live = st.empty()
-
-    def progress(stage: str, done: int, total: int, info: dict) -> None:
-        bars[stage].progress(min(1.0, done / max(total, 1)), text=f"{stage}: {done}/{total}")
-        if stage != "mine":
-            bars["mine"].progress(1.0, text="mine: done")
-        if stage == "index":
-            bars["select"].progress(1.0, text="select: done")
-        live.metric(
-            "candidates", info.get("candidates", 0), help="2 per kept item (a correction and an anchor)"
-        )
-
-    t0 = time.perf_counter()
-    try:
-        model = ctx.model  # before the lock: the background load's warm-up takes it too
-        with state.generation(*ctx.model_key):
-            lib_dir = build_library(model, cfg, out_dir, progress=progress, show_progress=False)
-    except ValueError as err:
-        st.error(f"Build failed: {err}")
-        st.stop()
-    st.session_state["bd_last"] = str(lib_dir)
+ui.job_panel("bd_job", "Build")
+finished = get_job(st.session_state.get("bd_job"))
+if finished is not None and finished.status == "done" and st.session_state.get("bd_last_job") != finished.id:
+    st.session_state["bd_last_job"] = finished.id
+    st.session_state["bd_last"] = str(finished.result)
+if finished is not None and finished.status == "done":
     st.success(
-        f"Built {lib_dir} in {time.perf_counter() - t0:.1f} s. Pick it in the sidebar (Library → run directory)."
+        f"Built {finished.result} in {(finished.finished or finished.started) - finished.started:.1f} s. "
+        "Pick it in the sidebar (Library → run directory)."
     )
 
 if st.session_state.get("bd_last"):

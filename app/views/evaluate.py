@@ -11,9 +11,12 @@ import streamlit as st
 
 from app import figures, state, ui
 from app.export import ColumnSpec, SavedView
-from stir_core.controller import METHODS, StirConfig
+from stir_core import outputs
+from stir_core.config import StirConfig, check_layers, knobs
+from stir_core.controller import METHODS
 from stir_core.evaluate import evaluate, load_results
 from stir_core.geometry import paired_outcomes
+from stir_core.jobs import get_job, start_job
 from stir_core.tasks import get_task, task_names
 from stir_core.trace import Trace
 
@@ -21,6 +24,7 @@ ctx = state.context()
 st.title("Evaluate")
 
 methods_ok = list(METHODS) if ctx.library is not None and len(ctx.library) else ["vanilla", "no_memory"]
+base = ctx.online_config()  # defaults, then the library's recommended settings (chosen on val)
 for k, v in {
     "ev_task": "planted",
     "ev_x": "mean_total_tokens",
@@ -28,14 +32,22 @@ for k, v in {
     "ev_n": 50,
     "ev_split": "eval",
     "ev_seed": 123,
-    "ev_tokens": 128,
-    "ev_k_scale": 1.0,
-    "ev_tau_null": 0.0,
-    "ev_top_l": 4,
-    "ev_probe_tokens": 4,
     "ev_methods": [m for m in ("vanilla", "static", "stir") if m in methods_ok],
 }.items():
     st.session_state.setdefault(k, v)
+lib_layers = sorted({int(x) for x in ctx.library.table["layer"]}) if ctx.library is not None and len(ctx.library) else []
+
+
+def run_job(job, model_key, engine, library, warnings, task_name: str, methods: list[str], cfg: StirConfig,
+            n: int, split: str, seed: int, out_dir: str) -> str:
+    """The evaluation, in a background job (no Streamlit calls here: it runs outside the script thread);
+    results are written per method, progress reported per batch (where a Cancel takes effect)."""
+    state.use_model_threads(*model_key)
+    evaluate(engine, get_task(task_name), methods, library, cfg, n=n, split=split, seed=seed,
+             out_dir=out_dir, show_progress=False, warnings=warnings,
+             progress=lambda done, total, method: job.report(done, total, method))
+    return out_dir
+
 
 run_tab, open_tab = st.tabs(["Run", "Open saved results"])
 with run_tab:
@@ -48,63 +60,61 @@ with run_tab:
     c3.selectbox("Split", ["eval", "val"], key="ev_split", persist_state="session")
     c4.number_input("Seed", min_value=0, step=1, key="ev_seed", persist_state="session")
     st.multiselect("Methods", methods_ok, key="ev_methods", persist_state="session")
-    with st.expander("STIR knobs"):
-        k1, k2, k3, k4, k5 = st.columns(5)
-        k1.number_input(
-            "max_new_tokens", min_value=8, max_value=4096, step=16, key="ev_tokens", persist_state="session"
-        )
-        k2.number_input("k_scale", step=0.05, key="ev_k_scale", persist_state="session")
-        k3.number_input("tau_null", step=0.05, key="ev_tau_null", persist_state="session")
-        k4.number_input("top_l", min_value=1, max_value=16, key="ev_top_l", persist_state="session")
-        k5.number_input(
-            "probe_tokens", min_value=1, max_value=32, key="ev_probe_tokens", persist_state="session"
-        )
+    knob_error = None
+    with st.expander("STIR knobs (all; start: the library's recommended settings)"):
+        try:
+            knob_values = ui.config_editor(StirConfig, list(knobs(StirConfig)), "evk", vars(base), lib_layers)
+        except ValueError as err:
+            knob_error, knob_values = str(err), {}
+    ui.show_notices()
     st.session_state.setdefault(
         "x_ev_out",
         str(state.runs_dir() / f"eval-{st.session_state['ev_task']}-{time.strftime('%Y%m%d-%H%M%S')}"),
     )
     out_dir = st.text_input("Write results to", key="x_ev_out")
-    if st.button("Run evaluation", type="primary", key="x_ev_run"):
-        if not st.session_state["ev_methods"]:
-            st.error("Pick at least one method.")
-        else:
-            cfg = StirConfig(
-                max_new_tokens=int(st.session_state["ev_tokens"]),
-                k_scale=float(st.session_state["ev_k_scale"]),
-                tau_null=float(st.session_state["ev_tau_null"]),
-                top_l=int(st.session_state["ev_top_l"]),
-                probe_tokens=int(st.session_state["ev_probe_tokens"]),
+    running = get_job(st.session_state.get("ev_job"))
+    if st.button("Run evaluation", type="primary", key="x_ev_run", disabled=bool(running and running.active)):
+        try:
+            if knob_error:
+                raise ValueError(knob_error)
+            if not st.session_state["ev_methods"]:
+                raise ValueError("pick at least one method")
+            cfg = StirConfig(**knob_values)
+            steered = any(m not in ("vanilla", "no_memory") for m in st.session_state["ev_methods"])
+            check_layers(cfg, None, lib_layers if steered and lib_layers else None)
+            task = get_task(st.session_state["ev_task"])
+            task.load(st.session_state["ev_split"], 1, int(st.session_state["ev_seed"]))
+            library = ctx.check_library()
+            if ctx.library_error:
+                raise ValueError(f"library not usable with this model: {ctx.library_error}")
+            outputs.claim_run_dir(out_dir, "eval")
+            args = (
+                ctx.model_key,
+                ctx.engine,
+                library,
+                list(ctx.library_warnings),
+                st.session_state["ev_task"],
+                list(st.session_state["ev_methods"]),
+                cfg,
+                int(st.session_state["ev_n"]),
+                st.session_state["ev_split"],
+                int(st.session_state["ev_seed"]),
+                out_dir,
             )
-            bar = st.progress(0.0, text="starting…")
-
-            def progress(done: int, total: int, info: str) -> None:
-                bar.progress(done / max(total, 1), text=f"{info}: {done}/{total}")
-
-            try:
-                task = get_task(st.session_state["ev_task"])
-                library = ctx.check_library()
-                if ctx.library_error:
-                    raise ValueError(f"library not usable with this model: {ctx.library_error}")
-                engine = ctx.engine
-                with state.generation(*ctx.model_key):
-                    evaluate(
-                        engine,
-                        task,
-                        list(st.session_state["ev_methods"]),
-                        library,
-                        cfg,
-                        n=int(st.session_state["ev_n"]),
-                        split=st.session_state["ev_split"],
-                        seed=int(st.session_state["ev_seed"]),
-                        out_dir=out_dir,
-                        progress=progress,
-                        show_progress=False,
-                    )
-                bar.progress(1.0, text="done")
-                st.session_state["ev_dir"] = out_dir
-                st.success(f"Saved to {out_dir}")
-            except ValueError as err:
-                st.error(str(err))
+            job = start_job("eval", lambda j: run_job(j, *args), label=out_dir)
+            st.session_state["ev_job"] = job.id
+        except ValueError as err:
+            st.error(str(err))
+    ui.job_panel("ev_job", "Evaluation")
+    finished = get_job(st.session_state.get("ev_job"))
+    if (
+        finished is not None
+        and finished.status in ("done", "cancelled")
+        and st.session_state.get("ev_job_opened") != finished.id
+        and (Path(finished.label) / "summary.json").is_file()
+    ):
+        st.session_state["ev_job_opened"] = finished.id  # once: the user may open other results after
+        st.session_state["ev_dir"] = finished.label
 
 with open_tab:
     found = [str(p) for p in state.find_dirs(state.runs_dir(), "summary.json")]

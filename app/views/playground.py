@@ -11,7 +11,8 @@ import streamlit as st
 from app import export, figures, state, ui
 from app.export import ColumnSpec, SavedView
 from stir_core import geometry
-from stir_core.controller import METHODS, StirConfig
+from stir_core.config import recommended
+from stir_core.controller import METHODS
 from stir_core.trace import Trace
 
 SAMPLE_TASKS = ("planted", "plain")
@@ -26,6 +27,8 @@ lib_layers = (
     else []
 )
 methods = list(METHODS) if ctx.library is not None and len(ctx.library) else ["vanilla", "no_memory"]
+base = ctx.online_config()  # defaults, then the library's recommended settings (chosen on val)
+TOKEN_CAP = state.max_tokens_cap()
 
 
 @st.cache_data(show_spinner=False)
@@ -45,16 +48,23 @@ def default_prompt() -> str:
 
 
 def default_columns() -> list[ColumnSpec]:
+    def spec(method: str) -> ColumnSpec:
+        return ColumnSpec(method, {k: getattr(base, k) for k in ui.METHOD_KNOBS.get(method, ())})
+
     if "stir" in methods:
-        return [ColumnSpec("vanilla"), ColumnSpec("static"), ColumnSpec("stir")]
-    return [ColumnSpec("vanilla")]
+        return [spec("vanilla"), spec("static"), spec("stir")]
+    return [spec("vanilla")]
 
 
 def apply_view(view: SavedView) -> None:
     """Load a saved view / deep link into the widgets (before they render)."""
     st.session_state["pg_prompt"] = view.prompt
     st.session_state["pg_seed"] = view.seed
-    st.session_state["pg_tokens"] = view.max_new_tokens
+    if view.max_new_tokens > TOKEN_CAP:
+        st.session_state["pg_notice"] = (
+            f"max_new_tokens={view.max_new_tokens} is above this server's per-request cap; using {TOKEN_CAP}"
+        )
+    st.session_state["pg_tokens"] = min(view.max_new_tokens, TOKEN_CAP)
     st.session_state["pg_delim"] = export.escape_delimiter(view.delimiter)
     st.session_state["pg_ncols"] = min(len(view.columns), MAX_COLUMNS)
     for i, c in enumerate(view.columns[:MAX_COLUMNS]):
@@ -66,7 +76,15 @@ def init_defaults() -> None:
     """Defaults for every Playground setting the session does not have yet."""
     if "pg_ncols" in st.session_state:
         return
-    view = SavedView(prompt=st.session_state.get("pg_prompt") or default_prompt(), columns=default_columns())
+    view = SavedView(
+        prompt=st.session_state.get("pg_prompt") or default_prompt(),
+        columns=default_columns(),
+        # the library's recommended budget (the README's 128 for the demo library), else the view default
+        max_new_tokens=int(recommended(ctx.library.manifest if ctx.library else None).get(
+            "max_new_tokens", SavedView.max_new_tokens)),
+        delimiter=base.delimiter,
+        seed=base.seed,
+    )
     apply_view(view)
 
 
@@ -85,15 +103,27 @@ def current_view(n_cols: int, knobs: list[dict]) -> SavedView:
 
 
 def column_label(i: int, spec: ColumnSpec) -> str:
-    changed = [f"{k}={v}" for k, v in spec.knobs.items() if getattr(StirConfig(), k) != v]
+    changed = [f"{k}={v}" for k, v in spec.knobs.items() if getattr(base, k) != v]
     return f"{i + 1}. {spec.method}" + (f" ({', '.join(changed)})" if changed else "")
 
 
 def run_comparison(view: SavedView) -> dict:
-    cols = []
+    """Decode every column, each in its own turn on the model (other sessions interleave between columns);
+    stops early, saying so, at the per-request time cap."""
+    cols, skipped = [], []
+    cap = state.time_cap_s()
+    waiting = st.empty()
+
+    def on_wait(position: int) -> None:
+        waiting.info(f"Waiting for the model: position {position} in the queue.")
+
     t0 = time.perf_counter()
     for i, spec in enumerate(view.columns):
-        trace, wall = state.generate(ctx, view.prompt, spec.method, view.config(i))
+        if i > 0 and time.perf_counter() - t0 > cap:  # the first column always runs
+            skipped.append(column_label(i, spec))
+            continue
+        trace, wall = state.generate(ctx, view.prompt, spec.method, view.config(i), on_wait=on_wait)
+        waiting.empty()
         cols.append(
             {
                 "label": column_label(i, spec),
@@ -103,7 +133,12 @@ def run_comparison(view: SavedView) -> dict:
                 "wall_s": wall,
             }
         )
-    return {"view": view.to_json(), "columns": cols, "total_s": time.perf_counter() - t0}
+    notice = (
+        f"Stopped at this server's per-request time cap ({cap:g} s): not run: {', '.join(skipped)}"
+        if skipped
+        else None
+    )
+    return {"view": view.to_json(), "columns": cols, "total_s": time.perf_counter() - t0, "notice": notice}
 
 
 # --- pending view (saved file, deep link, or an Evaluate example) ------------------------------------
@@ -160,7 +195,13 @@ st.text_area(
 c1, c2, c3, c4 = st.columns(4)
 c1.number_input("Seed", min_value=0, step=1, key="pg_seed", persist_state="session")
 c2.number_input(
-    "Max new tokens", min_value=1, max_value=4096, step=16, key="pg_tokens", persist_state="session"
+    "Max new tokens",
+    min_value=1,
+    max_value=TOKEN_CAP,
+    step=16,
+    key="pg_tokens",
+    persist_state="session",
+    help=f"At most {TOKEN_CAP} on this server (STIR_APP_MAX_TOKENS)",
 )
 c3.text_input(
     "Segment delimiter", key="pg_delim", persist_state="session", help="Escaped, e.g. \\n\\n (the default)"
@@ -172,6 +213,7 @@ n_cols = int(st.session_state["pg_ncols"])
 
 knobs: list[dict] = []
 cfg_cols = st.columns(n_cols)
+knob_error = None
 for i in range(n_cols):
     with cfg_cols[i]:
         if st.session_state.get(f"pg_m{i}") not in methods:
@@ -179,15 +221,25 @@ for i in range(n_cols):
         method = st.selectbox(f"Column {i + 1}", methods, key=f"pg_m{i}", persist_state="session")
         if ui.METHOD_KNOBS.get(method):
             with st.popover("Knobs", width="stretch"):
-                knobs.append(ui.knob_editor(method, f"pg{i}", lib_layers, vars(StirConfig())))
+                try:
+                    knobs.append(ui.knob_editor(method, f"pg{i}", lib_layers, vars(base)))
+                except ValueError as err:
+                    knob_error = f"Column {i + 1}: {err}"
+                    knobs.append({})
         else:
             knobs.append({})
 
+ui.show_notices()
+if knob_error:
+    st.error(knob_error)
+    st.stop()
 try:
     view = current_view(n_cols, knobs)
 except ValueError as err:
     st.error(str(err))
     st.stop()
+if "pg_notice" in st.session_state:
+    st.warning(st.session_state.pop("pg_notice"))
 
 run_clicked = st.button("Run comparison", type="primary", key="x_run")
 autorun = st.session_state.pop("pending_autorun", False)
@@ -229,6 +281,8 @@ if result:
     labels = [c["label"] for c in result["columns"]]
     reference = next((t for t in traces if t.method == "vanilla"), None)
     colors = figures.tool_colors(traces)
+    if result.get("notice"):
+        st.warning(result["notice"])
     if result.get("source"):
         st.caption(f"Traces opened from {result['source']} (as recorded there).")
     else:
@@ -243,6 +297,8 @@ if result:
             st.caption(
                 f"{t.n_tokens} tokens · {t.interventions} interventions · {t.probe_tokens} probe tokens{timing}"
             )
+            for w in t.warnings:
+                st.warning(w)
             st.markdown(figures.tokens_html(t, reference, colors), unsafe_allow_html=True)
 
     st.subheader("Gate firing per token")

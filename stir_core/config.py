@@ -1,0 +1,345 @@
+"""One knob schema: every config field carries its type, range/choices, help and group as field metadata,
+and ONE caster/validator reads it for every entry point (CLI `--set`/`--sweep`, YAML, app widgets, deep
+links, saved views).
+
+    @dataclass
+    class C:
+        k: float = knob(1.0, float, "what it does", "group", min=0)
+
+    cast_value(C, "k", "0.5")        -> 0.5      (strings are parsed; typed values are checked)
+    from_dict(C, {"k": 2}, "stir")   -> C(k=2.0) (unknown fields and bad values name the field)
+    parse_assignment(C, "k=0.5")     -> ("k", 0.5)
+
+Adding a knob is a one-place change: add the field with `knob(...)` metadata; the CLI, the YAML loader,
+the app's knob editor and deep links pick it up. Every error is a `ConfigError` (a ValueError) whose
+message names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import MISSING, asdict, dataclass, fields, replace
+from typing import Any
+
+NONE_WORDS = ("none", "null")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+class ConfigError(ValueError):
+    """A config value that is unknown, of the wrong type or out of range; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """Schema of one field. `type`: int | float | str | bool | list (a list of layer specs).
+    `optional`: None is allowed (and means "off"/"all"). `min`/`max`: inclusive bounds (`gt`: exclusive
+    lower bound). `choices`: the allowed values. `layer`: the value is a layer index, checked against the
+    model's depth (and the library's layers) by `check_layers`."""
+
+    type: type
+    help: str
+    group: str
+    optional: bool = False
+    min: float | None = None
+    max: float | None = None
+    gt: float | None = None
+    choices: tuple | None = None
+    layer: bool = False
+
+    def describe(self) -> str:
+        """The allowed values, in words (for messages and widget help)."""
+        if self.choices is not None:
+            out = "one of " + ", ".join(map(str, self.choices))
+        elif self.type is bool:
+            out = "true or false"
+        elif self.type is list:
+            out = "a list of layer specs (int, fraction in [0, 1], or 'a/b')"
+        else:
+            out = {int: "an integer", float: "a number", str: "text"}.get(self.type, self.type.__name__)
+            if self.gt is not None:
+                out += f" > {self.gt:g}"
+            if self.min is not None:
+                out += f" >= {self.min:g}"
+            if self.max is not None:
+                out += f" <= {self.max:g}"
+        return out + (" or none" if self.optional else "")
+
+
+def knob(default: Any, type_: type, help: str, group: str, **kw: Any) -> Any:  # noqa: A002 - reads like the schema
+    """A dataclass field with its schema (`Knob`) as metadata. List defaults are copied per instance."""
+    meta = {"knob": Knob(type_, help, group, **kw)}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def knobs(cls: Any) -> dict[str, Knob]:
+    """{field name: Knob} of a config dataclass (class or instance), in field order."""
+    return {f.name: f.metadata["knob"] for f in fields(cls) if "knob" in f.metadata}
+
+
+def groups(cls: Any) -> dict[str, list[str]]:
+    """{group: [field names]} in field order (what the app draws as sections)."""
+    out: dict[str, list[str]] = {}
+    for name, k in knobs(cls).items():
+        out.setdefault(k.group, []).append(name)
+    return out
+
+
+def _where(section: str | None, name: str) -> str:
+    return f"{section}.{name}" if section else name
+
+
+def _layer_spec(v: Any, where: str) -> int | float | str:
+    """One layer spec, checked for form (the depth is checked later, against the model)."""
+    from stir_core.model import resolve_layer
+
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ConfigError(f"{where}: bad layer spec {v!r}; expected an int, a fraction in [0, 1] or 'a/b'")
+    if isinstance(v, str):
+        s = v.strip()
+        if "/" not in s:
+            try:
+                v = float(s) if any(c in s for c in ".eE") else int(s)
+            except ValueError as err:
+                raise ConfigError(f"{where}: bad layer spec {v!r}; expected an int, a fraction or 'a/b'") from err
+    try:
+        resolve_layer(v, 1_000_000)  # form only: any depth
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    if isinstance(v, str):
+        a, b = v.split("/", 1)
+        if not 0 <= int(a) / int(b) <= 1:
+            raise ConfigError(f"{where}: layer spec {v!r} must be a fraction in [0, 1]")
+    return v
+
+
+def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> Any:
+    """`value` (a string from a command line/URL/widget, or an already typed value) as the field's type,
+    checked against its range/choices. Raises `ConfigError` naming the field."""
+    ks = knobs(cls)
+    where = _where(section, name)
+    if name not in ks:
+        raise ConfigError(f"unknown field {where!r}; known: {', '.join(ks)}")
+    k = ks[name]
+    if isinstance(value, str) and k.type is not str:
+        value = value.strip()
+    if value is None or (isinstance(value, str) and k.type is not str and value.lower() in NONE_WORDS):
+        if k.optional:
+            return None
+        raise ConfigError(f"{where}: cannot be none; expected {k.describe()}")
+    try:
+        if k.type is bool:
+            if isinstance(value, str):
+                if value.lower() not in TRUE_WORDS + FALSE_WORDS:
+                    raise ValueError
+                value = value.lower() in TRUE_WORDS
+            elif not isinstance(value, bool):
+                if value not in (0, 1):
+                    raise ValueError
+                value = bool(value)
+        elif k.type is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            elif isinstance(value, str):
+                value = int(value)
+            elif not isinstance(value, int):
+                raise ValueError
+        elif k.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: must be finite, got {value}")
+        elif k.type is str:
+            if not isinstance(value, str):
+                raise ValueError
+        elif k.type is list:
+            if isinstance(value, str):
+                value = [p for p in (s.strip() for s in value.split(",")) if p]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError(f"{where}: expected {k.describe()}, at least one, got {value!r}")
+            value = [_layer_spec(v, where) for v in value]
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{where}: cannot read {value!r} as {k.describe()}") from None
+    if k.choices is not None and value not in k.choices:
+        raise ConfigError(f"{where}: {value!r} is not {k.describe()}")
+    if k.type in (int, float) and (
+            (k.min is not None and value < k.min) or (k.max is not None and value > k.max)
+            or (k.gt is not None and value <= k.gt)):
+        raise ConfigError(f"{where}: {value!r} is out of range; expected {k.describe()}")
+    if k.type is str and k.choices is None and value == "":
+        raise ConfigError(f"{where}: must not be empty")
+    return value
+
+
+def validate(obj: Any, section: str | None = None) -> None:
+    """Check every field of a config instance (types, ranges, choices); raises `ConfigError`."""
+    for name in knobs(obj):
+        cast_value(obj, name, getattr(obj, name), section)
+
+
+def from_dict(cls: Any, d: dict | None, section: str | None = None, base: Any = None) -> Any:
+    """An instance of `cls` from a mapping (YAML section, JSON, widgets): unknown fields refused, every value
+    cast and checked; missing fields come from `base` (an instance) or the defaults."""
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{section or cls.__name__}: expected a mapping of field: value, got {d!r}")
+    ks = knobs(cls)
+    unknown = [k for k in d if k not in ks]
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(_where(section, str(u)) for u in unknown)}; "
+                          f"known: {', '.join(ks)}")
+    vals = {k: cast_value(cls, k, v, section) for k, v in d.items()}
+    return replace(base, **vals) if base is not None else cls(**vals)
+
+
+def parse_assignment(cls: Any, spec: str, section: str | None = None) -> tuple[str, Any]:
+    """`name=value` -> (name, typed value)."""
+    if "=" not in spec:
+        raise ConfigError(f"{spec!r}: expected name=value")
+    name, value = spec.split("=", 1)
+    name = name.strip()
+    return name, cast_value(cls, name, value, section)
+
+
+def parse_values(cls: Any, spec: str, section: str | None = None) -> tuple[str, list]:
+    """`name=v1,v2,...` -> (name, [typed values]) (a sweep)."""
+    if "=" not in spec:
+        raise ConfigError(f"{spec!r}: expected name=v1,v2,...")
+    name, values = spec.split("=", 1)
+    name = name.strip()
+    parts = [v for v in values.split(",") if v.strip()]
+    if not parts:
+        raise ConfigError(f"{name}: give at least one value")
+    return name, [cast_value(cls, name, v, section) for v in parts]
+
+
+def defaults(cls: Any) -> dict[str, Any]:
+    """{field: default value} of a config dataclass."""
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def check_layers(obj: Any, n_layers: int | None, library_layers: list[int] | None = None,
+                 section: str | None = None) -> None:
+    """Layer-valued fields against the model's depth and (when given) the layers a library holds, so a
+    layer the library has no tools at is refused instead of silently decoding vanilla."""
+    from stir_core.model import resolve_layer
+
+    for name, k in knobs(obj).items():
+        v = getattr(obj, name)
+        if v is None:
+            continue
+        where = _where(section, name)
+        specs = v if isinstance(v, list) else [v]
+        if k.layer or k.type is list:
+            for s in specs:
+                if n_layers is not None:
+                    try:
+                        layer = resolve_layer(s, n_layers)
+                    except ValueError as err:
+                        raise ConfigError(f"{where}: {err}") from None
+                else:
+                    layer = s
+                if k.layer and library_layers is not None and layer not in library_layers:
+                    raise ConfigError(f"{where}={s!r}: the library has no tools at that layer "
+                                      f"(its layers: {sorted(library_layers)})")
+
+
+def to_dict(obj: Any) -> dict:
+    return asdict(obj)
+
+
+# --- the online knobs --------------------------------------------------------------------------------
+
+ONLINE, GATE, RETRIEVAL, PREVIEW, STEER, BASELINE = (
+    "decoding", "gate", "retrieval", "preview", "steering", "baselines")
+
+
+@dataclass
+class StirConfig:
+    """Every online knob, with the reference defaults (see STIR_SPEC.md, "Online"). Validated on creation."""
+
+    max_new_tokens: int = knob(256, int, "committed-token budget T_max", ONLINE, min=1)
+    delimiter: str = knob("\n\n", str, "segment delimiter: a control point follows each", ONLINE)
+    max_control_points: int | None = knob(None, int, "M: control points per problem (none: every one)",
+                                          ONLINE, optional=True, min=1)
+    k_retrieve: int = knob(8, int, "entries retrieved per control point (top-k cosine)", RETRIEVAL, min=1)
+    min_entries: int = knob(1, int, "null when fewer corrections than this are retrieved", RETRIEVAL, min=0)
+    min_sim: float | None = knob(None, float, "null when the best key similarity is below this (none: off)",
+                                 RETRIEVAL, optional=True, min=-1.0)
+    top_l: int = knob(4, int, "L: corrections previewed per control point", PREVIEW, min=1)
+    probe_tokens: int = knob(4, int, "tokens decoded per preview (discarded, counted)", PREVIEW, min=1)
+    probe_scale: float = knob(1.0, float, "scale of the vector while previewing", PREVIEW, min=0.0)
+    beta: float = knob(1.0, float, "β: weight of the value Â in the score", GATE, min=0.0)
+    rho: float = knob(0.1, float, "ρ: weight of the probe gain in the score", GATE, min=0.0)
+    tau_null: float = knob(0.0, float, "τ_null: commit only when the best score ≥ τ_null", GATE)
+    k_scale: float = knob(1.0, float, "α = k_scale · Score of the winner", STEER, min=0.0)
+    positions: str = knob("last", str, "where the committed vector is added", STEER,
+                          choices=("last", "segment", "last+segment"))
+    center_keys: bool = knob(False, bool, "subtract the library's mean key before the cosine", RETRIEVAL)
+    preview: str = knob("fork", str, "fork: rows of one batched decode over a forked cache; reprefill: "
+                        "the reference's way", PREVIEW, choices=("fork", "reprefill"))
+    scope: str = knob("segment", str, "segment (reference): a commit steers its segment only, later text is "
+                      "re-run unsteered; persist (ours): the steered cache stays for the rest of the generation",
+                      STEER, choices=("segment", "persist"))
+    probe_stop: str = knob("delimiter", str, "delimiter (reference): a probe ends at the delimiter; none (ours): "
+                           "it runs its full length", PREVIEW, choices=("delimiter", "none"))
+    random_choice_gate: str = knob("none", str, "random_choice ablation: none (reference) commits the random "
+                                   "pick; null (ours) makes it beat the null score too", BASELINE,
+                                   choices=("none", "null"))
+    schedule: str = knob("continuous", str, "continuous: per-row scheduling, null previews kept as progress; "
+                         "sync: the segment-synchronous reference path (same outputs, slower)", ONLINE,
+                         choices=("continuous", "sync"))
+    max_preview_rows: int | None = knob(None, int, "continuous: most probe rows in flight at once, to bound "
+                                        "memory (none: no cap); timing only, never results", PREVIEW,
+                                        optional=True, min=1)
+    layer: int | None = knob(None, int, "restrict to one library layer (none: every layer in the library)",
+                             STEER, optional=True, min=0, layer=True)
+    static_scale: float = knob(1.0, float, "α of the static baselines", BASELINE, min=0.0)
+    seed: int = knob(0, int, "seed of the random ablations", ONLINE, min=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def with_overrides(self, **kw: Any) -> StirConfig:
+        """A copy with some fields changed (each cast and checked like `--set`)."""
+        return from_dict(StirConfig, kw, base=self)
+
+
+RECOMMENDED_KEY = "recommended_online"
+
+
+def recommended(manifest: dict | None) -> dict[str, Any]:
+    """The online settings a library's manifest recommends (chosen on `val`), as {field: value}; {} if none."""
+    rec = (manifest or {}).get(RECOMMENDED_KEY) or {}
+    return dict(rec.get("settings") or {})
+
+
+def online_config(library: Any = None, overrides: dict[str, Any] | None = None) -> StirConfig:
+    """Where every entry point starts: the defaults, then the library's recommended settings, then the
+    user's overrides (all validated)."""
+    cfg = StirConfig()
+    if library is not None:
+        cfg = from_dict(StirConfig, recommended(getattr(library, "manifest", library)),
+                        f"{RECOMMENDED_KEY}.settings", base=cfg)
+    if overrides:
+        cfg = from_dict(StirConfig, overrides, base=cfg)
+    return cfg

@@ -1,0 +1,570 @@
+"""The reliability suite: bad inputs and faults, as a user would make them (issue 15).
+
+Every CLI case asserts: a non-zero exit, exactly one `error:` line that names the problem, no traceback,
+and no file of the user's touched (a sentinel directory is hashed before and after). Most cases fail before
+any model loads, which is the point: they run in-process (typer's CliRunner) in milliseconds. The few that
+need a model use the embedded toy model or the tiny random one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from stir_core.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "assets" / "demo-library"
+runner = CliRunner()
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    """{relative path: sha256 (files) or 'dir'} of everything under root."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def ws(tmp_path):
+    """A workspace with the user's files in it (a sentinel that must survive every case) and the inputs
+    the cases need."""
+    user = tmp_path / "user"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("mine, do not delete\n")
+    (user / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    # a fake model directory: a config and a (never read) weights file -- enough for the door checks
+    fake = tmp_path / "fake-model"
+    fake.mkdir()
+    (fake / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2,
+                                                  "hidden_size": 64, "max_position_embeddings": 128}))
+    (fake / "model.safetensors").write_bytes(b"")
+    bad_cfg = tmp_path / "bad-config-model"
+    bad_cfg.mkdir()
+    (bad_cfg / "config.json").write_text("{not json")
+    (bad_cfg / "model.safetensors").write_bytes(b"")
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text("{}")
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    # a copy of the demo library said to be mined on another model (the manifest is outside the hash)
+    other = tmp_path / "other-lib"
+    shutil.copytree(DEMO, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["model_id"] = "someone/another-model"
+    (other / "manifest.json").write_text(json.dumps(m))
+    broken = tmp_path / "broken-lib"
+    shutil.copytree(DEMO, broken)
+    (broken / "manifest.json").write_text("{")
+    truncated = tmp_path / "truncated-lib"
+    shutil.copytree(DEMO, truncated)
+    data = (truncated / "tools.safetensors").read_bytes()
+    (truncated / "tools.safetensors").write_bytes(data[: len(data) // 3])
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    (tmp_path / "latin1.yaml").write_bytes("mine:\n  task: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "a-file").write_text("x")
+    return {"tmp": tmp_path, "user": user, "fake": fake, "bad_cfg": bad_cfg, "no_weights": no_weights,
+            "no_config": no_config, "other": other, "broken": broken, "truncated": truncated}
+
+
+def _yaml(ws, name: str, data) -> str:
+    p = ws["tmp"] / name
+    p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return str(p)
+
+
+def _check_refused(result, needle: str, ws, before: dict) -> None:
+    out = result.output
+    assert result.exit_code != 0, out
+    assert "Traceback" not in out, out
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out
+    assert needle.lower() in errors[0].lower(), (needle, errors[0])
+    assert _tree_digest(ws["user"]) == before, "a file of the user's was touched"
+
+
+def _run(args: list[str], env: dict | None = None):
+    return runner.invoke(app, args, env=env)
+
+
+# Each case: (id, argv builder, needle in the one error line). `{x}` fields are filled from the workspace.
+CASES = [
+    # --- generate: knobs through the one schema ----------------------------------------------------------
+    ("gen-unknown-knob", ["generate", "1+1", "--set", "foo=1"], "unknown field 'foo'"),
+    ("gen-knob-type", ["generate", "1+1", "--set", "k_scale=abc"], "k_scale"),
+    ("gen-layer-99", ["generate", "1+1", "--set", "layer=99"], "layer"),
+    ("gen-layer-not-in-library", ["generate", "1+1", "--set", "layer=1"], "no tools at that layer"),
+    ("gen-layer-negative", ["generate", "1+1", "--set", "layer=-1"], "layer"),
+    ("gen-max-tokens-0-set", ["generate", "1+1", "--set", "max_new_tokens=0"], "max_new_tokens"),
+    ("gen-max-tokens-0", ["generate", "1+1", "--max-new-tokens", "0"], "max-new-tokens"),
+    ("gen-max-tokens-negative", ["generate", "1+1", "--max-new-tokens", "-5"], "max-new-tokens"),
+    ("gen-max-tokens-over-context", ["generate", "1+1", "--max-new-tokens", "300"], "context"),
+    ("gen-positions-choice", ["generate", "1+1", "--set", "positions=middle"], "positions"),
+    ("gen-bool", ["generate", "1+1", "--set", "center_keys=maybe"], "center_keys"),
+    ("gen-nan", ["generate", "1+1", "--set", "tau_null=nan"], "tau_null"),
+    ("gen-none-not-allowed", ["generate", "1+1", "--set", "top_l=none"], "top_l"),
+    ("gen-top-l-0", ["generate", "1+1", "--set", "top_l=0"], "top_l"),
+    ("gen-k-scale-negative", ["generate", "1+1", "--set", "k_scale=-1"], "k_scale"),
+    ("gen-preview-choice", ["generate", "1+1", "--set", "preview=maybe"], "preview"),
+    ("gen-set-no-equals", ["generate", "1+1", "--set", "k_scale"], "expected name=value"),
+    ("gen-int-float", ["generate", "1+1", "--set", "probe_tokens=2.5"], "probe_tokens"),
+    ("gen-non-utf8", ["generate", "1+1\udcff"], "UTF-8"),
+    ("gen-empty", ["generate", "   "], "empty"),
+    ("gen-unknown-method", ["generate", "1+1", "--methods", "vanilla,magic"], "unknown method"),
+    ("gen-no-methods", ["generate", "1+1", "--methods", ","], "--methods is empty"),
+    ("gen-model-missing", ["generate", "1+1", "--model", "/nonexistent/model"], "does not exist"),
+    ("gen-model-no-config", ["generate", "1+1", "--model", "{no_config}"], "no config.json"),
+    ("gen-model-bad-config", ["generate", "1+1", "--model", "{bad_cfg}"], "not a valid config.json"),
+    ("gen-model-no-weights", ["generate", "1+1", "--model", "{no_weights}"], "no weights"),
+    ("gen-device", ["generate", "1+1", "--device", "quantum"], "unknown device"),
+    ("gen-dtype", ["generate", "1+1", "--dtype", "float8"], "unknown dtype"),
+    ("gen-library-missing", ["generate", "1+1", "--library", "/nonexistent/lib"], "not found"),
+    ("gen-library-broken", ["generate", "1+1", "--library", "{broken}"], "manifest.json"),
+    ("gen-library-truncated", ["generate", "1+1", "--library", "{truncated}"], "tools.safetensors"),
+    ("gen-library-other-model", ["generate", "1+1", "--library", "{other}"], "--allow-model-mismatch"),
+    ("gen-library-width", ["generate", "1+1", "--model", "{fake}", "--library", str(DEMO)], "d_model"),
+    ("gen-steered-no-library", ["generate", "1+1", "--model", "{fake}", "--methods", "stir"], "--library"),
+    ("gen-json-dir", ["generate", "1+1", "--json", "{user}"], "is a directory"),
+    ("gen-unknown-task", ["generate", "1+1", "--task", "nope"], "unknown task"),
+    # --- eval ----------------------------------------------------------------------------------------
+    ("eval-n-0", ["eval", "--n", "0"], "--n must be >= 1"),
+    ("eval-n-negative", ["eval", "--n", "-3"], "--n must be >= 1"),
+    ("eval-batch-0", ["eval", "--batch-size", "0"], "batch-size"),
+    ("eval-seed-negative", ["eval", "--seed", "-1"], "seed"),
+    ("eval-unknown-task", ["eval", "--task", "nope"], "unknown task"),
+    ("eval-unknown-method", ["eval", "--methods", "magic"], "unknown method"),
+    ("eval-path-missing", ["eval", "--task", "gsm8k", "--path", "{tmp}/missing.jsonl"], "not found"),
+    ("eval-path-dir", ["eval", "--task", "gsm8k", "--path", "{user}"], "is a directory"),
+    ("eval-path-bad-json", ["eval", "--task", "gsm8k", "--path", "{tmp}/bad.jsonl"], "not valid JSON"),
+    ("eval-sweep-empty", ["eval", "--sweep", "k_scale="], "at least one value"),
+    ("eval-sweep-unknown", ["eval", "--sweep", "foo=1,2"], "unknown field 'foo'"),
+    ("eval-sweep-layer", ["eval", "--methods", "vanilla,stir", "--sweep", "layer=3,99"], "layer"),
+    ("eval-sweep-type", ["eval", "--sweep", "top_l=1,many"], "top_l"),
+    ("eval-set-layer-99", ["eval", "--methods", "vanilla,stir", "--set", "layer=99"], "layer"),
+    ("eval-set-k-scale", ["eval", "--set", "k_scale=abc"], "k_scale"),
+    ("eval-out-foreign", ["eval", "--n", "2", "--out", "{user}"], "not a STIR run directory"),
+    ("eval-out-file", ["eval", "--n", "2", "--out", "{tmp}/a-file"], "not a directory"),
+    ("eval-split", ["eval", "--split", "nosuch"], "nosuch"),
+    ("eval-other-model", ["eval", "--methods", "stir", "--library", "{other}"], "--allow-model-mismatch"),
+    # --- select ----------------------------------------------------------------------------------------
+    ("select-out-foreign", ["select", str(DEMO), "--out", "{user}", "--budget", "20"], "not part of a library"),
+    ("select-out-library", ["select", str(DEMO), "--out", "{existing_lib}", "--budget", "20"], "--force"),
+    ("select-out-file", ["select", str(DEMO), "--out", "{tmp}/a-file", "--budget", "20"], "not a directory"),
+    ("select-budget-0", ["select", str(DEMO), "--out", "{tmp}/new", "--budget", "0"], "budget"),
+    ("select-budget-negative", ["select", str(DEMO), "--out", "{tmp}/new", "--budget", "-1"], "budget"),
+    ("select-method", ["select", str(DEMO), "--out", "{tmp}/new", "--method", "magic"], "method"),
+    ("select-lam", ["select", str(DEMO), "--out", "{tmp}/new", "--lam", "-1"], "lam"),
+    ("select-eps", ["select", str(DEMO), "--out", "{tmp}/new", "--eps", "-1"], "eps"),
+    ("select-min-per-cp", ["select", str(DEMO), "--out", "{tmp}/new", "--min-per-control-point", "-1"],
+     "min_per_control_point"),
+    ("select-out-is-input", ["select", "{existing_lib}", "--out", "{existing_lib}"], "candidates directory"),
+    ("select-candidates-missing", ["select", "{tmp}/nope", "--out", "{tmp}/new"], "not found"),
+    ("select-seed", ["select", str(DEMO), "--out", "{tmp}/new", "--seed", "-2"], "seed"),
+    # --- build / mine: the YAML through the same schema ------------------------------------------------
+    ("build-config-missing", ["build", "--config", "{tmp}/missing.yaml", "--out", "{tmp}/run"], "not found"),
+    ("build-config-dir", ["build", "--config", "{user}", "--out", "{tmp}/run"], "directory"),
+    ("build-config-yaml", ["build", "--config", "@bad_yaml", "--out", "{tmp}/run"], "not valid YAML"),
+    ("build-config-not-utf8", ["build", "--config", "{tmp}/latin1.yaml", "--out", "{tmp}/run"], "UTF-8"),
+    ("build-config-list", ["build", "--config", "@list", "--out", "{tmp}/run"], "mapping"),
+    ("build-section", ["build", "--config", "@section", "--out", "{tmp}/run"], "unknown section"),
+    ("build-mine-key", ["build", "--config", "@mine_key", "--out", "{tmp}/run"], "mine.rollouts"),
+    ("build-k-rollouts", ["build", "--config", "@k1", "--out", "{tmp}/run"], "mine.k_rollouts"),
+    ("build-layers-range", ["build", "--config", "@layer99", "--out", "{tmp}/run"], "mine.layers"),
+    ("build-layers-fraction", ["build", "--config", "@frac", "--out", "{tmp}/run"], "mine.layers"),
+    ("build-budget-0", ["build", "--config", "@budget0", "--out", "{tmp}/run"], "select.budget"),
+    ("build-model-type", ["build", "--config", "@model5", "--out", "{tmp}/run"], "model"),
+    ("build-task", ["build", "--config", "@task", "--out", "{tmp}/run"], "unknown task"),
+    ("build-temperature", ["build", "--config", "@temp0", "--out", "{tmp}/run"], "mine.temperature"),
+    ("build-tokens-over-context", ["build", "--config", "@tokens999", "--out", "{tmp}/run"], "context"),
+    ("build-out-foreign", ["build", "--out", "{user}"], "not a STIR run directory"),
+    ("build-out-library-foreign", ["build", "--out", "{run_foreign_lib}"], "not part of a library"),
+    ("build-out-library-exists", ["build", "--out", "{run_with_lib}"], "--force"),
+    ("mine-layers-range", ["mine", "--config", "@layer99", "--out", "{tmp}/run"], "mine.layers"),
+    ("mine-out-foreign", ["mine", "--out", "{user}"], "not a STIR run directory"),
+    ("mine-checkpoint-state", ["mine", "--out", "{ckpt_state}"], "state.json"),
+    ("mine-checkpoint-tensors", ["mine", "--out", "{ckpt_tensors}"], "items.safetensors"),
+    ("mine-checkpoint-config", ["mine", "--out", "{ckpt_config}"], "different mining config"),
+    # --- index / recommend / app -------------------------------------------------------------------------
+    ("index-missing", ["index", "{tmp}/nope"], "not found"),
+    ("index-truncated", ["index", "{truncated}"], "tools.safetensors"),
+    ("index-broken", ["index", "{broken}"], "not valid JSON"),
+    ("recommend-unknown", ["recommend", "{existing_lib}", "--set", "foo=1"], "unknown field 'foo'"),
+    ("recommend-range", ["recommend", "{existing_lib}", "--set", "top_l=0"], "top_l"),
+    ("recommend-n", ["recommend", "{existing_lib}", "--set", "top_l=2", "--n", "0"], "--n"),
+    ("app-port", ["app", "--port", "0"], "port"),
+]
+
+YAMLS = {
+    "bad_yaml": "mine: [unclosed\n",
+    "list": "- 1\n- 2\n",
+    "section": {"mining": {}},
+    "mine_key": {"mine": {"rollouts": 4}},
+    "k1": {"mine": {"k_rollouts": 1}},
+    "layer99": {"mine": {"layers": [99]}},
+    "frac": {"mine": {"layers": [1.5]}},
+    "budget0": {"select": {"budget": 0}},
+    "model5": {"model": 5},
+    "task": {"mine": {"task": "nope"}},
+    "temp0": {"mine": {"temperature": 0}},
+    "tokens999": {"mine": {"max_new_tokens": 999, "layers": [2]}},
+}
+
+
+def _prepare(ws) -> dict:
+    """Directories some cases need: an existing library, run dirs with a foreign file or a library in
+    their library/ subdirectory, damaged mining checkpoints."""
+    from stir_core import outputs
+    from stir_core.mine import CHECKPOINT, MineConfig, _save_checkpoint
+    from stir_core.pipeline import BuildConfig
+
+    t = ws["tmp"]
+    extra = {"existing_lib": str(t / "existing-lib")}
+    shutil.copytree(DEMO, t / "existing-lib")
+    run_foreign = outputs.claim_run_dir(t / "run-foreign", "build")
+    (run_foreign / "library").mkdir()
+    (run_foreign / "library" / "notes.txt").write_text("the user's")
+    extra["run_foreign_lib"] = str(run_foreign)
+    run_lib = outputs.claim_run_dir(t / "run-lib", "build")
+    shutil.copytree(DEMO, run_lib / "library")
+    extra["run_with_lib"] = str(run_lib)
+    cfg = BuildConfig.small().mine
+    for name in ("ckpt_state", "ckpt_tensors", "ckpt_config"):
+        run = outputs.claim_run_dir(t / name, "mine")
+        _save_checkpoint(run / CHECKPOINT, [], 8, {"problems": 8}, cfg if name != "ckpt_config" else MineConfig())
+        extra[name] = str(run)
+    state = Path(extra["ckpt_state"]) / CHECKPOINT / "state.json"
+    state.write_text(state.read_text()[:20])
+    tensors = Path(extra["ckpt_tensors"]) / CHECKPOINT / "items.safetensors"
+    tensors.write_bytes(b"\x05garbage")
+    return extra
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_cli_refuses(case, ws):
+    _, argv, needle = case
+    fill = {**{k: str(v) for k, v in ws.items()}, **_prepare(ws)}
+    args = []
+    for a in argv:
+        if a.startswith("@"):
+            a = _yaml(ws, a[1:] + ".yaml", YAMLS[a[1:]])
+        args.append(a.format(**fill) if "{" in a else a)
+    before = _tree_digest(ws["user"])
+    existing = fill["existing_lib"]
+    lib_before = _tree_digest(Path(existing))
+    r = _run(args)
+    _check_refused(r, needle, ws, before)
+    assert _tree_digest(Path(existing)) == lib_before, "an existing library was touched"
+    assert not (ws["tmp"] / "run").exists() and not (ws["tmp"] / "new").exists(), "refused, yet it wrote"
+
+
+def test_cli_matrix_has_enough_cases():
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("name", ["ckpt_state", "ckpt_tensors", "ckpt_config"])
+def test_damaged_checkpoint_says_how_to_recover(name, ws):
+    r = _run(["mine", "--out", _prepare(ws)[name]])
+    assert r.exit_code == 2 and "--restart" in r.output, r.output
+
+
+def test_offline_hub_id_fails_fast(ws):
+    before = _tree_digest(ws["user"])
+    t0 = time.perf_counter()
+    r = _run(["generate", "1+1", "--methods", "vanilla", "--model", "nobody-here/not-a-cached-model"],
+             env={"HF_HUB_OFFLINE": "1"})
+    assert time.perf_counter() - t0 < 5
+    _check_refused(r, "HF_HUB_OFFLINE", ws, before)
+
+
+def test_debug_shows_the_traceback():
+    r = _run(["--debug", "generate", "1+1", "--set", "foo=1"])
+    assert r.exit_code != 0
+    from stir_core.config import ConfigError
+
+    assert isinstance(r.exception, ConfigError)  # raised, so the traceback prints
+    r = _run(["generate", "1+1", "--set", "foo=1"])  # and --debug does not leak into the next command
+    assert isinstance(r.exception, SystemExit)
+
+
+# --- faults that need a model (the embedded toy model: 4 layers, 256 positions) -------------------------
+
+
+def test_prompt_longer_than_the_context_is_refused_before_decoding(ws):
+    before = _tree_digest(ws["user"])
+    t0 = time.perf_counter()
+    r = _run(["generate", "1" * 20_007, "--methods", "vanilla", "--raw", "--device", "cpu"])
+    _check_refused(r, "context", ws, before)
+    assert time.perf_counter() - t0 < 60  # refused, not decoded for minutes
+
+
+def test_allowed_model_mismatch_warns_and_is_recorded_in_the_trace(ws):
+    out = ws["tmp"] / "gen.json"
+    r = _run(["generate", "3+1", "--methods", "stir", "--library", str(ws["other"]), "--allow-model-mismatch",
+              "--max-new-tokens", "8", "--device", "cpu", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "warning: model mismatch allowed" in r.output
+    trace = json.loads(out.read_text())["stir"]
+    assert any("someone/another-model" in w for w in trace["warnings"])
+
+
+def test_select_into_a_users_directory_keeps_every_file(ws):
+    """The reported data-loss case: `select --out DIR` used to empty DIR."""
+    before = _tree_digest(ws["user"])
+    r = _run(["select", str(DEMO), "--out", str(ws["user"]), "--budget", "20"])
+    _check_refused(r, "not part of a library", ws, before)
+    assert (ws["user"] / "notes.txt").read_text() == "mine, do not delete\n" and (ws["user"] / "sub").is_dir()
+
+
+def test_select_replaces_its_own_library_only_with_force(ws):
+    out = ws["tmp"] / "lib"
+    assert _run(["select", str(DEMO), "--out", str(out), "--budget", "20"]).exit_code == 0
+    first = _tree_digest(out)
+    r = _run(["select", str(DEMO), "--out", str(out), "--budget", "10"])
+    assert r.exit_code == 2 and "--force" in r.output and _tree_digest(out) == first
+    r = _run(["select", str(DEMO), "--out", str(out), "--budget", "10", "--force"])
+    assert r.exit_code == 0, r.output
+    from stir_core.library import ToolLibrary
+
+    assert len(ToolLibrary.load(out)) == 10
+
+
+def test_orphan_temp_dir_of_a_killed_write_is_removed_and_reported(ws):
+    """A `kill -9` mid-save leaves `.stir_tmp-dir-<name>-p<pid>-<hex>`; the next write removes it (its
+    writer is gone) and says so. A temp of a live writer is left alone."""
+    import subprocess
+    import sys
+
+    from stir_core import atomic
+
+    out = ws["tmp"] / "lib"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    orphan = ws["tmp"] / f"{atomic.TMP_PREFIX}-dir-lib-p{dead.stdout.strip()}-0123456789ab"
+    orphan.mkdir()
+    (orphan / "tools.parquet").write_bytes(b"half")
+    live = ws["tmp"] / f"{atomic.TMP_PREFIX}-dir-lib-p{os.getpid()}-ba9876543210"
+    live.mkdir()
+    r = _run(["select", str(DEMO), "--out", str(out), "--budget", "5"])
+    assert r.exit_code == 0, r.output
+    assert not orphan.exists() and f"removed {orphan}" in r.output
+    assert live.exists() and "left" in r.output
+
+
+def test_n_zero_is_refused_not_divided_by():
+    r = _run(["eval", "--n", "0", "--methods", "vanilla"])
+    assert r.exit_code == 2 and "ZeroDivision" not in r.output and "--n must be >= 1" in r.output
+
+
+# --- the app: every app-side case through AppTest --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_env(tiny_model_dir, tmp_path_factory):
+    """The app on the tiny model, with a library of its own and one said to be mined on another model."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from test_app import build_test_library
+
+    root = tmp_path_factory.mktemp("app-bad")
+    build_test_library(tiny_model_dir, root / "lib")
+    shutil.copytree(root / "lib", root / "other-lib")
+    m = json.loads((root / "other-lib" / "manifest.json").read_text())
+    m["model_id"] = "someone/another-model"
+    (root / "other-lib" / "manifest.json").write_text(json.dumps(m))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STIR_MODEL", str(tiny_model_dir))
+        mp.setenv("STIR_LIBRARY", str(root / "lib"))
+        mp.setenv("STIR_RUNS", str(root / "runs"))
+        mp.setenv("STIR_TORCH_THREADS", str(torch.get_num_threads()))
+        yield {"root": root, "model": tiny_model_dir}
+
+
+def _at(**query):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app" / "Home.py"), default_timeout=120)
+    at.query_params.update(query)
+    return at
+
+
+def _no_crash(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+@pytest.mark.parametrize("query,needle", [
+    ({"prompt": "1+1=", "c0": "stir;top_l=many"}, "top_l"),
+    ({"prompt": "1+1=", "c0": "stir;warp=1"}, "unknown field 'warp'"),
+    ({"prompt": "1+1=", "c0": "stir;positions=middle"}, "positions"),
+    ({"prompt": "1+1=", "c0": "stir;min_sim=nan"}, "min_sim"),
+    ({"prompt": "1+1=", "tokens": "abc"}, "tokens"),
+    ({"prompt": "1+1=", "tokens": "0"}, "max_new_tokens"),
+    ({"prompt": "1+1=", "c0": "magic"}, "unknown method"),
+    ({"prompt": "1+1=", "delim": ""}, "delimiter"),
+])
+def test_app_bad_deep_link_is_named_and_ignored(app_env, query, needle):
+    at = _at(**query)
+    at.run()
+    _no_crash(at)
+    warnings = [w for w in _texts(at.warning) if w.startswith("Ignoring the link's view")]
+    assert len(warnings) == 1 and needle in warnings[0], _texts(at.warning)
+
+
+def test_app_deep_link_to_a_layer_the_library_lacks_says_so(app_env):
+    at = _at(prompt="1+1=", c0="stir;layer=2")  # the test library holds layer 1 only
+    at.run()
+    _no_crash(at)
+    assert at.selectbox(key="pg0_layer").value == "all"
+    assert any("layer=2: the library has no tools at that layer" in w for w in _texts(at.warning))
+
+
+def test_app_deep_link_above_the_token_cap_is_clamped_visibly(app_env, monkeypatch):
+    monkeypatch.setenv("STIR_APP_MAX_TOKENS", "32")
+    at = _at(prompt="1+1=", tokens="100", c0="vanilla")
+    at.run()
+    _no_crash(at)
+    assert at.number_input(key="pg_tokens").value == 32
+    assert any("per-request cap" in w for w in _texts(at.warning))
+
+
+def test_app_prompt_longer_than_the_context_is_truncated_with_a_warning(app_env):
+    at = _at()
+    at.run()
+    at.text_area(key="pg_prompt").set_value("1+" * 600 + "1=")  # 1202 characters, 512 positions
+    at.number_input(key="pg_ncols").set_value(1)
+    at.number_input(key="pg_tokens").set_value(16)
+    at.button(key="x_run").click().run()
+    _no_crash(at)
+    assert not at.error, _texts(at.error)
+    assert any("did not fit the model's context" in w for w in _texts(at.warning)), _texts(at.warning)
+
+
+def test_app_empty_prompt_is_refused(app_env):
+    at = _at()
+    at.run()
+    at.text_area(key="pg_prompt").set_value("   ")
+    at.button(key="x_run").click().run()
+    _no_crash(at)
+    assert "The prompt is empty." in _texts(at.error)
+
+
+def test_app_time_cap_stops_between_columns_and_says_so(app_env, monkeypatch):
+    monkeypatch.setenv("STIR_APP_TIME_CAP_S", "0.000001")
+    at = _at()
+    at.run()
+    at.text_area(key="pg_prompt").set_value("3+4=7\n\n")
+    at.number_input(key="pg_tokens").set_value(8)
+    at.button(key="x_run").click().run()
+    _no_crash(at)
+    assert any("per-request time cap" in w for w in _texts(at.warning)), _texts(at.warning)
+
+
+def test_app_refuses_a_library_mined_on_another_model_unless_allowed(app_env):
+    at = _at()
+    at.session_state["sb_lib_src"] = "path"
+    at.session_state["sb_lib_path"] = str(app_env["root"] / "other-lib")
+    at.run()
+    _no_crash(at)
+    assert any("mined on model 'someone/another-model'" in e for e in _texts(at.error)), _texts(at.error)
+    at.sidebar.checkbox(key="sb_allow_mismatch").check().run()
+    _no_crash(at)
+    assert not at.error, _texts(at.error)
+    assert any("model mismatch allowed" in w for w in _texts(at.warning))
+
+
+def test_app_build_refuses_a_foreign_directory_and_an_existing_library(app_env):
+    user = app_env["root"] / "user-dir"
+    user.mkdir(exist_ok=True)
+    (user / "notes.txt").write_text("keep")
+    before = _tree_digest(user)
+    at = _at()
+    at.run()
+    at.switch_page("views/build.py").run()
+    at.text_input(key="bd_layers").set_value("1")
+    at.text_input(key="x_bd_out").set_value(str(user))
+    at.button(key="x_bd_run").click().run()
+    _no_crash(at)
+    assert any("not a STIR run directory" in e for e in _texts(at.error)), _texts(at.error)
+    assert _tree_digest(user) == before
+    # a run directory that already holds a library: the page asks before replacing it
+    from stir_core import outputs
+
+    run = outputs.claim_run_dir(app_env["root"] / "runs" / "done", "build")
+    shutil.copytree(app_env["root"] / "lib", run / "library", dirs_exist_ok=True)
+    lib_before = _tree_digest(run / "library")
+    at.text_input(key="x_bd_out").set_value(str(run)).run()
+    assert at.checkbox(key="x_bd_force").value is False
+    at.button(key="x_bd_run").click().run()
+    _no_crash(at)
+    assert any("already holds a library" in e for e in _texts(at.error)), _texts(at.error)
+    assert _tree_digest(run / "library") == lib_before
+
+
+@pytest.mark.parametrize("layers,needle", [("99", "mine.layers"), ("abc", "mine.layers"), ("", "mine.layers")])
+def test_app_build_bad_layers_are_named(app_env, layers, needle):
+    at = _at()
+    at.run()
+    at.switch_page("views/build.py").run()
+    at.text_input(key="bd_layers").set_value(layers)
+    at.text_input(key="x_bd_out").set_value(str(app_env["root"] / "runs" / f"never-{len(layers)}"))
+    at.button(key="x_bd_run").click().run()
+    _no_crash(at)
+    assert any(needle in e for e in _texts(at.error)), _texts(at.error)
+    assert not (app_env["root"] / "runs" / f"never-{len(layers)}").exists()
+
+
+def test_app_evaluate_refuses_a_foreign_directory(app_env):
+    user = app_env["root"] / "user-eval"
+    user.mkdir(exist_ok=True)
+    (user / "thesis.tex").write_text("keep")
+    before = _tree_digest(user)
+    at = _at()
+    at.run()
+    at.switch_page("views/evaluate.py").run()
+    at.text_input(key="x_ev_out").set_value(str(user))
+    at.button(key="x_ev_run").click().run()
+    _no_crash(at)
+    assert any("not a STIR run directory" in e for e in _texts(at.error)), _texts(at.error)
+    assert _tree_digest(user) == before
+
+
+def test_app_evaluate_job_can_be_cancelled(app_env):
+    from stir_core.jobs import get_job
+
+    at = _at()
+    at.run()
+    at.switch_page("views/evaluate.py").run()
+    at.number_input(key="ev_n").set_value(400)
+    at.number_input(key="evk_max_new_tokens").set_value(64)
+    at.multiselect(key="ev_methods").set_value(["vanilla", "no_memory"])
+    at.text_input(key="x_ev_out").set_value(str(app_env["root"] / "runs" / "cancel-me"))
+    at.button(key="x_ev_run").click().run()
+    _no_crash(at)
+    job = get_job(at.session_state["ev_job"])
+    assert job is not None
+    at.button(key="x_ev_job_cancel").click().run()
+    t0 = time.time()
+    while job.active and time.time() - t0 < 120:
+        time.sleep(0.1)
+    assert job.status == "cancelled", (job.status, job.error)
+    at.run()
+    _no_crash(at)
+    assert any("cancelled" in w for w in _texts(at.warning)), _texts(at.warning)

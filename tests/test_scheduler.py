@@ -1,0 +1,118 @@
+"""The continuous scheduler equals the segment-synchronous path, token for token and decision for decision.
+
+The sync path (`schedule="sync"`) is the straightforward reference: every row waits at its control point,
+previews run as a forked batch, commits re-run the delimiter, and scope `segment` re-feeds the committed
+segment unsteered. The continuous path reuses the null row, shadows committed segments and lets rows run
+ahead; under greedy decoding nothing it outputs may differ.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_controller import PROMPTS, make_library
+
+from stir_core.controller import StirConfig, run_method
+from stir_core.engine import Engine
+from stir_core.library import ToolLibrary
+from stir_core.model import DEFAULT_MODEL_DIR, load_model
+from stir_core.tasks import get_task
+
+VARIANTS = [
+    {},  # the reference defaults: scope segment, probes stop at the delimiter
+    {"scope": "persist"},
+    {"probe_stop": "none"},
+    {"scope": "persist", "probe_stop": "none", "probe_scale": 1.0, "k_scale": 1e-9},  # tiny alpha
+    {"positions": "segment"},
+    {"positions": "last+segment", "scope": "persist"},
+    {"max_control_points": 2},
+]
+
+
+def same(a, b) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert [t.token_id for t in x.tokens] == [t.token_id for t in y.tokens]
+        assert x.completion == y.completion
+        assert [(d.m, d.token_index, d.reason, d.chosen, d.probe_tokens) for d in x.decisions] == \
+               [(d.m, d.token_index, d.reason, d.chosen, d.probe_tokens) for d in y.decisions]
+        for dx, dy in zip(x.decisions, y.decisions, strict=True):
+            assert dx.alpha == pytest.approx(dy.alpha, abs=1e-4)
+            for cx, cy in zip(dx.candidates, dy.candidates, strict=True):
+                assert cx.probe_text == cy.probe_text
+                if cx.gain is not None:
+                    assert cx.gain == pytest.approx(cy.gain, abs=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "reference")
+@pytest.mark.parametrize("method", ["stir", "random_choice", "static", "no_probing"])
+def test_continuous_equals_sync_on_a_random_model(engine, tiny, method, variant):
+    lib = make_library(tiny.d_model)
+    cfg = StirConfig(delimiter="\n", max_new_tokens=40).with_overrides(**variant)
+    sync = run_method(engine, PROMPTS, method, lib, cfg.with_overrides(schedule="sync"))
+    cont = run_method(engine, PROMPTS, method, lib, cfg)
+    same(cont, sync)
+    if method == "stir" and not variant:
+        assert sum(t.interventions for t in sync) > 0, "the comparison must include commits"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    if not (DEFAULT_MODEL_DIR / "config.json").exists():
+        pytest.skip("the embedded model is missing")
+    return load_model(None, device="cpu")
+
+
+@pytest.mark.parametrize("variant", [{}, {"scope": "persist"}], ids=["reference", "persist"])
+def test_continuous_equals_sync_on_the_embedded_model(toy, variant):
+    engine = Engine(toy)
+    lib = ToolLibrary.load(DEFAULT_MODEL_DIR.parent / "demo-library")
+    task = get_task("planted")
+    prompts = [toy.format_prompt(task.prompt(ex)) for ex in task.load("val", 48, seed=11)]
+    cfg = StirConfig(layer=3, tau_null=0.5, min_sim=0.9, max_new_tokens=128).with_overrides(**variant)
+    sync = run_method(engine, prompts, "stir", lib, cfg.with_overrides(schedule="sync"))
+    cont = run_method(engine, prompts, "stir", lib, cfg)
+    same(cont, sync)
+    assert sum(t.interventions for t in sync) >= 5
+
+
+def test_a_preview_budget_changes_timing_not_results(engine, tiny):
+    lib = make_library(tiny.d_model)
+    cfg = StirConfig(delimiter="\n", max_new_tokens=40)
+    free = run_method(engine, PROMPTS, "stir", lib, cfg)
+    tight = run_method(engine, PROMPTS, "stir", lib, cfg.with_overrides(max_preview_rows=4))
+    same(tight, free)
+
+
+def unsteered_probe(tiny, prefix: list[int], n: int, delimiter: str) -> tuple[str, float]:
+    """Greedy continuation of a prefix by full forwards without any vector: text and mean log-prob."""
+    out, lps = [], []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = tiny.bridge(torch.tensor([prefix + out]), return_type="logits")[0, -1].float()
+            tok = int(logits.argmax())
+            lps.append(float(torch.log_softmax(logits, -1)[tok]))
+            out.append(tok)
+            if delimiter in tiny.decode(out):
+                break
+    return tiny.decode(out), sum(lps) / len(lps)
+
+
+@pytest.mark.parametrize("scope", ["segment", "persist"])
+def test_segment_scope_equals_reprefilling_the_text_unsteered(engine, tiny, scope):
+    """Scope `segment`: every control point after a commit sees the plain text, as if prefilled without any
+    vector (the reference's way): its null probe equals an unsteered greedy decode from the text. Scope
+    `persist` keeps the commit in the cache, so there the same check must fail somewhere."""
+    lib = make_library(tiny.d_model, anchors=False)
+    cfg = StirConfig(delimiter="\n", max_new_tokens=40, k_scale=30.0, scope=scope)  # commits that matter
+    traces = run_method(engine, PROMPTS, "stir", lib, cfg)
+    results = []
+    for prompt, tr in zip(PROMPTS, traces, strict=True):
+        first = next((d.m for d in tr.decisions if d.committed), None)
+        for d in tr.decisions:
+            if first is None or d.m <= first or d.null_probe_logprob is None:
+                continue
+            prefix = tiny.encode(prompt) + [t.token_id for t in tr.tokens[: d.token_index + 1]]
+            text, lp = unsteered_probe(tiny, prefix, cfg.probe_tokens, cfg.delimiter)
+            results.append(text == d.null_probe_text and abs(lp - d.null_probe_logprob) < 1e-4)
+    assert results, "no previewed control point after a commit: the check would be empty"
+    assert all(results) if scope == "segment" else not all(results)
