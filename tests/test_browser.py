@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stir_core.config import online_config, recommended
+from stir_core.config import StirConfig, online_config, recommended
 from stir_core.controller import run_method
 from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
