@@ -518,6 +518,7 @@ def _fresh_output(path: Path, overwrite: bool) -> None:
 
 
 @app.command("export")
+@guarded
 def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")],
                out: Annotated[Path, typer.Option(help="file to write")],
                format_: Annotated[str, typer.Option("--format", help="gguf | repeng | steering-vectors")] = "gguf",
@@ -543,6 +544,7 @@ def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")
 
 
 @app.command("import-vector")
+@guarded
 def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control vector or safetensors {layer: vector}")],
                       library_out: Annotated[Path, typer.Option(help="library directory to write")],
                       layer: Annotated[int | None, typer.Option(help="layer to take (needed when the file has several)")] = None,
@@ -564,6 +566,7 @@ def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control ve
 
 
 @app.command()
+@guarded
 def dashboard(library: Annotated[Path, typer.Argument(help="library directory")],
               tool: Annotated[str, typer.Option(help="tool id")],
               out: Annotated[Path, typer.Option(help="file to write: .html or .json")],
@@ -586,7 +589,7 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
         examples = load_results(run).examples if run is not None else None
     except ValueError as err:
         _fail(f"{err}")
-    lib, _ = _library(str(library), _facts(model, device, dtype), False)  # checked before the model loads
+    lib, _ = _library(str(library), _facts(model, device, dtype), False)
     m = _load(model, device, dtype)
     engine = Engine(m)
     try:
@@ -599,6 +602,7 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
 
 
 @app.command("diff")
+@guarded
 def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[Path, typer.Argument(help="library B")],
              out: Annotated[Path, typer.Option(help="directory to write (CSV tables + diff.html)")],
              source: Annotated[str, typer.Option(help="vectors (corrections) | keys (all entries)")] = "vectors",

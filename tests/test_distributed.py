@@ -103,7 +103,8 @@ def test_two_process_build_equals_one_process(config_path, reference, tmp_path):
 
     from stir_core.cli import app
 
-    r1 = CliRunner().invoke(app, ["mine", "--config", str(config_path), "--out", str(out), "--device", "cpu"])
+    r1 = CliRunner().invoke(app, ["mine", "--config", str(config_path), "--out", str(out), "--device", "cpu",
+                                  "--force"])  # past the "already holds a library" refusal, to the shard check
     assert r1.exit_code == 2 and "written by 2 processes" in r1.output, r1.output
     # ... and a merge under another config or process count.
     from stir_core.mine import MineConfig
@@ -148,8 +149,10 @@ def test_two_process_eval_under_accelerate_equals_one_process(tmp_path):
     model = load_model("embedded", device="cpu")
     lib = ToolLibrary.load(REPO / "assets" / "demo-library", d_model=model.d_model, n_layers=model.n_layers)
     one = tmp_path / "one"
-    evaluate(Engine(model), get_task("planted"), ["vanilla", "stir"], lib, n=10, seed=5, batch_size=3,
-             out_dir=one, show_progress=False)
+    from stir_core.config import online_config
+
+    evaluate(Engine(model), get_task("planted"), ["vanilla", "stir"], lib, online_config(lib), n=10, seed=5,
+             batch_size=3, out_dir=one, show_progress=False)  # the CLI starts from the library's settings
     two = tmp_path / "two"
     r = _accelerate(["eval", "--methods", "vanilla,stir", "--n", "10", "--seed", "5", "--batch-size", "3",
                    "--library", str(REPO / "assets" / "demo-library"), "--out", str(two)])
