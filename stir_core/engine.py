@@ -279,10 +279,11 @@ class Engine:
                            state.logits.index_select(0, idx), [state.rows[i].clone() for i in rows],
                            state.capture_layers, state.delimiter)
 
-    def regroup(self, state: DecodeState, rows: Sequence[int]) -> None:
+    def regroup(self, state: DecodeState, rows: Sequence[int]) -> torch.Tensor | None:
         """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped).
 
-        How previews join the batch and finished rows leave it: one gather of the cache's rows.
+        How previews join the batch and finished rows leave it: one gather of the cache's rows. Returns the
+        slots kept when slots no row attends were dropped (old indices, ascending), else None.
         """
         idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
         seen: set[int] = set()
@@ -294,7 +295,7 @@ class Engine:
         state.mask = state.mask.index_select(0, idx)
         state.logits = state.logits.index_select(0, idx)
         state.rows = new_rows
-        self.drop_empty_slots(state)
+        return self.drop_empty_slots(state)
 
     def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
         """Make rows `dst` copies of rows `src`, in place (cache, mask, logits, records)."""
@@ -308,14 +309,17 @@ class Engine:
             state.rows[j] = state.rows[i].clone()
 
     @staticmethod
-    def drop_empty_slots(state: DecodeState) -> None:
-        """Remove cache slots that no row attends (holes shared by every row), e.g. after rows left."""
+    def drop_empty_slots(state: DecodeState) -> torch.Tensor | None:
+        """Remove cache slots that no row attends (holes shared by every row), e.g. after rows left.
+        Returns the kept slots' old indices, or None when nothing was dropped."""
         live = state.mask.any(0)
         if bool(live.all()):
-            return
+            return None
         keep = torch.nonzero(live).flatten()
-        if Backend.select_slots(state.cache, keep):
-            state.mask = state.mask.index_select(1, keep)
+        if not Backend.select_slots(state.cache, keep):
+            return None
+        state.mask = state.mask.index_select(1, keep)
+        return keep
 
     def step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
              adds: dict[int, torch.Tensor] | None = None, replace_last: torch.Tensor | None = None
