@@ -190,6 +190,9 @@ class Engine:
         self.device = model.device
         self._decode_cache: dict = {}  # id windows -> text, shared by every row's detokenizer
         self.forwards = 0  # model forwards run (sequential steps): what the benchmarks count
+        # benchmarks/bench_scale.py only: materialise prefill logits for every position, as the engine did
+        # before (to measure what keeping only the last position saves).
+        self.legacy_prefill_logits = False
 
     # ---- rows and text -----------------------------------------------------------------------------
     def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
@@ -214,8 +217,8 @@ class Engine:
         """Feed `input_ids` [batch, t] after the cached slots.
 
         `adds[layer]` is [batch, t, d_model] (or [batch, 1, d_model] for t == 1) added to resid_post.
-        Returns (logits [batch, 1, vocab] float32 — the last position's, or None for keep="none" —, cache,
-        mask, {layer: resid_post [batch, t, d_model]}).
+        Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
+        None for keep="none" —, cache, mask, {layer: resid_post [batch, t, d_model]}).
         """
         mask = new_mask if state is None else torch.cat([state.mask, new_mask], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
@@ -256,7 +259,8 @@ class Engine:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prefill needs at least one non-empty prompt")
         ids, mask = self._padded(prompts)
-        logits, cache, mask, _ = self._forward(None, ids, mask, None, ())
+        keep = "all" if self.legacy_prefill_logits else "last"
+        logits, cache, mask, _ = self._forward(None, ids, mask, None, (), keep=keep)
         rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
         return DecodeState(cache, mask, logits[:, -1], rows, tuple(capture_layers), delimiter)
 
