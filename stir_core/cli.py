@@ -67,6 +67,8 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
              set_: Annotated[list[str] | None, typer.Option("--set", help="StirConfig override name=value")] = None,
              sweep: Annotated[str | None, typer.Option(help="name=v1,v2,...: one row per setting")] = None,
              batch_size: int = 64, path: Annotated[str | None, typer.Option(help="data file for file tasks")] = None,
+             config: Annotated[Path | None, typer.Option(help="YAML build config: take the task (and its "
+                                                                 "files) and the model from it")] = None,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
     from stir_core.controller import METHODS
@@ -78,10 +80,16 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
     bad = [m for m in method_list if m not in METHODS]
     if bad:
         _fail(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-    try:
-        task_obj = get_task(task, **({"path": path} if path else {}))
-    except (ValueError, TypeError) as err:
-        _fail(str(err))
+    if config is not None:
+        if path is not None or task != "planted":
+            _fail("give the task either with --config or with --task/--path, not both")
+        cfg, task_obj = _build_config(config)
+        model = cfg.model or model
+    else:
+        try:
+            task_obj = get_task(task, **({"path": path} if path else {}))
+        except (ValueError, TypeError) as err:
+            _fail(str(err))
     m = _model(model, device, dtype)
     lib = _library(library, m)
     if lib is None and any(x not in ("vanilla", "no_memory") for x in method_list):
@@ -171,13 +179,15 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
 def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its checkpoint)")],
          config: Annotated[Path | None, typer.Option(help="YAML build config (its [mine] section)")] = None,
          model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
-    """Stage I: mine candidate tools into <out>/candidates."""
-    from stir_core.mine import mine_candidates
+    """Stage I: mine candidate tools into <out>/candidates (the task and its files from the config)."""
+    from stir_core.pipeline import mine_run
 
-    cfg = _build_config(config)
+    cfg, task = _build_config(config)
     m = _model(cfg.model or model, device, dtype)
-    cands = mine_candidates(m, cfg.mine, run_dir=out)
-    cands.save(out / "candidates")
+    try:
+        cands = mine_run(m, cfg, out, task)
+    except ValueError as err:
+        _fail(str(err))
     typer.echo(f"{len(cands)} candidate entries -> {out / 'candidates'}; stats: "
                f"{json.dumps(cands.manifest.get('mining_stats'))}")
 
@@ -223,10 +233,12 @@ def index(library: Annotated[Path, typer.Argument(help="library directory")],
 
 
 def _build_config(path: Path | None):
+    """The build config and its task, checked (files, split disjointness, clean_prefixes) before any model loads."""
     from stir_core.pipeline import BuildConfig
 
     try:
-        return BuildConfig.from_yaml(path) if path else BuildConfig.small()
+        cfg = BuildConfig.from_yaml(path) if path else BuildConfig.small()
+        return cfg, cfg.make_task()
     except (ValueError, TypeError) as err:
         _fail(str(err))
 
@@ -238,7 +250,7 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
     """mine → select → index from one YAML config; writes <out>/candidates, <out>/library, <out>/build.json."""
     from stir_core.pipeline import build_library
 
-    cfg = _build_config(config)
+    cfg, _ = _build_config(config)
     m = _model(cfg.model or model, device, dtype)
     try:
         lib_dir = build_library(m, cfg, out)

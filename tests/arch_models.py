@@ -90,7 +90,7 @@ class Family:
 
         cls = getattr(transformers, self.config_cls)
         common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                       tie_word_embeddings=False, **special)
         if self.sliding_window is not None:
             common["sliding_window"] = self.sliding_window
@@ -98,7 +98,7 @@ class Family:
         return cls(**common)
 
 
-GPT2_KEYS = dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, n_inner=128)
+GPT2_KEYS = dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024, n_inner=128)
 
 FAMILIES = [
     Family("qwen2", "Qwen2Config", "Qwen2ForCausalLM", "bpe"),  # untied, as Qwen2.5-7B and R1-Distill-Qwen
@@ -233,9 +233,14 @@ def build_family(family: Family, tokenizer_dir: Path, out: Path, seed: int = 0, 
 
 
 def _train(model, tok, steps: int, seed: int, lr: float, batch: int = 8, width: int = 48) -> None:
-    """Adam steps of next-token prediction on SCRIPT repeated, so greedy decoding recites it from any prompt."""
+    """Adam steps of next-token prediction on SCRIPT repeated, so greedy decoding recites it from any prompt.
+
+    Every third recital ends with EOS: greedy decoding never stops (p(EOS) is about 1/3), sampled rollouts
+    sometimes do, so they differ in length and mining gets rewards that differ.
+    """
     rng = random.Random(seed + 1)
-    ids = tok(SCRIPT * 40, add_special_tokens=False)["input_ids"]
+    script = tok(SCRIPT, add_special_tokens=False)["input_ids"]
+    ids = [i for k in range(40) for i in script + ([tok.eos_token_id] if k % 3 == 2 else [])]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
