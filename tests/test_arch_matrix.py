@@ -320,4 +320,33 @@ def test_unsupported_architecture_is_one_clear_error(tokenizer_dirs, tmp_path, c
     with pytest.raises(ModelLoadError) as err:
         load_model(tmp_path, device="cpu")
     msg = str(err.value)
-    assert model_cls in msg and "\n" not in msg.strip()
+    assert f"['{model_cls}'] is not supported" in msg and "\n" not in msg and len(msg) < 400
+
+
+def test_a_registered_adapter_loads_an_unsupported_architecture(tokenizer_dirs, tmp_path, monkeypatch):
+    """The README's recipe: map Ministral onto the Mistral adapter (in both of TransformerLens' tables); the
+    bridge then matches Hugging Face's own logits and the cached decode matches full forwards."""
+    import shutil
+
+    import transformers
+    from transformer_lens.factories import architecture_adapter_factory as factory
+    from transformer_lens.model_bridge.supported_architectures.mistral import MistralArchitectureAdapter
+
+    for f in tokenizer_dirs["bpe"].iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    cfg = transformers.MinistralConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    transformers.MinistralForCausalLM(cfg).save_pretrained(tmp_path)
+    monkeypatch.setitem(factory.SUPPORTED_ARCHITECTURES, "MinistralForCausalLM", MistralArchitectureAdapter)
+    monkeypatch.setitem(factory.ArchitectureAdapterFactory._adapters, "MinistralForCausalLM",
+                        MistralArchitectureAdapter)
+    model = load_model(tmp_path, device="cpu")
+    p = model.format_prompt(QUESTIONS[0])
+    ids = model.encode(p)
+    with torch.no_grad():
+        hf = model.bridge.original_model(torch.tensor([ids])).logits[0, -1]
+        tl = model.bridge(torch.tensor([ids]), return_type="logits")[0, -1]
+    assert_close(tl, hf, atol=1e-5)
+    res = Engine(model).generate([p], 16)
+    assert res.tokens[0] == manual_greedy(model, ids, 16)[0]
