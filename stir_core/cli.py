@@ -141,13 +141,11 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     """Decode one prompt with several methods side by side, gate decisions inline."""
     from stir_core.controller import run_method
     from stir_core.engine import Engine
-    from stir_core.tasks import Example, get_task
-
     if not prompt.strip():
         _fail("the prompt is empty")
     m = _model(model, device, dtype)
     lib = _library(library or (str(DEMO_LIBRARY) if DEMO_LIBRARY.exists() and model == "embedded" else None), m)
-    text = prompt if raw else get_task(task).prompt(Example("cli", prompt, ""))
+    text = prompt if raw else _task_prompt(task, prompt)
     text = m.format_prompt(text)
     cfg = _stir_config(set_).with_overrides(max_new_tokens=max_new_tokens)
     engine = Engine(m)
@@ -173,6 +171,21 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
 
         atomic.write_text(json_out, json.dumps({k: v.to_dict() for k, v in out.items()}, indent=1))
         typer.echo(f"wrote {json_out}")
+
+
+def _task_prompt(task: str, question: str) -> str:
+    """The task's prompt around one question; a file task's template needs no file (choice tasks need --raw)."""
+    from stir_core.tasks import Example, get_task
+    from stir_core.tasks.files import FORMATS
+
+    if task in FORMATS:
+        if FORMATS[task].kind == "choice":
+            _fail(f"task {task!r} needs its options in the prompt: write them yourself and pass --raw")
+        return FORMATS[task].template.replace("{question}", question)
+    try:
+        return get_task(task).prompt(Example("cli", question, ""))
+    except (ValueError, TypeError) as err:
+        _fail(str(err))
 
 
 @app.command()

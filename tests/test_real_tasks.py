@@ -153,3 +153,14 @@ def test_fields_map_a_files_own_columns(tmp_path):
     bad = get_task("gsm8k", path=f, fields={"question": "prompt_text"})
     with pytest.raises(ValueError, match="d.jsonl line 1: no column 'prompt_text'"):
         bad.load("eval")
+
+
+def test_generate_applies_a_file_tasks_template_without_files(tiny_model_dir, tmp_path):
+    out = tmp_path / "g.json"
+    r = runner.invoke(app, ["generate", "What is 2 + 3?", "--task", "gsm8k", "--methods", "vanilla", "--model",
+                            str(tiny_model_dir), "--device", "cpu", "--max-new-tokens", "4", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    prompt = json.loads(out.read_text())["vanilla"]["prompt"]
+    assert prompt.startswith("Solve the following math problem.") and "Problem: What is 2 + 3?" in prompt
+    r = runner.invoke(app, ["generate", "Which?", "--task", "arc-challenge", "--model", str(tiny_model_dir)])
+    assert r.exit_code == 2 and "--raw" in r.output
