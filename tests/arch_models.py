@@ -209,7 +209,7 @@ def _special_ids(tok) -> dict[str, int]:
     return {k: v for k, v in ids.items() if v is not None}
 
 
-def build_family(family: Family, tokenizer_dir: Path, out: Path, seed: int = 0, train_steps: int = 120) -> Path:
+def build_family(family: Family, tokenizer_dir: Path, out: Path, seed: int = 0, train_steps: int = 80) -> Path:
     """Random-init `family.model_cls` sized for tests, trained briefly on the corpus; saved to `out`."""
     import transformers
     from transformers import AutoTokenizer

@@ -62,7 +62,8 @@ def prompts_of(model) -> list[str]:
 @torch.no_grad()
 def manual_greedy(model, ids: list[int], n: int, layer: int | None = None, vec=None, start: int | None = None,
                   at: int | None = None) -> tuple[list[int], list[float]]:
-    """Reference decode: one full uncached forward per token; `vec` added at positions >= `start` or at `at`."""
+    """Reference decode: one full uncached forward per token, stopping after EOS like the engine; `vec` added
+    at positions >= `start` or at `at`."""
     out, lps = [], []
     for _ in range(n):
         hooks = []
@@ -81,6 +82,8 @@ def manual_greedy(model, ids: list[int], n: int, layer: int | None = None, vec=N
         tok = int(logits.argmax())
         lps.append(float(torch.log_softmax(logits, -1)[tok]))
         out.append(tok)
+        if tok == model.eos_token_id:
+            break
     return out, lps
 
 

@@ -70,6 +70,14 @@ def test_cli_build_mines_gsm8k_file_from_config(qwen2_dir, tmp_path):
     table = pd.read_parquet(next((run / "candidates").glob("*.parquet")))
     assert len(table) > 0 and set(table["example_id"]) <= ids
 
+    # `stir mine` alone: the same candidates in a fresh run directory (mining is seeded).
+    r = runner.invoke(app, ["mine", "--config", str(cfg), "--out", str(tmp_path / "m"), "--model", str(qwen2_dir),
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    again = pd.read_parquet(next((tmp_path / "m" / "candidates").glob("*.parquet")))
+    assert again["id"].tolist() == table["id"].tolist()
+    assert json.loads((tmp_path / "m" / "task.json").read_text()) == summary["task"]
+
     # `stir mine` into the same run directory with other files is refused (no silent mix of two tasks).
     other = write_jsonl(tmp_path / "other.jsonl", [{"question": "How many?", "answer": "1 + 1\n#### 2"}])
     cfg2 = write_config(tmp_path / "b2.yaml", {"name": "gsm8k", "files": {"mine": str(other)}})
