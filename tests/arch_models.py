@@ -84,6 +84,7 @@ class Family:
     overrides: dict[str, Any] = field(default_factory=dict)
     sliding_window: int | None = None  # set tiny so tests run past it
     lr: float = 1e-2  # of the short training run
+    trained: bool = True  # False: random weights only (decoding and steering parity, no text checks)
 
     def make_config(self, vocab_size: int, special: dict[str, int]):
         import transformers
@@ -116,7 +117,28 @@ FAMILIES = [
     Family("phi3", "Phi3Config", "Phi3ForCausalLM", "sp"),
     Family("olmo2", "Olmo2Config", "Olmo2ForCausalLM", "bpe"),
 ]
-BY_NAME = {f.name: f for f in FAMILIES}
+# More families reasoning users run (MoE, sliding-window and MLA ones among them), random weights only: their
+# checks are decoding, batching, forks and steering against full forwards.
+MOE = dict(head_dim=16, moe_intermediate_size=32, num_experts_per_tok=2)
+EXTENDED = [
+    Family("qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "bpe", {**MOE, "num_experts": 4}, trained=False),
+    Family("gpt_oss", "GptOssConfig", "GptOssForCausalLM", "bpe",
+           {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2}, sliding_window=12, trained=False),
+    Family("deepseek_v3", "DeepseekV3Config", "DeepseekV3ForCausalLM", "bpe",
+           {"moe_intermediate_size": 32, "num_experts_per_tok": 2, "q_lora_rank": 32, "kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8,
+            "v_head_dim": 16, "n_routed_experts": 4, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1},
+           trained=False),
+    Family("glm4_moe", "Glm4MoeConfig", "Glm4MoeForCausalLM", "bpe",
+           {**MOE, "n_routed_experts": 4, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1}, trained=False),
+    Family("mixtral", "MixtralConfig", "MixtralForCausalLM", "sp", {"num_local_experts": 4, "num_experts_per_tok": 2},
+           trained=False),
+    Family("smollm3", "SmolLM3Config", "SmolLM3ForCausalLM", "bpe", trained=False),
+    Family("olmo3", "Olmo3Config", "Olmo3ForCausalLM", "bpe", sliding_window=12, trained=False),
+    Family("exaone4", "Exaone4Config", "Exaone4ForCausalLM", "bpe", sliding_window=12, trained=False),
+    Family("granite", "GraniteConfig", "GraniteForCausalLM", "bpe", trained=False),
+    Family("seed_oss", "SeedOssConfig", "SeedOssForCausalLM", "bpe", {"head_dim": 16}, trained=False),
+]
+BY_NAME = {f.name: f for f in FAMILIES + EXTENDED}
 
 
 # ---- tokenizers ------------------------------------------------------------------------------------
@@ -225,8 +247,11 @@ def build_family(family: Family, tokenizer_dir: Path, out: Path, seed: int = 0, 
         cfg = family.make_config(len(tok), special)
     torch.manual_seed(seed)
     model = getattr(transformers, family.model_cls)(cfg)
-    if train_steps:
+    if family.trained and train_steps:
         _train(model, tok, train_steps, seed, family.lr)
+    else:
+        with torch.no_grad():  # larger logits, so greedy decoding is far from ties
+            model.get_output_embeddings().weight.mul_(8.0)
     model.eval()
     model.save_pretrained(out, safe_serialization=True)
     return out

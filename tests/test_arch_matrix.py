@@ -4,10 +4,14 @@ Each family is a tiny model of its real Hugging Face class (`tests/arch_models.p
 BPE (Qwen2 / Llama 3 / GPT-2 / OLMo 2 style) or SentencePiece (Llama 2 / Mistral / Gemma / Phi-3 style)
 tokenizer whose tokens fuse the delimiter with its neighbours. References are computed another way: full
 forwards without a cache, one row at a time, with vectors added by a hook; text from `tokenizer.decode`.
+`FAMILIES` (Qwen2, Qwen3, Llama 3 and 2, Mistral, Gemma 2 and 3, GPT-2, Phi-3, OLMo 2) are trained to recite a
+delimiter-rich script and get every check; `EXTENDED` (Qwen3-MoE, GPT-OSS, DeepSeek-V3, GLM-4.5, Mixtral,
+SmolLM3, OLMo 3, EXAONE 4, Granite, Seed-OSS) keep random weights and get the decoding and steering checks.
 
 A control point is counted per delimiter occurrence (`str.count` semantics, left to right, in the
 completion): the occurrence's token is the first whose prefix decode holds it. A token holding two
-delimiters ("\\n\\n\\n\\n") is two control points at the same token.
+delimiters ("\\n\\n\\n\\n") is two control points at the same token, and two captures there, so that the
+m-th capture is always the state of control point m (mining indexes states by m).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from arch_models import DELIM, FAMILIES, FUSED, build_family, train_tokenizers  # noqa: E402
+from arch_models import BY_NAME, DELIM, EXTENDED, FAMILIES, FUSED, build_family, train_tokenizers  # noqa: E402
 
 from stir_core.controller import StirConfig, run_method  # noqa: E402
 from stir_core.engine import Engine, Sampling, Steer  # noqa: E402
@@ -29,8 +33,9 @@ from stir_core.model import ModelLoadError, load_model  # noqa: E402
 
 N_NEW = 48
 QUESTIONS = ["we add 3 and 4", "half of the eggs cost 9 each, what is the price"]
-NAMES = [f.name for f in FAMILIES]
-SLIDING = [f.name for f in FAMILIES if f.sliding_window is not None]
+NAMES = [f.name for f in FAMILIES]  # trained to recite: every check
+ALL = NAMES + [f.name for f in EXTENDED]  # random weights too: decoding, batching, forks, steering
+SLIDING = [f.name for f in FAMILIES + EXTENDED if f.sliding_window is not None]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,7 @@ def arch(tokenizer_dirs, tmp_path_factory):
 
     def get(name: str):
         if name not in built:
-            fam = next(f for f in FAMILIES if f.name == name)
+            fam = BY_NAME[name]
             d = build_family(fam, tokenizer_dirs[fam.tokenizer], root / name)
             model = load_model(d, device="cpu")
             built[name] = (d, model, Engine(model))
@@ -115,7 +120,7 @@ def assert_close(a, b, atol=1e-4):
 
 
 # ---- decoding ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_kv_cached_decode_matches_full_forward(arch, name):
     """Greedy tokens and log-probs of the cached decode equal uncached full forwards (past any sliding window)."""
     _, model, engine = arch(name)
@@ -126,7 +131,7 @@ def test_kv_cached_decode_matches_full_forward(arch, name):
         assert_close(res.logprobs[0], ref_lp)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_left_padded_batch_matches_single_rows(arch, name):
     _, model, engine = arch(name)
     prompts = prompts_of(model) + [model.format_prompt("9")]
@@ -234,7 +239,7 @@ def test_capture_matches_manual_forward(arch, name):
     assert n_caps > 0
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_fork_and_steering_match_manual_forward(arch, name):
     """A forked row steered at every new token (`segment`) continues exactly like a full forward with the
     vector added at those positions; the unsteered fork and the original state are unaffected."""
@@ -260,7 +265,7 @@ def test_fork_and_steering_match_manual_forward(arch, name):
     assert state.rows[0].tokens[5:] == fork.rows[0].tokens[5:]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_last_position_steer_matches_manual_forward(arch, name):
     """`last`: the row's last token re-run with the vector equals a full forward adding it at that position."""
     _, model, engine = arch(name)
