@@ -270,7 +270,7 @@ def items_to_library(items: list[Item], model: LoadedModel, cfg: MineConfig, ext
     manifest = {"model_id": model.model_id, "model_revision": model.revision or "", "d_model": d,
                 "n_layers": model.n_layers, "config": {"mine": asdict(cfg)}, "seed": cfg.seed, **extra}
     if not items:
-        return ToolLibrary.empty(d, **manifest)
+        return ToolLibrary.empty(d, **{k: v for k, v in manifest.items() if k != "d_model"})
     return ToolLibrary.from_records(torch.stack(keys).float(), torch.stack(vectors).float(), rows, manifest)
 
 
