@@ -177,10 +177,11 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
              library: Annotated[str | None, typer.Option(help="library directory")] = None,
              set_: SetOpt = None,
              sweep: Annotated[str | None, typer.Option(help="name=v1,v2,...: one row per setting")] = None,
-             config: Annotated[Path | None, typer.Option(help="YAML config whose [online] section sets "
-                                                         "the knobs (e.g. configs/reference.yaml)")] = None,
              batch_size: int = 64, path: Annotated[str | None, typer.Option(help="data file for file tasks")] = None,
              allow_model_mismatch: MismatchOpt = False,
+             config: Annotated[Path | None, typer.Option(help="YAML build config: take the task (and its "
+                                                                 "files), the model and the [online] knobs "
+                                                                 "(e.g. configs/reference.yaml) from it")] = None,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
     from stir_core import outputs
@@ -196,10 +197,18 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
     _positive(n=n, batch_size=batch_size)
     if seed < 0:
         _fail(f"--seed must be >= 0, got {seed}")
+    online: dict = {}
+    if config is not None:
+        if path is not None or task != "planted":
+            _fail("give the task either with --config or with --task/--path, not both")
+        build_cfg, task_obj = _build_config(config)
+        model = build_cfg.model or model
+        online = build_cfg.online
+    else:
+        task_obj = _task(task, path)
     # defaults -> the library's recommended settings -> --config's [online] section -> --set
-    overrides = {**(_build_config(config).online if config is not None else {}), **_overrides(set_)}
+    overrides = {**online, **_overrides(set_)}
     sweep_name, sweep_values = parse_values(StirConfig, sweep) if sweep else (None, [None])
-    task_obj = _task(task, path)
     task_obj.load(split, n, seed)  # reads and checks the data (files, split names) before the model loads
     steered = any(x not in ("vanilla", "no_memory") for x in method_list)
     facts = _facts(model, device, dtype)
@@ -267,7 +276,6 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     from stir_core.checks import check_prompts_fit, library_model_check
     from stir_core.controller import METHODS, run_method
     from stir_core.engine import Engine
-    from stir_core.tasks import Example
 
     try:
         prompt.encode("utf-8")
@@ -284,7 +292,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     if json_out is not None and json_out.is_dir():
         _fail(f"--json {json_out}: is a directory; give a file path")
     overrides = _overrides(set_)
-    task_obj = None if raw else _task(task, None)
+    text = prompt if raw else _task_prompt(task, prompt)  # a file task's template needs no file
     facts = _facts(model, device, dtype)
     steered = any(x not in ("vanilla", "no_memory") for x in method_list)
     lib, warnings = _library(_default_library(library, model) if steered or library else None, facts,
@@ -300,7 +308,6 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     if lib is not None:
         warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
                                                                      allow_model_mismatch)))
-    text = prompt if raw else task_obj.prompt(Example("cli", prompt, ""))
     text = m.format_prompt(text)
     check_prompts_fit(m, [text], cfg.max_new_tokens)
     engine = Engine(m)
@@ -333,17 +340,35 @@ def _recommended(lib) -> dict:
 
 
 def _build_config(path: Path | None):
+    """The build config and its task, checked (files, split disjointness, clean_prefixes) before any model
+    loads."""
     from stir_core.pipeline import BuildConfig
 
-    return BuildConfig.from_yaml(path) if path else BuildConfig.small()
+    cfg = BuildConfig.from_yaml(path) if path else BuildConfig.small()
+    return cfg, cfg.make_task()
 
 
-def _check_mine_config(cfg, model_name: str, device: str, dtype: str) -> dict:
-    """Task, split and layer specs of a mining config, checked against the model's config.json."""
+def _task_prompt(task: str, question: str) -> str:
+    """The task's prompt around one question; a file task's template needs no file (choice tasks need --raw)."""
+    from stir_core.tasks import Example
+    from stir_core.tasks.files import FORMATS
+
+    if task in FORMATS:
+        if FORMATS[task].kind == "choice":
+            _fail(f"task {task!r} needs its options in the prompt: write them yourself and pass --raw")
+        return FORMATS[task].template.replace("{question}", question)
+    return _task(task, None).prompt(Example("cli", question, ""))
+
+
+def _check_mine_config(cfg, task, model_name: str, device: str, dtype: str, out: Path | None = None) -> dict:
+    """Task, split and layer specs of a mining config, checked against the model's config.json (and the run
+    directory's task stamp)."""
     from stir_core.config import check_layers
-    from stir_core.tasks import get_task
+    from stir_core.pipeline import check_task_stamp
 
-    get_task(cfg.mine.task).load(cfg.mine.split, 1, cfg.mine.seed)
+    task.load(cfg.mine.split, 1, cfg.mine.seed)
+    if out is not None:
+        check_task_stamp(out, cfg, task)
     facts = _facts(model_name, device, dtype)
     check_layers(cfg.mine, facts.get("n_layers"), section="mine")
     n_ctx = facts.get("n_ctx")
@@ -362,11 +387,12 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
          model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Stage I: mine candidate tools into <out>/candidates."""
     from stir_core import outputs
-    from stir_core.mine import check_checkpoint, discard_checkpoint, mine_candidates
+    from stir_core.mine import check_checkpoint, discard_checkpoint
+    from stir_core.pipeline import mine_run
 
-    cfg = _build_config(config)
+    cfg, task = _build_config(config)
     model_name = cfg.model or model
-    _check_mine_config(cfg, model_name, device, dtype)
+    _check_mine_config(cfg, task, model_name, device, dtype, out)
     outputs.claim_run_dir(out, "mine")
     outputs.check_library_target(out / "candidates", force or restart)
     if not restart:
@@ -376,10 +402,9 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
     if restart and discard_checkpoint(out):
         _note(f"discarded the mining checkpoint in {out}")
     m = _load(model_name, device, dtype)
-    cands = mine_candidates(m, cfg.mine, run_dir=out)
+    cands = mine_run(m, cfg, out, task)
     if cands is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
         return
-    cands.save(out / "candidates", overwrite=True)
     typer.echo(f"{len(cands)} candidate entries -> {out / 'candidates'}; stats: "
                f"{json.dumps(cands.manifest.get('mining_stats'))}")
 
@@ -449,9 +474,9 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
     from stir_core.mine import check_checkpoint
     from stir_core.pipeline import build_library, check_build_output
 
-    cfg = _build_config(config)
+    cfg, task = _build_config(config)
     model_name = cfg.model or model
-    _check_mine_config(cfg, model_name, device, dtype)
+    _check_mine_config(cfg, task, model_name, device, dtype, out)
     check_build_output(out, force)
     if not restart:
         check_checkpoint(out, cfg.mine)

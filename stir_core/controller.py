@@ -214,7 +214,7 @@ def run_method(engine: Engine, prompts: Sequence[str], method: str, library: Too
 
 
 def schedule_of(config: StirConfig) -> Schedule:
-    return Schedule(config.max_new_tokens, config.max_control_points, config.probe_tokens,
+    return Schedule(config.max_new_tokens, config.max_control_points, config.probe_tokens, config.top_l,
                     config.probe_stop == "delimiter", config.scope, config.preview)
 
 

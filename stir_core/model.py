@@ -288,6 +288,18 @@ def configure_threads(model: LoadedModel, threads: int | str = "auto") -> int:
     return int(threads)
 
 
+def _unsupported(name: str, bridge_message: str) -> str:
+    """One line for an architecture the bridge lacks (its own message lists all ~180 supported ones)."""
+    import re
+    from importlib.metadata import version
+
+    found = re.search(r"Config architectures: (\[[^\]]*\])", bridge_message)
+    archs = found.group(1) if found else "unknown"
+    return (f"could not load model {name!r}: its architecture {archs} is not supported by TransformerLens "
+            f"{version('transformer-lens')}'s TransformerBridge (README, 'Using a real model': the supported "
+            "list, and how to register an adapter for a close architecture)")
+
+
 def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
                dtype: str | torch.dtype = "auto", quiet: bool = True,
                threads: int | str | None = "auto", device_map: str | dict | None = None) -> LoadedModel:
@@ -320,6 +332,8 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "aut
         raise ModelLoadError(f"could not load model {name!r}: not a local model directory and not found on the "
                              f"Hugging Face hub (offline?) — {err}") from err
     except Exception as err:  # noqa: BLE001 - the bridge raises many kinds; name the model in one clear error
+        if str(err).startswith("Could not determine supported architecture"):
+            raise ModelLoadError(_unsupported(name, str(err))) from err
         raise ModelLoadError(f"could not load model {name!r}: {type(err).__name__}: {err}") from err
     bridge.eval()
     if "device_map" in load_kw:
