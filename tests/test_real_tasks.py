@@ -36,7 +36,8 @@ def qwen2_dir(tmp_path_factory) -> Path:
 def write_config(path: Path, task_spec: dict, **mine) -> Path:
     cfg = {"task": task_spec,
            "mine": {"n_problems": 4, "k_rollouts": 4, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 40,
-                    "layers": [1], "require_correct_and_incorrect": False, "problems_per_batch": 4, **mine},
+                    "layers": [1], "require_correct_and_incorrect": False, "problems_per_batch": 4,
+                    "k_pos": 2, "k_neg": 2, **mine},  # best 2 vs worst 2 of 4: disjoint under the reference split
            "select": {"budget": 8}}
     path.write_text(yaml.safe_dump(cfg))
     return path
