@@ -434,9 +434,9 @@ class Engine:
                 row, tok, s = state.rows[b], int(tokens[b]), steers[b]
                 ends = row.push(tok, float(lp[b]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
                 made[b] += 1
-                if capture_at and captured and ends:
+                if capture_at and captured and ends:  # one capture per control point: a fused "\n\n\n\n" gives two
                     states = torch.stack([captured[layer][b, -1].cpu() for layer in state.capture_layers])
-                    row.captures.append(Capture(len(row.tokens) - 1, states))
+                    row.captures += [Capture(len(row.tokens) - 1, states)] * ends
                 if eos is not None and tok == eos:
                     row.finished = True
                 if row.finished or made[b] >= budgets[b] or (stop and ends):

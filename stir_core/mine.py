@@ -147,9 +147,9 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
             ends += [t] * n
             prefixes += [acc] * n
         if cfg.capture == "decode":
-            # One capture per token; a token ending n control points gives its state to each of them.
-            per_cp = [c.states for c in row.captures for _ in range(row.stream.boundaries[c.token_index])]
-            states = torch.stack(per_cp) if per_cp else torch.zeros(0, len(layers), model.d_model)
+            # One capture per control point (a token ending two has two, with the same state).
+            states = (torch.stack([c.states for c in row.captures]) if row.captures
+                      else torch.zeros(0, len(layers), model.d_model))
         else:  # the reference's way: one forward per prefix (kept for tests and benchmarks)
             states = torch.stack([engine.forward_states([row.prompt + row.tokens[: t + 1]], layers)[0][-1]
                                   for t in ends]) if ends else torch.zeros(0, len(layers), model.d_model)
