@@ -85,8 +85,9 @@ def bench_core(
 
 
 def bench_server(env: dict, launcher: bool = False, timeout: float = 120.0) -> dict:
-    """Server start -> health -> Playground drawn (Run button) -> model ready (sidebar facts) -> one click
-    to three columns and the gate strip."""
+    """Server start (process spawned) -> health -> first paint (any app text) -> Playground drawn (Run
+    button) -> model ready (sidebar model facts: loaded and warmed up) -> one click to three columns and the
+    gate strip. Also the load average at the start (the machine may be shared)."""
     from playwright.sync_api import sync_playwright
     from test_browser import CHROMIUM_ARGS, free_port, wait_healthy
 
@@ -108,33 +109,42 @@ def bench_server(env: dict, launcher: bool = False, timeout: float = 120.0) -> d
         "--server.headless",
         "true",
     ]
+    wait_ms = timeout * 1000
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)  # started before t0
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        load = os.getloadavg()[0]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
         try:
             health = wait_healthy(port, proc, log, timeout)
             page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            page.get_by_text("STIR Workbench").first.wait_for(timeout=wait_ms)
+            paint = time.perf_counter() - t0  # the app's first text is on screen
             run = page.get_by_role("button", name="Run comparison")
-            run.wait_for(timeout=timeout * 1000)
-            ui = time.perf_counter() - t0  # the Playground's widgets are drawn and usable
-            page.get_by_text("Model facts").wait_for(timeout=timeout * 1000)
+            run.wait_for(timeout=wait_ms)
+            ui = time.perf_counter() - t0  # the Playground's widgets are drawn
+            page.get_by_text("Model facts").wait_for(timeout=wait_ms)
             ready = time.perf_counter() - t0  # the model is loaded and warmed up: Run decodes at once
+            enabled = run.is_enabled()
             t1 = time.perf_counter()
             run.click()
-            page.locator(".stir-tokens").nth(2).wait_for(timeout=timeout * 1000)
+            page.locator(".stir-tokens").nth(2).wait_for(timeout=wait_ms)
             texts = time.perf_counter() - t1  # the three decoded columns are on screen
-            page.locator(".st-key-gate_strip .js-plotly-plot").wait_for(timeout=timeout * 1000)
+            page.locator(".st-key-gate_strip .js-plotly-plot").wait_for(timeout=wait_ms)
             click = time.perf_counter() - t1  # ... and the gate strip is drawn (plotly.js in the browser)
         finally:
             browser.close()
             proc.terminate()
             proc.wait(timeout=15)
     return {
+        "command": "python -m app" if launcher else "streamlit run app/Home.py",
+        "load_average_at_start": load,
         "health_s": health,
+        "first_paint_s": paint,
         "ui_s": ui,
         "model_ready_s": ready,
+        "run_enabled": enabled,
         "click_to_texts_s": texts,
         "click_to_strip_s": click,
     }
@@ -173,56 +183,54 @@ def main() -> None:
     ap.add_argument("--delimiter", default="\\n\\n", help="segment delimiter, escaped (default \\n\\n)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-browser", action="store_true")
-    ap.add_argument(
-        "--launcher",
-        action="store_true",
-        help="serve with `python -m app` (loads the model at "
-        "server start) instead of `streamlit run app/Home.py`",
-    )
+    ap.add_argument("--server-only", action="store_true", help="only the browser measurements")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
     out = {
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     }
-    out["core"] = bench_core(
-        args.model,
-        args.library,
-        args.prompt,
-        args.repeats,
-        args.tokens,
-        codecs.decode(args.delimiter, "unicode_escape"),
-    )
-    c = out["core"]
-    print(f"cores {out['cpu_affinity']} · torch threads {c['torch_threads']} · {c['params']:,} params")
-    print(f"core: imports {c['import_s']:.2f} s, model+library load {c['load_s']:.2f} s")
-    print(
-        f"three-column comparison of {args.tokens} tokens: median {c['comparison_median_s']:.3f} s, "
-        f"min {c['comparison_min_s']:.3f} s (goal < 3 s)"
-    )
-    for m, col in c["runs"][-1]["columns"].items():
-        print(
-            f"  {m:8s} {col['s']:.3f} s  {col['tokens']} tokens, {col['probe_tokens']} probe, "
-            f"{col['interventions']} interventions"
+    if not args.server_only:
+        out["core"] = bench_core(
+            args.model,
+            args.library,
+            args.prompt,
+            args.repeats,
+            args.tokens,
+            codecs.decode(args.delimiter, "unicode_escape"),
         )
-    out["script"] = bench_script(args.model, args.library)
-    sc = out["script"]
-    print(
-        f"Playground script (server side, no browser): first comparison {sc['uncached_s']:.2f} s, stir column "
-        f"changed {sc['stir_changed_s']:.2f} s, cached rerun {sc['cached_s']:.2f} s"
-    )
+        c = out["core"]
+        print(f"cores {out['cpu_affinity']} · torch threads {c['torch_threads']} · {c['params']:,} params")
+        print(f"core: imports {c['import_s']:.2f} s, model+library load {c['load_s']:.2f} s")
+        print(
+            f"three-column comparison of {args.tokens} tokens: median {c['comparison_median_s']:.3f} s, "
+            f"min {c['comparison_min_s']:.3f} s (goal < 3 s)"
+        )
+        for m, col in c["runs"][-1]["columns"].items():
+            print(
+                f"  {m:8s} {col['s']:.3f} s  {col['tokens']} tokens, {col['probe_tokens']} probe, "
+                f"{col['interventions']} interventions"
+            )
+        out["script"] = bench_script(args.model, args.library)
+        sc = out["script"]
+        print(
+            f"Playground script (server side, no browser): first comparison {sc['uncached_s']:.2f} s, stir column "
+            f"changed {sc['stir_changed_s']:.2f} s, cached rerun {sc['cached_s']:.2f} s"
+        )
     if not args.no_browser:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STIR_")}
         if args.model != "embedded":
             env["STIR_MODEL"] = args.model
         env["STIR_LIBRARY"] = args.library
-        out["server"] = bench_server(env, launcher=args.launcher)
-        out["server"]["command"] = "python -m app" if args.launcher else "streamlit run app/Home.py"
-        s = out["server"]
-        print(
-            f"server ({s['command']}): healthy after {s['health_s']:.2f} s; Playground drawn after {s['ui_s']:.2f} s; model ready "
-            f"(interactive) after {s['model_ready_s']:.2f} s (goal < 5 s); first comparison: click to three "
-            f"columns {s['click_to_texts_s']:.2f} s, to the drawn gate strip {s['click_to_strip_s']:.2f} s"
-        )
+        out["server"] = [bench_server(env, launcher=launcher) for launcher in (True, False)]
+        for s in out["server"]:
+            print(
+                f"server `{s['command']}` (load average {s['load_average_at_start']:.1f} at start): healthy "
+                f"after {s['health_s']:.2f} s; first paint {s['first_paint_s']:.2f} s "
+                f"({s['first_paint_s'] - s['health_s']:.2f} s after healthy, goal < 2 s); Playground drawn "
+                f"{s['ui_s']:.2f} s; model ready, Run enabled={s['run_enabled']} after {s['model_ready_s']:.2f} s "
+                f"(goal < 5 s); first comparison: click to three columns {s['click_to_texts_s']:.2f} s, to "
+                f"the drawn gate strip {s['click_to_strip_s']:.2f} s (goal < 3 s)"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
