@@ -17,10 +17,11 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    from streamlit.web import cli  # first, in this thread: the loader thread imports streamlit modules too
+
     from app import loading
 
-    loading.start_defaults()  # returns at once: the loads run in app.loading's threads
-    from streamlit.web import cli
+    loading.start_defaults()  # returns at once: the imports and loads run in app.loading's threads
 
     sys.argv = ["streamlit", "run", str(Path(__file__).with_name("Home.py")), *sys.argv[1:]]
     cli.main()

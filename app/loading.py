@@ -24,7 +24,9 @@ import contextlib
 import importlib
 import json
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -105,6 +107,9 @@ def thread_policy() -> int | str | None:
 
 # One future per (name, device, dtype); at most MAX_MODELS kept alive.
 _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stir-model-load")
+_LOADS: dict[tuple[str, str, str], Future] = {}
+_LOADS_LOCK = threading.Lock()
+MAX_MODELS = 2
 
 # The app's heavy modules (torch, pandas, plotly, stir_core, through these), imported first by the loader
 # thread. Two threads importing overlapping module graphs at once can see a partially initialised module
@@ -135,12 +140,10 @@ def wait_imports() -> None:
     """Start the app's heavy imports in the loader thread if needed, and wait until they are done."""
     start_imports()
     _IMPORTED.wait()
-_LOADS: dict[tuple[str, str, str], Future] = {}
-_LOADS_LOCK = threading.Lock()
-MAX_MODELS = 2
 
 
 _THREADS: dict[tuple[str, str, str], int] = {}  # torch thread count chosen when each model loaded
+READY_LINE = "stir-workbench: model ready:"
 
 
 def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
@@ -150,11 +153,14 @@ def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
     from stir_core.locks import model_lock
     from stir_core.model import load_model
 
+    t0 = time.perf_counter()
     model = load_model(name, device=device, dtype=dtype, threads=thread_policy())
     _THREADS[(name, device, dtype)] = torch.get_num_threads()
     engine = Engine(model)
     with model_lock(model):  # warm-up: first-call allocations happen here, not in the user's first comparison
         engine.generate([model.format_prompt("1+1=")], 2)
+    # one line in the server's log: when the model became usable (tests/test_app_start.py waits for it)
+    print(f"{READY_LINE} {name} {device} {dtype} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return model, engine
 
 
