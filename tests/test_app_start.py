@@ -94,3 +94,16 @@ def test_launcher_loads_the_model_before_any_browser(tiny_model_dir, lib_dir, tm
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_switch_interval_is_restored_after_the_default_load(tiny_model_dir, lib_dir, monkeypatch):
+    monkeypatch.setenv("STIR_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("STIR_LIBRARY", str(lib_dir))
+    monkeypatch.setattr(loading, "_LOADS", {})  # a fresh load, so the interval is lowered meanwhile
+    before = sys.getswitchinterval()
+    fut = loading.start_defaults()
+    fut.result(timeout=300)
+    deadline = time.perf_counter() + 10  # done callbacks run right after the result is set
+    while sys.getswitchinterval() != before and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert sys.getswitchinterval() == before and not loading._SAVED_SWITCH
