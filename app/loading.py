@@ -136,6 +136,10 @@ def start_imports() -> None:
             _IMPORTS.append(_LOADER.submit(_import_app_modules))
 
 
+def imports_done() -> bool:
+    return _IMPORTED.is_set()
+
+
 def wait_imports() -> None:
     """Start the app's heavy imports in the loader thread if needed, and wait until they are done."""
     start_imports()
