@@ -159,6 +159,30 @@ def bench_server(env: dict, command: str, timeout: float = 120.0) -> dict:
     }
 
 
+FLOOR = """
+import sys, time
+t = [time.perf_counter()]
+import streamlit, torch; t.append(time.perf_counter())
+import app.state, app.export, app.figures, app.ui; t.append(time.perf_counter())
+from transformer_lens.model_bridge import TransformerBridge; t.append(time.perf_counter())
+from app import loading
+loading.loaded(loading.default_model()); t.append(time.perf_counter())
+print(*(round(b - a, 3) for a, b in zip(t, t[1:])))
+"""
+
+
+def bench_floor(env: dict) -> dict:
+    """What the server process must do before the model is usable, alone, in a fresh process and one
+    thread (no server, no browser): the floor under `model_ready_s`."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", FLOOR], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True)
+    total = time.perf_counter() - t0
+    parts = [float(x) for x in out.stdout.split()]
+    return dict(zip(("streamlit_torch_s", "app_modules_s", "transformer_lens_s", "load_warm_s"), parts, strict=True),
+                process_s=total)
+
+
 def bench_script(model: str, library: str) -> dict:
     """Server-side script time of Playground runs (AppTest, no browser): first uncached comparison, one
     with the stir column changed (two columns cached), and a cached rerun."""
@@ -230,6 +254,12 @@ def main() -> None:
         if args.model != "embedded":
             env["STIR_MODEL"] = args.model
         env["STIR_LIBRARY"] = args.library
+        out["floor"] = f = bench_floor(env)
+        print(
+            f"floor (one fresh process, no server): imports streamlit+torch {f['streamlit_torch_s']:.2f} s, app "
+            f"modules {f['app_modules_s']:.2f} s, TransformerLens bridge {f['transformer_lens_s']:.2f} s, model "
+            f"load + warm-up {f['load_warm_s']:.2f} s; the whole process {f['process_s']:.2f} s"
+        )
         out["server"] = [bench_server(env, command) for command in SERVE]
         for s in out["server"]:
             print(
