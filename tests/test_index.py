@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from stir_core import index as index_module
 from stir_core.index import ToolIndex, l2_normalize
 from stir_core.library import ToolLibrary
 
@@ -135,9 +136,11 @@ def _brute_ids(keys: torch.Tensor, members: list[int], query: torch.Tensor, k: i
     return [i for _, i in sorted(scored)[:k]]
 
 
+@pytest.mark.parametrize("small_group", [4096, 10], ids=["float32-scan", "float16-scan"])
 @pytest.mark.parametrize("center", [False, True])
-def test_near_ties_below_float16_resolution_are_ranked_exactly(center):
-    """Keys that differ by less than float16 can see: the shortlist must widen, the order stays exact."""
+def test_near_ties_below_float16_resolution_are_ranked_exactly(center, small_group, monkeypatch):
+    """Keys that differ by less than the scan can see: the shortlist must widen, the order stays exact."""
+    monkeypatch.setattr(index_module, "SMALL_GROUP", small_group)
     g = torch.Generator().manual_seed(7)
     n, d = 3000, 64
     base = torch.randn(d, generator=g)
@@ -146,6 +149,7 @@ def test_near_ties_below_float16_resolution_are_ranked_exactly(center):
     layers, points = [i % 2 for i in range(n)], [1 + i % 3 for i in range(n)]
     lib = _lib_from_keys(keys, layers, points)
     index = ToolIndex(lib, center_keys=center)
+    assert index.groups[(0, 1)].scan.dtype == (torch.float16 if small_group == 10 else torch.float32)
     queries = torch.cat([keys[[5, 100]], base + 1e-4 * torch.randn(3, d, generator=g)])
     for layer, m in [(0, 1), (1, 2), (0, 3)]:
         members = [i for i in range(n) if layers[i] == layer and points[i] == m]
@@ -154,13 +158,16 @@ def test_near_ties_below_float16_resolution_are_ranked_exactly(center):
             assert idx[r].tolist() == _brute_ids(keys, members, queries[r], 8, center)
 
 
-def test_random_groups_at_width_512_equal_brute_force():
+@pytest.mark.parametrize("small_group", [4096, 10], ids=["float32-scan", "float16-scan"])
+def test_random_groups_at_width_512_equal_brute_force(small_group, monkeypatch):
     """A wider, bigger case like the benchmark's (random keys, several groups), batch equals one by one."""
+    monkeypatch.setattr(index_module, "SMALL_GROUP", small_group)
     g = torch.Generator().manual_seed(11)
     n, d = 4000, 512
     keys = torch.randn(n, d, generator=g)
     layers, points = [3 + i % 2 for i in range(n)], [1 + (i // 2) % 4 for i in range(n)]
     index = ToolIndex(_lib_from_keys(keys, layers, points))
+    assert index.groups[(3, 1)].scan.dtype == (torch.float16 if small_group == 10 else torch.float32)
     queries = torch.randn(4, d, generator=g)
     for layer, m in [(3, 1), (4, 4)]:
         members = [i for i in range(n) if layers[i] == layer and points[i] == m]
@@ -183,6 +190,16 @@ def test_float16_scan_error_is_within_the_shortlist_bound():
     p = l2_normalize(torch.randn(d, generator=g)).half()
     p_ones = l2_normalize(torch.ones(d)).half()
     gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
+    for q in (p, p_ones):
+        a = torch.mv(h, q).double()
+        exact = h.double() @ q.double()
+        bound = gamma * h.double().norm(dim=1) * q.double().norm() + 2.0**-11 * a.abs() / (1 - 2.0**-11) + 2.0**-25
+        assert ((a - exact).abs() <= bound).all()
+        # the float32 scan of small groups: no output rounding, gamma_d covers products and sums
+        h32, q32 = l2_normalize(torch.randn(300, d, generator=g)), q.float()
+        a = torch.mv(h32, q32).double()
+        exact = h32.double() @ q32.double()
+        assert ((a - exact).abs() <= gamma * h32.double().norm(dim=1) * q32.double().norm()).all()
     for q in (p, p_ones):
         a = torch.mv(h, q).double()
         exact = h.double() @ q.double()
