@@ -4,7 +4,8 @@ Keys are grouped by (layer, control point). A search scans a float16 copy of the
 the bytes of float32: the scan of a big group is memory-bound; groups of at most SMALL_GROUP rows keep a
 float32 copy, whose matrix-vector product has less fixed cost) and keeps every entry whose score, widened
 by a proven error bound, could still reach the top k; that shortlist (usually k plus a few) is re-ranked
-with float64 cosines from the library's own keys. So the result is the exact top k, identical to a float64
+with float64 cosines from the library's own keys. Groups of at most EXACT_GROUP rows (the usual library)
+keep float64 unit rows and are ranked directly: a few small operations, no bound needed. So the result is the exact top k, identical to a float64
 brute force: best first, ties broken by the lower entry index.
 
 With `center_keys` each group's mean raw key is subtracted from its keys and from every query before
@@ -27,6 +28,7 @@ CHUNK = 8192  # rows per float64 pass at build time: bounds the temporary memory
 # Groups up to this many rows scan in float32: torch's float16 matrix-vector product is parallelised even for
 # a few rows, and on 2 busy cores its thread start-up cost dominated (0.3 ms for 43 rows vs 6 us in float32).
 SMALL_GROUP = 4096
+EXACT_GROUP = 512  # up to this many rows: float64 unit rows, ranked directly (at most 8 MiB at d=2,048)
 
 
 def l2_normalize(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -37,7 +39,7 @@ def l2_normalize(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 @dataclass
 class IndexGroup:
     entries: torch.Tensor  # [G] int64, entry indices into the library, ascending
-    scan: torch.Tensor  # [G, d_model] float16 (float32 up to SMALL_GROUP rows), the unit rows, rounded
+    scan: torch.Tensor  # [G, d_model] the unit rows: float16, float32 up to SMALL_GROUP, float64 up to EXACT_GROUP
     norms: torch.Tensor  # [G] float64, norm of each (centred) raw key, clamped to EPS
     err: float  # max over rows of ||unit row - its scan copy||, measured in float64
     mean: torch.Tensor | None  # [d_model] float64, the group's mean raw key when centring, else None
@@ -61,7 +63,8 @@ class ToolIndex:
         mean = None
         if self.center_keys:
             mean = sum(self.keys.index_select(0, c).double().sum(0) for c in entries.split(CHUNK)) / len(entries)
-        dtype = torch.float32 if len(entries) <= SMALL_GROUP else torch.float16
+        g = len(entries)
+        dtype = torch.float64 if g <= EXACT_GROUP else torch.float32 if g <= SMALL_GROUP else torch.float16
         scan = torch.empty(len(entries), self.d_model, dtype=dtype)
         norms = torch.empty(len(entries), dtype=torch.float64)
         err = 0.0
@@ -107,6 +110,11 @@ class ToolIndex:
             q = q - group.mean
         qnorm = torch.linalg.vector_norm(q, dim=1).clamp_min(EPS)
         unit = q / qnorm[:, None]  # [Q, d] float64
+        if group.scan.dtype == torch.float64:  # exact: rank the float64 cosines of every row
+            all_sims = (group.scan @ unit.T).T  # [Q, G]
+            # a stable sort on -sims: entries ascend with the position, so ties keep the lower entry first
+            order = torch.sort(-all_sims, dim=1, stable=True).indices[:, :kk]
+            return all_sims.gather(1, order).float(), group.entries[order]
         low = unit.to(group.scan.dtype)
         qerr = torch.linalg.vector_norm(unit - low.double(), dim=1).tolist()  # [Q]
         sims, idx = [], []

@@ -136,11 +136,15 @@ def _brute_ids(keys: torch.Tensor, members: list[int], query: torch.Tensor, k: i
     return [i for _, i in sorted(scored)[:k]]
 
 
-@pytest.mark.parametrize("small_group", [4096, 10], ids=["float32-scan", "float16-scan"])
+SCANS = {"float64": (10_000, 10_000), "float32-scan": (0, 10_000), "float16-scan": (0, 0)}  # EXACT, SMALL
+
+
+@pytest.mark.parametrize("scan", list(SCANS))
 @pytest.mark.parametrize("center", [False, True])
-def test_near_ties_below_float16_resolution_are_ranked_exactly(center, small_group, monkeypatch):
+def test_near_ties_below_float16_resolution_are_ranked_exactly(center, scan, monkeypatch):
     """Keys that differ by less than the scan can see: the shortlist must widen, the order stays exact."""
-    monkeypatch.setattr(index_module, "SMALL_GROUP", small_group)
+    monkeypatch.setattr(index_module, "EXACT_GROUP", SCANS[scan][0])
+    monkeypatch.setattr(index_module, "SMALL_GROUP", SCANS[scan][1])
     g = torch.Generator().manual_seed(7)
     n, d = 3000, 64
     base = torch.randn(d, generator=g)
@@ -149,7 +153,7 @@ def test_near_ties_below_float16_resolution_are_ranked_exactly(center, small_gro
     layers, points = [i % 2 for i in range(n)], [1 + i % 3 for i in range(n)]
     lib = _lib_from_keys(keys, layers, points)
     index = ToolIndex(lib, center_keys=center)
-    assert index.groups[(0, 1)].scan.dtype == (torch.float16 if small_group == 10 else torch.float32)
+    assert str(index.groups[(0, 1)].scan.dtype) == "torch." + scan.removesuffix("-scan")
     queries = torch.cat([keys[[5, 100]], base + 1e-4 * torch.randn(3, d, generator=g)])
     for layer, m in [(0, 1), (1, 2), (0, 3)]:
         members = [i for i in range(n) if layers[i] == layer and points[i] == m]
@@ -158,16 +162,17 @@ def test_near_ties_below_float16_resolution_are_ranked_exactly(center, small_gro
             assert idx[r].tolist() == _brute_ids(keys, members, queries[r], 8, center)
 
 
-@pytest.mark.parametrize("small_group", [4096, 10], ids=["float32-scan", "float16-scan"])
-def test_random_groups_at_width_512_equal_brute_force(small_group, monkeypatch):
+@pytest.mark.parametrize("scan", list(SCANS))
+def test_random_groups_at_width_512_equal_brute_force(scan, monkeypatch):
     """A wider, bigger case like the benchmark's (random keys, several groups), batch equals one by one."""
-    monkeypatch.setattr(index_module, "SMALL_GROUP", small_group)
+    monkeypatch.setattr(index_module, "EXACT_GROUP", SCANS[scan][0])
+    monkeypatch.setattr(index_module, "SMALL_GROUP", SCANS[scan][1])
     g = torch.Generator().manual_seed(11)
     n, d = 4000, 512
     keys = torch.randn(n, d, generator=g)
     layers, points = [3 + i % 2 for i in range(n)], [1 + (i // 2) % 4 for i in range(n)]
     index = ToolIndex(_lib_from_keys(keys, layers, points))
-    assert index.groups[(3, 1)].scan.dtype == (torch.float16 if small_group == 10 else torch.float32)
+    assert str(index.groups[(3, 1)].scan.dtype) == "torch." + scan.removesuffix("-scan")
     queries = torch.randn(4, d, generator=g)
     for layer, m in [(3, 1), (4, 4)]:
         members = [i for i in range(n) if layers[i] == layer and points[i] == m]
