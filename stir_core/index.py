@@ -104,8 +104,8 @@ class ToolIndex:
             raise ValueError("query contains NaN/inf")
         group = self.groups.get((int(layer), int(control_point)))
         kk = 0 if group is None else min(k, len(group.entries))
-        if kk == 0:
-            return torch.zeros(q.shape[0], 0), torch.zeros(q.shape[0], 0, dtype=torch.long)
+        if kk == 0 or q.shape[0] == 0:
+            return torch.zeros(q.shape[0], kk), torch.zeros(q.shape[0], kk, dtype=torch.long)
         if group.mean is not None:
             q = q - group.mean
         qnorm = torch.linalg.vector_norm(q, dim=1).clamp_min(EPS)

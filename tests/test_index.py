@@ -71,7 +71,7 @@ def test_centring_spreads_the_similarities():
     assert centred.max() - centred.min() > 0.5
 
 
-def test_single_query_unknown_group_and_bad_query():
+def test_single_query_unknown_group_and_bad_query(monkeypatch):
     lib = make_lib()
     index = ToolIndex(lib)
     sims, idx = index.search(lib.keys[3], layer=5, control_point=2, k=1)
@@ -80,6 +80,10 @@ def test_single_query_unknown_group_and_bad_query():
     assert sims.shape == idx.shape == (4, 0) and idx.dtype == torch.long
     sims, idx = index.search(torch.randn(D), layer=2, control_point=9)
     assert sims.shape == (1, 0)
+    for exact in (512, 0):  # an empty batch of queries, on either path
+        monkeypatch.setattr(index_module, "EXACT_GROUP", exact)
+        sims, idx = ToolIndex(lib).search(torch.zeros(0, D), layer=2, control_point=1, k=3)
+        assert sims.shape == idx.shape == (0, 3)
     with pytest.raises(ValueError, match="d_model=24"):
         index.search(torch.randn(D + 1), layer=2, control_point=1)
     with pytest.raises(ValueError, match="NaN"):
