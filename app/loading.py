@@ -6,12 +6,15 @@ builds its engine and warms it up, in one worker thread; it returns a future and
 device, dtype). `_LOADS` is THE model cache of the process (at most MAX_MODELS): `app.state.get_model` and
 `get_engine` only wait on these futures, so the model and its engine can never be evicted separately or
 loaded twice. `library_file(path, stamp)` is the one cache of library directories read from disk.
-`start_defaults()` starts both for the zero-configuration defaults: the launcher (`python -m app`) calls it
-as the server process starts, before any browser connects. The first start of the app spends most of its
-time importing torch and TransformerLens (several seconds on 2 cores): doing that in this thread lets the
-server come up and the page paint meanwhile. `generation(...)` takes the model's turn (`stir_core.locks.model_lock`: one decode
-per model at a time, first come first served, the queue position reported while waiting) and applies the
-model's thread count in the decoding thread.
+`start_defaults()` starts both for the zero-configuration defaults: the launcher (`python -m app`) and
+app/serve.py's start hook call it as the server starts, before any browser connects; app/Home.py calls it
+too (a no-op then). The first start of the app spends most of its time importing torch and TransformerLens
+(several seconds on 2 cores): doing that in the loader thread lets the server come up and the page paint
+meanwhile.
+
+`generation(...)` takes the model's turn (`stir_core.locks.model_lock`: one decode per model at a time,
+first come first served, the queue position reported while waiting) and applies the model's thread count in
+the decoding thread.
 
 Per-request budget (so one visitor cannot hold the model for minutes): `STIR_APP_MAX_TOKENS` caps
 max_new_tokens (default 512) and `STIR_APP_TIME_CAP_S` caps one Playground request (default 60 s, checked
@@ -40,7 +43,7 @@ if TYPE_CHECKING:  # heavy (torch): imported inside the functions that need them
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LIBRARY = REPO / "assets" / "demo-library"
 # Copies of stir_core.library.MANIFEST_FILE and stir_core.model.DEFAULT_MODEL_DIR, which cannot be imported
-# here without torch; tests/test_app.py checks they agree.
+# here without torch; tests/test_app_start.py checks they agree.
 MANIFEST_NAME = "manifest.json"
 DEFAULT_MODEL_DIR = REPO / "assets" / "toy-reasoner"
 MODEL_ENV, LIBRARY_ENV, RUNS_ENV = "STIR_MODEL", "STIR_LIBRARY", "STIR_RUNS"
