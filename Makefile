@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml $(LOCK)
 install: $(STAMP)
 
 app: $(STAMP)
-	$(BIN)/python -m streamlit run app/Home.py --server.address 127.0.0.1
+	$(BIN)/python -m app --server.address 127.0.0.1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -521,11 +521,12 @@ def run_app(port: int = 8501, address: str = "127.0.0.1") -> None:
     """Start the Streamlit workbench (local only by default; pass --address 0.0.0.0 to expose it)."""
     if not 0 < port < 65536:
         _fail(f"--port must be in 1..65535, got {port}")
-    entry = Path(__file__).resolve().parent.parent / "app" / "Home.py"
-    if not entry.exists():
-        _fail(f"the app entry {entry} is missing")
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(entry),
-                                      "--server.port", str(port), "--server.address", address]))
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "app" / "Home.py").exists():
+        _fail(f"the app entry {root / 'app' / 'Home.py'} is missing")
+    # app/__main__.py: `streamlit run app/Home.py` that starts loading the model with the server
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "app", "--server.port", str(port),
+                                      "--server.address", address], cwd=root))
 
 
 def _fresh_output(path: Path, overwrite: bool) -> None:
