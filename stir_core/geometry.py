@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stir_core import backend
+
 UMAP_MIN_POINTS = 10  # below this UMAP's neighbour graph is meaningless: fall back to PCA
 PROJECTIONS = ("pca", "umap")
 
@@ -228,14 +230,8 @@ def logit_lens(
 
 def unembedding(model: Any) -> tuple[torch.Tensor, torch.Tensor | None, str | None]:
     """(W_U [d_model, d_vocab], final-norm gain γ [d_model] or None, norm kind "rms"/"ln"/None) of a
-    `LoadedModel` (read from its TransformerBridge: `bridge.W_U` and `bridge.ln_final`)."""
-    bridge = model.bridge
-    W_U = bridge.W_U
-    ln = getattr(bridge, "ln_final", None)
-    weight = getattr(ln, "weight", None) if ln is not None else None
-    kind_cfg = str(getattr(bridge.cfg, "normalization_type", "") or "").upper()
-    kind = "rms" if kind_cfg.startswith("RMS") else "ln" if kind_cfg.startswith("LN") else None
-    return W_U, (weight.detach() if weight is not None else None), kind
+    `LoadedModel` (`backend.unembedding`)."""
+    return backend.unembedding(model.bridge)
 
 
 def lens_for_model(model: Any, vector: torch.Tensor, k: int = 10, final_norm: bool = True) -> LensReadout:

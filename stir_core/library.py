@@ -39,12 +39,13 @@ import safetensors.torch
 import torch
 
 from stir_core import atomic, outputs
+from stir_core.backend import DEFAULT_HOOK_POINT
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tools.safetensors"
 TABLE_FILE = "tools.parquet"
 MANIFEST_FILE = "manifest.json"
-HOOK_POINT = "blocks.{layer}.hook_resid_post"
+HOOK_POINT = DEFAULT_HOOK_POINT  # where the tools were mined and are steered (backend.hook_name)
 KINDS = ("correction", "anchor")
 
 INT_COLUMNS = ("layer", "control_point", "n_pos", "n_neg", "seed")
@@ -338,6 +339,11 @@ class ToolLibrary:
     @property
     def d_model(self) -> int:
         return int(self.keys.shape[1])
+
+    @property
+    def hook_point(self) -> str:
+        """The manifest's hook-name template (`backend.hook_name`): where the tools steer."""
+        return str(self.manifest.get("hook_point", HOOK_POINT))
 
     def validate(self) -> None:
         """Run every content check on the in-memory library (as `load` does)."""

@@ -86,9 +86,6 @@ class LoadedModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def hook_name(self, layer: int) -> str:
-        return f"blocks.{self.resolve_layer(layer)}.hook_resid_post"
-
     def resolve_layer(self, spec: int | float | str) -> int:
         return resolve_layer(spec, self.n_layers)
 
