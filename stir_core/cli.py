@@ -8,7 +8,6 @@ claimed before anything is written (`stir_core.outputs`). `--debug` (or STIR_DEB
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from stir_core import jsonio
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="STIR Workbench: mine, select, store and replay latent actions.")
@@ -315,7 +316,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     if json_out is not None:
         from stir_core import atomic
 
-        atomic.write_text(json_out, json.dumps({k: v.to_dict() for k, v in out.items()}, indent=1))
+        atomic.write_json(json_out, {k: v.to_dict() for k, v in out.items()}, indent=1)
         typer.echo(f"wrote {json_out}")
 
 
@@ -372,7 +373,7 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
     cands = mine_candidates(m, cfg.mine, run_dir=out)
     cands.save(out / "candidates", overwrite=True)
     typer.echo(f"{len(cands)} candidate entries -> {out / 'candidates'}; stats: "
-               f"{json.dumps(cands.manifest.get('mining_stats'))}")
+               f"{jsonio.dumps(cands.manifest.get('mining_stats'))}")
 
 
 @app.command()
@@ -401,7 +402,7 @@ def select(candidates: Annotated[Path, typer.Argument(help="candidate library di
         _fail(f"{candidates}: the candidate set is empty; nothing to select")
     lib, report = select_and_index(cands, cfg, seed)
     lib.save(out, overwrite=force)
-    typer.echo(json.dumps(report, indent=1))
+    typer.echo(jsonio.dumps(report, indent=1))
 
 
 @app.command()
@@ -419,7 +420,7 @@ def index(library: Annotated[Path, typer.Argument(help="library directory")],
         row = lib.table.iloc[i]
         sims, ent = idx.search(lib.keys[i], layer=int(row.layer), control_point=int(row.control_point), k=1)
         hits += int(ent[0, 0]) == i or bool(sims[0, 0] >= 1 - 1e-6)
-    typer.echo(json.dumps({"entries": len(lib), "groups": {f"L{a}/m{b}": n for (a, b), n in
+    typer.echo(jsonio.dumps({"entries": len(lib), "groups": {f"L{a}/m{b}": n for (a, b), n in
                                                            sorted(idx.group_sizes().items())},
                            "self_retrieval": f"{hits}/{len(lib)}"}, indent=1))
 

@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.stats import binomtest
 from tqdm.auto import tqdm
 
-from stir_core import atomic
+from stir_core import atomic, jsonio
 from stir_core import config as config_schema
 from stir_core.checks import check_prompts_fit
 from stir_core.controller import StirConfig, run_method
@@ -123,9 +123,9 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
 def save_results(result: EvalResult, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "summary.json", json.dumps({"config": result.config, "methods": result.summary},
-                                                       indent=2, default=str))
-    lines = "\n".join(json.dumps(r, default=str) for r in result.examples.to_dict(orient="records"))
+    atomic.write_text(out / "summary.json", jsonio.dumps({"config": result.config, "methods": result.summary},
+                                                         indent=2, default=str) + "\n")
+    lines = "\n".join(jsonio.dumps(r, default=str) for r in result.examples.to_dict(orient="records"))
     atomic.write_text(out / "examples.jsonl", lines + "\n")
     atomic.write_text(out / "examples.csv", result.examples.drop(columns=["trace_json"]).to_csv(index=False))
     return out

@@ -38,7 +38,7 @@ import pandas as pd
 import safetensors.torch
 import torch
 
-from stir_core import atomic, outputs
+from stir_core import atomic, jsonio, outputs
 from stir_core.backend import DEFAULT_HOOK_POINT
 
 FORMAT_VERSION = 1
@@ -389,7 +389,7 @@ class ToolLibrary:
         )
         buf = io.BytesIO()
         lib.table.to_parquet(buf, index=False)
-        manifest = json.dumps(lib.manifest, indent=2, allow_nan=False) + "\n"
+        manifest = jsonio.dumps(lib.manifest, indent=2) + "\n"
         with atomic.atomic_dir(path) as tmp:
             (tmp / TENSORS_FILE).write_bytes(tensors)
             (tmp / TABLE_FILE).write_bytes(buf.getvalue())
@@ -506,6 +506,7 @@ class ToolLibrary:
             **manifest,
         }
         try:
+            # Refused, not nulled: a NaN in a caller's manifest is a bug to name (writers use `jsonio`).
             m = json.loads(json.dumps(m, allow_nan=False))  # JSON-clean now, so the round trip is exact
         except (TypeError, ValueError) as e:
             raise LibraryError(f"{w_m}: manifest is not strict JSON ({e})") from e

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from stir_core import atomic
+from stir_core import atomic, jsonio
 from stir_core.config import knob, validate
 from stir_core.engine import Engine, Sampling
 from stir_core.library import ToolLibrary
@@ -273,7 +273,7 @@ def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: di
         meta.append({k: v for k, v in asdict(it).items() if k not in ("mu_pos", "mu_neg")})
     with atomic.atomic_dir(path) as tmp:
         safetensors.torch.save_file(tensors, str(tmp / "items.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"next_problem": next_problem, "stats": stats,
+        (tmp / "state.json").write_text(jsonio.dumps({"next_problem": next_problem, "stats": stats,
                                                     "config": asdict(cfg), "items": meta}))
 
 

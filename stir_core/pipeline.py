@@ -1,13 +1,13 @@
 """`stir build`: mine → select → index from one YAML config, every output under one run directory.
 
     <run>/candidates/   Stage I output (a library directory of all mined entries)
-    <run>/library/      Stage II+III output: the selected library, ready for `ToolIndex`
+    <run>/library/      Stage II+III output: the selected library, ready for `ToolIndex`, and its
+                        CARD.md (`report.library_card`)
     <run>/build.json    what ran: config, counts, selection report, timings
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +21,7 @@ from stir_core.index import ToolIndex
 from stir_core.library import ToolLibrary
 from stir_core.mine import MineConfig, discard_checkpoint, mine_candidates
 from stir_core.model import LoadedModel
+from stir_core.report import library_card
 from stir_core.select import select_library
 
 
@@ -99,14 +100,13 @@ def check_build_output(out_dir: str | Path, overwrite: bool = False) -> Path:
 
 def select_and_index(candidates: ToolLibrary, cfg: SelectConfig, seed: int = 0) -> tuple[ToolLibrary, dict]:
     """Stage II + III: the selected library (validated by building its index) and a selection report."""
-    lib, res = select_library(candidates, cfg.budget, method=cfg.method, lam=cfg.lam, eps=cfg.eps,
-                              min_per_control_point=cfg.min_per_control_point, seed=seed)
+    lib, _ = select_library(candidates, cfg.budget, method=cfg.method, lam=cfg.lam, eps=cfg.eps,
+                            min_per_control_point=cfg.min_per_control_point, seed=seed)
     index = ToolIndex(lib)
-    report = {"method": cfg.method, "budget": cfg.budget, "n_candidates": res.n_candidates, "kept": len(lib),
-              "dropped": res.n_dropped, "logdet": res.logdet, "objective": res.objective,
-              "index_groups": {f"L{layer}/m{m}": n for (layer, m), n in sorted(index.group_sizes().items())}}
-    lib.manifest["selection"] = report
-    return lib, report
+    # select.py writes the selection section; the index only adds its group sizes to it.
+    lib.manifest["selection"]["index_groups"] = {f"L{layer}/m{m}": n
+                                                 for (layer, m), n in sorted(index.group_sizes().items())}
+    return lib, lib.manifest["selection"]
 
 
 def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
@@ -136,5 +136,6 @@ def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
         progress("index", 1, 1, {"candidates": len(candidates), "kept": len(lib)})
     summary = {"config": config.to_dict(), "mining_stats": candidates.manifest.get("mining_stats"),
                "selection": report, "timings_s": {"mine": t_mine, "total": time.perf_counter() - t0}}
-    atomic.write_text(out / "build.json", json.dumps(summary, indent=2, default=str))
+    atomic.write_json(out / "build.json", summary)
+    atomic.write_text(out / "library" / "CARD.md", library_card(out))
     return out / "library"

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
 
+from stir_core import jsonio
+
 # Why a control point committed nothing (or that it committed).
 REASONS = ("committed", "no_entries", "low_sim", "no_candidates", "anchor_won", "tie", "below_tau",
            "nonpositive_alpha", "static", "random", "skipped")
@@ -100,7 +102,7 @@ class Trace:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict())
+        return jsonio.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict) -> Trace:
