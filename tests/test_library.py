@@ -375,8 +375,12 @@ def test_atomic_file_writes(tmp_path, monkeypatch):
     f = tmp_path / "sub" / "x.json"
     atomic.write_json(f, {"a": 1})
     assert json.loads(f.read_text()) == {"a": 1}
-    with pytest.raises(ValueError):
-        atomic.write_json(f, {"a": float("nan")})
+    with pytest.raises(TypeError):  # not serialisable: nothing written, the old file stays
+        atomic.write_json(f, {"a": object()})
+    assert json.loads(f.read_text()) == {"a": 1}
+    atomic.write_json(f, {"a": float("nan")})  # non-finite numbers are written as null (strict JSON)
+    assert f.read_text().split() == ["{", '"a":', "null", "}"]
+    atomic.write_json(f, {"a": 1})
     monkeypatch.setattr(atomic.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
     with pytest.raises(OSError, match="disk gone"):
         atomic.write_text(f, "new")
