@@ -133,7 +133,7 @@ def _online_config(lib, overrides: dict, facts: dict, steered: bool):
     if n_ctx is not None and cfg.max_new_tokens >= n_ctx:
         _fail(f"max_new_tokens={cfg.max_new_tokens} does not fit the model's context of {n_ctx} positions "
               "(prompt included); lower it, e.g. --set max_new_tokens=128")
-    lib_layers = sorted({int(x) for x in lib.table["layer"]}) if lib is not None and len(lib) else None
+    lib_layers = (lib.layers or None) if lib is not None else None
     check_layers(cfg, facts.get("n_layers"), lib_layers if steered else None)
     return cfg
 
@@ -207,7 +207,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
             _fail("steered methods need --library DIR")
     lib, warnings = _library(library, facts, allow_model_mismatch)
     cfg = _online_config(lib, overrides, facts, steered)
-    lib_layers = sorted({int(x) for x in lib.table["layer"]}) if lib is not None and len(lib) else None
+    lib_layers = (lib.layers or None) if lib is not None else None
     settings = [(None, None)] if sweep_name is None else [(sweep_name, v) for v in sweep_values]
     configs = []
     for name, value in settings:
@@ -416,10 +416,9 @@ def index(library: Annotated[Path, typer.Argument(help="library directory")],
     lib = ToolLibrary.load(library)
     idx = ToolIndex(lib, center_keys=center_keys)
     hits = 0
-    for i in range(len(lib)):
-        row = lib.table.iloc[i]
-        sims, ent = idx.search(lib.keys[i], layer=int(row.layer), control_point=int(row.control_point), k=1)
-        hits += int(ent[0, 0]) == i or bool(sims[0, 0] >= 1 - 1e-6)
+    for t in lib.tools():
+        sims, ent = idx.search(t.key, layer=t.layer, control_point=t.control_point, k=1)
+        hits += int(ent[0, 0]) == t.entry or bool(sims[0, 0] >= 1 - 1e-6)
     typer.echo(jsonio.dumps({"entries": len(lib), "groups": {f"L{a}/m{b}": n for (a, b), n in
                                                            sorted(idx.group_sizes().items())},
                            "self_retrieval": f"{hits}/{len(lib)}"}, indent=1))

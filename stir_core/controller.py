@@ -87,7 +87,7 @@ class StirPolicy(Policy):
             raise ValueError(f"unknown STIR variant {variant!r}; use one of {STIR_VARIANTS}")
         self.library, self.config, self.variant = library, config, variant
         self.index = index if index is not None else ToolIndex(library, center_keys=config.center_keys)
-        layers = sorted({int(x) for x in library.table["layer"]}) if len(library) else []
+        layers = library.layers
         if config.layer is not None:
             layers = [x for x in layers if x == config.layer]
         self.layers = layers

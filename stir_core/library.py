@@ -322,6 +322,29 @@ def validate_for_model(lib: ToolLibrary, d_model: int | None, n_layers: int | No
 
 # --- the library ------------------------------------------------------------------------------------
 
+PROVENANCE_COLUMNS = tuple(c for c in COLUMNS if c not in REQUIRED_ROW_FIELDS)
+
+
+@dataclass(frozen=True, eq=False)  # tensors have no truth value: compare fields, not records
+class Tool:
+    """One library entry as a record: row `entry` of the table and of both tensors.
+
+    A correction's `key` is μ⁻ and its `vector` Δ = μ⁺ − μ⁻; an anchor's key is μ⁺ and its vector zero
+    (both `[d_model]` float32, views into the library's tensors). `provenance` holds every other column
+    (norm, shuffled_norm, task, example_id, rollout_ids, n_pos, n_neg, rewards, model, seed, pair_id, extras).
+    """
+
+    entry: int
+    id: str
+    kind: str  # "correction" | "anchor"
+    layer: int
+    control_point: int
+    quality: float
+    key: torch.Tensor  # [d_model]
+    vector: torch.Tensor  # [d_model]
+    provenance: dict = field(default_factory=dict)
+
+
 
 @dataclass
 class ToolLibrary:
@@ -344,6 +367,29 @@ class ToolLibrary:
     def hook_point(self) -> str:
         """The manifest's hook-name template (`backend.hook_name`): where the tools steer."""
         return str(self.manifest.get("hook_point", HOOK_POINT))
+
+    @property
+    def layers(self) -> list[int]:
+        """The layers the library's entries live at, sorted (empty for an empty library)."""
+        return sorted({int(x) for x in self.table["layer"]}) if len(self) else []
+
+    def tools(self) -> list[Tool]:
+        """Every entry as a `Tool`, in table order (use the tensors/columns directly in hot loops)."""
+        records = self.table.to_dict("records")
+        return [self._tool(i, r) for i, r in enumerate(records)]
+
+    def tool(self, tool_id: str) -> Tool:
+        """The entry with id `tool_id`; a `KeyError` naming it when the library has none."""
+        hits = np.flatnonzero(self.table["id"].to_numpy() == tool_id) if len(self) else []
+        if len(hits) == 0:
+            raise KeyError(f"{_where(self.path, TABLE_FILE)}: no tool with id {tool_id!r}")
+        i = int(hits[0])
+        return self._tool(i, self.table.iloc[i].to_dict())
+
+    def _tool(self, i: int, r: dict) -> Tool:
+        prov = {k: _plain(v) for k, v in r.items() if k not in REQUIRED_ROW_FIELDS}
+        return Tool(i, str(r["id"]), str(r["kind"]), int(r["layer"]), int(r["control_point"]),
+                    float(r["quality"]), self.keys[i], self.vectors[i], prov)
 
     def validate(self) -> None:
         """Run every content check on the in-memory library (as `load` does)."""
