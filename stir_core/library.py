@@ -110,11 +110,6 @@ def content_hashes(keys: torch.Tensor, vectors: torch.Tensor, table: pd.DataFram
     return {k: "sha256:" + h.hexdigest() for k, h in parts.items()}
 
 
-def content_hash(keys: torch.Tensor, vectors: torch.Tensor, table: pd.DataFrame) -> str:
-    """SHA-256 over the tensor bytes and the table (recipe in the module docstring)."""
-    return content_hashes(keys, vectors, table)["content"]
-
-
 def compute_counts(table: pd.DataFrame) -> dict[str, Any]:
     """Entry counts by kind, control point and layer (JSON keys are strings)."""
 

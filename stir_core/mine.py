@@ -342,8 +342,7 @@ def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | N
     order = max((it.order for it in items), default=-1) + 1
     for lo in range(start, len(examples), cfg.problems_per_batch):
         batch = examples[lo: lo + cfg.problems_per_batch]
-        for ex, rollouts in zip(batch, sample_rollouts(Engine(model) if engine is None else engine, task, batch,
-                                                       cfg, layers), strict=True):
+        for ex, rollouts in zip(batch, sample_rollouts(engine, task, batch, cfg, layers), strict=True):
             new, s = contrast_problem(engine, task, ex, rollouts, cfg, layers, order)
             order += len(new)
             items.extend(new)

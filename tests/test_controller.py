@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stir_core.controller import StirConfig, run_method
+from stir_core.gate import Reason
 from stir_core.library import ToolLibrary
 from stir_core.trace import Trace
 
@@ -101,6 +102,7 @@ def test_every_gate_reason_is_reachable(engine, tiny, case, expected):
         lib = full.subset([i for i, k in enumerate(full.table["kind"]) if k == "anchor"])
     traces = run_method(engine, PROMPTS, "stir", lib, cfg)
     assert expected in reasons(traces)
+    assert reasons(traces) <= {r.value for r in Reason}  # traces speak the gate's vocabulary only
     for t in traces:
         for dec in t.decisions:
             assert dec.committed == (dec.reason == "committed")
@@ -165,6 +167,9 @@ def test_batched_equals_per_problem(engine, tiny):
     lib = make_library(tiny.d_model)
     for method in ("stir", "random_choice", "static_cp"):
         batched = run_method(engine, PROMPTS, method, lib, CFG)
+        # Parity must be tested where the policy acted: control points occurred and something committed.
+        assert sum(len(t.decisions) for t in batched) >= len(PROMPTS), f"{method}: too few control points"
+        assert sum(t.interventions for t in batched) >= 1, f"{method}: nothing committed, nothing compared"
         for p, b in zip(PROMPTS, batched, strict=True):
             (single,) = run_method(engine, [p], method, lib, CFG)
             assert single.completion == b.completion
@@ -183,6 +188,8 @@ def test_forked_previews_equal_reprefilled_previews(engine, tiny):
     lib = make_library(tiny.d_model)
     fork = run_method(engine, PROMPTS[:2], "stir", lib, CFG)
     slow = run_method(engine, PROMPTS[:2], "stir", lib, CFG.with_overrides(preview="reprefill"))
+    assert sum(c.previewed for t in fork for d in t.decisions for c in d.candidates) >= 2, \
+        "no previews ran: the parity below would compare nothing"
     for a, b in zip(fork, slow, strict=True):
         assert a.completion == b.completion
         for da, db in zip(a.decisions, b.decisions, strict=True):
