@@ -228,15 +228,13 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         sub = None if out is None else (out if name is None else out / f"{name}={value}")
         res = evaluate(engine, task_obj, method_list, lib if steered else None, c, n=n, split=split, seed=seed,
                        batch_size=batch_size, out_dir=sub, warnings=warnings)
-        for meth, s in res.summary.items():
-            vs = s.get("vs_vanilla", {})
-            rows.append({**({name: value} if name else {}), "method": meth, "accuracy": s["accuracy"], "n": s["n"],
-                         "mean_tokens": s["mean_tokens"], "mean_probe_tokens": s["mean_probe_tokens"],
-                         "interventions": s["interventions_per_problem"], "wall_s": s["wall_s"],
-                         "wins": vs.get("wins"), "losses": vs.get("losses"), "p_mcnemar": vs.get("p_value")})
+        t = res.table()
+        rows.append(t.assign(**{name: value}) if name else t)
     import pandas as pd
 
-    table = pd.DataFrame(rows)
+    table = pd.concat(rows, ignore_index=True)
+    if sweep_name is not None:  # the swept knob first
+        table = table[[sweep_name, *(c for c in table.columns if c != sweep_name)]]
     typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if out is not None and sweep:
         from stir_core import atomic

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from stir_core import geometry
+from stir_core import projection
 from stir_core.controller import StirConfig, run_method
 from stir_core.engine import Engine
+from stir_core.lens import lens_for_model
 from stir_core.library import ToolLibrary
 from stir_core.model import load_model
 from stir_core.tasks import Example
@@ -198,7 +199,7 @@ def test_library_page(app_env):
     shown = {cd[1]: (x, y) for tr in spec["data"] if "customdata" in tr  # (the selection ring has none)
              for cd, x, y in zip(tr["customdata"], _plotly_array(tr["x"]), _plotly_array(tr["y"]), strict=True)}
     assert sorted(shown) == sorted(lib.table["id"])
-    ref = geometry.project(lib.keys, "pca", 2, seed=0).coords
+    ref = projection.project(lib.keys, "pca", 2, seed=0).coords
     for i, tool_id in enumerate(lib.table["id"]):
         assert shown[tool_id] == pytest.approx(tuple(ref[i]), abs=1e-5)
     row = 2  # a correction
@@ -207,11 +208,11 @@ def test_library_page(app_env):
     _ok(at)
     frames = [d.value for d in at.dataframe]
     nb = next(f for f in frames if "cos" in f.columns)
-    ref = geometry.nearest_neighbors(lib.keys, row, 5)
+    ref = projection.nearest_neighbors(lib.keys, row, 5)
     assert nb[nb["by"] == "keys"]["id"].tolist() == [lib.table["id"].iloc[j] for j, _ in ref]
     lens = next(f for f in frames if "promoted" in f.columns)
     model = load_model(str(app_env["model"]), device="cpu")
-    readout = geometry.lens_for_model(model, lib.vectors[row], k=10)
+    readout = lens_for_model(model, lib.vectors[row], k=10)
     assert lens["promoted"].tolist() == [repr(readout.texts[i]) for i, _ in readout.promoted]
     at.selectbox(key="lib_color").set_value("quality").run()
     _ok(at)
