@@ -55,8 +55,13 @@ class LoadedModel:
         return int(n) if n else None
 
     @property
+    def hf_model(self) -> Any:
+        """The wrapped Hugging Face model (for comparisons with `generate`; decoding goes through `backend`)."""
+        return self.bridge.original_model
+
+    @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.bridge.original_model.parameters())
+        return sum(p.numel() for p in self.hf_model.parameters())
 
     @property
     def eos_token_id(self) -> int | None:
