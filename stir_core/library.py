@@ -317,8 +317,6 @@ def validate_for_model(lib: ToolLibrary, d_model: int | None, n_layers: int | No
 
 # --- the library ------------------------------------------------------------------------------------
 
-PROVENANCE_COLUMNS = tuple(c for c in COLUMNS if c not in REQUIRED_ROW_FIELDS)
-
 
 @dataclass(frozen=True, eq=False)  # tensors have no truth value: compare fields, not records
 class Tool:
