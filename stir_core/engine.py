@@ -5,7 +5,8 @@ and may have holes: every forward feeds one token per row (a pad with mask 0 for
 ids come from the cumulative attention mask, so rows advance independently inside one physical cache.
 
 Vocabulary (per row b):
-- a **steer** adds `scale * vector` to `blocks.{layer}.hook_resid_post`, at the last prefix token (`last`:
+- a **steer** adds `scale * vector` at its hook point (resid_post of `layer` unless its library's manifest
+  says otherwise: `Steer.hook`), at the last prefix token (`last`:
   the delimiter is re-run with the vector, its old cache slot masked out), at every token generated in the
   segment (`segment`), or both;
 - a **capture** records resid_post at chosen layers whenever a generated token completes `capture_at`
