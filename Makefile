@@ -8,7 +8,7 @@ PY ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP_SPEC ?= pip==26.3
-EXTRAS ?= dev
+EXTRAS ?= dev,interop
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stir-installed
 LOCK := requirements.lock

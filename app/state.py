@@ -256,30 +256,9 @@ def lens(
 @st.cache_data(max_entries=64, show_spinner=False)
 def find_example(task_name: str, example_id: str, split_hint: str | None = None) -> dict[str, Any] | None:
     """The task example a tool was mined from (searching the mining split first), or None."""
-    from stir_core.tasks import SPLITS, get_task
+    from stir_core.dashboard import find_example as find
 
-    try:
-        task = get_task(task_name)
-    except Exception:  # noqa: BLE001 - an unknown or file-backed task without its data: no source to show
-        return None
-    # Tools come from the mining split (the library's config names it; "mine" by default). The training split
-    # is never searched: it is large (20k problems for the testbed tasks) and never mined.
-    for split in [split_hint or "mine"] + [s for s in ("val", "eval") if s != split_hint and s in SPLITS]:
-        try:
-            exs = task.load(split, None, 0)
-        except Exception:  # noqa: BLE001 - a split the task does not have
-            continue
-        for ex in exs:
-            if ex.id == example_id:
-                return {
-                    "split": split,
-                    "id": ex.id,
-                    "question": ex.question,
-                    "answer": ex.answer,
-                    "solution": ex.solution,
-                    "prompt": task.prompt(ex),
-                }
-    return None
+    return find(task_name, example_id, split_hint)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="STIR Workbench: mine, select, store and replay latent actions.")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="hub id, local path, or 'embedded'")]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu | split (one model across the visible GPUs)")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="StirConfig override name=value (repeatable)")]
 MismatchOpt = Annotated[bool, typer.Option("--allow-model-mismatch",
@@ -180,6 +180,8 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
              sweep: Annotated[str | None, typer.Option(help="name=v1,v2,...: one row per setting")] = None,
              batch_size: int = 64, path: Annotated[str | None, typer.Option(help="data file for file tasks")] = None,
              allow_model_mismatch: MismatchOpt = False,
+             config: Annotated[Path | None, typer.Option(help="YAML build config: take the task (and its "
+                                                                 "files) and the model from it")] = None,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
     from stir_core import outputs
@@ -197,7 +199,13 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         _fail(f"--seed must be >= 0, got {seed}")
     overrides = _overrides(set_)
     sweep_name, sweep_values = parse_values(StirConfig, sweep) if sweep else (None, [None])
-    task_obj = _task(task, path)
+    if config is not None:
+        if path is not None or task != "planted":
+            _fail("give the task either with --config or with --task/--path, not both")
+        build_cfg, task_obj = _build_config(config)
+        model = build_cfg.model or model
+    else:
+        task_obj = _task(task, path)
     task_obj.load(split, n, seed)  # reads and checks the data (files, split names) before the model loads
     steered = any(x not in ("vanilla", "no_memory") for x in method_list)
     facts = _facts(model, device, dtype)
@@ -228,8 +236,12 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         sub = None if out is None else (out if name is None else out / f"{name}={value}")
         res = evaluate(engine, task_obj, method_list, lib if steered else None, c, n=n, split=split, seed=seed,
                        batch_size=batch_size, out_dir=sub, warnings=warnings)
+        if res is None:  # a rank other than 0 under a launcher: rank 0 has its traces and reports
+            continue
         t = res.table()
         rows.append(t.assign(**{name: value}) if name else t)
+    if not rows:
+        return
     import pandas as pd
 
     table = pd.concat(rows, ignore_index=True)
@@ -259,7 +271,6 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     from stir_core.checks import check_prompts_fit, library_model_check
     from stir_core.controller import METHODS, run_method
     from stir_core.engine import Engine
-    from stir_core.tasks import Example
 
     try:
         prompt.encode("utf-8")
@@ -276,7 +287,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     if json_out is not None and json_out.is_dir():
         _fail(f"--json {json_out}: is a directory; give a file path")
     overrides = _overrides(set_)
-    task_obj = None if raw else _task(task, None)
+    text = prompt if raw else _task_prompt(task, prompt)  # a file task's template needs no file
     facts = _facts(model, device, dtype)
     steered = any(x not in ("vanilla", "no_memory") for x in method_list)
     lib, warnings = _library(_default_library(library, model) if steered or library else None, facts,
@@ -292,7 +303,6 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     if lib is not None:
         warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
                                                                      allow_model_mismatch)))
-    text = prompt if raw else task_obj.prompt(Example("cli", prompt, ""))
     text = m.format_prompt(text)
     check_prompts_fit(m, [text], cfg.max_new_tokens)
     engine = Engine(m)
@@ -325,17 +335,31 @@ def _recommended(lib) -> dict:
 
 
 def _build_config(path: Path | None):
+    """The build config and its task, checked (files, split disjointness, clean_prefixes) before any model
+    loads."""
     from stir_core.pipeline import BuildConfig
 
-    return BuildConfig.from_yaml(path) if path else BuildConfig.small()
+    cfg = BuildConfig.from_yaml(path) if path else BuildConfig.small()
+    return cfg, cfg.make_task()
 
 
-def _check_mine_config(cfg, model_name: str, device: str, dtype: str) -> dict:
+def _task_prompt(task: str, question: str) -> str:
+    """The task's prompt around one question; a file task's template needs no file (choice tasks need --raw)."""
+    from stir_core.tasks import Example
+    from stir_core.tasks.files import FORMATS
+
+    if task in FORMATS:
+        if FORMATS[task].kind == "choice":
+            _fail(f"task {task!r} needs its options in the prompt: write them yourself and pass --raw")
+        return FORMATS[task].template.replace("{question}", question)
+    return _task(task, None).prompt(Example("cli", question, ""))
+
+
+def _check_mine_config(cfg, task, model_name: str, device: str, dtype: str) -> dict:
     """Task, split and layer specs of a mining config, checked against the model's config.json."""
     from stir_core.config import check_layers
-    from stir_core.tasks import get_task
 
-    get_task(cfg.mine.task).load(cfg.mine.split, 1, cfg.mine.seed)
+    task.load(cfg.mine.split, 1, cfg.mine.seed)
     facts = _facts(model_name, device, dtype)
     check_layers(cfg.mine, facts.get("n_layers"), section="mine")
     n_ctx = facts.get("n_ctx")
@@ -354,11 +378,12 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
          model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Stage I: mine candidate tools into <out>/candidates."""
     from stir_core import outputs
-    from stir_core.mine import check_checkpoint, discard_checkpoint, mine_candidates
+    from stir_core.mine import check_checkpoint, discard_checkpoint
+    from stir_core.pipeline import mine_run
 
-    cfg = _build_config(config)
+    cfg, task = _build_config(config)
     model_name = cfg.model or model
-    _check_mine_config(cfg, model_name, device, dtype)
+    _check_mine_config(cfg, task, model_name, device, dtype)
     outputs.claim_run_dir(out, "mine")
     outputs.check_library_target(out / "candidates", force or restart)
     if not restart:
@@ -368,8 +393,9 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
     if restart and discard_checkpoint(out):
         _note(f"discarded the mining checkpoint in {out}")
     m = _load(model_name, device, dtype)
-    cands = mine_candidates(m, cfg.mine, run_dir=out)
-    cands.save(out / "candidates", overwrite=True)
+    cands = mine_run(m, cfg, out, task)
+    if cands is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
+        return
     typer.echo(f"{len(cands)} candidate entries -> {out / 'candidates'}; stats: "
                f"{jsonio.dumps(cands.manifest.get('mining_stats'))}")
 
@@ -434,9 +460,9 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
     from stir_core.mine import check_checkpoint
     from stir_core.pipeline import build_library, check_build_output
 
-    cfg = _build_config(config)
+    cfg, task = _build_config(config)
     model_name = cfg.model or model
-    _check_mine_config(cfg, model_name, device, dtype)
+    _check_mine_config(cfg, task, model_name, device, dtype)
     check_build_output(out, force)
     if not restart:
         check_checkpoint(out, cfg.mine)
@@ -445,6 +471,8 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
             _note(line)
     m = _load(model_name, device, dtype)
     lib_dir = build_library(m, cfg, out, overwrite=force, restart=restart)
+    if lib_dir is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
+        return
     typer.echo(f"library -> {lib_dir}")
     typer.echo((out / "build.json").read_text())
 
@@ -492,6 +520,118 @@ def run_app(port: int = 8501, address: str = "127.0.0.1") -> None:
         _fail(f"the app entry {entry} is missing")
     raise typer.Exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(entry),
                                       "--server.port", str(port), "--server.address", address]))
+
+
+def _fresh_output(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a user's file or directory unless asked to."""
+    if path.exists() and not overwrite:
+        _fail(f"{path} already exists; choose another path or pass --overwrite")
+
+
+@app.command("export")
+@guarded
+def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")],
+               out: Annotated[Path, typer.Option(help="file to write")],
+               format_: Annotated[str, typer.Option("--format", help="gguf | repeng | steering-vectors")] = "gguf",
+               ids: Annotated[str | None, typer.Option(help="comma list of tool ids (default: every entry of --kind)")] = None,
+               kind: Annotated[str, typer.Option(help="correction | anchor | all")] = "correction",
+               combine: Annotated[str, typer.Option(help="per-layer rule for a group: mean | quality_mean | sum")] = "mean",
+               scale: float = 1.0,
+               model_hint: Annotated[str | None, typer.Option(help="model type for GGUF (default: from the model's config)")] = None,
+               overwrite: bool = False) -> None:
+    """Export tools as a llama.cpp / repeng control vector (GGUF) or a steering-vectors file."""
+    from stir_core.interop.export import export_library
+    from stir_core.library import LibraryError, ToolLibrary
+
+    _fresh_output(out, overwrite)
+    try:
+        lib = ToolLibrary.load(library)
+        id_list = [x.strip() for x in ids.split(",") if x.strip()] if ids else None
+        path, d = export_library(lib, format_, out, id_list, kind, combine, scale, model_hint)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    layers = ", ".join(f"{k} (|v|={float((v.astype('float64') ** 2).sum()) ** 0.5:.3g})" for k, v in d.directions.items())
+    typer.echo(f"wrote {path}: {len(d.tool_ids)} tool(s) combined by {d.rule}, layers {layers}")
+
+
+@app.command("import-vector")
+@guarded
+def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control vector or safetensors {layer: vector}")],
+                      library_out: Annotated[Path, typer.Option(help="library directory to write")],
+                      layer: Annotated[int | None, typer.Option(help="layer to take (needed when the file has several)")] = None,
+                      scale: float = 1.0, tool_id: Annotated[str | None, typer.Option("--id")] = None,
+                      model: ModelOpt = "embedded", overwrite: bool = False) -> None:
+    """Make a one-entry library from an external vector, usable by the static baselines (`--methods static`)."""
+    from stir_core.interop.import_vector import import_vector, model_dims
+    from stir_core.library import LibraryError
+
+    _fresh_output(library_out, overwrite)
+    try:
+        lib = import_vector(file, model_dims(model), layer, scale, tool_id)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    lib.save(library_out)
+    row = lib.table.iloc[0]
+    typer.echo(f"wrote {library_out}: {row['id']} at layer {int(row['layer'])}, |v|={float(row['norm']):.4g}; "
+               f"try: stir eval --methods vanilla,static --library {library_out} --set layer={int(row['layer'])}")
+
+
+@app.command()
+@guarded
+def dashboard(library: Annotated[Path, typer.Argument(help="library directory")],
+              tool: Annotated[str, typer.Option(help="tool id")],
+              out: Annotated[Path, typer.Option(help="file to write: .html or .json")],
+              run: Annotated[Path | None, typer.Option(help="a `stir eval --out` directory (where it fires)")] = None,
+              prompt: Annotated[str | None, typer.Option(help="raw prompt for the α-sweep (default: its source problem)")] = None,
+              scales: str = "0,0.5,1,2,4", sweep_tokens: int = 48, overwrite: bool = False,
+              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
+    """One tool's dashboard (provenance, firings, lens, α-sweep, paired outcome, neighbours) as HTML or JSON."""
+    from stir_core import atomic
+    from stir_core import dashboard as dash
+    from stir_core.dashboard_html import render
+    from stir_core.engine import Engine
+    from stir_core.evaluate import load_results
+
+    if out.suffix not in (".html", ".json"):
+        _fail(f"--out must end in .html or .json, got {out.name}")
+    _fresh_output(out, overwrite)
+    try:
+        scale_list = tuple(float(x) for x in scales.split(",") if x.strip())
+        examples = load_results(run).examples if run is not None else None
+    except ValueError as err:
+        _fail(f"{err}")
+    lib, _ = _library(str(library), _facts(model, device, dtype), False)
+    m = _load(model, device, dtype)
+    engine = Engine(m)
+    try:
+        d = dash.build(lib, tool, m, engine, examples, str(run) if run else None,
+                       m.format_prompt(prompt) if prompt else None, scale_list, sweep_tokens)
+    except ValueError as err:
+        _fail(str(err))
+    atomic.write_text(out, render(d) if out.suffix == ".html" else dash.to_json(d))
+    typer.echo(f"wrote {out}")
+
+
+@app.command("diff")
+@guarded
+def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[Path, typer.Argument(help="library B")],
+             out: Annotated[Path, typer.Option(help="directory to write (CSV tables + diff.html)")],
+             source: Annotated[str, typer.Option(help="vectors (corrections) | keys (all entries)")] = "vectors",
+             min_cos: Annotated[float, typer.Option(help="a matched pair needs at least this cosine")] = 0.5,
+             overwrite: bool = False) -> None:
+    """Compare two libraries: cosine matrix, matched pairs, and what each has that the other lacks."""
+    from stir_core.library import LibraryError, ToolLibrary
+    from stir_core.library_diff import diff_libraries, save_diff
+
+    _fresh_output(out, overwrite)
+    try:
+        la, lb = ToolLibrary.load(a), ToolLibrary.load(b)
+        d = diff_libraries(la, lb, source, min_cos)
+    except (LibraryError, ValueError) as err:
+        _fail(str(err))
+    save_diff(d, out, a.name, b.name)
+    typer.echo(f"{len(d.a_ids)} vs {len(d.b_ids)} {source}: {len(d.pairs)} matched (cos >= {min_cos:g}), "
+               f"{len(d.only_a)} only in {a.name}, {len(d.only_b)} only in {b.name} -> {out}")
 
 
 def _register_toy_commands() -> None:

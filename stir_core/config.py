@@ -292,9 +292,10 @@ class StirConfig:
     schedule: str = knob("continuous", str, "continuous: per-row scheduling, null previews kept as progress; "
                          "sync: the segment-synchronous reference path (same outputs, slower)", ONLINE,
                          choices=("continuous", "sync"))
-    max_preview_rows: int | None = knob(None, int, "continuous: most probe rows in flight at once, to bound "
-                                        "memory (none: no cap); timing only, never results", PREVIEW,
-                                        optional=True, min=1)
+    max_preview_rows: int | None = knob(None, int, "continuous: most extra rows (probes, drivers) in flight, "
+                                        "bounding memory (a quarter of the batch keeps STIR's KV cache within "
+                                        "1.25x vanilla's); none or 0: no cap; timing only, never results",
+                                        PREVIEW, optional=True, min=0)
     layer: int | None = knob(None, int, "restrict to one library layer (none: every layer in the library)",
                              STEER, optional=True, min=0, layer=True)
     static_scale: float = knob(1.0, float, "α of the static baselines", BASELINE, min=0.0)

@@ -190,12 +190,8 @@ def run_method(engine: Engine, prompts: Sequence[str], method: str, library: Too
         raise ValueError(f"library vectors have width {library.vectors.shape[1]} but the model's d_model is "
                          f"{engine.model.d_model}")
     policy = build_policy(method, library, config)
-    if policy is None:
-        res = engine.generate(prompts, config.max_new_tokens)
-        rows, logs = res.rows, {}
-    else:
-        rows = replay(engine, prompts, policy, config)
-        logs = policy.logs
+    rows = replay(engine, prompts, policy, config)
+    logs = policy.logs if policy is not None else {}
     traces = []
     for b, row in enumerate(rows):
         log = logs.get(b)
@@ -205,12 +201,16 @@ def run_method(engine: Engine, prompts: Sequence[str], method: str, library: Too
 
 
 def schedule_of(config: StirConfig) -> Schedule:
-    return Schedule(config.max_new_tokens, config.max_control_points, config.probe_tokens,
+    return Schedule(config.max_new_tokens, config.max_control_points, config.probe_tokens, config.top_l,
                     config.probe_stop == "delimiter", config.scope, config.preview)
 
 
-def replay(engine: Engine, prompts: Sequence[str], policy: Policy, config: StirConfig) -> list:
-    """Segmented greedy decoding of formatted prompts with `policy` at the control points; the rows."""
+def replay(engine: Engine, prompts: Sequence[str], policy: Policy | None, config: StirConfig) -> list:
+    """Greedy decoding of formatted prompts with `policy` at the control points (None: vanilla); the rows.
+
+    Continuous scheduling by default (finished rows leave the batch); `schedule=sync` runs the
+    segment-synchronous reference path (vanilla: `Engine.generate`).
+    """
     for i, p in enumerate(prompts):
         if not p or not p.strip():
             raise ValueError(f"prompt {i} is empty")
@@ -220,6 +220,8 @@ def replay(engine: Engine, prompts: Sequence[str], policy: Policy, config: StirC
         from stir_core.scheduler import run_continuous
 
         rows = run_continuous(engine, ids, policy, sched, config.delimiter, config.max_preview_rows)
+    elif policy is None:
+        return engine.generate(prompts, config.max_new_tokens, capture_at=config.delimiter).rows
     else:
         state = engine.prefill(ids, policy.capture_layers, delimiter=config.delimiter)
         run_segmented(engine, state, policy, sched)

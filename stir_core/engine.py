@@ -199,6 +199,9 @@ class Engine:
         self.device = model.device
         self._decode_cache: dict = {}  # id windows -> text, shared by every row's detokenizer
         self.forwards = 0  # model forwards run (sequential steps): what the benchmarks count
+        # benchmarks/bench_scale.py only: materialise prefill logits for every position, as the engine did
+        # before (to measure what keeping only the last position saves).
+        self.legacy_prefill_logits = False
 
     # ---- rows and text -----------------------------------------------------------------------------
     def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
@@ -224,8 +227,8 @@ class Engine:
 
         `adds[layer]` is [batch, t, d_model] (or [batch, 1, d_model] for t == 1) added to resid_post;
         `adds[name]` (a hook name, `Steer.add_key`) adds at that hook instead.
-        Returns (logits [batch, 1, vocab] float32 — the last position's, or None for keep="none" —, cache,
-        mask, {layer: resid_post [batch, t, d_model]}).
+        Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
+        None for keep="none" —, cache, mask, {layer: resid_post [batch, t, d_model]}).
         """
         mask = new_mask if state is None else torch.cat([state.mask, new_mask], dim=1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
@@ -269,7 +272,8 @@ class Engine:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prefill needs at least one non-empty prompt")
         ids, mask = self._padded(prompts)
-        logits, cache, mask, _ = self._forward(None, ids, mask, None, ())
+        keep = "all" if self.legacy_prefill_logits else "last"
+        logits, cache, mask, _ = self._forward(None, ids, mask, None, (), keep=keep)
         rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
         return DecodeState(cache, mask, logits[:, -1], rows, tuple(capture_layers), delimiter)
 
@@ -282,7 +286,7 @@ class Engine:
         ids, mask = self._padded(sequences)
         width = ids.shape[1]
         _, _, _, cap = self._forward(None, ids, mask, None, tuple(layers), keep="none")
-        stacked = torch.stack([cap[layer] for layer in layers], dim=2).cpu()  # [batch, width, layers, d]
+        stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
     def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
@@ -292,10 +296,11 @@ class Engine:
                            state.logits.index_select(0, idx), [state.rows[i].clone() for i in rows],
                            state.capture_layers, state.delimiter)
 
-    def regroup(self, state: DecodeState, rows: Sequence[int]) -> None:
+    def regroup(self, state: DecodeState, rows: Sequence[int]) -> torch.Tensor | None:
         """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped).
 
-        How previews join the batch and finished rows leave it: one gather of the cache's rows.
+        How previews join the batch and finished rows leave it: one gather of the cache's rows. Returns the
+        slots kept when slots no row attends were dropped (old indices, ascending), else None.
         """
         idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
         seen: set[int] = set()
@@ -307,7 +312,7 @@ class Engine:
         state.mask = state.mask.index_select(0, idx)
         state.logits = state.logits.index_select(0, idx)
         state.rows = new_rows
-        self.drop_empty_slots(state)
+        return self.drop_empty_slots(state)
 
     def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
         """Make rows `dst` copies of rows `src`, in place (cache, mask, logits, records)."""
@@ -321,14 +326,17 @@ class Engine:
             state.rows[j] = state.rows[i].clone()
 
     @staticmethod
-    def drop_empty_slots(state: DecodeState) -> None:
-        """Remove cache slots that no row attends (holes shared by every row), e.g. after rows left."""
+    def drop_empty_slots(state: DecodeState) -> torch.Tensor | None:
+        """Remove cache slots that no row attends (holes shared by every row), e.g. after rows left.
+        Returns the kept slots' old indices, or None when nothing was dropped."""
         live = state.mask.any(0)
         if bool(live.all()):
-            return
+            return None
         keep = torch.nonzero(live).flatten()
-        if Backend.select_slots(state.cache, keep):
-            state.mask = state.mask.index_select(1, keep)
+        if not Backend.select_slots(state.cache, keep):
+            return None
+        state.mask = state.mask.index_select(1, keep)
+        return keep
 
     def step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
              adds: dict[int, torch.Tensor] | None = None, replace_last: torch.Tensor | None = None

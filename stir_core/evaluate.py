@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from stir_core import atomic, jsonio
+from stir_core import atomic, distributed, jsonio
 from stir_core import config as config_schema
 from stir_core.checks import check_prompts_fit
 from stir_core.controller import StirConfig, run_method
@@ -58,13 +58,15 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
              config: StirConfig | None = None, n: int = 200, split: str = "eval", seed: int = 123,
              batch_size: int = 64, out_dir: str | Path | None = None,
              progress: Callable[[int, int, str], None] | None = None, show_progress: bool = True,
-             warnings: Sequence[str] = ()) -> EvalResult:
+             warnings: Sequence[str] = ()) -> EvalResult | None:
     """Every method on the same `n` problems of `split` (greedy, batched); optional outputs under `out_dir`.
 
     Prompts that do not fit the model's context with `config.max_new_tokens` are refused before decoding.
     With `out_dir`, results are written after each method (config "partial": true until the last), so an
     interrupted or cancelled run keeps what it finished; `progress` may raise to cancel. `warnings` (e.g.
-    an allowed model mismatch) are recorded in every trace and in the config."""
+    an allowed model mismatch) are recorded in every trace and in the config. Under a launcher each rank
+    decodes whole batches (round-robin) and rank 0 returns the result, equal to one process's (wall times
+    apart); the other ranks return None."""
     config = config or StirConfig()
     if not methods:
         raise ValueError("evaluate needs at least one method")
@@ -80,23 +82,10 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
            "model": model.model_id, "stir": asdict(config), "warnings": list(warnings),
            "versions": versions()}
     rows, summary, correct_by = [], {}, {}
-    total = len(methods) * len(examples)
-    bar = tqdm(total=total, desc="eval", unit="problem", disable=not show_progress)
-    done = 0
-    for method in methods:
-        t0 = time.perf_counter()
-        traces: list[Trace] = []
-        for lo in range(0, len(examples), batch_size):
-            chunk = examples[lo: lo + batch_size]
-            traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
-                                 example_ids=[ex.id for ex in chunk])
-            for t in traces[-len(chunk):]:
-                t.warnings.extend(warnings)
-            done += len(chunk)
-            bar.update(len(chunk))
-            if progress:
-                progress(done, total, method)
-        wall = time.perf_counter() - t0
+
+    def record(method: str, traces: list[Trace], wall: float) -> None:
+        for t in traces:
+            t.warnings.extend(warnings)
         correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, examples, strict=True)]
         correct_by[method] = correct
         summary[method] = summarise(traces, correct, wall)
@@ -105,9 +94,35 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
                          "probe_tokens": t.probe_tokens, "interventions": t.interventions,
                          "prompt": t.prompt, "completion": t.completion, "answer": task.extract(t.completion),
                          "gold": ex.answer, "trace_json": t.to_json()})
-        if out_dir is not None and method != methods[-1]:
-            save_results(EvalResult(dict(summary), pd.DataFrame(rows), {**cfg, "partial": True}), out_dir)
-    bar.close()
+
+    if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: batches shared by rank
+        from stir_core.shard_eval import run_sharded
+
+        traced = run_sharded(engine, examples, prompts, methods, library, config, batch_size, dist,
+                             progress, show_progress, out_dir, task.name, split, seed)
+        if traced is None:  # not rank 0: its traces went to rank 0
+            return None
+        for method in methods:
+            record(method, *traced[method])
+    else:
+        total = len(methods) * len(examples)
+        bar = tqdm(total=total, desc="eval", unit="problem", disable=not show_progress)
+        done = 0
+        for method in methods:
+            t0 = time.perf_counter()
+            traces: list[Trace] = []
+            for lo in range(0, len(examples), batch_size):
+                chunk = examples[lo: lo + batch_size]
+                traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
+                                     example_ids=[ex.id for ex in chunk])
+                done += len(chunk)
+                bar.update(len(chunk))
+                if progress:
+                    progress(done, total, method)
+            record(method, traces, time.perf_counter() - t0)
+            if out_dir is not None and method != methods[-1]:
+                save_results(EvalResult(dict(summary), pd.DataFrame(rows), {**cfg, "partial": True}), out_dir)
+        bar.close()
     if "vanilla" in correct_by:
         for method in methods:
             if method != "vanilla":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import safetensors.torch
@@ -95,6 +95,12 @@ class Item:
     pos_ids: list[str]
     neg_ids: list[str]
     order: int  # global discovery order: deterministic tie-break
+    # Provenance for the tool dashboard: each contrasted prefix (completion text up to the m-th delimiter)
+    # and its rollout's reward, aligned with pos_ids / neg_ids ("" for a gold positive).
+    pos_prefixes: list[str] = field(default_factory=list)
+    neg_prefixes: list[str] = field(default_factory=list)
+    pos_rewards: list[float] = field(default_factory=list)
+    neg_rewards: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> tuple:
@@ -234,7 +240,9 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
             shuffled = float((sh[: len(pos_states), j].mean(0) - sh[len(pos_states):, j].mean(0)).norm())
             items.append(Item(ex.id, m, layer, mu_pos, mu_neg, shuffled, quality, r_pos, r_neg,
                               [f"{ex.id}:{r.k}" for r in pos] or [f"{ex.id}:gold"],
-                              [f"{ex.id}:{r.k}" for r in neg], order_start + len(items)))
+                              [f"{ex.id}:{r.k}" for r in neg], order_start + len(items),
+                              [r.prefixes[m - 1] for r in pos] or [""], [r.prefixes[m - 1] for r in neg],
+                              [r.reward for r in pos] or [r_pos], [r.reward for r in neg]))
         stats["control_points"] += any(it.m == m for it in items)
     return items, stats
 
@@ -250,7 +258,9 @@ def items_to_library(items: list[Item], model: LoadedModel, cfg: MineConfig, ext
                   "mean_reward_pos": it.mean_reward_pos, "mean_reward_neg": it.mean_reward_neg,
                   "model_id": model.model_id, "model_revision": model.revision or "", "seed": cfg.seed,
                   "pair_id": pair, "rollout_ids": json.dumps(it.pos_ids + it.neg_ids),
-                  "pos_rollouts": json.dumps(it.pos_ids), "neg_rollouts": json.dumps(it.neg_ids)}
+                  "pos_rollouts": json.dumps(it.pos_ids), "neg_rollouts": json.dumps(it.neg_ids),
+                  "pos_prefixes": json.dumps(it.pos_prefixes), "neg_prefixes": json.dumps(it.neg_prefixes),
+                  "pos_rewards": jsonio.dumps(it.pos_rewards), "neg_rewards": jsonio.dumps(it.neg_rewards)}
         keys += [it.mu_neg, it.mu_pos]
         vectors += [delta, torch.zeros_like(delta)]
         rows.append({"id": f"{pair}/corr", "kind": "correction", "norm": float(delta.norm()),
@@ -260,12 +270,15 @@ def items_to_library(items: list[Item], model: LoadedModel, cfg: MineConfig, ext
     manifest = {"model_id": model.model_id, "model_revision": model.revision or "", "d_model": d,
                 "n_layers": model.n_layers, "config": {"mine": asdict(cfg)}, "seed": cfg.seed, **extra}
     if not items:
-        return ToolLibrary.empty(d, **manifest)
+        return ToolLibrary.empty(d, **{k: v for k, v in manifest.items() if k != "d_model"})
     return ToolLibrary.from_records(torch.stack(keys).float(), torch.stack(vectors).float(), rows, manifest)
 
 
 # ---- checkpointing ---------------------------------------------------------------------------------
-def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: dict, cfg: MineConfig) -> None:
+def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: dict, cfg: MineConfig,
+                     shard: dict | None = None) -> None:
+    """`shard` (rank, world size; sharded runs only) is recorded so that a shard is never resumed or
+    merged by a run with another layout."""
     tensors = {}
     meta = []
     for i, it in enumerate(items):
@@ -274,14 +287,15 @@ def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: di
     with atomic.atomic_dir(path) as tmp:
         safetensors.torch.save_file(tensors, str(tmp / "items.safetensors"))
         (tmp / "state.json").write_text(jsonio.dumps({"next_problem": next_problem, "stats": stats,
-                                                    "config": asdict(cfg), "items": meta}))
+                                                      "config": asdict(cfg), "items": meta,
+                                                      **({"shard": shard} if shard else {})}))
 
 
 class CheckpointError(ValueError):
     """A mining checkpoint that cannot be resumed; the message names the file and how to recover."""
 
 
-def _load_checkpoint(path: Path, cfg: MineConfig) -> tuple[list[Item], int, dict] | None:
+def _load_checkpoint(path: Path, cfg: MineConfig, shard: dict | None = None) -> tuple[list[Item], int, dict] | None:
     if not (path / "state.json").exists():
         return None
     recover = "rerun with --restart to discard it and mine from the start"
@@ -294,6 +308,9 @@ def _load_checkpoint(path: Path, cfg: MineConfig) -> tuple[list[Item], int, dict
     if saved_cfg != json.loads(json.dumps(asdict(cfg))):
         raise CheckpointError(f"{path}: checkpoint was written with a different mining config; "
                               f"{recover}, or use another run directory")
+    if state.get("shard") != shard:
+        raise CheckpointError(f"{path}: checkpoint was written as shard {state.get('shard')} but is read as "
+                              f"{shard}; rerun with the process count that wrote it, or use another run directory")
     try:
         tensors = safetensors.torch.load_file(str(path / "items.safetensors"))
         items = [Item(**m, mu_pos=tensors[f"pos.{i}"], mu_neg=tensors[f"neg.{i}"]) for i, m in enumerate(metas)]
@@ -323,35 +340,33 @@ def discard_checkpoint(run_dir: str | Path) -> bool:
 
 def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | None = None,
                     progress: Callable[[int, int, dict], None] | None = None,
-                    task: Task | None = None, show_progress: bool = True) -> ToolLibrary:
+                    task: Task | None = None, show_progress: bool = True) -> ToolLibrary | None:
     """Stage I over `cfg.n_problems` problems of `cfg.split`; resumes from `run_dir`'s checkpoint.
 
-    Returns the candidate set (2 entries per kept item, top `cfg.top_c` items by quality).
+    Returns the candidate set (2 entries per kept item, top `cfg.top_c` items by quality). Under a launcher
+    (torchrun, accelerate launch) each rank mines its shard and rank 0 returns the merged set; the other
+    ranks return None (see `shard_mine`).
     """
+    from stir_core import distributed, shard_mine
+
+    if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: this rank's shard
+        return shard_mine.mine_sharded(model, cfg, run_dir, dist, progress, task, show_progress)
+    if run_dir is not None:
+        shard_mine.check_run_dir(Path(run_dir), world_size=1)
     task = task or get_task(cfg.task)
     layers = resolve_layers(cfg.layers, model.n_layers)
     examples = task.load(cfg.split, cfg.n_problems, cfg.seed)
     engine = Engine(model)
     ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     items: list[Item] = []
-    start, stats = 0, {"problems": 0, "rollouts": 0, "correct_rollouts": 0, "control_points": 0,
-                       "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0, "zero_delta": 0}
+    start, stats = 0, new_stats()
     if ckpt is not None and (loaded := _load_checkpoint(ckpt, cfg)) is not None:
         items, start, stats = loaded
     bar = tqdm(total=len(examples), initial=start, desc="mine", unit="problem", disable=not show_progress)
     order = max((it.order for it in items), default=-1) + 1
     for lo in range(start, len(examples), cfg.problems_per_batch):
         batch = examples[lo: lo + cfg.problems_per_batch]
-        for ex, rollouts in zip(batch, sample_rollouts(engine, task, batch, cfg, layers), strict=True):
-            new, s = contrast_problem(engine, task, ex, rollouts, cfg, layers, order)
-            order += len(new)
-            items.extend(new)
-            stats["problems"] += 1
-            stats["rollouts"] += len(rollouts)
-            stats["correct_rollouts"] += sum(r.correct for r in rollouts)
-            for k, v in s.items():
-                stats[k] += v
-        items = sorted(items, key=lambda it: it.key, reverse=True)[: cfg.top_c]  # the top-C heap
+        items, order = mine_batch(engine, task, batch, cfg, layers, items, stats, order)
         if ckpt is not None:
             _save_checkpoint(ckpt, items, lo + len(batch), stats, cfg)
         bar.update(len(batch))
@@ -359,5 +374,35 @@ def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | N
         if progress is not None:
             progress(lo + len(batch), len(examples), {"candidates": 2 * len(items), **stats})
     bar.close()
-    items.sort(key=lambda it: (it.m, it.layer, -it.quality, it.order))
-    return items_to_library(items, model, cfg, {"mining_stats": stats, "layers": layers})
+    return finish_candidates(items, model, cfg, stats, layers)
+
+
+def new_stats() -> dict:
+    """The mining counters, all zero (every one is a sum over problems, so shards add up)."""
+    return {"problems": 0, "rollouts": 0, "correct_rollouts": 0, "control_points": 0,
+            "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0, "zero_delta": 0}
+
+
+def mine_batch(engine: Engine, task: Task, batch: list[Example], cfg: MineConfig, layers: list[int],
+               items: list[Item], stats: dict, order: int) -> tuple[list[Item], int]:
+    """One batch of problems: rollouts, contrasts, counts added to `stats` (in place), then the top-C heap.
+
+    Returns (the kept items, the next discovery order). Shared by one-process and sharded mining.
+    """
+    for ex, rollouts in zip(batch, sample_rollouts(engine, task, batch, cfg, layers), strict=True):
+        new, s = contrast_problem(engine, task, ex, rollouts, cfg, layers, order)
+        order += len(new)
+        items.extend(new)
+        stats["problems"] += 1
+        stats["rollouts"] += len(rollouts)
+        stats["correct_rollouts"] += sum(r.correct for r in rollouts)
+        for k, v in s.items():
+            stats[k] += v
+    return sorted(items, key=lambda it: it.key, reverse=True)[: cfg.top_c], order  # the top-C heap
+
+
+def finish_candidates(items: list[Item], model: LoadedModel, cfg: MineConfig, stats: dict, layers: list[int],
+                      extra: dict | None = None) -> ToolLibrary:
+    """The candidate library from the final top-C items, in (control point, layer, quality, order) order."""
+    items = sorted(items, key=lambda it: (it.m, it.layer, -it.quality, it.order))
+    return items_to_library(items, model, cfg, {"mining_stats": stats, "layers": layers, **(extra or {})})

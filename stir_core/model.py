@@ -323,29 +323,56 @@ def configure_threads(model: LoadedModel, threads: int | str = "auto") -> int:
     return int(threads)
 
 
+def _unsupported(name: str, bridge_message: str) -> str:
+    """One line for an architecture the bridge lacks (its own message lists all ~180 supported ones)."""
+    import re
+    from importlib.metadata import version
+
+    found = re.search(r"Config architectures: (\[[^\]]*\])", bridge_message)
+    archs = found.group(1) if found else "unknown"
+    return (f"could not load model {name!r}: its architecture {archs} is not supported by TransformerLens "
+            f"{version('transformer-lens')}'s TransformerBridge (README, 'Using a real model': the supported "
+            "list, and how to register an adapter for a close architecture)")
+
+
 def load_model(name_or_path: str | os.PathLike | None = None, device: str = "auto",
                dtype: str | torch.dtype = "auto", quiet: bool = True,
-               threads: int | str | None = "auto") -> LoadedModel:
+               threads: int | str | None = "auto", device_map: str | dict | None = None) -> LoadedModel:
     """Load a causal LM by hub id or local path (default: the embedded testbed model).
 
-    `threads` goes to `configure_threads` (None leaves torch's thread count alone).
+    `threads` goes to `configure_threads` (None leaves torch's thread count alone). Under a launcher
+    (torchrun, accelerate) an unindexed `cuda` means this rank's GPU, `cuda:LOCAL_RANK`.
+    `device="split"` (or an explicit Hugging Face `device_map`) spreads one model over several devices
+    (see `placement.py`); `device` is then the embedding's device, where inputs go.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    from stir_core import distributed, placement
+
     name = resolve_model_path(name_or_path)
-    dev = pick_device(device)
+    dist = distributed.from_env()
+    if device == "split" or device_map is not None:
+        load_kw = placement.device_map_kwargs(device_map, dist)
+        dev = pick_device("cuda" if device == "split" else device)  # for the dtype default; see below
+    else:
+        dev = distributed.rank_device(pick_device(device), dist)
+        load_kw = {"device": str(dev)}
     dt = pick_dtype(dtype, dev)
     sink = io.StringIO()
     try:
         # The bridge prints weight-loading progress to stderr; keep the CLI and app output clean.
         with contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext():
-            bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dt)
+            bridge = TransformerBridge.boot_transformers(name, dtype=dt, **load_kw)
     except OSError as err:
         raise ModelLoadError(f"could not load model {name!r}: not a local model directory and not found on the "
                              f"Hugging Face hub (offline?) — {err}") from err
     except Exception as err:  # noqa: BLE001 - the bridge raises many kinds; name the model in one clear error
+        if str(err).startswith("Could not determine supported architecture"):
+            raise ModelLoadError(_unsupported(name, str(err))) from err
         raise ModelLoadError(f"could not load model {name!r}: {type(err).__name__}: {err}") from err
     bridge.eval()
+    if "device_map" in load_kw:
+        dev = placement.input_device(bridge)
     tok = bridge.tokenizer
     if tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token

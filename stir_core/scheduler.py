@@ -54,10 +54,10 @@ class Lane:
     start: int = 0  # first probe token's index (probe lanes, and a main lane in its null probe)
     made: int = 0
     done: bool = False  # probe finished / driver's segment closed
-    paused: bool = False  # main: waiting for preview capacity
     shadow: bool = False  # main in scope `segment`: fed its driver's tokens, unsteered
     queue: list[int] = field(default_factory=list)
     shadow_state: torch.Tensor | None = None  # [n_capture_layers, d_model] at the last fed token
+    rollback_to: Snapshot | None = None  # a late probe copy: roll back to its control point once copied
 
 
 @dataclass
@@ -68,19 +68,24 @@ class Pending:
     snapshot: Snapshot
     probes: list[Lane]
     keep: Snapshot | None = None  # the null probe's end of real progress (delimiter or budget) if it ran on
+    deferred: bool = False  # probe lanes not spawned yet (preview capacity); the null probe runs meanwhile
 
 
 class _Run:
     def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
                  delimiter: str, max_preview_rows: int | None):
         self.engine, self.policy, self.sched = engine, policy, sched
-        self.state = engine.prefill(prompts, policy.capture_layers, delimiter=delimiter)
+        layers = policy.capture_layers if policy is not None else ()
+        self.state = engine.prefill(prompts, layers, delimiter=delimiter)
         self.lanes = [Lane(i) for i in range(len(prompts))]
         self.done_rows: list[Row | None] = [None] * len(prompts)
         self.handled = [0] * len(prompts)
         self.pending: dict[int, Pending] = {}
-        self.waiting: list[tuple[Lane, ControlPoint, Plan]] = []  # control points held back by preview capacity
-        self.max_preview = max_preview_rows
+        self.waiting: list[int] = []  # prompts whose probe lanes wait for preview capacity
+        # Extra rows (probes and drivers) in flight at once; None or 0: no cap. A quarter of the batch keeps
+        # STIR's KV cache within 1.25x vanilla's, at the cost of steps when many rows reach control points
+        # together (STIR_SPEC.md, knob table).
+        self.max_preview = max_preview_rows or None
         self.spawns: list[tuple[Lane, Lane]] = []  # (source, new lane) to add at the next regroup
         self.eos = engine.model.eos_token_id
 
@@ -93,6 +98,11 @@ class _Run:
 
     def main(self, seq: int) -> Lane:
         return next(ln for ln in self.lanes if ln.seq == seq and ln.role == "main")
+
+    def extra_rows(self) -> int:
+        """Rows beyond one per prompt: probes in flight and drivers (queued spawns included)."""
+        rows = sum(1 for ln in self.lanes if ln.role in ("probe", "driver"))
+        return rows + sum(1 for _, new in self.spawns if new.role in ("probe", "driver"))
 
     def live(self) -> bool:
         return any(ln.role != "dead" for ln in self.lanes)
@@ -113,14 +123,27 @@ class _Run:
                 self.lanes[j] = new
             self.spawns, dead = [], dead[len(dst):]
         if not self.spawns and len(dead) <= max(4, len(self.lanes) // 4):
+            self.late_rollbacks()
             return
         keep = [i for i, ln in enumerate(self.lanes) if ln.role != "dead"]
         order = keep + [self.idx(src) for src, _ in self.spawns]
         lanes = [self.lanes[i] for i in keep] + [new for _, new in self.spawns]
         self.spawns = []
         if order:
-            self.engine.regroup(self.state, order)
+            kept = self.engine.regroup(self.state, order)
+            if kept is not None:  # slots moved: snapshots count slots, so map their widths
+                for pend in self.pending.values():
+                    for snap in (pend.snapshot, pend.keep):
+                        if snap is not None:
+                            snap.width = int((kept < snap.width).sum())
         self.lanes = lanes
+        self.late_rollbacks()
+
+    def late_rollbacks(self) -> None:
+        for ln in self.lanes:
+            if ln.rollback_to is not None:
+                self.rollback(ln, ln.rollback_to)
+                ln.rollback_to = None
 
     def snapshot(self, lane: Lane) -> Snapshot:
         b = self.idx(lane)
@@ -142,7 +165,7 @@ class _Run:
     def point_at(self, lane: Lane) -> ControlPoint | None:
         """The control point main `lane` stands at, if the policy should act (fused ones are noted)."""
         row, sched = self.row(lane), self.sched
-        if row.finished or len(row.tokens) >= sched.max_new_tokens or not row.tokens:
+        if self.policy is None or row.finished or len(row.tokens) >= sched.max_new_tokens or not row.tokens:
             return None
         last, handled = row.control_points, self.handled[lane.seq]
         act = last if sched.max_control_points is None else min(last, sched.max_control_points)
@@ -164,24 +187,27 @@ class _Run:
         if not plan.probes:
             self.commit(lane, self.policy.resolve(plan, None, None))
             return
-        if self.max_preview is not None:
-            busy = sum(len(p.probes) for p in self.pending.values())
-            if busy and busy + len(plan.probes) > self.max_preview:
-                lane.paused = True
-                self.waiting.append((lane, point, plan))
-                return
-        self.open(lane, plan)
-
-    def open(self, lane: Lane, plan: Plan) -> None:
-        lane.paused = False
         n = len(self.row(lane).tokens)
         pend = Pending(plan, self.snapshot(lane), [])
-        for s in plan.probes:
-            probe = Lane(lane.seq, "probe", steer=s, refeed=s if s.at_last else None, start=n)
+        self.pending[lane.seq] = pend
+        lane.start, lane.made, lane.done = n, 0, False  # the null probe starts now, whatever the capacity
+        busy = self.extra_rows()
+        if self.max_preview is not None and busy and busy + len(plan.probes) > self.max_preview:
+            pend.deferred = True  # its probe lanes start when capacity frees (`open`)
+            self.waiting.append(lane.seq)
+            return
+        self.open(lane.seq)
+
+    def open(self, seq: int) -> None:
+        """Spawn the probe lanes of a pending control point (copies of the main lane rolled back to it)."""
+        pend, lane = self.pending[seq], self.main(seq)
+        pend.deferred = False
+        for s in pend.plan.probes:
+            probe = Lane(seq, "probe", steer=s, refeed=s if s.at_last else None, start=pend.snapshot.n_tokens)
+            if len(self.row(lane).tokens) > pend.snapshot.n_tokens:
+                probe.rollback_to = pend.snapshot  # the main lane has run on as the null probe meanwhile
             pend.probes.append(probe)
             self.spawns.append((lane, probe))
-        lane.start, lane.made, lane.done = n, 0, False
-        self.pending[lane.seq] = pend
 
     def commit(self, lane: Lane, steer: Steer | None) -> None:
         """Carry out a decision for a main lane standing at its control point."""
@@ -197,7 +223,8 @@ class _Run:
 
     def ready(self) -> list[int]:
         """Prompts whose control point has every probe done."""
-        return [s for s, p in self.pending.items() if self.main(s).done and all(pr.done for pr in p.probes)]
+        return [s for s, p in self.pending.items()
+                if not p.deferred and self.main(s).done and all(pr.done for pr in p.probes)]
 
     def resolve_ready(self) -> None:
         """Gate every control point whose probes are all done, and carry the decisions out."""
@@ -223,11 +250,10 @@ class _Run:
                 continue
             self.rollback(lane, pend.snapshot)
             self.commit(lane, steer)
-        while self.waiting and (not self.pending or self.max_preview is None
-                                or sum(len(p.probes) for p in self.pending.values()) + len(self.waiting[0][2].probes)
+        while self.waiting and (self.max_preview is None or not self.extra_rows()
+                                or self.extra_rows() + len(self.pending[self.waiting[0]].plan.probes)
                                 <= self.max_preview):
-            lane, _, plan = self.waiting.pop(0)
-            self.open(lane, plan)
+            self.open(self.waiting.pop(0))
 
     def reusable(self, pend: Pending, steer: Steer) -> Lane | None:
         """The winner's probe lane, when continuing it is exactly the commit (scope persist, same α)."""
@@ -269,7 +295,7 @@ class _Run:
     def retire(self) -> None:
         """Main lanes that are finished leave the batch."""
         for lane in self.lanes:
-            if lane.role != "main" or lane.seq in self.pending or lane.refeed or lane.shadow or lane.paused:
+            if lane.role != "main" or lane.seq in self.pending or lane.refeed or lane.shadow:
                 continue
             if lane.pending_token is not None:
                 continue
@@ -280,12 +306,15 @@ class _Run:
 
     # ---- one step ----------------------------------------------------------------------------------
     def decodes(self, lane: Lane, row: Row) -> bool:
-        if lane.refeed is not None or lane.pending_token is not None or lane.paused or lane.done or lane.shadow:
+        if lane.refeed is not None or lane.pending_token is not None or lane.shadow or row.finished:
             return False
-        if row.finished:
+        pend = self.pending.get(lane.seq) if lane.role == "main" else None
+        if pend is not None:
+            # The null probe may run past the budget (what does is rolled back); once it is scored the lane
+            # runs on, speculatively, up to its next delimiter or the budget: kept if the null action wins.
+            return not lane.done or pend.keep is None
+        if lane.done:
             return False
-        if lane.role == "main" and lane.seq in self.pending:
-            return True  # the null probe may run past the budget; what does is rolled back
         return lane.role == "probe" or len(row.tokens) < self.sched.max_new_tokens
 
     def pick(self, probes_only: bool = False) -> None:
@@ -374,12 +403,13 @@ class _Run:
             if ends:
                 self.after_progress(lane)
             return
-        lane.made += 1  # the null probe
         stop = ends or len(row.tokens) >= self.sched.max_new_tokens or row.finished
         if pend.keep is None and stop:
             pend.keep = self.snapshot(lane)
-        if lane.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
-            lane.done = True
+        if not lane.done:  # the null probe
+            lane.made += 1
+            if lane.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
+                lane.done = True
 
     def run(self) -> list[Row]:
         while self.live():
@@ -409,7 +439,8 @@ def _merge(a: dict | None, b: dict | None) -> dict | None:
     return out
 
 
-def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
+def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
                    delimiter: str, max_preview_rows: int | None = None) -> list[Row]:
-    """Greedy segmented decoding of token-id prompts with `policy`; the finished rows, in prompt order."""
+    """Greedy segmented decoding of token-id prompts with `policy` (None: vanilla, no control point acted
+    on); the finished rows, in prompt order."""
     return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows).run()

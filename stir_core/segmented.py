@@ -30,6 +30,7 @@ class Schedule:
     max_new_tokens: int
     max_control_points: int | None = None
     probe_tokens: int = 4
+    top_l: int = 4
     probe_stop: bool = True  # a probe ends at the delimiter (the reference)
     scope: str = "segment"  # segment | persist
     preview: str = "fork"  # fork | reprefill

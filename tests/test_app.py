@@ -352,3 +352,23 @@ def test_thread_policy_reads_the_environment(monkeypatch):
     monkeypatch.setenv(THREADS_ENV, "many")
     with pytest.raises(ValueError, match=THREADS_ENV):
         thread_policy()
+
+
+def test_build_page_offers_file_tasks_with_files_per_split(app_env, tmp_path):
+    """A file task shows one file input per split; files that share a problem are refused before any work."""
+    rows = [{"question": "Tom has 3 pens and buys 4 more. How many pens?", "answer": "3+4=7\n#### 7"}]
+    for name in ("mine.jsonl", "eval.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    at = _app()
+    at.run()
+    at.switch_page("views/build.py").run()
+    _ok(at)
+    assert not [w for w in at.text_input if w.key == "bd_mine_file"]
+    at.selectbox(key="bd_task").set_value("gsm8k").run()
+    at.text_input(key="bd_mine_file").set_value(str(tmp_path / "mine.jsonl"))
+    at.text_input(key="bd_eval_file").set_value(str(tmp_path / "eval.jsonl"))
+    out = app_env["runs"] / "build-overlap"
+    at.text_input(key="x_bd_out").set_value(str(out))
+    at.button(key="x_bd_run").click().run()
+    assert any("also appear" in e.value for e in at.error), [e.value for e in at.error]
+    assert not out.exists()

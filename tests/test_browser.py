@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from stir_core.config import online_config, recommended
+from stir_core.config import StirConfig, online_config, recommended
 from stir_core.controller import run_method
 from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
 from stir_core.model import DEFAULT_MODEL_DIR, load_model
+from stir_core.trace import Trace
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LIBRARY = REPO / "assets" / "demo-library"
@@ -170,3 +171,76 @@ def test_playground_end_to_end(setup, tmp_path):
     assert cards == len(refs[2].decisions[:24])
     assert shot.stat().st_size > 10_000
     assert svg.lstrip().startswith(b"<svg") and b"<image" not in svg  # a real, vector SVG
+
+
+DASHBOARD_SHOT = REPO / "assets" / "screenshots" / "dashboard.png"
+
+
+def test_library_dashboard_end_to_end(setup, tmp_path):
+    """The Library page's tool dashboard in a real browser, for a demo tool, with firings from a saved run.
+    The screenshot goes to tmp_path; `STIR_REFRESH_SCREENSHOTS=1 pytest tests/test_browser.py -k dashboard`
+    also copies it to assets/screenshots/dashboard.png."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright (Python package) is not installed"
+    )
+    env, _, _, model_dir, lib_dir = setup
+    if lib_dir != DEMO_LIBRARY:
+        pytest.skip("the dashboard test needs the embedded model and the demo library")
+    from stir_core import dashboard as dash
+    from stir_core.evaluate import evaluate, load_results
+    from stir_core.tasks import get_task
+
+    model = load_model(str(model_dir), device="cpu")
+    engine = Engine(model)
+    lib = ToolLibrary.load(lib_dir)
+    run = Path(env["STIR_RUNS"]) / "dash-run"
+    cfg = StirConfig(max_new_tokens=96)
+    evaluate(engine, get_task("planted"), ["vanilla", "stir"], lib, cfg, n=24, split="val", seed=0,
+             out_dir=run, show_progress=False)
+    examples = load_results(run).examples
+    committed = [d.chosen for t in examples.loc[examples["method"] == "stir", "trace_json"]
+                 for d in Trace.from_json(t).decisions if d.chosen]
+    tool = max(sorted(set(committed)), key=committed.count)  # the tool STIR committed most often
+    ref = dash.build(lib, tool, model, engine, examples, str(run))
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    proc = start_server(port, env, log)
+    shot = tmp_path / "dashboard.png"
+    try:
+        wait_healthy(port, proc, log)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 2600})
+            page.goto(f"http://127.0.0.1:{port}/library", wait_until="domcontentloaded")
+            page.get_by_text("Tool dashboard").wait_for(timeout=120_000)
+            box = page.get_by_role("combobox", name="Tool")
+            box.click()
+            box.fill(tool)
+            box.press("Enter")
+            page.get_by_text(f"pair `{ref.provenance.pair_id}`".replace("`", "")).wait_for(timeout=60_000)
+            page.get_by_role("radio", name="saved run").click()
+            page.get_by_role("tab", name="Where it fires").click()
+            page.get_by_text(f"retrievals in {run}").wait_for(timeout=120_000)
+            fired = page.get_by_text(f"retrievals in {run}").inner_text()
+            page.get_by_role("tab", name="What it changes").click()
+            sweep = page.locator(".stir-sweep")
+            sweep.nth(4).wait_for(timeout=60_000)
+            texts = [c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
+                     for c in sweep.all()]
+            marked = page.locator(".stir-sweep span.diff").count()
+            top = page.get_by_text("Tool dashboard").bounding_box()
+            page.screenshot(path=str(shot), clip={"x": 0, "y": max(0, top["y"] - 24), "width": 1500, "height": 1450})
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert fired.startswith(f"{len(ref.firings)} retrievals")
+    assert texts == [r.text for r in ref.sweep.rows]
+    assert marked == sum(sum(r.differs) for r in ref.sweep.rows)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("STIR_REFRESH_SCREENSHOTS") == "1":
+        DASHBOARD_SHOT.parent.mkdir(parents=True, exist_ok=True)
+        DASHBOARD_SHOT.write_bytes(shot.read_bytes())

@@ -15,6 +15,7 @@ from stir_core.jobs import get_job, start_job
 from stir_core.mine import MineConfig
 from stir_core.pipeline import BuildConfig, SelectConfig, build_library, check_build_output
 from stir_core.tasks import task_names
+from stir_core.tasks.files import FORMATS
 
 ctx = state.context()
 st.title("Build a library")
@@ -32,6 +33,8 @@ defaults = {
     "bd_temperature": base.mine.temperature,
     "bd_both": base.mine.require_correct_and_incorrect,
     "bd_seed": base.mine.seed,
+    "bd_mine_file": "",
+    "bd_eval_file": "",
 }
 for k, v in defaults.items():
     st.session_state.setdefault(k, v)
@@ -44,7 +47,8 @@ names = task_names()
 if st.session_state["bd_task"] not in names:
     st.session_state["bd_task"] = names[0]
 c1, c2, c3, c4 = st.columns(4)
-c1.selectbox("Task", names, key="bd_task", persist_state="session")
+c1.selectbox("Task", names, key="bd_task", persist_state="session",
+             help="File tasks (gsm8k, math500, ...) read your local JSONL/Parquet files, one per split")
 c2.number_input("Problems", min_value=1, max_value=10000, step=8, key="bd_problems", persist_state="session")
 c3.number_input(
     "Rollouts per problem (K)", min_value=2, max_value=64, step=1, key="bd_rollouts", persist_state="session"
@@ -52,6 +56,14 @@ c3.number_input(
 c4.number_input(
     "Max new tokens (T_mine)", min_value=8, max_value=4096, step=16, key="bd_tokens", persist_state="session"
 )
+is_file_task = st.session_state["bd_task"] in FORMATS
+if is_file_task:
+    c1, c2 = st.columns(2)
+    c1.text_input("Mining file (split `mine`)", key="bd_mine_file", persist_state="session",
+                  placeholder="data/gsm8k/train.jsonl", help="JSONL, JSON or Parquet; mined problems come from here")
+    c2.text_input("Evaluation file (split `eval`, optional)", key="bd_eval_file", persist_state="session",
+                  placeholder="data/gsm8k/test.jsonl",
+                  help="Checked to share no problem with the mining file; `stir eval --config` reads it")
 c1, c2, c3, c4 = st.columns(4)
 c1.text_input(
     "Layers",
@@ -109,6 +121,16 @@ def run_job(job, model_key, model, cfg: BuildConfig, out: str, overwrite: bool) 
     return str(build_library(model, cfg, out, progress=progress, show_progress=False, overwrite=overwrite))
 
 
+def task_section() -> dict:
+    """The config's task section: the name, plus the files per split for a file task."""
+    name = st.session_state["bd_task"]
+    if name not in FORMATS:
+        return {"name": name}
+    files = {split: st.session_state[key].strip() for split, key in (("mine", "bd_mine_file"),
+                                                                      ("eval", "bd_eval_file"))}
+    return {"name": name, "files": {k: v for k, v in files.items() if v}}
+
+
 running = get_job(st.session_state.get("bd_job"))
 if st.button("Build library", type="primary", key="x_bd_run", disabled=bool(running and running.active)):
     try:
@@ -117,10 +139,10 @@ if st.button("Build library", type="primary", key="x_bd_run", disabled=bool(runn
         cfg = BuildConfig.from_dict(
             {
                 "model": ctx.model_name,
+                "task": task_section(),
                 "mine": {
-                    **vars(base.mine),
+                    **{k: v for k, v in vars(base.mine).items() if k != "task"},
                     **advanced["mine"],
-                    "task": st.session_state["bd_task"],
                     "n_problems": int(st.session_state["bd_problems"]),
                     "k_rollouts": int(st.session_state["bd_rollouts"]),
                     "max_new_tokens": int(st.session_state["bd_tokens"]),
@@ -140,6 +162,7 @@ if st.button("Build library", type="primary", key="x_bd_run", disabled=bool(runn
         )
         if not out_dir.strip():
             raise ValueError("give a run directory")
+        cfg.make_task()  # files, split disjointness, clean_prefixes: before any work starts
         model = ctx.model
         check_layers(cfg.mine, model.n_layers, section="mine")
         overwrite = bool(st.session_state.get("x_bd_force")) and existing

@@ -1,15 +1,22 @@
 """Library: the geometry of the tool library (UMAP/PCA of keys or vectors, similarities, distributions)
-and a card per tool (metadata, neighbours, source problem, logit-lens readout)."""
+and a dashboard per tool (provenance, where it fires, what it changes, neighbours; `stir_core.dashboard`)."""
 
 from __future__ import annotations
 
+import html
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app import dashboard_state as dstate
 from app import figures, state, ui
+from stir_core import dashboard, library_diff
+from stir_core.controller import StirConfig
+from stir_core.dashboard_html import render as render_dashboard
+from stir_core.library import MANIFEST_FILE
 
 ctx = state.context()
 st.title("Library")
@@ -131,14 +138,33 @@ else:
     )
 ui.figure_exports(fig, f"library-{method}-{source}-{dims}d", "x_lib_scatter_exp")
 
-# --- tool card -----------------------------------------------------------------------------------------
-st.subheader("Tool card")
+# --- tool dashboard (computed in stir_core.dashboard; drawn here) -----------------------------------------
+st.subheader("Tool dashboard")
+
+
+def _goto(tool_id: str) -> None:
+    st.session_state["lib_tool"] = tool_id
+
+
+def _sweep_html(tokens: list[str], differs: list[bool]) -> str:
+    """One sweep column: tokens as spans, the ones that differ from the first column highlighted."""
+    spans = "".join(
+        f'<span class="{"tok diff" if d else "tok"}" style="{"background:#ffd54f" if d else ""}">'
+        f"{html.escape(t)}</span>"
+        for t, d in zip(tokens, differs, strict=True)
+    )
+    return (
+        '<div class="stir-sweep" style="font-family: DejaVu Sans Mono, monospace; font-size: 0.85rem; '
+        f'white-space: pre-wrap; word-break: break-all;">{spans}</div>'
+    )
+
+
 tool = st.selectbox(
     "Tool",
     ids,
     key="lib_tool",
     persist_state="session",
-    help="Click a point in the 2-D scatter, or pick here.",
+    help="Click a point in the 2-D scatter, a neighbour below, or pick here.",
 )
 row = ids.index(tool)
 rec = table.iloc[row]
@@ -154,70 +180,229 @@ k5.metric(
     if np.isfinite(rec["shuffled_norm"])
     else None,
 )
-left, right = st.columns(2)
-with left:
-    st.markdown("**Metadata**")
-    st.dataframe(
-        pd.DataFrame({"field": list(rec.index), "value": [str(v) for v in rec.to_numpy()]}),
-        hide_index=True,
-        width="stretch",
-        height=300,
+
+# Where the firings come from: a saved evaluation run, an on-demand run, or none.
+runs = [str(p) for p in dstate.eval_runs()]
+st.session_state.setdefault("dash_source", "none")
+o1, o2, o3 = st.columns([2, 3, 2])
+source_kind = o1.segmented_control(
+    "Firings from", ["none", "saved run", "on demand"], key="dash_source", persist_state="session"
+) or "none"
+examples, source, source_stamp = None, "", ""
+if source_kind == "saved run":
+    if not runs:
+        o2.caption("No saved evaluation runs (Evaluate page, or `stir eval --out DIR` under the runs directory).")
+    else:
+        source = o2.selectbox("Run", runs, key="dash_run", persist_state="session")
+        source_stamp = dstate._stamp(source)
+        examples = dstate.run_examples(source, source_stamp)
+elif source_kind == "on demand":
+    st.session_state.setdefault("dash_n", 32)
+    n_od = o2.number_input("Problems (vanilla + STIR)", min_value=2, max_value=500, step=2, key="dash_n",
+                           persist_state="session")
+    task_name = str(rec["task"]) or "planted"
+    od_key = (task_name, int(n_od))
+    if o3.button("Run", key="x_dash_run", width="stretch"):
+        st.session_state["dash_od"] = od_key
+    if st.session_state.get("dash_od") == od_key:
+        cfg_json = json.dumps(asdict(StirConfig(max_new_tokens=128)), sort_keys=True)
+        examples = dstate.on_demand(ctx.model_key, ctx.library_key, task_name, int(n_od), "val", 0, cfg_json)
+        source, source_stamp = f"on demand: {task_name} val, {int(n_od)} problems, seed 0", cfg_json
+    else:
+        o3.caption(f"decodes {task_name} `val` problems")
+
+with st.expander("α-sweep settings"):
+    w1, w2, w3 = st.columns([4, 2, 2])
+    st.session_state.setdefault("dash_scales", "0, 0.5, 1, 2, 4")
+    st.session_state.setdefault("dash_positions", "last")
+    st.session_state.setdefault("dash_prompt", "")
+    sweep_prompt = w1.text_area(
+        "Prompt (empty: the source problem, decoded up to the tool's control point)",
+        key="dash_prompt", persist_state="session", height=80,
     )
-    st.markdown("**Nearest neighbours** (cosine)")
-    nb_rows = []
-    for src in ("keys", "vectors"):
-        for j, s in state.neighbours(path, stamp, src, row, 5):
-            nb_rows.append(
-                {
-                    "by": src,
-                    "id": ids[j],
-                    "kind": table["kind"].iat[j],
-                    "m": int(table["control_point"].iat[j]),
-                    "layer": int(table["layer"].iat[j]),
-                    "cos": s,
-                }
-            )
-    nb = pd.DataFrame(nb_rows)
-    if len(nb):
-        st.dataframe(nb, hide_index=True, width="stretch")
-        ui.table_exports(nb, f"neighbours-{tool}", "x_nb_exp")
-    else:
-        st.caption("No neighbours.")
-with right:
-    st.markdown("**Source problem**")
-    split_hint = ((m.get("config") or {}).get("mine") or {}).get("split")
-    ex = state.find_example(str(rec["task"]), str(rec["example_id"]), split_hint) if rec["task"] else None
-    if ex is None:
-        st.caption(
-            f"task `{rec['task'] or '?'}`, example `{rec['example_id'] or '?'}` (problem text not available)"
-        )
-    else:
+    scales_text = w2.text_input("Scales α", key="dash_scales", persist_state="session")
+    positions = w3.segmented_control(
+        "Positions", ["last", "segment", "last+segment"], key="dash_positions", persist_state="session"
+    ) or "last"
+try:
+    scales = tuple(float(x) for x in scales_text.replace(";", ",").split(",") if x.strip())
+except ValueError:
+    st.warning(f"Scales must be numbers separated by commas, got {scales_text!r}; using 0, 0.5, 1, 2, 4.")
+    scales = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+board = dstate.tool_dashboard(
+    ctx.model_key, ctx.library_key, tool, source, source_stamp, examples, sweep_prompt if sweep_prompt.strip() else None,
+    scales or (0.0, 0.5, 1.0, 2.0, 4.0), positions, 48,
+)
+for note in board.notes:
+    st.caption(note)
+x1, x2 = st.columns([1, 5])
+with x1:
+    ui._export_menu(
+        f"tool-{tool.replace('/', '_')}",
+        "x_dash_exp",
+        [("HTML (one file)", "html", lambda: render_dashboard(board).encode()),
+         ("JSON", "json", lambda: dashboard.to_json(board).encode())],
+    )
+
+prov = board.provenance
+tab_p, tab_f, tab_c, tab_n = st.tabs(["Provenance", "Where it fires", "What it changes", "Neighbours"])
+with tab_p:
+    left, right = st.columns(2)
+    with left:
         st.markdown(
-            f"task `{rec['task']}` · split `{ex['split']}` · example `{ex['id']}` · gold **{ex['answer']}**"
+            f"pair `{prov.pair_id}` · task `{prov.task or '?'}` · example `{prov.example_id or '?'}` · "
+            f"mean reward + {prov.mean_reward_pos if prov.mean_reward_pos is not None else '—'} / − "
+            f"{prov.mean_reward_neg if prov.mean_reward_neg is not None else '—'}"
         )
-        st.code(ex["prompt"] + (("\n" + ex["solution"]) if ex.get("solution") else ""), language=None)
-    rollouts = [str(r) for r in json.loads(rec["rollout_ids"])]
-    if rollouts:
-        st.caption(
-            f"rollouts contrasted ({len(rollouts)}): "
-            + ", ".join(rollouts[:16])
-            + (" …" if len(rollouts) > 16 else "")
+        if prov.norm_ratio is not None:
+            st.markdown(
+                f"norm / label-shuffled norm **{prov.norm_ratio:.3g}**"
+                + (f" (above {prov.ratio_percentile:.0%} of this library's corrections)"
+                   if prov.ratio_percentile is not None else "")
+            )
+        if prov.problem is None:
+            st.caption("problem text not available")
+        else:
+            p = prov.problem
+            st.markdown(f"split `{p['split']}` · gold **{p['answer']}**")
+            st.code(p["prompt"] + (("\n" + p["solution"]) if p.get("solution") else ""), language=None)
+        st.markdown("**Metadata**")
+        st.dataframe(
+            pd.DataFrame({"field": list(rec.index), "value": [str(v) for v in rec.to_numpy()]}),
+            hide_index=True, width="stretch", height=260,
         )
-    st.markdown("**Logit lens** (through the final norm's gain and the unembedding)")
-    if rec["kind"] == "anchor":
-        st.caption("An anchor has no vector: it argues for doing nothing.")
+    with right:
+        st.markdown("**Contrasted prefixes** (positive: correct, best reward; negative: incorrect)")
+        contrasts = pd.DataFrame(
+            [{"side": c.side, "rollout": c.rollout_id, "reward": c.reward,
+              "prefix": None if c.prefix is None else c.prefix.replace("\n", "⏎")} for c in prov.contrasts],
+            columns=["side", "rollout", "reward", "prefix"],
+        )
+        st.dataframe(contrasts, hide_index=True, width="stretch")
+with tab_f:
+    if board.firings is None:
+        st.caption("Pick a saved run or an on-demand run above to see where this tool is retrieved.")
+    elif not board.firings:
+        st.caption(f"Never retrieved in {board.run}.")
     else:
-        out = state.lens(path, stamp, ctx.model_key, row, 10, True)
+        st.caption(f"{len(board.firings)} retrievals in {board.run}, by similarity")
+        fires = pd.DataFrame(
+            [{"example": f.example_id, "method": f.method, "m": f.m, "sim": f.sim, "gain": f.gain,
+              "committed α": f.alpha if f.committed else None, "outcome": f.reason,
+              "before": f.before.replace("\n", "⏎"), "after": f.after.replace("\n", "⏎"),
+              "correct": f.correct} for f in board.firings]
+        )
+        st.dataframe(fires, hide_index=True, width="stretch", height=320)
+        ui.table_exports(fires, f"firings-{tool.replace('/', '_')}", "x_fire_exp")
+    if board.paired is not None:
+        q = board.paired
+        a1, a2, a3, a4 = st.columns(4)
+        a1.metric(f"committed ({q.method})", q.n_committed)
+        a2.metric("fixed", len(q.fixed), help=", ".join(q.fixed) or None)
+        a3.metric("broken", len(q.broken), help=", ".join(q.broken) or None)
+        a4.metric("unchanged right / wrong", f"{q.both_right} / {q.both_wrong}")
+with tab_c:
+    if board.lens is not None:
+        st.markdown("**Logit lens** (through the final norm's gain and the unembedding)")
         lens_df = pd.DataFrame(
             {
-                "promoted": [repr(out["texts"][i]) for i, _ in out["promoted"]],
-                "logit +": [s for _, s in out["promoted"]],
-                "suppressed": [repr(out["texts"][i]) for i, _ in out["suppressed"]],
-                "logit −": [s for _, s in out["suppressed"]],
+                "promoted": [repr(t) for t, _ in board.lens.promoted],
+                "logit +": [s for _, s in board.lens.promoted],
+                "suppressed": [repr(t) for t, _ in board.lens.suppressed],
+                "logit −": [s for _, s in board.lens.suppressed],
             }
         )
         st.dataframe(lens_df, hide_index=True, width="stretch")
-        ui.table_exports(lens_df, f"logit-lens-{tool}", "x_lens_exp")
+        ui.table_exports(lens_df, f"logit-lens-{tool.replace('/', '_')}", "x_lens_exp")
+    if board.sweep is not None:
+        st.markdown(
+            f"**α-sweep** at layer {board.sweep.layer}, positions `{board.sweep.positions}` "
+            "(highlighted: tokens that differ from the first column)"
+        )
+        st.code(board.sweep.prompt[-300:], language=None)
+        cols = st.columns(len(board.sweep.rows))
+        for col, r in zip(cols, board.sweep.rows, strict=True):
+            col.markdown(f"α = {r.scale:g}")
+            col.html(_sweep_html(r.tokens, r.differs))
+with tab_n:
+    st.markdown("**Nearest neighbours** (cosine)")
+    nb = pd.DataFrame([asdict(n) for n in board.neighbours], columns=["by", "id", "kind", "m", "layer", "cos"])
+    if len(nb):
+        st.dataframe(nb, hide_index=True, width="stretch")
+        ui.table_exports(nb, f"neighbours-{tool.replace('/', '_')}", "x_nb_exp")
+        for by in ("keys", "vectors"):
+            sub_nb = [n for n in board.neighbours if n.by == by]
+            if sub_nb:
+                st.caption(f"open a neighbour by {by}")
+                bcols = st.columns(len(sub_nb))
+                for j, (bc, n) in enumerate(zip(bcols, sub_nb, strict=True)):
+                    bc.button(f"{n.id} ({n.cos:.2f})", key=f"x_nb_{by}_{j}", on_click=_goto, args=(n.id,),
+                              width="stretch")
+    else:
+        st.caption("No neighbours.")
+
+# --- export (interop) and library diff ---------------------------------------------------------------------
+st.subheader("Export tools")
+e1, e2, e3, e4 = st.columns([2, 4, 2, 1])
+st.session_state.setdefault("exp_format", "gguf")
+fmt = e1.selectbox("Format", ["gguf", "repeng", "steering-vectors"], key="exp_format", persist_state="session",
+                   help="gguf: a llama.cpp control vector (direction.k = output of block k; layer 0 cannot be "
+                   "steered there); repeng: the same GGUF layout, layer 0 allowed; steering-vectors: safetensors "
+                   "{layer: vector} that `stir_core.interop.export.load_steering_vector` turns into its SteeringVector")
+corr_ids = [i for i, k in zip(ids, table["kind"], strict=True) if k == "correction"]
+st.session_state.setdefault("exp_ids", [tool] if tool in corr_ids else [])
+chosen = e2.multiselect("Tools (empty: every correction)", corr_ids, key="exp_ids")
+st.session_state.setdefault("exp_rule", "mean")
+rule = e3.selectbox("Combine per layer", ["mean", "quality_mean", "sum"], key="exp_rule", persist_state="session",
+                    help="mean: the static baseline's vector; quality_mean: weighted by q; sum: llama.cpp's rule "
+                    "for several directions at one layer")
+st.session_state.setdefault("exp_scale", 1.0)
+scale = e4.number_input("Scale", key="exp_scale", persist_state="session")
+try:
+    data, ext = dstate.export_file(path, stamp, fmt, tuple(chosen), rule, float(scale))
+    st.download_button(f"Download .{ext}", data=data, file_name=f"stir-{fmt}.{ext}", key="x_exp_dl",
+                       on_click="ignore", mime="application/octet-stream")
+except ValueError as err:
+    st.warning(str(err))
+
+st.subheader("Library diff")
+others = [str(p) for p in state.find_dirs(state.runs_dir(), MANIFEST_FILE, max_depth=4)]
+others = [p for p in dict.fromkeys([str(state.DEMO_LIBRARY), *others]) if p != path]
+f1, f2, f3, f4 = st.columns([4, 3, 2, 2])
+st.session_state.setdefault("diff_other", "")
+other = f1.selectbox("Compare with", others, key="diff_pick", index=None,
+                     placeholder="a library under the runs directory, or type a path →")
+typed = f2.text_input("…or a library path", key="diff_other", persist_state="session").strip()
+st.session_state.setdefault("diff_source", "vectors")
+dsource = f3.segmented_control("Of", ["vectors", "keys"], key="diff_source", persist_state="session") or "vectors"
+st.session_state.setdefault("diff_min_cos", 0.5)
+min_cos = f4.number_input("Match if cos ≥", min_value=-1.0, max_value=1.0, step=0.05, key="diff_min_cos",
+                          persist_state="session")
+target = typed or other
+if target:
+    try:
+        ld = dstate.library_diff(path, stamp, target, state.library_stamp(target), dsource, float(min_cos))
+    except (ValueError, OSError) as err:  # LibraryError is a ValueError
+        st.warning(str(err))
+    else:
+        st.caption(f"A = this library ({len(ld.a_ids)} {dsource}), B = `{target}` ({len(ld.b_ids)}): "
+                   f"{len(ld.pairs)} matched, {len(ld.only_a)} only in A, {len(ld.only_b)} only in B")
+        dfig = library_diff.diff_figure(ld, "A", "B")
+        st.plotly_chart(dfig, theme=None, key="x_diff_chart", config={"displaylogo": False})
+        ui.figure_exports(dfig, "library-diff", "x_diff_exp")
+        g1, g2, g3 = st.columns(3)
+        for col, (label, frame, key) in zip(
+            (g1, g2, g3),
+            (("Matched pairs", ld.pairs, "pairs"), ("Only in A", ld.only_a, "only_a"), ("Only in B", ld.only_b, "only_b")),
+            strict=True,
+        ):
+            col.markdown(f"**{label}**")
+            col.dataframe(frame, hide_index=True, width="stretch", height=240)
+            with col:
+                ui.table_exports(frame, f"diff-{key}", f"x_diff_{key}")
+        ui.table_exports(pd.DataFrame(ld.cos, index=ld.a_ids, columns=ld.b_ids).reset_index(names="id_a"),
+                         "diff-cosine", "x_diff_cos")
 
 # --- similarities and distributions --------------------------------------------------------------------
 st.subheader("Cosine similarity")

@@ -41,6 +41,9 @@ CHOICE_QUESTION_FIELDS = ("question", "question_stem", "stem", "Question")
 CHOICES_FIELDS = ("choices", "options")
 ANSWER_KEY_FIELDS = ("answerKey", "answer_key", "answer", "label", "gold")
 META_FIELDS = ("level", "subject", "type", "year", "url", "source")
+# `fields=` maps these names to a file's own column names (e.g. {"question": "problem_text"}).
+FIELD_ROLES = {"question": "question", "answer": "answer", "solution": "solution", "id": "id",
+               "choices": "choices", "answer_key": "answerKey"}
 
 _STEPS = "Reason step by step, and separate the steps with a blank line."
 GSM8K_TEMPLATE = (
@@ -301,6 +304,16 @@ FORMATS = {
 }
 
 
+def problem_hash(ex: Example) -> str:
+    """A content hash of a problem: its question and options, whitespace collapsed and case folded."""
+    import hashlib
+
+    text = " ".join(ex.question.split()).casefold()
+    if "choices" in ex.meta:
+        text += "\x00" + "\x00".join(" ".join(str(c).split()).casefold() for c in ex.meta["choices"])
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
 class FileTask:
     """A task over local files, one file per split. `template` overrides the prompt: `{question}` (and
     `{choices}` for multiple choice) are replaced literally, so LaTeX braces need no escaping."""
@@ -313,6 +326,7 @@ class FileTask:
         path: str | Path | None = None,
         paths: dict[str, str | Path] | None = None,
         template: str | None = None,
+        fields: dict[str, str] | None = None,
     ):
         self.format, self.name, self.kind = fmt, fmt.name, fmt.kind
         if path is not None and paths is not None:
@@ -340,7 +354,59 @@ class FileTask:
         for slot in needed:
             if slot not in self.template:
                 raise ValueError(f"task {fmt.name!r}: the prompt template must contain {slot}")
+        self.fields = dict(fields or {})
+        unknown = set(self.fields) - set(FIELD_ROLES)
+        if unknown:
+            raise ValueError(f"task {fmt.name!r}: unknown field role(s) {sorted(unknown)} in fields; "
+                             f"known: {sorted(FIELD_ROLES)}")
         self._cache: dict[str, list[Example]] = {}
+        self._checked = False
+
+    def _rename(self, rec: dict[str, Any], where: str) -> dict[str, Any]:
+        """The record with the file's own columns (`fields`) copied to the names the parser reads."""
+        if not self.fields:
+            return rec
+        out = dict(rec)
+        for role, column in self.fields.items():
+            if column not in rec:
+                raise ValueError(f"{where}: no column {column!r} (mapped to {role!r} by fields); "
+                                 f"the row has {sorted(rec)}")
+            out[FIELD_ROLES[role]] = rec[column]
+        return out
+
+    def _parse(self, split: str) -> list[Example]:
+        rows, seen = [], {}
+        for i, (where, rec) in enumerate(read_records(self.paths[split])):
+            ex = self.format.parse(self._rename(rec, where), where, self.name, i)
+            if ex.id in seen:
+                raise ValueError(f"{where}: duplicate id {ex.id!r} (first at {seen[ex.id]})")
+            seen[ex.id] = where
+            rows.append(ex)
+        return rows
+
+    def check_disjoint(self) -> None:
+        """Every pair of split files shares no problem (mining must never see an evaluation problem).
+
+        Problems are compared by a hash of their question (and options), whitespace and case folded, so a
+        re-exported copy of the same file is caught too. Runs once, on the first load of any split.
+        """
+        if self._checked:
+            return
+        for split in self.paths:
+            self._cache.setdefault(split, self._parse(split))
+        hashes = {split: {problem_hash(ex): ex.id for ex in rows} for split, rows in self._cache.items()}
+        splits = sorted(hashes)
+        for a_i, a in enumerate(splits):
+            for b in splits[a_i + 1:]:
+                shared = set(hashes[a]) & set(hashes[b])
+                if shared:
+                    first = hashes[a][min(shared)]
+                    raise ValueError(
+                        f"task {self.name!r}: {len(shared)} problem(s) of the {a} file {self.paths[a].name!r} "
+                        f"also appear in the {b} file {self.paths[b].name!r} (e.g. id {first!r}); splits must "
+                        "not share problems, so mining never sees an evaluation problem"
+                    )
+        self._checked = True
 
     def examples(self, split: str = "eval") -> list[Example]:
         """Every row of `split`'s file, in file order (parsed once)."""
@@ -351,15 +417,7 @@ class FileTask:
                 f"task {self.name!r} has no file for split {split!r} (it has {sorted(self.paths)}); "
                 f"pass paths={{'eval': ..., {split!r}: ...}}"
             )
-        if split not in self._cache:
-            rows, seen = [], {}
-            for i, (where, rec) in enumerate(read_records(self.paths[split])):
-                ex = self.format.parse(rec, where, self.name, i)
-                if ex.id in seen:
-                    raise ValueError(f"{where}: duplicate id {ex.id!r} (first at {seen[ex.id]})")
-                seen[ex.id] = where
-                rows.append(ex)
-            self._cache[split] = rows
+        self.check_disjoint()
         return self._cache[split]
 
     def load(self, split: str = "eval", n: int | None = None, seed: int = 0) -> list[Example]:

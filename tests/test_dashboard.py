@@ -1,0 +1,150 @@
+"""The per-tool dashboard against references computed another way: the library table read back, the
+trace's own candidate table, the engine's single-row steered decode, and geometry's neighbours."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from test_app import build_test_library
+
+from stir_core import dashboard as dash
+from stir_core import outcomes, projection, views
+from stir_core.controller import StirConfig
+from stir_core.dashboard_html import render
+from stir_core.engine import Steer
+from stir_core.evaluate import evaluate
+from stir_core.library import ToolLibrary
+from stir_core.tasks import Example, register_task
+from stir_core.trace import Trace
+
+
+class NewlineTask:
+    """Newline-delimited segments; 'correct' when the completion holds a '.' in its first 8 characters."""
+
+    name = "nl-dash"
+    delimiter = "\n"
+
+    def load(self, split="eval", n=None, seed=0):
+        return [Example(f"{split}{i}", ["3+4=7\n\n", "a\n\n", "5+5\n\n\n", "x\n\n"][i % 4] + str(i), "")
+                for i in range(n or 8)]
+
+    def prompt(self, ex):
+        return ex.question + "\n"
+
+    def extract(self, completion):
+        return completion[:8]
+
+    def score(self, completion, ex):
+        return "." in completion[:8]
+
+
+register_task("nl-dash", NewlineTask)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny, tiny_model_dir, tmp_path_factory):
+    from stir_core.engine import Engine
+
+    lib = build_test_library(tiny_model_dir, tmp_path_factory.mktemp("dash") / "lib")
+    engine = Engine(tiny)
+    cfg = StirConfig(delimiter="\n", max_new_tokens=24, k_retrieve=6, top_l=3)
+    res = evaluate(engine, NewlineTask(), ["vanilla", "stir"], lib, cfg, n=8, show_progress=False)
+    return lib, engine, res.examples
+
+
+def test_provenance_reads_the_table(setup):
+    lib, _, _ = setup
+    row = 4
+    rec = lib.table.iloc[row]
+    p = dash.provenance(lib, row, with_problem=False)
+    assert (p.tool_id, p.layer, p.control_point, p.kind) == (rec["id"], rec["layer"], rec["control_point"], rec["kind"])
+    assert p.quality == pytest.approx(rec["quality"]) and p.norm == pytest.approx(float(lib.vectors[row].norm()))
+    assert not p.prefixes_stored  # this test library stores none
+
+
+def test_provenance_of_a_mined_tool_lists_prefixes_and_rewards():
+    """The demo library stores each contrasted prefix and its reward: they must average to the stored means."""
+    from pathlib import Path
+
+    lib = ToolLibrary.load(Path(__file__).resolve().parents[1] / "assets" / "demo-library")
+    row = int((lib.table["kind"] == "correction").to_numpy().argmax())
+    p = dash.provenance(lib, row, with_problem=False)
+    pos = [c for c in p.contrasts if c.side == "pos"]
+    neg = [c for c in p.contrasts if c.side == "neg"]
+    rec = lib.table.iloc[row]
+    assert len(pos) == rec["n_pos"] and len(neg) == rec["n_neg"] and p.prefixes_stored
+    assert sum(c.reward for c in pos) / len(pos) == pytest.approx(rec["mean_reward_pos"])
+    assert sum(c.reward for c in neg) / len(neg) == pytest.approx(rec["mean_reward_neg"])
+    assert all(c.prefix.count("\n\n") == rec["control_point"] for c in neg)  # cut at the control point
+    ratios = (lib.table["norm"] / lib.table["shuffled_norm"])[lib.table["kind"] == "correction"]
+    assert p.ratio_percentile == pytest.approx(float((ratios < p.norm_ratio).mean()))
+
+
+def test_firings_and_paired_outcome_match_the_traces(setup):
+    lib, _, ex = setup
+    cands = pd.concat([Trace.from_json(t).candidates_frame().assign(example_id=e, method=m)
+                       for t, e, m in zip(ex["trace_json"], ex["example_id"], ex["method"], strict=True)])
+    assert len(cands), "the run retrieved nothing: the test would be vacuous"
+    tool = cands.loc[cands["won"]]["tool_id"].mode().iloc[0] if cands["won"].any() else cands["tool_id"].iloc[0]
+    f = dash.firings(tool, ex)
+    ref = cands[cands["tool_id"] == tool]
+    assert len(f) == len(ref) and len(f) > 0
+    assert sorted(x.sim for x in f) == pytest.approx(sorted(ref["sim"].tolist()))
+    assert [x.sim for x in f] == sorted((x.sim for x in f), reverse=True)
+    assert sum(x.committed for x in f) == int(ref["won"].sum())
+    for x in f:  # the context ends with the delimiter the decision was taken at
+        assert x.before.endswith("\n")
+    po = dash.paired_outcome(tool, ex)
+    committed = {e for t, e, m in zip(ex["trace_json"], ex["example_id"], ex["method"], strict=True)
+                 if m == "stir" and any(d.chosen == tool for d in Trace.from_json(t).decisions)}
+    assert po.n_committed == len(committed)
+    pairs = outcomes.paired_outcomes(ex[["example_id", "method", "correct"]])
+    pairs = pairs[pairs["example_id"].isin(committed)]
+    assert sorted(po.fixed) == sorted(pairs.loc[pairs["outcome"] == "win", "example_id"])
+    assert sorted(po.broken) == sorted(pairs.loc[pairs["outcome"] == "loss", "example_id"])
+
+
+def test_alpha_sweep_rows_equal_single_steered_decodes(setup):
+    lib, engine, _ = setup
+    row = 2
+    prompt = "3+4=7\n\n"
+    sw = dash.alpha_sweep(engine, prompt, lib.vectors[row] * 4, 1, (0.0, 0.5, 1.0, 2.0, 4.0), "segment", 12)
+    assert [r.scale for r in sw.rows] == [0.0, 0.5, 1.0, 2.0, 4.0]
+    plain = engine.generate([prompt], 12).tokens[0]
+    for r in sw.rows:
+        steer = None if r.scale == 0 else [Steer(1, lib.vectors[row] * 4, r.scale, "segment")]
+        ref = engine.generate([prompt], 12, steers=steer)
+        assert r.text == ref.texts[0]
+        assert r.differs == views.diff_mask(plain, ref.tokens[0])
+    assert not any(sw.rows[0].differs) and any(any(r.differs) for r in sw.rows[1:])
+
+
+def test_neighbours_match_geometry(setup):
+    lib, _, _ = setup
+    row = 2
+    nb = dash.neighbours(lib, row, 5)
+    ref = projection.nearest_neighbors(lib.keys, row, 5)
+    assert [n.id for n in nb if n.by == "keys"] == [lib.table["id"].iloc[j] for j, _ in ref]
+    assert all(n.kind == "correction" for n in nb if n.by == "vectors")
+
+
+def test_dashboard_exports_html_and_strict_json(setup, tiny):
+    lib, engine, ex = setup
+    tool = lib.table["id"].iloc[2]
+    d = dash.build(lib, tool, tiny, engine, ex, "test-run", prompt="3+4=7\n\n", sweep_tokens=8)
+    data = json.loads(dash.to_json(d))
+    assert data["tool_id"] == tool and len(data["sweep"]["rows"]) == 5 and data["lens"]["promoted"]
+    html = render(d)
+    assert html.startswith("<!doctype html>") and "<script" not in html
+    for section in ("Provenance", "Where it fires", "What it changes", "Neighbours"):
+        assert f"<h2>{section}</h2>" in html
+    n_marked = sum(sum(r.differs) for r in d.sweep.rows)
+    assert html.count("<mark>") - html.count("<mark>│</mark>") == n_marked
+    with pytest.raises(ValueError, match="not in the library"):
+        dash.build(lib, "nope")
+    anchor = lib.table["id"].iloc[3]
+    assert dash.build(lib, anchor, tiny, engine).sweep is None  # an anchor has no vector
+    assert torch.equal(lib.vectors[3], torch.zeros_like(lib.vectors[3]))
