@@ -3,8 +3,8 @@
 Trace helpers (`diff_mask`, `score_matrix`, `token_interventions`), the one builder of a Playground run's
 result (`playground_result` / `playground_column`, whether decoded live or opened from evaluation results:
 `eval_example_columns`), and one function per page: `playground_page` (with `gate_cards`) and
-`evaluate_page`. The Library page's numbers come from `projection` and `lens`; the Build page only collects
-a `BuildConfig`.
+`evaluate_page`. The Library page's numbers come from `projection`, `lens` and `dashboard` (one tool's
+view-model); the Build page only collects a `BuildConfig`.
 """
 
 from __future__ import annotations
