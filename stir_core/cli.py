@@ -355,11 +355,15 @@ def _task_prompt(task: str, question: str) -> str:
     return _task(task, None).prompt(Example("cli", question, ""))
 
 
-def _check_mine_config(cfg, task, model_name: str, device: str, dtype: str) -> dict:
-    """Task, split and layer specs of a mining config, checked against the model's config.json."""
+def _check_mine_config(cfg, task, model_name: str, device: str, dtype: str, out: Path | None = None) -> dict:
+    """Task, split and layer specs of a mining config, checked against the model's config.json (and the run
+    directory's task stamp)."""
     from stir_core.config import check_layers
+    from stir_core.pipeline import check_task_stamp
 
     task.load(cfg.mine.split, 1, cfg.mine.seed)
+    if out is not None:
+        check_task_stamp(out, cfg, task)
     facts = _facts(model_name, device, dtype)
     check_layers(cfg.mine, facts.get("n_layers"), section="mine")
     n_ctx = facts.get("n_ctx")
@@ -383,7 +387,7 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
 
     cfg, task = _build_config(config)
     model_name = cfg.model or model
-    _check_mine_config(cfg, task, model_name, device, dtype)
+    _check_mine_config(cfg, task, model_name, device, dtype, out)
     outputs.claim_run_dir(out, "mine")
     outputs.check_library_target(out / "candidates", force or restart)
     if not restart:
@@ -462,7 +466,7 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
 
     cfg, task = _build_config(config)
     model_name = cfg.model or model
-    _check_mine_config(cfg, task, model_name, device, dtype)
+    _check_mine_config(cfg, task, model_name, device, dtype, out)
     check_build_output(out, force)
     if not restart:
         check_checkpoint(out, cfg.mine)

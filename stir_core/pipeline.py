@@ -195,18 +195,25 @@ def _task_spec(d) -> TaskSpec:
     return TaskSpec(**d)
 
 
+def check_task_stamp(out: str | Path, config: BuildConfig, task: Task) -> dict:
+    """What `task.json` must say for this config; refuses a run directory mined with another task or files
+    (cheap: no model). Returns the description."""
+    described = {**config.task_spec().describe(task), "clean_prefixes": config.effective_clean_prefixes(task)}
+    stamp = Path(out) / "task.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != json.loads(jsonio.dumps(described)):
+        raise ValueError(f"{out} was mined with a different task or different files ({stamp}); "
+                         "use another run directory")
+    return described
+
+
 def mine_run(model: LoadedModel, config: BuildConfig, out: Path, task: Task | None = None,
              progress=None, show_progress: bool = True) -> ToolLibrary | None:
     """Stage I into `<out>/candidates`, resuming from `<out>`'s checkpoint only for the same task and files.
     None on ranks other than 0 under a launcher (they only mine their shard)."""
     task = task if task is not None else config.make_task()
     out.mkdir(parents=True, exist_ok=True)
-    described = {**config.task_spec().describe(task), "clean_prefixes": config.effective_clean_prefixes(task)}
-    stamp = out / "task.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != json.loads(jsonio.dumps(described)):
-        raise ValueError(f"{out} was mined with a different task or different files ({stamp}); "
-                         "use another run directory")
-    atomic.write_json(stamp, described, indent=1)
+    described = check_task_stamp(out, config, task)
+    atomic.write_json(out / "task.json", described, indent=1)
     candidates = mine_candidates(model, config.mine, run_dir=out, progress=progress, task=task,
                                  show_progress=show_progress)
     if candidates is None:
