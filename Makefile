@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stir-installed
 LOCK := requirements.lock
 
-.PHONY: app test install lint demo clean-venv lock test-latest test-next
+.PHONY: app test install lint demo screenshot clean-venv lock test-latest test-next
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml $(LOCK)
 install: $(STAMP)
 
 app: $(STAMP)
-	$(BIN)/python -m streamlit run app/Home.py --server.address 127.0.0.1
+	$(BIN)/python -m app --server.address 127.0.0.1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -37,6 +37,10 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/stir generate "3+1-9+4+2" --methods vanilla,stir
+
+# The README's screenshot: the browser test, told to write it there (it uses a temp dir otherwise).
+screenshot: $(STAMP)
+	STIR_SCREENSHOT=assets/screenshots/playground.png $(BIN)/python -m pytest -q tests/test_browser.py
 
 clean-venv:
 	rm -rf $(VENV)

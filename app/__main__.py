@@ -1,9 +1,10 @@
-"""`python -m app [streamlit options]`: the app server, with the default model loading from the first second.
+"""`python -m app [streamlit options]`: the app server, with the default model and library loading from the
+first second.
 
-`streamlit run app/Home.py` imports and loads the model only when the first browser session runs the
-script; this launcher starts that load (in a background thread of the same process, see `app.loading`) while
-the server starts, so the model is ready sooner. Extra arguments go to `streamlit run`, e.g.
-`python -m app --server.port 8502`.
+`streamlit run app/Home.py` starts loading only when the first browser session runs the script; this
+launcher starts it (in background threads of the same process, see `app.loading`: torch and TransformerLens
+are imported there, not here) before the server starts, so the model is ready sooner. Extra arguments go to
+`streamlit run`, e.g. `python -m app --server.port 8502`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    from streamlit.web import cli  # first, in this thread: the loader thread imports streamlit modules too
+
     from app import loading
 
-    name = loading.default_model()
-    if name != "embedded" or loading.embedded_model_present():
-        loading.start_loading(name, "auto", "auto")  # the sidebar's defaults: the same cache entry
-    from streamlit.web import cli
+    loading.start_defaults()  # returns at once: the imports and loads run in app.loading's threads
 
     sys.argv = ["streamlit", "run", str(Path(__file__).with_name("Home.py")), *sys.argv[1:]]
     cli.main()

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from stir_core import atomic
+from stir_core import atomic, jsonio
 from stir_core import config as config_schema
 from stir_core.controller import METHODS, StirConfig
 
@@ -245,7 +245,7 @@ class SavedView:
 
     # JSON file ---------------------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps({"format": VIEW_FORMAT, "version": VIEW_VERSION, **asdict(self)}, indent=2)
+        return jsonio.dumps({"format": VIEW_FORMAT, "version": VIEW_VERSION, **asdict(self)}, indent=2)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SavedView:

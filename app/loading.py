@@ -1,12 +1,20 @@
-"""Model loading in the background, with no Streamlit import (so the launcher can start it at once).
+"""Model and library loading in the background, with no Streamlit and no torch import at module level (so
+the launcher can start it at once and the first page can paint before torch is imported).
 
-`start_loading(name, device, dtype)` loads a model, applies the thread policy, builds its engine and warms it
-up, in one worker thread; it returns a future and is idempotent per (name, device, dtype). The first start of
-the app spends most of its time importing TransformerLens: starting the load early lets the page draw (and
-`python -m app` lets the server start) meanwhile. `app.state.get_model`/`get_engine` (st.cache_resource)
-wait on these futures. `generation(...)` takes the model's turn (`stir_core.locks.model_lock`: one decode
-per model at a time, first come first served, the queue position reported while waiting) and applies the
-model's thread count in the decoding thread.
+`start_loading(name, device, dtype)` imports torch/TransformerLens, loads a model, applies the thread policy,
+builds its engine and warms it up, in one worker thread; it returns a future and is idempotent per (name,
+device, dtype). `_LOADS` is THE model cache of the process (at most MAX_MODELS): `app.state.get_model` and
+`get_engine` only wait on these futures, so the model and its engine can never be evicted separately or
+loaded twice. `library_file(path, stamp)` is the one cache of library directories read from disk.
+`start_defaults()` starts both for the zero-configuration defaults: the launcher (`python -m app`) and
+app/serve.py's start hook call it as the server starts, before any browser connects; app/Home.py calls it
+too (a no-op then). The first start of the app spends most of its time importing torch and TransformerLens
+(several seconds on 2 cores): doing that in the loader thread lets the server come up and the page paint
+meanwhile.
+
+`generation(...)` takes the model's turn (`stir_core.locks.model_lock`: one decode per model at a time,
+first come first served, the queue position reported while waiting) and applies the model's thread count in
+the decoding thread.
 
 Per-request budget (so one visitor cannot hold the model for minutes): `STIR_APP_MAX_TOKENS` caps
 max_new_tokens (default 512) and `STIR_APP_TIME_CAP_S` caps one Playground request (default 60 s, checked
@@ -16,21 +24,28 @@ between columns; each column releases the model, so other sessions' requests int
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from stir_core.engine import Engine
-from stir_core.library import MANIFEST_FILE
-from stir_core.locks import model_lock
-from stir_core.model import DEFAULT_MODEL_DIR, LoadedModel, load_model
+if TYPE_CHECKING:  # heavy (torch): imported inside the functions that need them, in the loader thread
+    from stir_core.engine import Engine
+    from stir_core.library import ToolLibrary
+    from stir_core.model import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LIBRARY = REPO / "assets" / "demo-library"
+# Copies of stir_core.library.MANIFEST_FILE and stir_core.model.DEFAULT_MODEL_DIR, which cannot be imported
+# here without torch; tests/test_app_start.py checks they agree.
+MANIFEST_NAME = "manifest.json"
+DEFAULT_MODEL_DIR = REPO / "assets" / "toy-reasoner"
 MODEL_ENV, LIBRARY_ENV, RUNS_ENV = "STIR_MODEL", "STIR_LIBRARY", "STIR_RUNS"
 MAX_TOKENS_ENV, TIME_CAP_ENV = "STIR_APP_MAX_TOKENS", "STIR_APP_TIME_CAP_S"
 
@@ -66,7 +81,7 @@ def default_library() -> str | None:
     env = os.environ.get(LIBRARY_ENV)
     if env:
         return env
-    return str(DEMO_LIBRARY) if (DEMO_LIBRARY / MANIFEST_FILE).is_file() else None
+    return str(DEMO_LIBRARY) if (DEMO_LIBRARY / MANIFEST_NAME).is_file() else None
 
 
 def runs_dir() -> Path:
@@ -99,16 +114,60 @@ _LOADS: dict[tuple[str, str, str], Future] = {}
 _LOADS_LOCK = threading.Lock()
 MAX_MODELS = 2
 
+# The app's heavy modules (torch, pandas, plotly, stir_core, through these), imported first by the loader
+# thread. Two threads importing overlapping module graphs at once can see a partially initialised module
+# (Python's import deadlock avoidance: "partially initialized module 'pandas' has no attribute 'Series'",
+# seen here), so the script thread (app/Home.py) and the library reader wait for this before importing them;
+# after it, only the model load (TransformerLens) imports in the background, over modules already complete.
+APP_MODULES = ("app.state", "app.export", "app.figures", "app.ui")
+_IMPORTED = threading.Event()
+_IMPORTS: list[Future] = []
+
+
+def _import_app_modules() -> None:
+    try:
+        for name in APP_MODULES:
+            importlib.import_module(name)
+    finally:  # on failure the waiters go on and their own import raises the real error
+        _IMPORTED.set()
+
+
+def start_imports() -> None:
+    """Queue the import of APP_MODULES on the loader thread (once), ahead of any model load."""
+    with _LOADS_LOCK:
+        if not _IMPORTS:
+            _IMPORTS.append(_LOADER.submit(_import_app_modules))
+
+
+def imports_done() -> bool:
+    return _IMPORTED.is_set()
+
+
+def wait_imports() -> None:
+    """Start the app's heavy imports in the loader thread if needed, and wait until they are done."""
+    start_imports()
+    _IMPORTED.wait()
+
 
 _THREADS: dict[tuple[str, str, str], int] = {}  # torch thread count chosen when each model loaded
+READY_LINE = "stir-workbench: model ready:"
 
 
 def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
+    import torch
+
+    from stir_core.engine import Engine
+    from stir_core.locks import model_lock
+    from stir_core.model import load_model
+
+    t0 = time.perf_counter()
     model = load_model(name, device=device, dtype=dtype, threads=thread_policy())
     _THREADS[(name, device, dtype)] = torch.get_num_threads()
     engine = Engine(model)
     with model_lock(model):  # warm-up: first-call allocations happen here, not in the user's first comparison
         engine.generate([model.format_prompt("1+1=")], 2)
+    # one line in the server's log: when the model became usable (tests/test_app_start.py waits for it)
+    print(f"{READY_LINE} {name} {device} {dtype} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return model, engine
 
 
@@ -122,6 +181,10 @@ def generation(name: str, device: str = "auto", dtype: str = "auto",
     whose OpenMP state already exists, and Streamlit decodes in its script threads, not the loader's.
     Measured on 2 shared cores: 64 tokens of the embedded model took 12-15 s in a thread left at 2 threads,
     0.4 s at 1."""
+    import torch
+
+    from stir_core.locks import model_lock
+
     model = start_loading(name, device, dtype).result()[0]
     with model_lock(model).turn(on_wait=on_wait):
         n = _THREADS.get((name, device, dtype))
@@ -133,6 +196,8 @@ def generation(name: str, device: str = "auto", dtype: str = "auto",
 def use_model_threads(name: str, device: str = "auto", dtype: str = "auto") -> None:
     """Apply the model's torch thread count in this thread (a background job's), without taking its turn:
     jobs take the model's lock per batch, inside stir_core."""
+    import torch
+
     n = _THREADS.get((name, device, dtype))
     if n is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
@@ -142,6 +207,7 @@ def start_loading(name: str, device: str = "auto", dtype: str = "auto") -> Futur
     """Start loading a model (and its warmed-up engine) in the background; idempotent. A failed load is
     retried on the next call."""
     key = (name, device, dtype)
+    start_imports()
     with _LOADS_LOCK:
         fut = _LOADS.get(key)
         if fut is None or (fut.done() and fut.exception() is not None):
@@ -156,3 +222,88 @@ def start_loading(name: str, device: str = "auto", dtype: str = "auto") -> Futur
 def model_ready(name: str, device: str = "auto", dtype: str = "auto") -> bool:
     fut = _LOADS.get((name, device, dtype))
     return fut is not None and fut.done() and fut.exception() is None
+
+
+def loaded(name: str, device: str = "auto", dtype: str = "auto") -> tuple[LoadedModel, Engine]:
+    """The model and its warmed-up engine (waits for the load; a failed load raises its error)."""
+    return start_loading(name, device, dtype).result()
+
+
+# Library directories read from disk, keyed by (path, stamp): the stamp (`library_stamp`) changes
+# when the directory is rebuilt. At most MAX_LIBRARIES kept; a failed read is retried on the next call.
+_LIBS: dict[tuple[str, str], Future] = {}
+MAX_LIBRARIES = 8
+# Its own thread: a library is read in a fraction of a second once torch is imported, and the page needs it
+# before it draws, so it must not queue behind a model load (TransformerLens' import alone takes seconds).
+_LIB_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stir-library-load")
+
+
+def _read_library(path: str) -> ToolLibrary:
+    _IMPORTED.wait()  # see APP_MODULES
+    from stir_core.library import ToolLibrary
+
+    return ToolLibrary.load(path)
+
+
+def library_file(path: str, stamp: str) -> Future:
+    """Start reading (and content-validating) a library directory in the loader thread; idempotent."""
+    key = (path, stamp)
+    start_imports()
+    with _LOADS_LOCK:
+        fut = _LIBS.get(key)
+        if fut is None or (fut.done() and fut.exception() is not None):
+            for old in [k for k, f in _LIBS.items() if k != key and f.done()][
+                : max(0, len(_LIBS) - MAX_LIBRARIES + 1)
+            ]:
+                del _LIBS[old]
+            fut = _LIBS[key] = _LIB_LOADER.submit(_read_library, path)
+    return fut
+
+
+def library_stamp(path: str | Path) -> str:
+    """The manifest's content hash and recommended settings (cheap to read): the cache key of a library
+    directory's contents (the hash covers tensors and table; the recommendations live in the manifest)."""
+    from stir_core.config import RECOMMENDED_KEY  # light: no torch
+
+    try:
+        m = json.loads((Path(path) / MANIFEST_NAME).read_text())
+        return str(m.get("content_hash", "")) + json.dumps(m.get(RECOMMENDED_KEY), sort_keys=True)
+    except (OSError, ValueError):
+        return ""
+
+
+LOADING_SWITCH_S = 0.0005
+_SAVED_SWITCH: list[float] = []  # Python's switch interval while a default load runs (empty otherwise)
+
+
+def _responsive_while(fut: Future) -> None:
+    """Hand the GIL between threads every 0.5 ms (Python's default: 5 ms) until `fut` is done: the loader
+    thread's imports hold the GIL for seconds, and the server thread needs it for every file and message it
+    sends the first browser. Measured with bench_app's server part, twice each on 2 loaded cores (load
+    average 6): first paint 2.7 s after healthy instead of 3.5 s, model ready 12.6 s instead of 14.7 s."""
+    with _LOADS_LOCK:
+        if _SAVED_SWITCH or fut.done():
+            return
+        _SAVED_SWITCH.append(sys.getswitchinterval())
+        sys.setswitchinterval(LOADING_SWITCH_S)
+
+    def restore(_: Future) -> None:
+        with _LOADS_LOCK:
+            sys.setswitchinterval(_SAVED_SWITCH.pop())
+
+    fut.add_done_callback(restore)
+
+
+def start_defaults() -> Future | None:
+    """Start loading the default model (sidebar defaults: device and dtype "auto", the same cache entry) and
+    then the default library, without waiting; returns the model's future (None: the embedded model is
+    missing)."""
+    name = default_model()
+    fut = None
+    if name != "embedded" or embedded_model_present():
+        fut = start_loading(name, "auto", "auto")
+        _responsive_while(fut)
+    lib = default_library()
+    if lib is not None:
+        library_file(lib, library_stamp(lib))
+    return fut

@@ -1,7 +1,9 @@
 """Cached loaders and the generation lock: everything the pages share across reruns and users.
 
-- `st.cache_resource`: the model, its engine and libraries — loaded once per process, shared by every
-  browser session. Libraries are keyed by their manifest's content hash, so a rebuilt directory reloads.
+- the model with its engine, and library directories: `app.loading`'s caches (one per process, shared by
+  every browser session, filled in the background from the server's start); libraries are keyed by their
+  manifest's content hash, so a rebuilt directory reloads. `st.cache_resource`: a library checked against a
+  model.
 - `st.cache_data`: projections, similarity matrices, lens readouts and generated traces (per arguments).
 - `generation(...)`: every decode (Playground, Evaluate, Build) takes the model's FIFO turn
   (`stir_core.locks.model_lock`), so concurrent users never share a forward and are served in order; long
@@ -35,6 +37,9 @@ from app.loading import (  # noqa: F401 - re-exported: the pages use `state.*`
     default_model,
     embedded_model_present,
     generation,
+    library_file,
+    library_stamp,
+    loaded,
     max_tokens_cap,
     model_ready,
     runs_dir,
@@ -44,10 +49,10 @@ from app.loading import (  # noqa: F401 - re-exported: the pages use `state.*`
 )
 from stir_core import geometry
 from stir_core.checks import fit_prompt, library_model_check
-from stir_core.config import RECOMMENDED_KEY, StirConfig, online_config
+from stir_core.config import StirConfig, online_config
 from stir_core.controller import run_method
 from stir_core.engine import Engine
-from stir_core.library import MANIFEST_FILE, LibraryError, ToolLibrary, validate_for_model
+from stir_core.library import LibraryError, ToolLibrary, validate_for_model
 from stir_core.model import LoadedModel
 from stir_core.trace import Trace
 
@@ -63,34 +68,24 @@ def find_dirs(root: Path, marker: str, max_depth: int = 3) -> list[Path]:
     return sorted(set(found), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def library_stamp(path: str | Path) -> str:
-    """The manifest's content hash and recommended settings (cheap to read): the cache key of a library
-    directory's contents (the hash covers tensors and table; the recommendations live in the manifest)."""
-    try:
-        m = json.loads((Path(path) / MANIFEST_FILE).read_text())
-        return str(m.get("content_hash", "")) + json.dumps(m.get(RECOMMENDED_KEY), sort_keys=True)
-    except (OSError, ValueError):
-        return ""
-
-
 # --- resources (one per process) ---------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=MAX_MODELS)
+# The model cache is app.loading's (one future per (name, device, dtype)): no st.cache_resource here, so the
+# model and its engine cannot be evicted separately or loaded twice.
 def get_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    return start_loading(name, device, dtype).result()[0]
+    return loaded(name, device, dtype)[0]
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=MAX_MODELS)
 def get_engine(name: str, device: str = "auto", dtype: str = "auto") -> Engine:
     """The model's engine, warmed up by a two-token decode."""
-    return start_loading(name, device, dtype).result()[1]
+    return loaded(name, device, dtype)[1]
 
 
-@st.cache_resource(show_spinner="Loading the library…", max_entries=8)
 def get_library_file(path: str, stamp: str) -> ToolLibrary:
-    """A library directory, read and content-validated (not yet checked against a model)."""
-    return ToolLibrary.load(path)
+    """A library directory, read and content-validated (not yet checked against a model); app.loading's
+    cache, which the server's start may already have filled."""
+    return library_file(path, stamp).result()
 
 
 @st.cache_resource(show_spinner="Loading the library…", max_entries=8)

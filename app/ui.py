@@ -28,7 +28,6 @@ METHOD_KNOBS: dict[str, tuple[str, ...]] = {
     "random_vector": STIR_KNOBS,
     "random_choice": STIR_KNOBS,
 }
-KNOB_HELP = {name: k.help for name, k in knobs(StirConfig).items()}
 
 
 def _export_menu(

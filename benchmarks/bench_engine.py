@@ -30,7 +30,7 @@ def main() -> None:
     prompts = [f"mod10 {i % 10}+{(3 * i) % 10}-{(7 * i) % 10}\n" for i in range(args.batch)]
     n_tok = args.batch * args.tokens
     # HF generate needs an EOS-free budget to match: forbid early stop by a huge min_new_tokens.
-    hf = model.bridge.original_model
+    hf = model.hf_model
     tok = model.tokenizer
     tok.padding_side = "left"
     enc = tok(

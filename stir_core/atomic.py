@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import json
 import os
 import shutil
 import sys
@@ -23,6 +22,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from stir_core import jsonio
 
 TMP_PREFIX = ".stir_tmp"
 
@@ -109,7 +110,7 @@ def write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
     """Write `obj` as JSON atomically. Strict JSON: NaN/inf are refused (ValueError)."""
-    return write_text(path, json.dumps(obj, indent=indent, allow_nan=False, sort_keys=False) + "\n")
+    return write_text(path, jsonio.dumps(obj, indent=indent) + "\n")
 
 
 # --- directories ---------------------------------------------------------------------------------

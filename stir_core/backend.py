@@ -4,7 +4,12 @@ Everything the engine, mining and the controller need from the model goes throug
 
 - `hook_name(layer, point)` — the TransformerLens hook name of a residual-stream point;
 - `new_cache()` / `select_rows(cache, idx)` / `cache_length(cache)` — Hugging Face's KV cache;
-- `forward(ids, mask, positions, cache, hooks, keep)` — one forward with the cache extended in place.
+- `forward(ids, mask, positions, cache, hooks, keep)` — one forward with the cache extended in place;
+- `run_with_states(bridge, ids, names)` — a whole-sequence forward that returns named hook activations;
+- `unembedding(bridge)` — the unembedding matrix and the final norm, for the logit lens.
+
+The hook-name vocabulary lives here alone: `DEFAULT_HOOK_POINT` (what a library's manifest records as its
+`hook_point`) and `hook_name(layer, point)`; nothing else spells `hook_resid_post`.
 
 Why a seam: transformers 5.24 renamed the cache keyword (`past_key_values` → `cache`) in every model,
 decoder layer and attention module, and the output field with it. TransformerLens 4.3 still speaks the old
@@ -42,7 +47,13 @@ class KVCache(Protocol):
 
 
 def hook_name(layer: int, point: str = DEFAULT_HOOK_POINT) -> str:
-    """The hook name for `layer` under a manifest-style template, e.g. `blocks.3.hook_resid_post`."""
+    """The hook name for `layer` under a manifest-style template, e.g. `blocks.3.hook_resid_post`.
+
+    The hook sees (and may return a replacement for) the residual stream `[batch, pos, d_model]`.
+
+    >>> hook_name(3), hook_name(0, "blocks.{layer}.hook_resid_pre")
+    ('blocks.3.hook_resid_post', 'blocks.0.hook_resid_pre')
+    """
     if "{layer}" not in point:
         raise ValueError(f"hook point template {point!r} has no '{{layer}}' field")
     name = point.format(layer=int(layer))
@@ -87,6 +98,25 @@ def _install_cache_shim(bridge: Any) -> int:
     return n
 
 
+@torch.no_grad()
+def run_with_states(bridge: Any, ids: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """One whole-sequence forward of `ids` `[batch, pos]` (no padding, no KV cache); returns
+    `{name: [batch, pos, d_model]}` for the hook `names` (TransformerLens' `run_with_cache`)."""
+    wanted = set(names)
+    _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n in wanted)
+    return {n: cache[n] for n in names}
+
+
+def unembedding(bridge: Any) -> tuple[torch.Tensor, torch.Tensor | None, str | None]:
+    """(`W_U` `[d_model, d_vocab]`, final-norm gain γ `[d_model]` or None, norm kind "rms"/"ln"/None),
+    read from the bridge's `W_U`, `ln_final` and config."""
+    ln = getattr(bridge, "ln_final", None)
+    weight = getattr(ln, "weight", None) if ln is not None else None
+    kind_cfg = str(getattr(bridge.cfg, "normalization_type", "") or "").upper()
+    kind = "rms" if kind_cfg.startswith("RMS") else "ln" if kind_cfg.startswith("LN") else None
+    return bridge.W_U, (weight.detach() if weight is not None else None), kind
+
+
 class Backend:
     """A TransformerLens 4 `TransformerBridge` driven one forward at a time with a Hugging Face KV cache.
 
@@ -107,6 +137,7 @@ class Backend:
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
 
     def new_cache(self) -> KVCache:
+        """An empty KV cache; each forward appends `[batch, kv_heads, t, head_dim]` per layer."""
         from transformers import DynamicCache
 
         # With the config, layers get their real kinds (sliding-window layers for Gemma 2/3, Mistral).
@@ -114,11 +145,13 @@ class Backend:
 
     @staticmethod
     def cache_length(cache: KVCache) -> int:
+        """Physical slots in the cache (holes included): the `slots` of `mask` `[batch, slots]`."""
         return int(cache.get_seq_length())
 
     @staticmethod
     def select_rows(cache: KVCache, idx: torch.Tensor) -> KVCache:
-        """A new cache holding rows `idx` (repeats allowed); the original is left untouched.
+        """A new cache holding rows `idx` `[n]` long (repeats allowed): `[n, kv_heads, slots, head_dim]`
+        per layer; the original is left untouched.
 
         Only the key/value tensors are gathered (`index_select` copies just those rows); every other field
         of a layer (sliding-window bookkeeping, dtype, device) is shared by a shallow copy.
@@ -136,7 +169,7 @@ class Backend:
 
     @staticmethod
     def copy_rows(cache: KVCache, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Overwrite rows `dst` with rows `src`, in place: a fork into rows that are no longer used, which
+        """Overwrite rows `dst` `[n]` with rows `src` `[n]` (long), in place: a fork into rows that are no longer used, which
         copies only those rows instead of gathering the whole cache."""
         for layer in cache.layers:
             if getattr(layer, "keys", None) is not None and layer.keys.numel():
@@ -146,7 +179,8 @@ class Backend:
 
     @staticmethod
     def select_slots(cache: KVCache, keep: torch.Tensor) -> bool:
-        """Keep only the slots `keep` of every layer, in place; False (and nothing done) when a layer keeps
+        """Keep only the slots `keep` `[n_kept]` long of every layer (`[batch, kv_heads, n_kept, head_dim]`
+        after), in place; False (and nothing done) when a layer keeps
         a sliding window, whose own bookkeeping counts slots."""
         if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
             return False
@@ -160,7 +194,10 @@ class Backend:
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 hooks: Sequence[Hook] = (), keep: str = "last") -> torch.Tensor:
-        """Run `ids` after the cached slots, extending `cache` in place.
+        """Run `ids` `[batch, t]` after the cached slots, extending `cache` in place by `t` slots.
+
+        `mask` `[batch, slots + t]`, `positions` `[batch, t]`; each hook `(name, fn)` is attached for this
+        forward only and `fn(x [batch, t, d_model], hook)` may return a replacement.
 
         `keep="last"` returns logits `[batch, 1, d_vocab]` for the last position only (prefill, steps);
         `keep="all"` returns `[batch, t, d_vocab]`; `keep="none"` returns None (capture-only forwards).

@@ -8,7 +8,6 @@ claimed before anything is written (`stir_core.outputs`). `--debug` (or STIR_DEB
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from stir_core import jsonio
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="STIR Workbench: mine, select, store and replay latent actions.")
@@ -132,7 +133,7 @@ def _online_config(lib, overrides: dict, facts: dict, steered: bool):
     if n_ctx is not None and cfg.max_new_tokens >= n_ctx:
         _fail(f"max_new_tokens={cfg.max_new_tokens} does not fit the model's context of {n_ctx} positions "
               "(prompt included); lower it, e.g. --set max_new_tokens=128")
-    lib_layers = sorted({int(x) for x in lib.table["layer"]}) if lib is not None and len(lib) else None
+    lib_layers = (lib.layers or None) if lib is not None else None
     check_layers(cfg, facts.get("n_layers"), lib_layers if steered else None)
     return cfg
 
@@ -218,7 +219,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
             _fail("steered methods need --library DIR")
     lib, warnings = _library(library, facts, allow_model_mismatch)
     cfg = _online_config(lib, overrides, facts, steered)
-    lib_layers = sorted({int(x) for x in lib.table["layer"]}) if lib is not None and len(lib) else None
+    lib_layers = (lib.layers or None) if lib is not None else None
     settings = [(None, None)] if sweep_name is None else [(sweep_name, v) for v in sweep_values]
     configs = []
     for name, value in settings:
@@ -241,17 +242,15 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
                        batch_size=batch_size, out_dir=sub, warnings=warnings)
         if res is None:  # a rank other than 0 under a launcher: rank 0 has its traces and reports
             continue
-        for meth, s in res.summary.items():
-            vs = s.get("vs_vanilla", {})
-            rows.append({**({name: value} if name else {}), "method": meth, "accuracy": s["accuracy"], "n": s["n"],
-                         "mean_tokens": s["mean_tokens"], "mean_probe_tokens": s["mean_probe_tokens"],
-                         "interventions": s["interventions_per_problem"], "wall_s": s["wall_s"],
-                         "wins": vs.get("wins"), "losses": vs.get("losses"), "p_mcnemar": vs.get("p_value")})
+        t = res.table()
+        rows.append(t.assign(**{name: value}) if name else t)
     if not rows:
         return
     import pandas as pd
 
-    table = pd.DataFrame(rows)
+    table = pd.concat(rows, ignore_index=True)
+    if sweep_name is not None:  # the swept knob first
+        table = table[[sweep_name, *(c for c in table.columns if c != sweep_name)]]
     typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if out is not None and sweep:
         from stir_core import atomic
@@ -329,7 +328,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     if json_out is not None:
         from stir_core import atomic
 
-        atomic.write_text(json_out, json.dumps({k: v.to_dict() for k, v in out.items()}, indent=1))
+        atomic.write_json(json_out, {k: v.to_dict() for k, v in out.items()}, indent=1)
         typer.echo(f"wrote {json_out}")
 
 
@@ -406,7 +405,7 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
     if cands is None:  # a rank other than 0 under a launcher: its shard is written; rank 0 merges
         return
     typer.echo(f"{len(cands)} candidate entries -> {out / 'candidates'}; stats: "
-               f"{json.dumps(cands.manifest.get('mining_stats'))}")
+               f"{jsonio.dumps(cands.manifest.get('mining_stats'))}")
 
 
 @app.command()
@@ -439,7 +438,7 @@ def select(candidates: Annotated[Path, typer.Argument(help="candidate library di
         _fail(f"{candidates}: the candidate set is empty; nothing to select")
     lib, report = select_and_index(cands, cfg, seed)
     lib.save(out, overwrite=force)
-    typer.echo(json.dumps(report, indent=1))
+    typer.echo(jsonio.dumps(report, indent=1))
 
 
 @app.command()
@@ -453,11 +452,10 @@ def index(library: Annotated[Path, typer.Argument(help="library directory")],
     lib = ToolLibrary.load(library)
     idx = ToolIndex(lib, center_keys=center_keys)
     hits = 0
-    for i in range(len(lib)):
-        row = lib.table.iloc[i]
-        sims, ent = idx.search(lib.keys[i], layer=int(row.layer), control_point=int(row.control_point), k=1)
-        hits += int(ent[0, 0]) == i or bool(sims[0, 0] >= 1 - 1e-6)
-    typer.echo(json.dumps({"entries": len(lib), "groups": {f"L{a}/m{b}": n for (a, b), n in
+    for t in lib.tools():
+        sims, ent = idx.search(t.key, layer=t.layer, control_point=t.control_point, k=1)
+        hits += int(ent[0, 0]) == t.entry or bool(sims[0, 0] >= 1 - 1e-6)
+    typer.echo(jsonio.dumps({"entries": len(lib), "groups": {f"L{a}/m{b}": n for (a, b), n in
                                                            sorted(idx.group_sizes().items())},
                            "self_retrieval": f"{hits}/{len(lib)}"}, indent=1))
 
@@ -529,11 +527,12 @@ def run_app(port: int = 8501, address: str = "127.0.0.1") -> None:
     """Start the Streamlit workbench (local only by default; pass --address 0.0.0.0 to expose it)."""
     if not 0 < port < 65536:
         _fail(f"--port must be in 1..65535, got {port}")
-    entry = Path(__file__).resolve().parent.parent / "app" / "Home.py"
-    if not entry.exists():
-        _fail(f"the app entry {entry} is missing")
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "streamlit", "run", str(entry),
-                                      "--server.port", str(port), "--server.address", address]))
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "app" / "Home.py").exists():
+        _fail(f"the app entry {root / 'app' / 'Home.py'} is missing")
+    # app/__main__.py: `streamlit run app/Home.py` that starts loading the model with the server
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "app", "--server.port", str(port),
+                                      "--server.address", address], cwd=root))
 
 
 def _fresh_output(path: Path, overwrite: bool) -> None:

@@ -92,28 +92,15 @@ def _where(section: str | None, name: str) -> str:
     return f"{section}.{name}" if section else name
 
 
-def _layer_spec(v: Any, where: str) -> int | float | str:
-    """One layer spec, checked for form (the depth is checked later, against the model)."""
-    from stir_core.model import resolve_layer
+def _layer_specs(v: Any, where: str) -> list[int | float | str]:
+    """Layer specs checked for form by the one parser (`model.parse_layer_specs`); the depth is checked
+    later, against the model."""
+    from stir_core.model import parse_layer_specs
 
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ConfigError(f"{where}: bad layer spec {v!r}; expected an int, a fraction in [0, 1] or 'a/b'")
-    if isinstance(v, str):
-        s = v.strip()
-        if "/" not in s:
-            try:
-                v = float(s) if any(c in s for c in ".eE") else int(s)
-            except ValueError as err:
-                raise ConfigError(f"{where}: bad layer spec {v!r}; expected an int, a fraction or 'a/b'") from err
     try:
-        resolve_layer(v, 1_000_000)  # form only: any depth
+        return parse_layer_specs(v)
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from err
-    if isinstance(v, str):
-        a, b = v.split("/", 1)
-        if not 0 <= int(a) / int(b) <= 1:
-            raise ConfigError(f"{where}: layer spec {v!r} must be a fraction in [0, 1]")
-    return v
 
 
 def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> Any:
@@ -161,13 +148,10 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
             if not isinstance(value, str):
                 raise ValueError
         elif k.type is list:
-            if isinstance(value, str):
-                value = [p for p in (s.strip() for s in value.split(",")) if p]
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = [value]
-            if not isinstance(value, (list, tuple)) or not value:
+            specs = _layer_specs(value, where)
+            if not specs:
                 raise ConfigError(f"{where}: expected {k.describe()}, at least one, got {value!r}")
-            value = [_layer_spec(v, where) for v in value]
+            value = specs
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise

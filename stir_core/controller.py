@@ -71,6 +71,7 @@ class StaticPolicy(Policy):
             for m in sorted(set(cps[sel].tolist())):
                 self.vectors[int(m)] = library.vectors[torch.from_numpy(sel & (cps == m))].mean(0)
         self.per_cp = per_control_point
+        self.hook = library.hook_point
         self.name = "static_cp" if per_control_point else ("static_norm" if norm_matched else "static")
 
     def plan(self, point, prompt):
@@ -81,7 +82,7 @@ class StaticPolicy(Policy):
             dec.reason = Reason.NO_ENTRIES.value
         else:
             steer = Steer(self.layer, vec, self.config.static_scale, self.config.positions,
-                          tag=f"{self.name}@m{point.m}" if self.per_cp else self.name)
+                          tag=f"{self.name}@m{point.m}" if self.per_cp else self.name, hook=self.hook)
             dec.chosen, dec.reason, dec.alpha, dec.layer = steer.tag, Reason.STATIC.value, steer.scale, self.layer
             dec.added_norm = steer.added_norm
         return Plan(point, dec, context=steer)
@@ -100,7 +101,7 @@ class StirPolicy(Policy):
             raise ValueError(f"unknown STIR variant {variant!r}; use one of {STIR_VARIANTS}")
         self.library, self.config, self.variant = library, config, variant
         self.index = index if index is not None else ToolIndex(library, center_keys=config.center_keys)
-        layers = sorted({int(x) for x in library.table["layer"]}) if len(library) else []
+        layers = library.layers
         if config.layer is not None:
             layers = [x for x in layers if x == config.layer]
         self.layers = layers
@@ -169,13 +170,14 @@ class StirPolicy(Policy):
                 rnd = torch.randn(self.library.vectors.shape[1], generator=g)
                 vec = self.library.vectors[best.entry].float()
                 steer = Steer(best.layer, rnd / rnd.norm() * vec.norm(), out.alpha, cfg.positions,
-                              f"random~{best.tool_id}")
+                              f"random~{best.tool_id}", self.library.hook_point)
             dec.chosen, dec.chosen_entry = best.tool_id, best.entry
             dec.alpha, dec.layer, dec.added_norm = out.alpha, best.layer, steer.added_norm
         return self._record(plan, steer)
 
     def _steer(self, c: Candidate, scale: float, tag: str | None = None) -> Steer:
-        return Steer(c.layer, self.library.vectors[c.entry], scale, self.config.positions, tag or c.tool_id)
+        return Steer(c.layer, self.library.vectors[c.entry], scale, self.config.positions, tag or c.tool_id,
+                     self.library.hook_point)
 
 
 def build_policy(method: str, library: ToolLibrary | None, config: StirConfig) -> Policy | None:

@@ -17,10 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stir_core import geometry
+from stir_core import jsonio
 from stir_core.engine import Engine, Steer
+from stir_core.lens import lens_for_model
 from stir_core.library import ToolLibrary
+from stir_core.projection import nearest_neighbors
 from stir_core.trace import Trace
+from stir_core.views import diff_mask
 
 SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 CONTEXT_CHARS = (80, 60)  # text shown before (up to and including the delimiter) / after a control point
@@ -268,7 +271,7 @@ def alpha_sweep(engine: Engine, prompt: str, vector: torch.Tensor, layer: int,
     engine.refeed_last(state, steers)
     engine.decode(state, max_new_tokens, steers=steers)
     ref = state.rows[0].tokens
-    rows = [SweepRow(float(s), r.text, list(r.pieces), geometry.diff_mask(ref, r.tokens))
+    rows = [SweepRow(float(s), r.text, list(r.pieces), diff_mask(ref, r.tokens))
             for s, r in zip(scales, state.rows, strict=True)]
     return AlphaSweep(prompt, layer, positions, rows)
 
@@ -280,7 +283,7 @@ class Lens:
 
 
 def lens(model: Any, vector: torch.Tensor, k: int = 10) -> Lens:
-    out = geometry.lens_for_model(model, vector, k=k)
+    out = lens_for_model(model, vector, k=k)
     return Lens([(out.texts[i], s) for i, s in out.promoted], [(out.texts[i], s) for i, s in out.suppressed])
 
 
@@ -307,7 +310,7 @@ def neighbours(lib: ToolLibrary, row: int, k: int = 5) -> list[Neighbour]:
         where = np.flatnonzero(rows == row)
         if not len(where):
             continue
-        for j, s in geometry.nearest_neighbors(x, int(where[0]), k):
+        for j, s in nearest_neighbors(x, int(where[0]), k):
             i = int(rows[j])
             out.append(Neighbour(by, str(t["id"].iat[i]), str(t["kind"].iat[i]), int(t["control_point"].iat[i]),
                                  int(t["layer"].iat[i]), float(s)))
@@ -378,23 +381,13 @@ def build(lib: ToolLibrary, tool_id: str, model: Any = None, engine: Engine | No
     return d
 
 
-def _clean(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 def to_dict(d: ToolDashboard) -> dict:
-    return _clean(asdict(d))
+    return jsonio.finite(asdict(d))
 
 
 def to_json(d: ToolDashboard) -> str:
     """Strict JSON (NaN/inf as null)."""
-    return json.dumps(to_dict(d), indent=1, allow_nan=False)
+    return jsonio.dumps(to_dict(d), indent=1)
 
 
 def run_on_demand(engine: Engine, lib: ToolLibrary, task_name: str, n: int = 32, split: str = "val",

@@ -5,7 +5,8 @@ and may have holes: every forward feeds one token per row (a pad with mask 0 for
 ids come from the cumulative attention mask, so rows advance independently inside one physical cache.
 
 Vocabulary (per row b):
-- a **steer** adds `scale * vector` to `blocks.{layer}.hook_resid_post`, at the last prefix token (`last`:
+- a **steer** adds `scale * vector` at its hook point (resid_post of `layer` unless its library's manifest
+  says otherwise: `Steer.hook`), at the last prefix token (`last`:
   the delimiter is re-run with the vector, its old cache slot masked out), at every token generated in the
   segment (`segment`), or both;
 - a **capture** records resid_post at chosen layers whenever a generated token completes `capture_at`
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stir_core.backend import Backend, KVCache, hook_name
+from stir_core.backend import DEFAULT_HOOK_POINT, Backend, KVCache, hook_name
 from stir_core.model import LoadedModel
 from stir_core.segment import TextStream
 
@@ -33,17 +34,25 @@ POSITIONS = ("last", "segment", "last+segment")
 
 @dataclass
 class Steer:
-    """Add `scale * vector` at `blocks.{layer}.hook_resid_post` of one row. `tag` names it in traces."""
+    """Add `scale * vector` at hook `hook` (a library manifest's `hook_point` template, resid_post by
+    default) of `layer`, in one row. `tag` names it in traces."""
 
     layer: int
     vector: torch.Tensor  # [d_model]
     scale: float = 1.0
     positions: str = "last"
     tag: str = ""
+    hook: str = DEFAULT_HOOK_POINT
 
     def __post_init__(self) -> None:
         if self.positions not in POSITIONS:
             raise ValueError(f"unknown steer positions {self.positions!r}; use one of {POSITIONS}")
+        hook_name(self.layer, self.hook)  # a bad template fails here, not mid-decode
+
+    @property
+    def add_key(self) -> int | str:
+        """Key of this steer's add table: the layer at the default hook point, else the hook name."""
+        return self.layer if self.hook == DEFAULT_HOOK_POINT else hook_name(self.layer, self.hook)
 
     @property
     def at_last(self) -> bool:
@@ -216,7 +225,8 @@ class Engine:
                  adds: dict[int, torch.Tensor] | None, capture_layers: Sequence[int], keep: str = "last"):
         """Feed `input_ids` [batch, t] after the cached slots.
 
-        `adds[layer]` is [batch, t, d_model] (or [batch, 1, d_model] for t == 1) added to resid_post.
+        `adds[layer]` is [batch, t, d_model] (or [batch, 1, d_model] for t == 1) added to resid_post;
+        `adds[name]` (a hook name, `Steer.add_key`) adds at that hook instead.
         Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
         None for keep="none" —, cache, mask, {layer: resid_post [batch, t, d_model]}).
         """
@@ -224,7 +234,7 @@ class Engine:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
         captured: dict[int, torch.Tensor] = {}
         hooks = []
-        for layer in sorted(set(capture_layers) | set(adds or {})):
+        for layer in sorted(set(capture_layers) | {k for k in adds or {} if isinstance(k, int)}):
             add = None if adds is None else adds.get(layer)
 
             def fn(x, hook, add=add, layer=layer):
@@ -235,6 +245,9 @@ class Engine:
                 return x
 
             hooks.append((hook_name(layer), fn))
+        for name, add in (adds or {}).items():
+            if isinstance(name, str):  # a steer at another hook point than resid_post (its manifest's)
+                hooks.append((name, lambda x, hook, add=add: x + add.to(x.device, x.dtype)))
         cache = self.backend.new_cache() if state is None else state.cache
         self.forwards += 1
         logits = self.backend.forward(input_ids, mask, pos, cache, hooks, keep=keep)
@@ -352,15 +365,16 @@ class Engine:
         return self.step(state, tokens, feed, adds)
 
     def add_tables(self, steers: Sequence[Steer | None], use: Callable[[Steer], bool],
-                   feed: torch.Tensor) -> dict[int, torch.Tensor] | None:
-        """Per-layer add tables [batch, 1, d_model] for rows whose steer applies at this step."""
-        tables: dict[int, torch.Tensor] = {}
+                   feed: torch.Tensor) -> dict[int | str, torch.Tensor] | None:
+        """Per-layer (or per-hook, `Steer.add_key`) add tables [batch, 1, d_model] for rows whose steer
+        applies at this step."""
+        tables: dict[int | str, torch.Tensor] = {}
         for b, s in enumerate(steers):
             if s is None or not use(s) or not bool(feed[b]):
                 continue
-            if s.layer not in tables:
-                tables[s.layer] = torch.zeros(len(steers), 1, self.model.d_model, device=self.device)
-            tables[s.layer][b, 0] += s.scale * s.vector.to(self.device, torch.float32)
+            if s.add_key not in tables:
+                tables[s.add_key] = torch.zeros(len(steers), 1, self.model.d_model, device=self.device)
+            tables[s.add_key][b, 0] += s.scale * s.vector.to(self.device, torch.float32)
         return tables or None
 
     def refeed_last(self, state: DecodeState, steers: Sequence[Steer | None]) -> None:
@@ -434,9 +448,9 @@ class Engine:
                 row, tok, s = state.rows[b], int(tokens[b]), steers[b]
                 ends = row.push(tok, float(lp[b]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
                 made[b] += 1
-                if capture_at and captured and ends:
+                if capture_at and captured and ends:  # one capture per control point: a fused "\n\n\n\n" gives two
                     states = torch.stack([captured[layer][b, -1].cpu() for layer in state.capture_layers])
-                    row.captures.append(Capture(len(row.tokens) - 1, states))
+                    row.captures += [Capture(len(row.tokens) - 1, states)] * ends
                 if eos is not None and tok == eos:
                     row.finished = True
                 if row.finished or made[b] >= budgets[b] or (stop and ends):

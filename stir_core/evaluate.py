@@ -13,15 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-from scipy.stats import binomtest
 from tqdm.auto import tqdm
 
-from stir_core import atomic, distributed
+from stir_core import atomic, distributed, jsonio
 from stir_core import config as config_schema
 from stir_core.checks import check_prompts_fit
 from stir_core.controller import StirConfig, run_method
 from stir_core.engine import Engine
 from stir_core.library import ToolLibrary
+from stir_core.outcomes import mcnemar
 from stir_core.tasks import Task
 from stir_core.trace import Trace
 from stir_core.versions import versions
@@ -34,17 +34,15 @@ class EvalResult:
     config: dict
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame.from_dict(self.summary, orient="index")
-
-
-def mcnemar(base: Sequence[bool], other: Sequence[bool]) -> dict:
-    """Wins/losses of `other` vs `base` on paired examples and the exact McNemar p-value."""
-    if len(base) != len(other):
-        raise ValueError("paired comparison needs the same examples for both methods")
-    wins = sum((not a) and b for a, b in zip(base, other, strict=True))
-    losses = sum(a and (not b) for a, b in zip(base, other, strict=True))
-    p = 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)
-    return {"wins": wins, "losses": losses, "p_value": p, "test": "exact McNemar (binomial on discordant pairs)"}
+        """The one flattening of the summaries (CLI, sweep.csv and the Evaluate page all use it): one row per
+        method, in run order, with the comparison vs vanilla as `wins`, `losses`, `p_value` (None for
+        vanilla itself and without a vanilla run)."""
+        rows = []
+        for method, s in self.summary.items():
+            vs = s.get("vs_vanilla") if isinstance(s.get("vs_vanilla"), dict) else {}
+            rows.append({"method": method, **{k: v for k, v in s.items() if k != "vs_vanilla"},
+                         "wins": vs.get("wins"), "losses": vs.get("losses"), "p_value": vs.get("p_value")})
+        return pd.DataFrame(rows)
 
 
 def summarise(traces: list[Trace], correct: list[bool], wall_s: float) -> dict:
@@ -138,9 +136,9 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
 def save_results(result: EvalResult, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "summary.json", json.dumps({"config": result.config, "methods": result.summary},
-                                                       indent=2, default=str))
-    lines = "\n".join(json.dumps(r, default=str) for r in result.examples.to_dict(orient="records"))
+    atomic.write_text(out / "summary.json", jsonio.dumps({"config": result.config, "methods": result.summary},
+                                                         indent=2, default=str) + "\n")
+    lines = "\n".join(jsonio.dumps(r, default=str) for r in result.examples.to_dict(orient="records"))
     atomic.write_text(out / "examples.jsonl", lines + "\n")
     atomic.write_text(out / "examples.csv", result.examples.drop(columns=["trace_json"]).to_csv(index=False))
     return out

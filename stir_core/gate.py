@@ -32,6 +32,7 @@ class Reason(str, Enum):
     BELOW_TAU = "below_tau"  # S_best < tau_null
     NONPOSITIVE_ALPHA = "nonpositive_alpha"  # α = k_scale · S_best <= 0
     FUSED = "fused"  # another delimiter completes in the same token: the gate acts at the last one
+    SKIPPED = "skipped"  # `GateDecision`'s default: a decision that was never resolved
 
 
 @dataclass(frozen=True)

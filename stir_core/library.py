@@ -38,13 +38,14 @@ import pandas as pd
 import safetensors.torch
 import torch
 
-from stir_core import atomic, outputs
+from stir_core import atomic, jsonio, outputs
+from stir_core.backend import DEFAULT_HOOK_POINT
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tools.safetensors"
 TABLE_FILE = "tools.parquet"
 MANIFEST_FILE = "manifest.json"
-HOOK_POINT = "blocks.{layer}.hook_resid_post"
+HOOK_POINT = DEFAULT_HOOK_POINT  # where the tools were mined and are steered (backend.hook_name)
 KINDS = ("correction", "anchor")
 
 INT_COLUMNS = ("layer", "control_point", "n_pos", "n_neg", "seed")
@@ -107,11 +108,6 @@ def content_hashes(keys: torch.Tensor, vectors: torch.Tensor, table: pd.DataFram
     h_all.update(table_json)
     parts = {"content": h_all, "tensors": h_tensors, "table": hashlib.sha256(table_json)}
     return {k: "sha256:" + h.hexdigest() for k, h in parts.items()}
-
-
-def content_hash(keys: torch.Tensor, vectors: torch.Tensor, table: pd.DataFrame) -> str:
-    """SHA-256 over the tensor bytes and the table (recipe in the module docstring)."""
-    return content_hashes(keys, vectors, table)["content"]
 
 
 def compute_counts(table: pd.DataFrame) -> dict[str, Any]:
@@ -320,6 +316,27 @@ def validate_for_model(lib: ToolLibrary, d_model: int | None, n_layers: int | No
 # --- the library ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)  # tensors have no truth value: compare fields, not records
+class Tool:
+    """One library entry as a record: row `entry` of the table and of both tensors.
+
+    A correction's `key` is μ⁻ and its `vector` Δ = μ⁺ − μ⁻; an anchor's key is μ⁺ and its vector zero
+    (both `[d_model]` float32, views into the library's tensors). `provenance` holds every other column
+    (norm, shuffled_norm, task, example_id, rollout_ids, n_pos, n_neg, rewards, model, seed, pair_id, extras).
+    """
+
+    entry: int
+    id: str
+    kind: str  # "correction" | "anchor"
+    layer: int
+    control_point: int
+    quality: float
+    key: torch.Tensor  # [d_model]
+    vector: torch.Tensor  # [d_model]
+    provenance: dict = field(default_factory=dict)
+
+
+
 @dataclass
 class ToolLibrary:
     """Aligned tensors + table + manifest. keys/vectors: [N, d_model] float32; table: N rows."""
@@ -336,6 +353,34 @@ class ToolLibrary:
     @property
     def d_model(self) -> int:
         return int(self.keys.shape[1])
+
+    @property
+    def hook_point(self) -> str:
+        """The manifest's hook-name template (`backend.hook_name`): where the tools steer."""
+        return str(self.manifest.get("hook_point", HOOK_POINT))
+
+    @property
+    def layers(self) -> list[int]:
+        """The layers the library's entries live at, sorted (empty for an empty library)."""
+        return sorted({int(x) for x in self.table["layer"]}) if len(self) else []
+
+    def tools(self) -> list[Tool]:
+        """Every entry as a `Tool`, in table order (use the tensors/columns directly in hot loops)."""
+        records = self.table.to_dict("records")
+        return [self._tool(i, r) for i, r in enumerate(records)]
+
+    def tool(self, tool_id: str) -> Tool:
+        """The entry with id `tool_id`; a `KeyError` naming it when the library has none."""
+        hits = np.flatnonzero(self.table["id"].to_numpy() == tool_id) if len(self) else []
+        if len(hits) == 0:
+            raise KeyError(f"{_where(self.path, TABLE_FILE)}: no tool with id {tool_id!r}")
+        i = int(hits[0])
+        return self._tool(i, self.table.iloc[i].to_dict())
+
+    def _tool(self, i: int, r: dict) -> Tool:
+        prov = {k: _plain(v) for k, v in r.items() if k not in REQUIRED_ROW_FIELDS}
+        return Tool(i, str(r["id"]), str(r["kind"]), int(r["layer"]), int(r["control_point"]),
+                    float(r["quality"]), self.keys[i], self.vectors[i], prov)
 
     def validate(self) -> None:
         """Run every content check on the in-memory library (as `load` does)."""
@@ -381,7 +426,7 @@ class ToolLibrary:
         )
         buf = io.BytesIO()
         lib.table.to_parquet(buf, index=False)
-        manifest = json.dumps(lib.manifest, indent=2, allow_nan=False) + "\n"
+        manifest = jsonio.dumps(lib.manifest, indent=2) + "\n"
         with atomic.atomic_dir(path) as tmp:
             (tmp / TENSORS_FILE).write_bytes(tensors)
             (tmp / TABLE_FILE).write_bytes(buf.getvalue())
@@ -498,6 +543,7 @@ class ToolLibrary:
             **manifest,
         }
         try:
+            # Refused, not nulled: a NaN in a caller's manifest is a bug to name (writers use `jsonio`).
             m = json.loads(json.dumps(m, allow_nan=False))  # JSON-clean now, so the round trip is exact
         except (TypeError, ValueError) as e:
             raise LibraryError(f"{w_m}: manifest is not strict JSON ({e})") from e

@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 from scipy.optimize import linear_sum_assignment
 
 from stir_core import atomic
-from stir_core.geometry import cosine_matrix
 from stir_core.library import ToolLibrary
+from stir_core.projection import cosine_matrix
 
 SOURCES = ("vectors", "keys")
 

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from stir_core import atomic
+from stir_core import atomic, jsonio
 from stir_core.config import knob, validate
 from stir_core.engine import Engine, Sampling
 from stir_core.library import ToolLibrary
@@ -159,9 +159,9 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
             ends += [t] * n
             prefixes += [acc] * n
         if cfg.capture == "decode":
-            # One capture per token; a token ending n control points gives its state to each of them.
-            per_cp = [c.states for c in row.captures for _ in range(row.stream.boundaries[c.token_index])]
-            states = torch.stack(per_cp) if per_cp else torch.zeros(0, len(layers), model.d_model)
+            # One capture per control point (a token ending two has two, with the same state).
+            states = (torch.stack([c.states for c in row.captures]) if row.captures
+                      else torch.zeros(0, len(layers), model.d_model))
         else:  # the reference's way: one forward per prefix (kept for tests and benchmarks)
             states = torch.stack([engine.forward_states([row.prompt + row.tokens[: t + 1]], layers)[0][-1]
                                   for t in ends]) if ends else torch.zeros(0, len(layers), model.d_model)
@@ -301,7 +301,7 @@ def items_to_library(items: list[Item], model: LoadedModel, cfg: MineConfig, ext
                   "pair_id": pair, "rollout_ids": json.dumps(it.pos_ids + it.neg_ids),
                   "pos_rollouts": json.dumps(it.pos_ids), "neg_rollouts": json.dumps(it.neg_ids),
                   "pos_prefixes": json.dumps(it.pos_prefixes), "neg_prefixes": json.dumps(it.neg_prefixes),
-                  "pos_rewards": json.dumps(it.pos_rewards), "neg_rewards": json.dumps(it.neg_rewards)}
+                  "pos_rewards": jsonio.dumps(it.pos_rewards), "neg_rewards": jsonio.dumps(it.neg_rewards)}
         keys += [it.mu_neg, it.mu_pos]
         vectors += [delta, torch.zeros_like(delta)]
         rows.append({"id": f"{pair}/corr", "kind": "correction", "norm": float(delta.norm()),
@@ -327,9 +327,9 @@ def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: di
         meta.append({k: v for k, v in asdict(it).items() if k not in ("mu_pos", "mu_neg")})
     with atomic.atomic_dir(path) as tmp:
         safetensors.torch.save_file(tensors, str(tmp / "items.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"next_problem": next_problem, "stats": stats,
-                                                    "config": asdict(cfg), "items": meta,
-                                                    **({"shard": shard} if shard else {})}))
+        (tmp / "state.json").write_text(jsonio.dumps({"next_problem": next_problem, "stats": stats,
+                                                      "config": asdict(cfg), "items": meta,
+                                                      **({"shard": shard} if shard else {})}))
 
 
 class CheckpointError(ValueError):

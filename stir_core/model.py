@@ -55,8 +55,13 @@ class LoadedModel:
         return int(n) if n else None
 
     @property
+    def hf_model(self) -> Any:
+        """The wrapped Hugging Face model (for comparisons with `generate`; decoding goes through `backend`)."""
+        return self.bridge.original_model
+
+    @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.bridge.original_model.parameters())
+        return sum(p.numel() for p in self.hf_model.parameters())
 
     @property
     def eos_token_id(self) -> int | None:
@@ -86,18 +91,16 @@ class LoadedModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def hook_name(self, layer: int) -> str:
-        return f"blocks.{self.resolve_layer(layer)}.hook_resid_post"
-
     def resolve_layer(self, spec: int | float | str) -> int:
         return resolve_layer(spec, self.n_layers)
 
 
-def resolve_layer(spec: int | float | str, n_layers: int) -> int:
-    """Resolve one layer spec to a block index in [0, n_layers).
+def parse_layer_spec(spec: int | float | str) -> int | float:
+    """The one layer-spec parser: an int (negative from the end) or a fraction in [0, 1], from an int, a
+    float, or text ("3", "-1", "0.6", "1/2"); the model's depth is applied by `resolve_layer`.
 
-    >>> resolve_layer(-1, 4), resolve_layer(0.6, 6), resolve_layer("1/2", 5)
-    (3, 3, 2)
+    >>> parse_layer_spec(" -1"), parse_layer_spec("0.6"), parse_layer_spec("1/2"), parse_layer_spec(2)
+    (-1, 0.6, 0.5, 2)
     """
     original = spec
     if isinstance(spec, str):
@@ -113,11 +116,43 @@ def resolve_layer(spec: int | float | str, n_layers: int) -> int:
                 spec = float(s) if any(c in s for c in ".eE") else int(s)
             except ValueError as err:
                 raise ValueError(f"bad layer spec {original!r}: expected an int, a fraction or 'a/b'") from err
-    if isinstance(spec, bool):
-        raise ValueError(f"bad layer spec {original!r}")
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+        raise ValueError(f"bad layer spec {original!r}: expected an int, a fraction in [0, 1] or 'a/b'")
+    if isinstance(spec, float) and not 0.0 <= spec <= 1.0:
+        raise ValueError(f"layer fraction {original!r} is outside [0, 1]")
+    return spec
+
+
+def parse_layer_specs(specs: Any) -> list[int | float | str]:
+    """A list of layer specs from a list, one spec, or comma-separated text ("2, 3", "0.5, -1"), each checked
+    by `parse_layer_spec`; text specs are kept as written ("1/2" stays "1/2", as configs record it).
+
+    >>> parse_layer_specs("2, -1 ,1/2")
+    [2, -1, '1/2']
+    """
+    if isinstance(specs, str):
+        specs = [p for p in (s.strip() for s in specs.split(",")) if p]
+    elif isinstance(specs, (int, float)) and not isinstance(specs, bool):
+        specs = [specs]
+    if not isinstance(specs, (list, tuple)):
+        raise ValueError(f"bad layer specs {specs!r}: expected a list of layer specs")
+    out: list[int | float | str] = []
+    for s in specs:
+        v = parse_layer_spec(s)
+        keep_text = isinstance(s, str) and "/" in s
+        out.append(s.strip() if keep_text else v)
+    return out
+
+
+def resolve_layer(spec: int | float | str, n_layers: int) -> int:
+    """Resolve one layer spec to a block index in [0, n_layers).
+
+    >>> resolve_layer(-1, 4), resolve_layer(0.6, 6), resolve_layer("1/2", 5)
+    (3, 3, 2)
+    """
+    original = spec
+    spec = parse_layer_spec(spec)
     if isinstance(spec, float):
-        if not 0.0 <= spec <= 1.0:
-            raise ValueError(f"layer fraction {original!r} is outside [0, 1]")
         return int(round(spec * (n_layers - 1)))
     if isinstance(spec, int):
         layer = spec + n_layers if spec < 0 else spec

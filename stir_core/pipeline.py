@@ -1,7 +1,8 @@
 """`stir build`: mine → select → index from one YAML config, every output under one run directory.
 
     <run>/candidates/   Stage I output (a library directory of all mined entries)
-    <run>/library/      Stage II+III output: the selected library, ready for `ToolIndex`
+    <run>/library/      Stage II+III output: the selected library, ready for `ToolIndex`, and its
+                        CARD.md (`report.library_card`)
     <run>/build.json    what ran: config, counts, selection report, timings
     <run>/task.json     the task it mined (name, files, fields, problem hashes): a resume must match it
 
@@ -19,12 +20,13 @@ from pathlib import Path
 
 import yaml
 
-from stir_core import atomic, config, outputs
+from stir_core import atomic, config, jsonio, outputs
 from stir_core.config import ConfigError, knob, validate
 from stir_core.index import ToolIndex
 from stir_core.library import ToolLibrary
 from stir_core.mine import MineConfig, discard_checkpoint, mine_candidates
 from stir_core.model import LoadedModel
+from stir_core.report import library_card
 from stir_core.select import select_library
 from stir_core.tasks import Task, get_task, step_checker_of
 
@@ -211,7 +213,7 @@ def check_task_stamp(out: str | Path, config: BuildConfig, task: Task) -> dict:
     (cheap: no model). Returns the description."""
     described = {**config.task_spec().describe(task), "clean_prefixes": config.effective_clean_prefixes(task)}
     stamp = Path(out) / "task.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != json.loads(json.dumps(described)):
+    if stamp.exists() and json.loads(stamp.read_text()) != json.loads(jsonio.dumps(described)):
         raise ValueError(f"{out} was mined with a different task or different files ({stamp}); "
                          "use another run directory")
     return described
@@ -224,7 +226,7 @@ def mine_run(model: LoadedModel, config: BuildConfig, out: Path, task: Task | No
     task = task if task is not None else config.make_task()
     out.mkdir(parents=True, exist_ok=True)
     described = check_task_stamp(out, config, task)
-    atomic.write_text(out / "task.json", json.dumps(described, indent=1))
+    atomic.write_json(out / "task.json", described, indent=1)
     candidates = mine_candidates(model, config.mine, run_dir=out, progress=progress, task=task,
                                  show_progress=show_progress)
     if candidates is None:
@@ -245,16 +247,13 @@ def check_build_output(out_dir: str | Path, overwrite: bool = False) -> Path:
 
 def select_and_index(candidates: ToolLibrary, cfg: SelectConfig, seed: int = 0) -> tuple[ToolLibrary, dict]:
     """Stage II + III: the selected library (validated by building its index) and a selection report."""
-    lib, res = select_library(candidates, cfg.budget, method=cfg.method, lam=cfg.lam, eps=cfg.eps,
-                              min_per_control_point=cfg.min_per_control_point, seed=seed,
-                              force_mode=cfg.force_mode)
+    lib, _ = select_library(candidates, cfg.budget, method=cfg.method, lam=cfg.lam, eps=cfg.eps,
+                            min_per_control_point=cfg.min_per_control_point, seed=seed, force_mode=cfg.force_mode)
     index = ToolIndex(lib)
-    report = {"method": cfg.method, "budget": cfg.budget, "min_per_control_point": cfg.min_per_control_point,
-              "force_mode": cfg.force_mode, "n_forced": res.n_forced, "n_candidates": res.n_candidates, "kept": len(lib),
-              "dropped": res.n_dropped, "logdet": res.logdet, "objective": res.objective,
-              "index_groups": {f"L{layer}/m{m}": n for (layer, m), n in sorted(index.group_sizes().items())}}
-    lib.manifest["selection"] = report
-    return lib, report
+    # select.py writes the selection section; the index only adds its group sizes to it.
+    lib.manifest["selection"]["index_groups"] = {f"L{layer}/m{m}": n
+                                                 for (layer, m), n in sorted(index.group_sizes().items())}
+    return lib, lib.manifest["selection"]
 
 
 def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
@@ -290,5 +289,6 @@ def build_library(model: LoadedModel, config: BuildConfig, out_dir: str | Path,
                "mining_stats": candidates.manifest.get("mining_stats"),
                "selection": report, "timings_s": {"mine": t_mine, "total": time.perf_counter() - t0},
                **({"parallel": candidates.manifest["parallel"]} if "parallel" in candidates.manifest else {})}
-    atomic.write_text(out / "build.json", json.dumps(summary, indent=2, default=str))
+    atomic.write_text(out / "build.json", jsonio.dumps(summary, indent=2, default=str) + "\n")
+    atomic.write_text(out / "library" / "CARD.md", library_card(out))
     return out / "library"

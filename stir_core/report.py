@@ -21,6 +21,8 @@ def library_card(run_dir: str | Path) -> str:
     cands, lib = ToolLibrary.load(run / "candidates"), ToolLibrary.load(run / "library")
     build = json.loads((run / "build.json").read_text())
     corr = lib.table[lib.table["kind"] == "correction"]
+    sel = lib.manifest["selection"]  # one writer: select.select_library
+    logdet = "n/a (singular)" if sel["logdet"] is None else f"{sel['logdet']:.1f}"
     ratio = (corr["norm"] / corr["shuffled_norm"]).replace([np.inf, -np.inf], np.nan).dropna()
     lines = [
         "# Library card", "",
@@ -30,9 +32,8 @@ def library_card(run_dir: str | Path) -> str:
         f"({build['mining_stats']['correct_rollouts']} correct), {build['timings_s']['mine']:.0f} s",
         f"- mining stats: `{json.dumps(build['mining_stats'])}`",
         f"- candidates mined (corrections per layer/control point): `{json.dumps(_per_cp(cands))}`",
-        f"- selection: {build['selection']['method']} with budget {build['selection']['budget']}: kept "
-        f"{build['selection']['kept']} of {build['selection']['n_candidates']} entries (dropped "
-        f"{build['selection']['dropped']}), log det {build['selection']['logdet']:.1f}",
+        f"- selection: {sel['method']} with budget {sel['budget']}: kept {sel['n_kept']} of "
+        f"{sel['n_candidates']} entries (dropped {sel['n_dropped']}), log det {logdet}",
         f"- tools kept (corrections per layer/control point): `{json.dumps(_per_cp(lib))}`",
         f"- correction norms: median {corr['norm'].median():.2f} (min {corr['norm'].min():.2f}, max "
         f"{corr['norm'].max():.2f}); quality median {corr['quality'].median():.3f}",

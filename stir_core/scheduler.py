@@ -285,7 +285,7 @@ class _Run:
             drow, mrow = self.state.rows[d], self.state.rows[b]
             captures = list(mrow.captures)
             if drow.stream.boundaries and drow.stream.boundaries[-1] and lane.shadow_state is not None:
-                captures.append(Capture(len(drow.tokens) - 1, lane.shadow_state))
+                captures += [Capture(len(drow.tokens) - 1, lane.shadow_state)] * drow.stream.boundaries[-1]
             self.state.rows[b] = Row(mrow.prompt, drow.stream, drow.tokens, drow.logprobs, drow.added, captures,
                                      drow.finished, mrow.generator)
             lane.shadow, lane.shadow_state = False, None
@@ -395,9 +395,9 @@ class _Run:
         ends = row.stream.boundaries[-1]
         if ends:
             lane.steer = None  # a committed segment ends at its delimiter
-        if captured and ends:
-            row.captures.append(Capture(len(row.tokens) - 1, torch.stack([captured[layer][k, -1].cpu()
-                                                                           for layer in layers])))
+        if captured and ends:  # one capture per control point the token completes
+            states = torch.stack([captured[layer][k, -1].cpu() for layer in layers])
+            row.captures += [Capture(len(row.tokens) - 1, states)] * ends
         pend = self.pending.get(lane.seq)
         if pend is None:
             if ends:

@@ -148,9 +148,11 @@ def unsteer(engine: Engine, state: DecodeState, commits: dict[int, tuple[int, in
         row = state.rows[b]
         if not toks:
             continue
-        if captured and row.captures and row.captures[-1].token_index == len(row.tokens) - 1:
+        t = len(row.tokens) - 1
+        if captured and row.captures and row.captures[-1].token_index == t:
             states = torch.stack([captured[layer][b].cpu() for layer in state.capture_layers])
-            row.captures[-1] = Capture(len(row.tokens) - 1, states)
+            row.captures = [c for c in row.captures if c.token_index != t]
+            row.captures += [Capture(t, states)] * row.stream.boundaries[t]
 
 
 def run_segmented(engine: Engine, state: DecodeState, policy: Policy | None, sched: Schedule) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from stir_core import atomic, distributed
+from stir_core import atomic, distributed, jsonio
 from stir_core.controller import StirConfig, run_method
 from stir_core.distributed import ControlPlane, Dist
 from stir_core.engine import Engine
@@ -93,7 +93,7 @@ def run_sharded(engine: Engine, examples: list[Example], prompts: list[str], met
                             distributed.maybe_inject_fault(dist, j)
                             dicts = [tr.to_dict() for tr in traces]
                             if path is not None:
-                                atomic.write_text(path, json.dumps({"fingerprint": fp, "traces": dicts}))
+                                atomic.write_text(path, jsonio.dumps({"fingerprint": fp, "traces": dicts}))
                         status = {"lo": lo, "traces": dicts, "resumed": resumed,
                                   "work_s": 0.0 if resumed else time.perf_counter() - t}
                     except Exception as err:  # noqa: BLE001 - reported to rank 0, which names this rank

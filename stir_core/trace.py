@@ -11,9 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
 
-# Why a control point committed nothing (or that it committed).
-REASONS = ("committed", "no_entries", "low_sim", "no_candidates", "anchor_won", "tie", "below_tau",
-           "nonpositive_alpha", "static", "random", "skipped")
+from stir_core import jsonio
 
 
 @dataclass
@@ -48,7 +46,7 @@ class GateDecision:
     score_null: float = 0.0
     chosen: str | None = None  # tool id committed, None for the null action
     chosen_entry: int | None = None
-    reason: str = "skipped"
+    reason: str = "skipped"  # a `gate.Reason` value once decided ("skipped": never decided)
     alpha: float = 0.0  # scale of the committed vector
     layer: int | None = None  # layer of the committed vector
     added_norm: float = 0.0  # ||alpha * vector||
@@ -100,7 +98,7 @@ class Trace:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict())
+        return jsonio.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict) -> Trace:

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from stir_core import geometry
+from stir_core import projection
 from stir_core.controller import StirConfig, run_method
 from stir_core.engine import Engine
+from stir_core.lens import lens_for_model
 from stir_core.library import ToolLibrary
 from stir_core.model import load_model
 from stir_core.tasks import Example
@@ -176,25 +177,42 @@ def test_deep_link_reopens_the_view(app_env):
     assert len(_column_texts(at)) == 2  # run=1: the link re-runs the comparison
 
 
+def _plotly_array(a):
+    """A plotly JSON array: a list, or a typed array {"dtype", "bdata": base64} as plotly 6 writes numpy."""
+    if isinstance(a, dict):
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(a["bdata"]), dtype=a["dtype"]).tolist()
+    return list(a)
+
+
 def test_library_page(app_env):
     at = _app()
     at.run()
     at.switch_page("views/library.py").run()
     _ok(at)
     lib = ToolLibrary.load(app_env["library"])
-    scatter = at.get("plotly_chart")[0]
-    assert scatter is not None
+    # the scatter holds one point per entry (default: keys, PCA, 2-D) where an independent PCA puts it
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    shown = {cd[1]: (x, y) for tr in spec["data"] if "customdata" in tr  # (the selection ring has none)
+             for cd, x, y in zip(tr["customdata"], _plotly_array(tr["x"]), _plotly_array(tr["y"]), strict=True)}
+    assert sorted(shown) == sorted(lib.table["id"])
+    ref = projection.project(lib.keys, "pca", 2, seed=0).coords
+    for i, tool_id in enumerate(lib.table["id"]):
+        assert shown[tool_id] == pytest.approx(tuple(ref[i]), abs=1e-5)
     row = 2  # a correction
     assert lib.table["kind"].iloc[row] == "correction"
     at.selectbox(key="lib_tool").set_value(lib.table["id"].iloc[row]).run()
     _ok(at)
     frames = [d.value for d in at.dataframe]
     nb = next(f for f in frames if "cos" in f.columns)
-    ref = geometry.nearest_neighbors(lib.keys, row, 5)
+    ref = projection.nearest_neighbors(lib.keys, row, 5)
     assert nb[nb["by"] == "keys"]["id"].tolist() == [lib.table["id"].iloc[j] for j, _ in ref]
     lens = next(f for f in frames if "promoted" in f.columns)
     model = load_model(str(app_env["model"]), device="cpu")
-    readout = geometry.lens_for_model(model, lib.vectors[row], k=10)
+    readout = lens_for_model(model, lib.vectors[row], k=10)
     assert lens["promoted"].tolist() == [repr(readout.texts[i]) for i, _ in readout.promoted]
     at.selectbox(key="lib_color").set_value("quality").run()
     _ok(at)

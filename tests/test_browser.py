@@ -1,6 +1,8 @@
 """End to end in a real browser: start `streamlit run` on a free loopback port, drive headless Chromium with
 Playwright (the system browser, nothing downloaded), run a comparison, check what the page shows against the
-core, and save a screenshot to assets/screenshots/playground.png.
+core, and save a screenshot to a temporary directory. To refresh the README's screenshot, name it:
+
+    STIR_SCREENSHOT=assets/screenshots/playground.png python -m pytest -q tests/test_browser.py
 
 The app runs on the embedded model and the shipped demo library when both exist (the zero-configuration
 path); otherwise on the tiny test model and a test library (newline-delimited segments)."""
@@ -25,7 +27,6 @@ from stir_core.model import DEFAULT_MODEL_DIR, load_model
 from stir_core.trace import Trace
 
 REPO = Path(__file__).resolve().parents[1]
-SCREENSHOT = REPO / "assets" / "screenshots" / "playground.png"
 DEMO_LIBRARY = REPO / "assets" / "demo-library"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -112,6 +113,8 @@ def test_playground_end_to_end(setup, tmp_path):
     env, prompt, delimiter, model_dir, lib_dir = setup
     port = free_port()
     log = tmp_path / "streamlit.log"
+    shot = Path(os.environ.get("STIR_SCREENSHOT") or tmp_path / "playground.png").resolve()
+    shot.parent.mkdir(parents=True, exist_ok=True)
     proc = start_server(port, env, log)
     try:
         wait_healthy(port, proc, log)
@@ -145,8 +148,7 @@ def test_playground_end_to_end(setup, tmp_path):
                 page.get_by_role("button", name="SVG (paper column)").click()
             svg = Path(dl.value.path()).read_bytes()
             page.keyboard.press("Escape")
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT))
+            page.screenshot(path=str(shot))
             browser.close()
     finally:
         proc.terminate()
@@ -167,7 +169,7 @@ def test_playground_end_to_end(setup, tmp_path):
     ]
     assert texts == [r.completion for r in refs]
     assert cards == len(refs[2].decisions[:24])
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
     assert svg.lstrip().startswith(b"<svg") and b"<image" not in svg  # a real, vector SVG
 
 

@@ -9,6 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from stir_core.cli import app
+from stir_core.library import ToolLibrary
+from stir_core.report import library_card
 from stir_core.tasks import register_task
 
 runner = CliRunner()
@@ -66,7 +68,15 @@ def test_build_then_eval_with_library_and_sweep(tiny_model_dir, tmp_path):
     lib = tmp_path / "run" / "library"
     assert (lib / "manifest.json").exists() and (tmp_path / "run" / "build.json").exists()
     r = runner.invoke(app, ["index", str(lib)])
-    assert r.exit_code == 0 and '"self_retrieval"' in r.output, r.output
+    assert r.exit_code == 0, r.output
+    hits, n = map(int, json.loads(r.output)["self_retrieval"].split("/"))
+    assert n == len(ToolLibrary.load(lib)) > 0 and hits >= 0.9 * n, f"only {hits}/{n} keys retrieve themselves"
+    manifest = json.loads((lib / "manifest.json").read_text())
+    sel = manifest["selection"]  # written once, by select.py: nothing dropped on the way to the manifest
+    assert {"lam": 0.5, "eps": 1e-4, "seed": 0, "budget": 16, "method": "dpp"}.items() <= sel.items()
+    assert sel["n_kept"] == manifest["counts"]["entries"] and "index_groups" in sel
+    assert json.loads((tmp_path / "run" / "build.json").read_text())["selection"] == sel
+    assert (lib / "CARD.md").read_text() == library_card(tmp_path / "run")
     r = runner.invoke(app, ["eval", "--task", "line", "--methods", "vanilla,stir,static", "--n", "4",
                             "--library", str(lib), "--model", str(tiny_model_dir), "--device", "cpu",
                             "--set", "max_new_tokens=24", "--sweep", "k_scale=0.5,1", "--out", str(tmp_path / "sw")])
@@ -75,6 +85,40 @@ def test_build_then_eval_with_library_and_sweep(tiny_model_dir, tmp_path):
 
     sweep = pd.read_csv(tmp_path / "sw" / "sweep.csv")
     assert sorted(sweep["k_scale"].unique().tolist()) == [0.5, 1.0] and len(sweep) == 6
+    assert_strict_json_everywhere(tmp_path)
+
+
+def assert_strict_json_everywhere(root):
+    """Every JSON / JSON-lines file under `root` parses with NaN/Infinity refused (strict JSON)."""
+
+    def refuse(const):
+        raise ValueError(f"non-JSON constant {const}")
+
+    files = [p for p in root.rglob("*") if p.suffix in (".json", ".jsonl")]
+    assert any(p.name == "summary.json" for p in files) and any(p.name == "manifest.json" for p in files)
+    for p in files:
+        lines = p.read_text().splitlines() if p.suffix == ".jsonl" else [p.read_text()]
+        for line in filter(str.strip, lines):
+            json.loads(line, parse_constant=refuse)  # raises, naming the constant, on NaN/Infinity
+            if p.suffix == ".jsonl":  # the embedded traces are JSON too
+                row = json.loads(line)
+                if "trace_json" in row:
+                    json.loads(row["trace_json"], parse_constant=refuse)
+
+
+def test_json_helper_writes_null_for_non_finite(tmp_path):
+    import math
+
+    import numpy as np
+
+    from stir_core import atomic, jsonio
+
+    obj = {"a": math.nan, "b": [1.0, -math.inf, np.float32("inf")], "c": np.float64(2.5), "d": (math.inf,)}
+    atomic.write_json(tmp_path / "x.json", obj)
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [1.0, None, None], "c": 2.5,
+                                                             "d": [None]}
+    assert "NaN" not in (tmp_path / "x.json").read_text() and "Infinity" not in (tmp_path / "x.json").read_text()
+    assert jsonio.dumps(obj) == json.dumps(jsonio.finite(obj), allow_nan=False)
 
 
 @pytest.mark.parametrize("args,needle", [

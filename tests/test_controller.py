@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stir_core.controller import StirConfig, build_policy, run_method
+from stir_core.gate import Reason
 from stir_core.library import ToolLibrary
 from stir_core.trace import Trace
 
@@ -14,7 +15,7 @@ CFG = StirConfig(delimiter="\n", max_new_tokens=40)
 
 
 def make_library(d, layer=1, cps=(1, 2, 3), n_per=3, seed=0, anchors=True, q_corr=1.0, q_anchor=0.5,
-                 anchor_same_key=False) -> ToolLibrary:
+                 anchor_same_key=False, hook_point="blocks.{layer}.hook_resid_post") -> ToolLibrary:
     g = torch.Generator().manual_seed(seed)
     keys, vecs, rows = [], [], []
     for m in cps:
@@ -30,7 +31,8 @@ def make_library(d, layer=1, cps=(1, 2, 3), n_per=3, seed=0, anchors=True, q_cor
                 vecs.append(torch.zeros(d))
                 rows.append({"id": f"m{m}/{i}/anchor", "kind": "anchor", "layer": layer, "control_point": m,
                              "quality": q_anchor})
-    return ToolLibrary.from_records(torch.stack(keys), torch.stack(vecs), rows, {"d_model": d, "n_layers": 3})
+    return ToolLibrary.from_records(torch.stack(keys), torch.stack(vecs), rows,
+                                    {"d_model": d, "n_layers": 3, "hook_point": hook_point})
 
 
 def reasons(traces: list[Trace]) -> set[str]:
@@ -100,6 +102,7 @@ def test_every_gate_reason_is_reachable(engine, tiny, case, expected):
         lib = full.subset([i for i, k in enumerate(full.table["kind"]) if k == "anchor"])
     traces = run_method(engine, PROMPTS, "stir", lib, cfg)
     assert expected in reasons(traces)
+    assert reasons(traces) <= {r.value for r in Reason}  # traces speak the gate's vocabulary only
     for t in traces:
         for dec in t.decisions:
             assert dec.committed == (dec.reason == "committed")
@@ -150,6 +153,24 @@ def test_static_norm_is_the_mean_direction_at_the_median_tool_norm(engine, tiny)
     torch.testing.assert_close(vec, mean / mean.norm() * median, rtol=1e-5, atol=1e-6)
 
 
+def test_steering_uses_the_manifests_hook_point(engine, tiny):
+    """A library whose manifest says resid_pre steers at block 2's input, which is block 1's output:
+    the same decode as the resid_post library one layer down, and not the resid_post one at layer 2."""
+    cfg = CFG.with_overrides(static_scale=0.5)
+    pre = make_library(tiny.d_model, layer=2, hook_point="blocks.{layer}.hook_resid_pre")
+    post_below = make_library(tiny.d_model, layer=1)
+    post_same = make_library(tiny.d_model, layer=2)
+    a = run_method(engine, PROMPTS, "static", pre, cfg)
+    b = run_method(engine, PROMPTS, "static", post_below, cfg)
+    c = run_method(engine, PROMPTS, "static", post_same, cfg)
+    assert sum(t.interventions for t in a) > 0, "no control point occurred: the test would check nothing"
+    for x, y in zip(a, b, strict=True):
+        assert [t.token_id for t in x.tokens] == [t.token_id for t in y.tokens]
+        torch.testing.assert_close(torch.tensor([t.logprob for t in x.tokens]),
+                                   torch.tensor([t.logprob for t in y.tokens]), atol=1e-4, rtol=0)
+    assert [t.logprob for x in a for t in x.tokens] != [t.logprob for x in c for t in x.tokens]
+
+
 def test_random_vector_matches_the_norm_of_what_stir_would_commit(engine, tiny):
     lib = make_library(tiny.d_model, anchors=False)
     stir = run_method(engine, PROMPTS, "stir", lib, CFG)
@@ -170,6 +191,9 @@ def test_batched_equals_per_problem(engine, tiny):
     lib = make_library(tiny.d_model)
     for method in ("stir", "random_choice", "static_cp"):
         batched = run_method(engine, PROMPTS, method, lib, CFG)
+        # Parity must be tested where the policy acted: control points occurred and something committed.
+        assert sum(len(t.decisions) for t in batched) >= len(PROMPTS), f"{method}: too few control points"
+        assert sum(t.interventions for t in batched) >= 1, f"{method}: nothing committed, nothing compared"
         for p, b in zip(PROMPTS, batched, strict=True):
             (single,) = run_method(engine, [p], method, lib, CFG)
             assert single.completion == b.completion
@@ -188,6 +212,8 @@ def test_forked_previews_equal_reprefilled_previews(engine, tiny):
     lib = make_library(tiny.d_model)
     fork = run_method(engine, PROMPTS[:2], "stir", lib, CFG)
     slow = run_method(engine, PROMPTS[:2], "stir", lib, CFG.with_overrides(preview="reprefill"))
+    assert sum(c.previewed for t in fork for d in t.decisions for c in d.candidates) >= 2, \
+        "no previews ran: the parity below would compare nothing"
     for a, b in zip(fork, slow, strict=True):
         assert a.completion == b.completion
         for da, db in zip(a.decisions, b.decisions, strict=True):

@@ -11,7 +11,7 @@ import torch
 from test_app import build_test_library
 
 from stir_core import dashboard as dash
-from stir_core import geometry
+from stir_core import outcomes, projection, views
 from stir_core.controller import StirConfig
 from stir_core.dashboard_html import render
 from stir_core.engine import Steer
@@ -101,7 +101,7 @@ def test_firings_and_paired_outcome_match_the_traces(setup):
     committed = {e for t, e, m in zip(ex["trace_json"], ex["example_id"], ex["method"], strict=True)
                  if m == "stir" and any(d.chosen == tool for d in Trace.from_json(t).decisions)}
     assert po.n_committed == len(committed)
-    pairs = geometry.paired_outcomes(ex[["example_id", "method", "correct"]])
+    pairs = outcomes.paired_outcomes(ex[["example_id", "method", "correct"]])
     pairs = pairs[pairs["example_id"].isin(committed)]
     assert sorted(po.fixed) == sorted(pairs.loc[pairs["outcome"] == "win", "example_id"])
     assert sorted(po.broken) == sorted(pairs.loc[pairs["outcome"] == "loss", "example_id"])
@@ -118,7 +118,7 @@ def test_alpha_sweep_rows_equal_single_steered_decodes(setup):
         steer = None if r.scale == 0 else [Steer(1, lib.vectors[row] * 4, r.scale, "segment")]
         ref = engine.generate([prompt], 12, steers=steer)
         assert r.text == ref.texts[0]
-        assert r.differs == geometry.diff_mask(plain, ref.tokens[0])
+        assert r.differs == views.diff_mask(plain, ref.tokens[0])
     assert not any(sw.rows[0].differs) and any(any(r.differs) for r in sw.rows[1:])
 
 
@@ -126,7 +126,7 @@ def test_neighbours_match_geometry(setup):
     lib, _, _ = setup
     row = 2
     nb = dash.neighbours(lib, row, 5)
-    ref = geometry.nearest_neighbors(lib.keys, row, 5)
+    ref = projection.nearest_neighbors(lib.keys, row, 5)
     assert [n.id for n in nb if n.by == "keys"] == [lib.table["id"].iloc[j] for j, _ in ref]
     assert all(n.kind == "correction" for n in nb if n.by == "vectors")
 

@@ -10,8 +10,9 @@ PROMPTS = ["12+3=", "7-2=45\n\n9", "1", "a:b?"]
 
 
 @torch.no_grad()
-def uncached_greedy(model, prompt: str, n: int, add=None):
-    """Reference: full forward per token, optional (layer, vector, positions-from) added by a hook."""
+def uncached_greedy(model, prompt: str, n: int, add=None, point="hook_resid_post"):
+    """Reference: full forward per token, optional (layer, vector, positions-from) added by a hook at
+    `blocks.{layer}.{point}`."""
     ids = model.encode(prompt)
     out, lps = [], []
     for _ in range(n):
@@ -24,7 +25,7 @@ def uncached_greedy(model, prompt: str, n: int, add=None):
                 x[:, start:] += vec
                 return x
 
-            hooks = [(f"blocks.{layer}.hook_resid_post", fn)]
+            hooks = [(f"blocks.{layer}.{point}", fn)]
         with model.bridge.hooks(fwd_hooks=hooks):
             logits = model.bridge(torch.tensor([ids + out]), return_type="logits")[0, -1].float()
         tok = int(logits.argmax())
@@ -62,6 +63,19 @@ def test_segment_intervention_equals_manual_forward(engine, tiny):
         assert steered.tokens[0] == ref
         torch.testing.assert_close(torch.tensor(steered.logprobs[0]), torch.tensor(ref_lp), atol=1e-4, rtol=0)
         assert steered.tokens[0] != engine.generate([p], 16).tokens[0]  # the vector does something
+
+
+def test_steer_at_another_hook_point_equals_manual_forward(engine, tiny):
+    """A steer carrying a library's hook template (here resid_pre) adds there, not at resid_post."""
+    torch.manual_seed(2)
+    vec = torch.randn(tiny.d_model) * 3
+    p = PROMPTS[1]
+    pre = engine.generate([p], 16, steers=[Steer(2, vec, 0.7, "segment", hook="blocks.{layer}.hook_resid_pre")])
+    ref, ref_lp = uncached_greedy(tiny, p, 16, add=(2, 0.7 * vec, len(tiny.encode(p))), point="hook_resid_pre")
+    assert pre.tokens[0] == ref
+    torch.testing.assert_close(torch.tensor(pre.logprobs[0]), torch.tensor(ref_lp), atol=1e-4, rtol=0)
+    post = engine.generate([p], 16, steers=[Steer(2, vec, 0.7, "segment")])
+    assert pre.logprobs[0] != post.logprobs[0]  # the hook point matters
 
 
 def test_last_intervention_equals_manual_forward(engine, tiny):

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import figures  # noqa: E402
-from stir_core import geometry  # noqa: E402
+from stir_core import projection, views  # noqa: E402
 from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def test_vector_heatmap_draws_each_finite_cell_once_in_order():
 
 def test_similarity_heatmap_scale_is_fixed():
     x = np.random.default_rng(3).normal(size=(5, 4))
-    sims = geometry.cosine_matrix(x)
+    sims = projection.cosine_matrix(x)
     fig = figures.similarity_heatmap(sims, [f"t{i}" for i in range(5)])
     hover = fig.data[-1]
     assert (hover.marker.cmin, hover.marker.cmax) == (-1.0, 1.0)
@@ -183,7 +183,7 @@ def test_token_strip_cells_boundaries_and_differences():
     assert sorted(set(xs)) == [2.5, 5.5] and len(xs) == 2 * 4  # 2 delimiters in each row
     diff = next(t for t in fig.data if t.name == "differs from vanilla")
     assert list(diff.x) == [
-        i for i, d in enumerate(geometry.diff_mask([3, 4, 0, 5, 6, 0, 7], [3, 4, 0, 9, 6, 0, 7, 8])) if d
+        i for i, d in enumerate(views.diff_mask([3, 4, 0, 5, 6, 0, 7], [3, 4, 0, 9, 6, 0, 7, 8])) if d
     ]
     hover = [t for t in fig.data if t.hoverinfo == "text"][0]
     assert any("log p = -0.200" in h and "tool a" in h for h in hover.hovertext)
@@ -196,7 +196,7 @@ def test_tokens_html_spans_titles_and_highlights():
     html = figures.tokens_html(st_, van)
     spans = re.findall(r'<span class="(tok[^"]*)" title="([^"]*)"', html)
     assert len(spans) == st_.n_tokens
-    assert [c for c, _ in spans].count("tok diff") == sum(geometry.diff_mask([3, 4, 0, 5], [3, 4, 0, 9, 5]))
+    assert [c for c, _ in spans].count("tok diff") == sum(views.diff_mask([3, 4, 0, 5], [3, 4, 0, 9, 5]))
     assert all(f"log p = {t.logprob:.3f}" in title for (_, title), t in zip(spans, st_.tokens, strict=True))
     assert html.count('class="seg"') == 1
     assert "&lt;" in figures.tokens_html(_trace_with_text("<b>"), None)  # token text is escaped
@@ -208,7 +208,7 @@ def _trace_with_text(text: str) -> Trace:
 
 def test_score_heatmap_marks_the_chosen_cells():
     st_ = _trace("stir", [3, 0, 4, 0, 5], steer_at=3)
-    sm = geometry.score_matrix(st_)
+    sm = views.score_matrix(st_)
     fig = figures.score_heatmap(sm)
     chosen = next(t for t in fig.data if t.name == "chosen")
     assert list(zip(chosen.x, chosen.y, strict=True)) == [

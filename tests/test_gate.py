@@ -71,8 +71,15 @@ def test_forced_pick_faces_the_null_score_only_when_asked():
     assert out.reason is Reason.COMMITTED and out.chosen.entry == 1
 
 
+def test_an_undecided_decision_says_skipped():
+    from stir_core.trace import GateDecision
+
+    dec = GateDecision(m=1, token_index=0, query_layers=[1])
+    assert Reason(dec.reason) is Reason.SKIPPED and not dec.committed
+
+
 def test_every_reason_has_a_test():
     tested = {Reason.COMMITTED, Reason.NO_ENTRIES, Reason.LOW_SIM, Reason.NO_CANDIDATES, Reason.ANCHOR_WON,
-              Reason.TIE, Reason.BELOW_TAU, Reason.NONPOSITIVE_ALPHA}
+              Reason.TIE, Reason.BELOW_TAU, Reason.NONPOSITIVE_ALPHA, Reason.SKIPPED}
     elsewhere = {Reason.STATIC: "test_controller static baselines", Reason.FUSED: "test_segment fused tokens"}
     assert tested | set(elsewhere) == set(Reason)

@@ -11,7 +11,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
-from stir_core import geometry
+from stir_core import lens, outcomes, projection, views
 from stir_core.evaluate import mcnemar
 from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace
 
@@ -27,7 +27,7 @@ def _clusters(n_per: int = 12, d: int = 16, seed: int = 0) -> tuple[np.ndarray, 
 
 def test_pca_matches_sklearn_up_to_sign():
     x = np.random.default_rng(1).normal(size=(40, 9)) @ np.diag(np.linspace(3, 0.2, 9))
-    ours = geometry.pca(x, 3)
+    ours = projection.pca(x, 3)
     ref = PCA(n_components=3, svd_solver="full").fit(x)
     ref_coords = ref.transform(x)
     for j in range(3):
@@ -37,13 +37,13 @@ def test_pca_matches_sklearn_up_to_sign():
     assert ours.method == "pca" and ours.note is None
     # deterministic sign rule: each component's largest |loading| is positive, so a flipped copy of the data
     # along any axis projects to the same coordinates up to that rule (re-running gives identical output)
-    np.testing.assert_array_equal(geometry.pca(x, 3).coords, ours.coords)
+    np.testing.assert_array_equal(projection.pca(x, 3).coords, ours.coords)
 
 
 def test_pca_rank_deficient_says_so():
     t = np.linspace(-1, 1, 7)[:, None]
     x = t @ np.array([[1.0, 2.0, -1.0]])  # points on a line
-    p = geometry.pca(x, 2)
+    p = projection.pca(x, 2)
     assert p.note is not None and "fewer than 2" in p.note
     assert np.allclose(p.coords[:, 1], 0, atol=1e-9)
     np.testing.assert_allclose(np.abs(p.coords[:, 0]), np.abs(t[:, 0]) * math.sqrt(6), atol=1e-9)
@@ -51,40 +51,40 @@ def test_pca_rank_deficient_says_so():
 
 def test_umap_separates_cosine_clusters_and_is_seeded():
     x, labels = _clusters()
-    a = geometry.umap_projection(x, 2, n_neighbors=8, seed=3)
+    a = projection.umap_projection(x, 2, n_neighbors=8, seed=3)
     assert a.method == "umap" and a.coords.shape == (36, 2) and a.note is None
     # every point's nearest neighbour in the embedding is from its own (cosine) cluster
     dist = np.linalg.norm(a.coords[:, None] - a.coords[None], axis=-1)
     np.fill_diagonal(dist, np.inf)
     assert (labels[dist.argmin(1)] == labels).all()
-    b = geometry.umap_projection(x, 2, n_neighbors=8, seed=3)
+    b = projection.umap_projection(x, 2, n_neighbors=8, seed=3)
     np.testing.assert_array_equal(a.coords, b.coords)
 
 
 def test_umap_falls_back_to_pca_for_few_points():
-    x = np.random.default_rng(0).normal(size=(geometry.UMAP_MIN_POINTS - 1, 5))
-    p = geometry.project(x, "umap", 2)
+    x = np.random.default_rng(0).normal(size=(projection.UMAP_MIN_POINTS - 1, 5))
+    p = projection.project(x, "umap", 2)
     assert p.method == "pca" and p.requested == "umap"
     assert "too few" in p.note
-    np.testing.assert_allclose(p.coords, geometry.pca(x, 2).coords)
+    np.testing.assert_allclose(p.coords, projection.pca(x, 2).coords)
 
 
 def test_projection_rejects_bad_input():
     with pytest.raises(ValueError, match="unknown projection"):
-        geometry.project(np.ones((3, 2)), "tsne")
+        projection.project(np.ones((3, 2)), "tsne")
     with pytest.raises(ValueError, match="NaN"):
-        geometry.pca(np.array([[1.0, np.nan], [0.0, 1.0]]))
+        projection.pca(np.array([[1.0, np.nan], [0.0, 1.0]]))
     x = np.random.default_rng(0).normal(size=(20, 4))
     x[3] = 0
     with pytest.raises(ValueError, match="non-zero rows"):
-        geometry.umap_projection(x)
+        projection.umap_projection(x)
 
 
 def test_cosine_matrix_matches_sklearn_and_blanks_zero_rows():
     x = np.random.default_rng(2).normal(size=(8, 5))
-    np.testing.assert_allclose(geometry.cosine_matrix(x), cosine_similarity(x), atol=1e-12)
+    np.testing.assert_allclose(projection.cosine_matrix(x), cosine_similarity(x), atol=1e-12)
     x[2] = 0
-    sims = geometry.cosine_matrix(torch.tensor(x))
+    sims = projection.cosine_matrix(torch.tensor(x))
     assert np.isnan(sims[2]).all() and np.isnan(sims[:, 2]).all()
     keep = [0, 1, 3, 4, 5, 6, 7]
     np.testing.assert_allclose(sims[np.ix_(keep, keep)], cosine_similarity(x[keep]), atol=1e-12)
@@ -103,12 +103,12 @@ def test_nearest_neighbors_equal_brute_force():
             )
             sims.append((-cos, j))
         ref = [(j, -c) for c, j in sorted(sims)[:5]]
-        got = geometry.nearest_neighbors(x, i, 5)
+        got = projection.nearest_neighbors(x, i, 5)
         assert [j for j, _ in got] == [j for j, _ in ref]
         np.testing.assert_allclose([s for _, s in got], [s for _, s in ref], atol=1e-12)
-    assert geometry.nearest_neighbors(x, 4, 5) == []  # a zero row has no direction
+    assert projection.nearest_neighbors(x, 4, 5) == []  # a zero row has no direction
     with pytest.raises(ValueError, match="out of range"):
-        geometry.nearest_neighbors(x, 15)
+        projection.nearest_neighbors(x, 15)
 
 
 def test_logit_lens_matches_the_models_own_modules(tiny):
@@ -117,8 +117,8 @@ def test_logit_lens_matches_the_models_own_modules(tiny):
     with torch.no_grad():
         raw_ref = hf.lm_head(v)  # [d_vocab]
         normed_ref = hf.lm_head(hf.model.norm(v[None])[0])  # RMSNorm(v) = γ ⊙ v / rms(v)
-    raw = geometry.lens_for_model(tiny, v, k=6, final_norm=False)
-    normed = geometry.lens_for_model(tiny, v, k=6, final_norm=True)
+    raw = lens.lens_for_model(tiny, v, k=6, final_norm=False)
+    normed = lens.lens_for_model(tiny, v, k=6, final_norm=True)
     assert [i for i, _ in raw.promoted] == torch.topk(raw_ref, 6).indices.tolist()
     assert [i for i, _ in raw.suppressed] == torch.topk(-raw_ref, 6).indices.tolist()
     np.testing.assert_allclose([s for _, s in raw.promoted], torch.topk(raw_ref, 6).values.numpy(), rtol=1e-4)
@@ -141,17 +141,17 @@ def test_logit_lens_layernorm_is_the_linear_part_of_layer_norm():
         torch.randn(d, generator=g),
     )
     ref = torch.nn.functional.layer_norm(v, (d,), weight=gamma, bias=torch.zeros(d)) @ W
-    out = geometry.logit_lens(v, W, gamma, "ln", k=5)
+    out = lens.logit_lens(v, W, gamma, "ln", k=5)
     assert [i for i, _ in out.promoted] == torch.topk(ref, 5).indices.tolist()
     with pytest.raises(ValueError, match="d_model"):
-        geometry.logit_lens(torch.zeros(d + 1), W)
+        lens.logit_lens(torch.zeros(d + 1), W)
     with pytest.raises(ValueError, match="norm_kind"):
-        geometry.logit_lens(v, W, gamma, "batchnorm")
+        lens.logit_lens(v, W, gamma, "batchnorm")
 
 
 def test_diff_mask():
-    assert geometry.diff_mask([1, 2, 3], [1, 5, 3, 4]) == [False, True, False, True]
-    assert geometry.diff_mask([], [7]) == [True]
+    assert views.diff_mask([1, 2, 3], [1, 5, 3, 4]) == [False, True, False, True]
+    assert views.diff_mask([], [7]) == [True]
 
 
 def _trace() -> Trace:
@@ -206,7 +206,7 @@ def _trace() -> Trace:
 
 def test_score_matrix_holds_every_score_once():
     t = _trace()
-    sm = geometry.score_matrix(t)
+    sm = views.score_matrix(t)
     assert sm.col_labels == ["null", "a", "b"] and sm.row_labels == ["m=1 @t2", "m=2 @t7"]
     for r, d in enumerate(t.decisions):
         assert sm.z[r, 0] == d.score_null
@@ -219,7 +219,7 @@ def test_score_matrix_holds_every_score_once():
 
 def test_token_interventions_cover_each_commit():
     t = _trace()
-    ivs = geometry.token_interventions(t)
+    ivs = views.token_interventions(t)
     governed = [i for i, iv in enumerate(ivs) if iv.tool == "a"]
     assert governed == list(range(2, 2 + 4 + 1))  # the delimiter and the 4 committed tokens
     assert [i for i, iv in enumerate(ivs) if iv.direct] == [2] and ivs[2].added_norm == 1.5
@@ -237,20 +237,20 @@ def test_paired_outcomes_agree_with_mcnemar():
             "correct": np.concatenate([base, other]),
         }
     )
-    out = geometry.paired_outcomes(ex.sample(frac=1.0, random_state=0))
+    out = outcomes.paired_outcomes(ex.sample(frac=1.0, random_state=0))
     ref = mcnemar(base.tolist(), other.tolist())
     assert (out["outcome"] == "win").sum() == ref["wins"]
     assert (out["outcome"] == "loss").sum() == ref["losses"]
     assert len(out) == 30 and set(out["method"]) == {"stir"}
     with pytest.raises(ValueError, match="columns"):
-        geometry.paired_outcomes(ex.drop(columns=["correct"]))
+        outcomes.paired_outcomes(ex.drop(columns=["correct"]))
 
 
 def test_pareto_front_equals_brute_force():
     rng = np.random.default_rng(5)
     cost, value = rng.random(25).tolist(), rng.random(25).tolist()
     cost[3] = float("nan")
-    front = geometry.pareto_front(cost, value)
+    front = outcomes.pareto_front(cost, value)
     for i in range(25):
         if math.isnan(cost[i]):
             assert i not in front

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from stir_core import index as index_module
 from stir_core.index import ToolIndex, l2_normalize
 from stir_core.library import ToolLibrary
 
@@ -70,7 +71,7 @@ def test_centring_spreads_the_similarities():
     assert centred.max() - centred.min() > 0.5
 
 
-def test_single_query_unknown_group_and_bad_query():
+def test_single_query_unknown_group_and_bad_query(monkeypatch):
     lib = make_lib()
     index = ToolIndex(lib)
     sims, idx = index.search(lib.keys[3], layer=5, control_point=2, k=1)
@@ -79,6 +80,10 @@ def test_single_query_unknown_group_and_bad_query():
     assert sims.shape == idx.shape == (4, 0) and idx.dtype == torch.long
     sims, idx = index.search(torch.randn(D), layer=2, control_point=9)
     assert sims.shape == (1, 0)
+    for exact in (512, 0):  # an empty batch of queries, on either path
+        monkeypatch.setattr(index_module, "EXACT_GROUP", exact)
+        sims, idx = ToolIndex(lib).search(torch.zeros(0, D), layer=2, control_point=1, k=3)
+        assert sims.shape == idx.shape == (0, 3)
     with pytest.raises(ValueError, match="d_model=24"):
         index.search(torch.randn(D + 1), layer=2, control_point=1)
     with pytest.raises(ValueError, match="NaN"):
@@ -114,3 +119,98 @@ def test_l2_normalize():
         [1.0] * 12
     )
     assert not math.isnan(l2_normalize(torch.zeros(7)).sum().item())
+
+
+def _lib_from_keys(keys: torch.Tensor, layers: list[int], points: list[int]) -> ToolLibrary:
+    rows = [
+        dict(id=f"e{i}", kind="anchor", layer=layer, control_point=m, quality=0.5)
+        for i, (layer, m) in enumerate(zip(layers, points, strict=True))
+    ]
+    return ToolLibrary.from_records(keys, torch.zeros_like(keys), rows, {"n_layers": 8})
+
+
+def _brute_ids(keys: torch.Tensor, members: list[int], query: torch.Tensor, k: int, center: bool) -> list[int]:
+    """Float64 cosines by an explicit loop, best first, ties by the lower entry index."""
+    mean = keys[members].double().mean(0) if center else torch.zeros(keys.shape[1], dtype=torch.float64)
+    q = query.double() - mean
+    scored = []
+    for i in members:
+        key = keys[i].double() - mean
+        scored.append((-float((key * q).sum() / (key.norm().clamp_min(1e-12) * q.norm().clamp_min(1e-12))), i))
+    return [i for _, i in sorted(scored)[:k]]
+
+
+SCANS = {"float64": (10_000, 10_000), "float32-scan": (0, 10_000), "float16-scan": (0, 0)}  # EXACT, SMALL
+
+
+@pytest.mark.parametrize("scan", list(SCANS))
+@pytest.mark.parametrize("center", [False, True])
+def test_near_ties_below_float16_resolution_are_ranked_exactly(center, scan, monkeypatch):
+    """Keys that differ by less than the scan can see: the shortlist must widen, the order stays exact."""
+    monkeypatch.setattr(index_module, "EXACT_GROUP", SCANS[scan][0])
+    monkeypatch.setattr(index_module, "SMALL_GROUP", SCANS[scan][1])
+    g = torch.Generator().manual_seed(7)
+    n, d = 3000, 64
+    base = torch.randn(d, generator=g)
+    keys = base + 1e-4 * torch.randn(n, d, generator=g)  # every cosine within ~1e-7 of the others
+    keys[100:110] = keys[5]  # exact duplicates: true ties, broken by the lower entry index
+    layers, points = [i % 2 for i in range(n)], [1 + i % 3 for i in range(n)]
+    lib = _lib_from_keys(keys, layers, points)
+    index = ToolIndex(lib, center_keys=center)
+    assert str(index.groups[(0, 1)].scan.dtype) == "torch." + scan.removesuffix("-scan")
+    queries = torch.cat([keys[[5, 100]], base + 1e-4 * torch.randn(3, d, generator=g)])
+    for layer, m in [(0, 1), (1, 2), (0, 3)]:
+        members = [i for i in range(n) if layers[i] == layer and points[i] == m]
+        sims, idx = index.search(queries, layer=layer, control_point=m, k=8)
+        for r in range(len(queries)):
+            assert idx[r].tolist() == _brute_ids(keys, members, queries[r], 8, center)
+
+
+@pytest.mark.parametrize("scan", list(SCANS))
+def test_random_groups_at_width_512_equal_brute_force(scan, monkeypatch):
+    """A wider, bigger case like the benchmark's (random keys, several groups), batch equals one by one."""
+    monkeypatch.setattr(index_module, "EXACT_GROUP", SCANS[scan][0])
+    monkeypatch.setattr(index_module, "SMALL_GROUP", SCANS[scan][1])
+    g = torch.Generator().manual_seed(11)
+    n, d = 4000, 512
+    keys = torch.randn(n, d, generator=g)
+    layers, points = [3 + i % 2 for i in range(n)], [1 + (i // 2) % 4 for i in range(n)]
+    index = ToolIndex(_lib_from_keys(keys, layers, points))
+    assert str(index.groups[(3, 1)].scan.dtype) == "torch." + scan.removesuffix("-scan")
+    queries = torch.randn(4, d, generator=g)
+    for layer, m in [(3, 1), (4, 4)]:
+        members = [i for i in range(n) if layers[i] == layer and points[i] == m]
+        sims, idx = index.search(queries, layer=layer, control_point=m, k=8)
+        for r in range(4):
+            assert idx[r].tolist() == _brute_ids(keys, members, queries[r], 8, False)
+            one_s, one_i = index.search(queries[r], layer=layer, control_point=m, k=8)
+            assert torch.equal(one_i[0], idx[r]) and torch.equal(one_s[0], sims[r])
+        ref = keys[idx[0]].double() @ queries[0].double() / (keys[idx[0]].double().norm(dim=1) * queries[0].double().norm())
+        assert sims[0].tolist() == pytest.approx(ref.tolist(), abs=1e-7)
+
+
+def test_float16_scan_error_is_within_the_shortlist_bound():
+    """The bound in ToolIndex._shortlist assumes torch's float16 matrix-vector product accumulates in
+    float32 and rounds once to float16: check that against float64 on the same float16 inputs."""
+    g = torch.Generator().manual_seed(3)
+    d = 2048
+    h = l2_normalize(torch.randn(5000, d, generator=g)).half()
+    h[:10] = l2_normalize(torch.ones(10, d)).half()  # cosines near 1: the largest output rounding
+    p = l2_normalize(torch.randn(d, generator=g)).half()
+    p_ones = l2_normalize(torch.ones(d)).half()
+    gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
+    for q in (p, p_ones):
+        a = torch.mv(h, q).double()
+        exact = h.double() @ q.double()
+        bound = gamma * h.double().norm(dim=1) * q.double().norm() + 2.0**-11 * a.abs() / (1 - 2.0**-11) + 2.0**-25
+        assert ((a - exact).abs() <= bound).all()
+        # the float32 scan of small groups: no output rounding, gamma_d covers products and sums
+        h32, q32 = l2_normalize(torch.randn(300, d, generator=g)), q.float()
+        a = torch.mv(h32, q32).double()
+        exact = h32.double() @ q32.double()
+        assert ((a - exact).abs() <= gamma * h32.double().norm(dim=1) * q32.double().norm()).all()
+    for q in (p, p_ones):
+        a = torch.mv(h, q).double()
+        exact = h.double() @ q.double()
+        bound = gamma * h.double().norm(dim=1) * q.double().norm() + 2.0**-11 * a.abs() / (1 - 2.0**-11) + 2.0**-25
+        assert ((a - exact).abs() <= bound).all()

@@ -377,8 +377,12 @@ def test_atomic_file_writes(tmp_path, monkeypatch):
     f = tmp_path / "sub" / "x.json"
     atomic.write_json(f, {"a": 1})
     assert json.loads(f.read_text()) == {"a": 1}
-    with pytest.raises(ValueError):
-        atomic.write_json(f, {"a": float("nan")})
+    with pytest.raises(TypeError):  # not serialisable: nothing written, the old file stays
+        atomic.write_json(f, {"a": object()})
+    assert json.loads(f.read_text()) == {"a": 1}
+    atomic.write_json(f, {"a": float("nan")})  # non-finite numbers are written as null (strict JSON)
+    assert f.read_text().split() == ["{", '"a":', "null", "}"]
+    atomic.write_json(f, {"a": 1})
     monkeypatch.setattr(atomic.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
     with pytest.raises(OSError, match="disk gone"):
         atomic.write_text(f, "new")
@@ -386,3 +390,28 @@ def test_atomic_file_writes(tmp_path, monkeypatch):
     monkeypatch.undo()
     atomic.write_bytes(f, b"raw")
     assert f.read_bytes() == b"raw" and junk(f.parent) == []
+
+
+def test_tools_are_the_rows_of_the_saved_files(saved):
+    """`Tool` records against the files read with plain tools (safetensors + pandas)."""
+    lib, path = saved
+    raw = safetensors.numpy.load_file(str(path / "tools.safetensors"))
+    table = pd.read_parquet(path / "tools.parquet")
+    loaded = ToolLibrary.load(path)
+    tools = loaded.tools()
+    assert [t.id for t in tools] == table["id"].tolist() and [t.entry for t in tools] == list(range(len(table)))
+    for t, (_, row) in zip(tools, table.iterrows(), strict=True):
+        assert (t.kind, t.layer, t.control_point, t.quality) == (row["kind"], row["layer"], row["control_point"],
+                                                                 row["quality"])
+        np.testing.assert_array_equal(t.key.numpy(), raw["keys"][t.entry])
+        np.testing.assert_array_equal(t.vector.numpy(), raw["vectors"][t.entry])
+        assert t.provenance["pair_id"] == row["pair_id"] and json.loads(t.provenance["rollout_ids"]) == \
+            json.loads(row["rollout_ids"])
+        assert (t.kind == "anchor") == (float(t.vector.norm()) == 0.0)
+    one = loaded.tool("item4/c")
+    assert (one.entry, one.id, one.kind, one.provenance) == (8, tools[8].id, "correction", tools[8].provenance)
+    assert torch.equal(one.vector, lib.vectors[8])
+    assert loaded.layers == sorted(set(table["layer"])) == [3, 5]
+    with pytest.raises(KeyError, match="no tool with id 'nope'"):
+        loaded.tool("nope")
+    assert ToolLibrary.empty(D).tools() == [] and ToolLibrary.empty(D).layers == []

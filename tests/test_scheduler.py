@@ -51,7 +51,11 @@ def test_continuous_equals_sync_on_a_random_model(engine, tiny, method, variant)
     sync = run_method(engine, PROMPTS, method, lib, cfg.with_overrides(schedule="sync"))
     cont = run_method(engine, PROMPTS, method, lib, cfg)
     same(cont, sync)
-    if method == "stir" and not variant:
+    # every variant must compare real gate work, not two empty decision lists
+    assert sum(len(t.decisions) for t in sync) > 0, "no control point occurred: nothing to compare"
+    if method in ("stir", "random_choice"):  # the methods that preview (static and no_probing never do)
+        assert sum(t.probe_tokens for t in sync) > 0, "no previews ran"
+    if method in ("stir", "static") and "k_scale" not in variant:
         assert sum(t.interventions for t in sync) > 0, "the comparison must include commits"
 
 
@@ -81,6 +85,7 @@ def test_a_preview_budget_changes_timing_not_results(engine, tiny):
     free = run_method(engine, PROMPTS, "stir", lib, cfg)
     tight = run_method(engine, PROMPTS, "stir", lib, cfg.with_overrides(max_preview_rows=4))
     same(tight, free)
+    assert sum(t.probe_tokens for t in free) > 0, "no previews ran: the budget had nothing to change"
 
 
 def unsteered_probe(tiny, prefix: list[int], n: int, delimiter: str) -> tuple[str, float]:

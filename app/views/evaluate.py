@@ -6,19 +6,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from app import figures, state, ui
 from app.export import ColumnSpec, SavedView
-from stir_core import outputs
+from stir_core import outputs, views
 from stir_core.config import StirConfig, check_layers, knobs
 from stir_core.controller import METHODS
 from stir_core.evaluate import evaluate, load_results
-from stir_core.geometry import paired_outcomes
 from stir_core.jobs import get_job, start_job
 from stir_core.tasks import get_task, task_names
-from stir_core.trace import Trace
 
 ctx = state.context()
 st.title("Evaluate")
@@ -35,7 +32,7 @@ for k, v in {
     "ev_methods": [m for m in ("vanilla", "static", "stir") if m in methods_ok],
 }.items():
     st.session_state.setdefault(k, v)
-lib_layers = sorted({int(x) for x in ctx.library.table["layer"]}) if ctx.library is not None and len(ctx.library) else []
+lib_layers = ctx.library.layers if ctx.library is not None else []
 
 
 def run_job(job, model_key, engine, library, warnings, task_name: str, methods: list[str], cfg: StirConfig,
@@ -138,17 +135,9 @@ except (ValueError, OSError) as err:
 
 st.subheader(f"Results: {Path(ev_dir).name}")
 cfg = res.config
-st.caption(
-    f"task `{cfg.get('task')}` · split `{cfg.get('split')}` · n={cfg.get('n')} · model `{cfg.get('model')}` · "
-    f"library `{cfg.get('library')}`"
-)
-summary = pd.DataFrame.from_dict(res.summary, orient="index")
-if "vs_vanilla" in summary:
-    vs = summary.pop("vs_vanilla")
-    summary["wins"] = [v.get("wins") if isinstance(v, dict) else None for v in vs]
-    summary["losses"] = [v.get("losses") if isinstance(v, dict) else None for v in vs]
-    summary["p_value"] = [v.get("p_value") if isinstance(v, dict) else None for v in vs]
-summary = summary.rename_axis("method").reset_index()
+page = views.evaluate_page(res, st.session_state.get("ev_f_method"), st.session_state.get("ev_f_outcome") or "all")
+st.caption(page.header)
+summary = page.summary
 st.dataframe(summary, hide_index=True, width="stretch")
 ui.table_exports(summary, "eval-summary", "x_ev_sum_exp")
 
@@ -169,30 +158,13 @@ ui.figure_exports(pareto, "accuracy-vs-tokens", "x_ev_pareto_exp")
 st.subheader("Per example")
 ex = res.examples
 if "vanilla" in set(ex["method"]):
-    outcomes = paired_outcomes(ex, "vanilla")
     f1, f2 = st.columns(2)
-    others = sorted(set(outcomes["method"]))
-    meth = f1.selectbox("Method", others, key="ev_f_method", persist_state="session") if others else None
-    which = (
-        f2.segmented_control(
-            "Outcome vs vanilla", ["all", "win", "loss", "tie"], key="ev_f_outcome", persist_state="session"
-        )
-        or "all"
-    )
-    view = outcomes[outcomes["method"] == meth] if meth else outcomes
-    if which != "all":
-        view = view[view["outcome"] == which]
-    detail = (
-        ex[ex["method"] == meth][
-            ["example_id", "n_tokens", "probe_tokens", "interventions", "answer", "gold"]
-        ]
-        if meth
-        else ex.iloc[0:0]
-    )
-    view = view.merge(detail, on="example_id", how="left")
+    if page.methods:
+        f1.selectbox("Method", page.methods, key="ev_f_method", persist_state="session")
+    f2.segmented_control("Outcome vs vanilla", list(views.OUTCOMES), key="ev_f_outcome", persist_state="session")
 else:
     st.caption("No vanilla run in these results: wins/losses need it.")
-    view = ex.drop(columns=["trace_json"], errors="ignore")
+view = page.examples
 st.dataframe(view, hide_index=True, width="stretch")
 ui.table_exports(view, "eval-examples", "x_ev_ex_exp")
 
@@ -202,16 +174,7 @@ if ids:
     chosen = c1.selectbox("Example", ids, key="ev_example", persist_state="session")
     if c2.button("Open in Playground", key="x_ev_to_pg"):
         rows = ex[ex["example_id"].astype(str) == chosen]
-        cols = [
-            {
-                "label": f"{r['method']} ({'✓' if r['correct'] else '✗'})",
-                "method": r["method"],
-                "knobs": {},
-                "trace": Trace.from_json(r["trace_json"]).to_dict(),
-                "wall_s": float("nan"),
-            }
-            for _, r in rows.iterrows()
-        ]
+        cols = views.eval_example_columns(ex, chosen)
         # The Playground takes raw prompts (it applies the chat template itself): take the task's own text.
         found = state.find_example(str(cfg.get("task")), chosen, cfg.get("split"))
         stir_cfg = cfg.get("stir") or {}
@@ -234,10 +197,7 @@ if ids:
         )
         st.session_state["pending_view"] = view
         st.session_state["pending_view_fields"] = set()  # keep the sidebar's model and library
-        st.session_state["pg_opened_result"] = {
-            "view": view.to_json(),
-            "columns": cols,
-            "total_s": 0.0,
-            "source": f"{ev_dir} (example {chosen})",
-        }
+        st.session_state["pg_opened_result"] = views.playground_result(
+            view.to_json(), cols, 0.0, source=f"{ev_dir} (example {chosen})"
+        )
         st.switch_page("views/playground.py")

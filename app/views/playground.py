@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
 import streamlit as st
 
 from app import export, figures, state, ui
 from app.export import ColumnSpec, SavedView
-from stir_core import geometry
+from stir_core import views
 from stir_core.config import recommended
 from stir_core.controller import METHODS
-from stir_core.trace import Trace
 
 SAMPLE_TASKS = ("planted", "plain")
 FALLBACK_PROMPT = "mod10 3+4-2+6-5\n"
@@ -21,11 +19,7 @@ MAX_COLUMNS = 6
 MAX_CARDS = 24
 
 ctx = state.context()
-lib_layers = (
-    sorted({int(x) for x in ctx.library.table["layer"]})
-    if ctx.library is not None and len(ctx.library)
-    else []
-)
+lib_layers = ctx.library.layers if ctx.library is not None else []
 methods = list(METHODS) if ctx.library is not None and len(ctx.library) else ["vanilla", "no_memory"]
 base = ctx.online_config()  # defaults, then the library's recommended settings (chosen on val)
 TOKEN_CAP = state.max_tokens_cap()
@@ -124,21 +118,13 @@ def run_comparison(view: SavedView) -> dict:
             continue
         trace, wall = state.generate(ctx, view.prompt, spec.method, view.config(i), on_wait=on_wait)
         waiting.empty()
-        cols.append(
-            {
-                "label": column_label(i, spec),
-                "method": spec.method,
-                "knobs": spec.knobs,
-                "trace": trace.to_dict(),
-                "wall_s": wall,
-            }
-        )
+        cols.append(views.playground_column(column_label(i, spec), spec.method, spec.knobs, trace, wall))
     notice = (
         f"Stopped at this server's per-request time cap ({cap:g} s): not run: {', '.join(skipped)}"
         if skipped
         else None
     )
-    return {"view": view.to_json(), "columns": cols, "total_s": time.perf_counter() - t0, "notice": notice}
+    return views.playground_result(view.to_json(), cols, time.perf_counter() - t0, notice)
 
 
 # --- pending view (saved file, deep link, or an Evaluate example) ------------------------------------
@@ -277,26 +263,17 @@ with st.expander("Saved view"):
 result = st.session_state.get("pg_result")
 if result:
     st.query_params.from_dict({**view.to_query(), "run": "1"})
-    traces = [Trace.from_dict(c["trace"]) for c in result["columns"]]
-    labels = [c["label"] for c in result["columns"]]
-    reference = next((t for t in traces if t.method == "vanilla"), None)
+    page = views.playground_page(result)
+    traces, labels, reference = page.traces, page.labels, page.reference
     colors = figures.tool_colors(traces)
     if result.get("notice"):
         st.warning(result["notice"])
-    if result.get("source"):
-        st.caption(f"Traces opened from {result['source']} (as recorded there).")
-    else:
-        st.caption(f"{len(traces)} columns in {result['total_s']:.2f} s (repeated runs come from the cache).")
+    st.caption(page.header)
     out_cols = st.columns(len(traces))
-    for i, (t, c) in enumerate(zip(traces, result["columns"], strict=True)):
+    for i, t in enumerate(traces):
         with out_cols[i], st.container(key=f"pg_out_{i}", border=True):
-            st.markdown(f"**{c['label']}**")
-            timing = (
-                f" · {c['wall_s']:.2f} s" if c["wall_s"] == c["wall_s"] else ""
-            )  # NaN: opened from results
-            st.caption(
-                f"{t.n_tokens} tokens · {t.interventions} interventions · {t.probe_tokens} probe tokens{timing}"
-            )
+            st.markdown(f"**{labels[i]}**")
+            st.caption(page.captions[i])
             for w in t.warnings:
                 st.warning(w)
             st.markdown(figures.tokens_html(t, reference, colors), unsafe_allow_html=True)
@@ -307,7 +284,7 @@ if result:
         st.plotly_chart(strip, theme=None, key="x_strip_chart", config={"displaylogo": False})
         ui.figure_exports(strip, "gate-strip", "x_strip_exp")
 
-    steered = [i for i, t in enumerate(traces) if t.decisions]
+    steered = page.steered
     if steered:
         st.subheader("Gate cards")
         if st.session_state.get("pg_card_col") not in steered:
@@ -317,47 +294,22 @@ if result:
         )
         t = traces[pick]
         cand = t.candidates_frame()
-        for start in range(0, min(len(t.decisions), MAX_CARDS), 2):
+        cards = views.gate_cards(t, MAX_CARDS)
+        for start in range(0, len(cards), 2):
             row = st.columns(2)
-            for j, d in enumerate(t.decisions[start : start + 2]):
+            for j, card in enumerate(cards[start : start + 2]):
                 with row[j], st.container(border=True, key=f"gate_card_{start + j}"):
-                    verdict = (
-                        f"committed **{d.chosen}** (α={d.alpha:.3g}, layer {d.layer}, ‖αΔ‖={d.added_norm:.3g})"
-                        if d.committed
-                        else f"null action — *{d.reason}*"
-                    )
-                    st.markdown(f"**Control point m={d.m}** · token {d.token_index} · {verdict}")
-                    st.caption(
-                        f"Â_null = {d.null_value:.4g} · Score_null = {d.score_null:.4g} · "
-                        f"probe tokens {d.probe_tokens} · commit tokens {d.commit_tokens}"
-                        + (f" · null probe: {d.null_probe_text!r}" if d.null_probe_text is not None else "")
-                    )
-                    rows = cand[cand["m"] == d.m]
-                    if len(rows):
-                        st.dataframe(
-                            rows[
-                                [
-                                    "tool_id",
-                                    "kind",
-                                    "layer",
-                                    "sim",
-                                    "value",
-                                    "gain",
-                                    "score",
-                                    "won",
-                                    "probe_text",
-                                ]
-                            ].rename(columns={"value": "Â", "gain": "probe gain"}),
-                            hide_index=True,
-                            width="stretch",
-                        )
+                    st.markdown(card.title)
+                    st.caption(card.caption)
+                    if len(card.candidates):
+                        st.dataframe(card.candidates, hide_index=True, width="stretch")
                     else:
                         st.caption("No candidates retrieved.")
         if len(t.decisions) > MAX_CARDS:
             st.caption(
                 f"Showing the first {MAX_CARDS} of {len(t.decisions)} control points; all are in the exports."
             )
-        sm = geometry.score_matrix(t)
+        sm = views.score_matrix(t)
         if sm.z.size and len(sm.col_labels) > 1:
             st.subheader("Scores: control points × candidates")
             heat = figures.score_heatmap(sm)
@@ -373,9 +325,7 @@ if result:
         with e3:
             st.caption("Candidates")
             ui.table_exports(cand, f"candidates-{t.method}", "x_cand_exp")
-    all_tokens = pd.concat(
-        [tr.tokens_frame().assign(column=labels[i]) for i, tr in enumerate(traces)], ignore_index=True
-    )
+    all_tokens = page.all_tokens
     with st.expander("All tokens (table)"):
         st.dataframe(all_tokens, hide_index=True, width="stretch")
         ui.table_exports(all_tokens, "tokens-all-columns", "x_all_exp")

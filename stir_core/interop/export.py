@@ -15,7 +15,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from stir_core import atomic
+from stir_core import atomic, jsonio
 from stir_core.interop import gguf_io
 from stir_core.interop.vectors import Directions, combine, pick
 from stir_core.library import ToolLibrary
@@ -75,7 +75,7 @@ def export_library(lib: ToolLibrary, fmt: str, out: str | Path, ids: Sequence[st
     d = select_directions(lib, ids, kind, rule, scale)
     prov = provenance(lib)
     if fmt == "steering-vectors":
-        return save_steering_vector_file(out, d, {"provenance": json.dumps(prov)}), d
+        return save_steering_vector_file(out, d, {"provenance": jsonio.dumps(prov)}), d
     flavour = "llamacpp" if fmt == "gguf" else "repeng"
     return gguf_io.write_control_vector(out, d, hint or model_hint(lib.manifest), flavour, prov), d
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stir_core import atomic
+from stir_core import atomic, jsonio
 from stir_core.interop.vectors import Directions
 
 ARCH = "controlvector"
@@ -49,7 +49,7 @@ def write_control_vector(path: str | Path, d: Directions, model_hint: str, flavo
         w.add_string("stir.combine", d.rule)
         w.add_float32("stir.scale", float(d.scale))
         w.add_string("stir.tool_ids", json.dumps(d.tool_ids))
-        w.add_string("stir.provenance", json.dumps(provenance or {}, sort_keys=True))
+        w.add_string("stir.provenance", jsonio.dumps(provenance or {}, sort_keys=True))
         for layer, v in sorted(d.directions.items()):
             w.add_tensor(f"direction.{layer}", np.ascontiguousarray(v, dtype=np.float32))
         w.write_header_to_file()

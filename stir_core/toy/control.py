@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from stir_core import atomic
+from stir_core.backend import hook_name, run_with_states
 from stir_core.engine import Engine, Sampling, Steer
 from stir_core.model import LoadedModel, load_model
 from stir_core.segmented import generate_segmented
@@ -76,7 +77,7 @@ def damage_prefixes(
 @torch.no_grad()
 def last_token_states(model: LoadedModel, texts: list[str], batch_size: int = 256) -> torch.Tensor:
     """resid_post at every layer at the last token of each text (teacher-forced): [n, n_layers, d_model]."""
-    names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.n_layers)]
+    names = [hook_name(layer) for layer in range(model.n_layers)]
     out = torch.zeros(len(texts), model.n_layers, model.d_model)
     by_len: dict[int, list[int]] = defaultdict(list)
     ids = [model.encode(t) for t in texts]
@@ -86,7 +87,7 @@ def last_token_states(model: LoadedModel, texts: list[str], batch_size: int = 25
         for lo in range(0, len(rows), batch_size):
             chunk = rows[lo : lo + batch_size]
             tokens = torch.tensor([ids[i] for i in chunk], device=model.device)
-            _, cache = model.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
+            cache = run_with_states(model.bridge, tokens, names)
             out[chunk] = torch.stack([cache[n][:, -1].float().cpu() for n in names], dim=1)
     return out
 

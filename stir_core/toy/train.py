@@ -9,7 +9,6 @@ safetensors, tokenizer) plus `card.json` with the recipe, which `stir_core.toy.c
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -22,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from stir_core import jsonio
 from stir_core.tasks.plain import PlainTask
 from stir_core.tasks.planted import PlantedTask, Planting
 from stir_core.toy.tokenizer import BOS, EOS, PAD, VOCAB, encode, save_tokenizer
@@ -181,7 +181,7 @@ def save_model(model: LlamaForCausalLM, out_dir: str | Path, card: dict) -> None
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(tmp)
-        (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        (tmp / "card.json").write_text(jsonio.dumps(card, indent=2) + "\n", encoding="utf-8")
         for f in sorted(tmp.iterdir()):
             f.chmod(0o644)
             os.replace(f, out / f.name)
