@@ -266,7 +266,11 @@ class StirConfig:
     max_control_points: int | None = knob(None, int, "M: control points per problem (none: every one)",
                                           ONLINE, optional=True, min=1)
     k_retrieve: int = knob(8, int, "entries retrieved per control point (top-k cosine)", RETRIEVAL, min=1)
-    min_entries: int = knob(1, int, "null when fewer corrections than this are retrieved", RETRIEVAL, min=0)
+    min_entries: int = knob(1, int, "null when the library has fewer entries than this (see min_entries_count)",
+                            RETRIEVAL, min=0)
+    min_entries_count: str = knob("group", str, "what min_entries counts: group (reference) = every library entry "
+                                  "at the control point, all queried layers; retrieved (ours) = the hits returned",
+                                  RETRIEVAL, choices=("group", "retrieved"))
     min_sim: float | None = knob(None, float, "null when the best key similarity is below this (none: off)",
                                  RETRIEVAL, optional=True, min=-1.0)
     top_l: int = knob(4, int, "L: corrections previewed per control point", PREVIEW, min=1)

@@ -129,7 +129,11 @@ class StirPolicy(Policy):
     def plan(self, point: ControlPoint, prompt: Sequence[int]) -> Plan:
         cfg = self.config
         dec = GateDecision(point.m, point.token_index, list(self.layers), positions=cfg.positions)
-        short = gate.shortlist(self.retrieve(point), cfg.top_l, cfg.min_entries, cfg.min_sim)
+        group = None
+        if cfg.min_entries_count == "group":  # the reference counts the library's whole group at m
+            sizes = self.index.group_sizes()
+            group = sum(sizes.get((layer, point.m), 0) for layer in self.layers)
+        short = gate.shortlist(self.retrieve(point), cfg.top_l, cfg.min_entries, cfg.min_sim, group)
         dec.candidates = list(short.candidates)
         dec.null_value = short.null_value
         dec.score_null = cfg.beta * short.null_value

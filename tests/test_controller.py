@@ -222,3 +222,13 @@ def test_forked_previews_equal_reprefilled_previews(engine, tiny):
                 assert ca.probe_text == cb.probe_text
                 if ca.previewed:
                     assert ca.probe_logprob == pytest.approx(cb.probe_logprob, abs=1e-4)
+
+
+def test_min_entries_counts_the_group_or_the_hits(engine, tiny):
+    """Reference: `min_entries` counts the library's entries at the control point; ours counts retrieved hits."""
+    lib = make_library(tiny.d_model, n_per=3)  # 6 entries per control point (3 corrections + 3 anchors)
+    base = CFG.with_overrides(k_retrieve=2, min_entries=4)
+    group = run_method(engine, PROMPTS, "stir", lib, base)
+    hits = run_method(engine, PROMPTS, "stir", lib, base.with_overrides(min_entries_count="retrieved"))
+    assert any(d.reason != "no_entries" for t in group for d in t.decisions if d.m <= 3)
+    assert all(d.reason == "no_entries" for t in hits for d in t.decisions)
