@@ -69,6 +69,11 @@ def main() -> None:
     lines.append(f"continuous == sync: tokens {same_tokens}, decisions {same_dec}")
     lines.append(f"stir continuous / vanilla = {runs['stir continuous'][0] / v:.2f}x wall time (goal <= 1.3x)")
     lines.append(f"stir sync / vanilla       = {runs['stir sync'][0] / v:.2f}x wall time")
+    # On a CPU every row of a batch costs compute, so the floor of the wall-time ratio is the ratio of row
+    # steps (tokens decoded, probe rows included); on a GPU wide batches are nearly free and the sequential
+    # steps below are what count.
+    work = sum(x.n_tokens + x.probe_tokens for x in a) / sum(x.n_tokens for x in runs["vanilla"][2])
+    lines.append(f"row steps (tokens decoded incl. probes): stir / vanilla = {work:.2f}x (the CPU floor)")
     # Sequential steps per problem, one problem at a time (no batching effects).
     steps = {"vanilla": 0, "stir": 0, "floor": 0}
     for p in prompts[: args.steps_n]:
