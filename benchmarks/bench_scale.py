@@ -9,8 +9,9 @@ process (peak RSS is per process), all in one run of this script:
 - after: last-position logits only, previews as rows of the continuous scheduler (the null row is the
   main row), finished rows leave the batch.
 
-Memory is the peak resident set *during the decode* above its start (a sampling thread, every 5 ms): the
-process peak itself is set by loading the weights, which every configuration shares.
+Memory is the peak resident set *during the decode* above its start (a sampling thread, every 5 ms), after
+a warm-up forward has paged the weights in: the process peak itself is set by loading the weights, which
+every configuration shares.
 
 A random model has no "\\n\\n": the delimiter is the token greedy decoding emits most often (found first),
 so control points occur; the library holds random corrections at control points 1..8 (no anchors), so
@@ -104,6 +105,9 @@ def child(name: str, batch: int, new: int, delimiter: str) -> dict:
 
     import psutil
 
+    # Touch every weight first: safetensors maps the file lazily, so the first forward would page the
+    # weights in (≈ 2 GB here) inside the measured window.
+    engine.generate([prompts(1)[0]], 2, capture_at=None)
     proc, peak, stop = psutil.Process(), [0], threading.Event()
     base = proc.memory_info().rss
 
