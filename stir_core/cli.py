@@ -583,7 +583,7 @@ def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control ve
         lib = import_vector(file, model_dims(model), layer, scale, tool_id)
     except (LibraryError, ValueError) as err:
         _fail(str(err))
-    lib.save(library_out)
+    lib.save(library_out, overwrite=overwrite)
     row = lib.table.iloc[0]
     typer.echo(f"wrote {library_out}: {row['id']} at layer {int(row['layer'])}, |v|={float(row['norm']):.4g}; "
                f"try: stir eval --methods vanilla,static --library {library_out} --set layer={int(row['layer'])}")
