@@ -107,10 +107,6 @@ class Row:
     generator: torch.Generator | None = None
 
     @property
-    def prompt_len(self) -> int:
-        return len(self.prompt)
-
-    @property
     def pieces(self) -> list[str]:
         return self.stream.pieces
 
@@ -194,7 +190,6 @@ class Engine:
 
     def __init__(self, model: LoadedModel):
         self.model = model
-        self.bridge = model.bridge
         self.backend = Backend(model.bridge)
         self.device = model.device
         self._decode_cache: dict = {}  # id windows -> text, shared by every row's detokenizer
@@ -360,9 +355,6 @@ class Engine:
         keep = feed.to(state.logits.device)[:, None]
         state.logits = torch.where(keep, logits[:, -1], state.logits)
         return captured
-
-    def _step(self, state, tokens, feed, adds):  # the pre-scheduler name, kept for callers
-        return self.step(state, tokens, feed, adds)
 
     def add_tables(self, steers: Sequence[Steer | None], use: Callable[[Steer], bool],
                    feed: torch.Tensor) -> dict[int | str, torch.Tensor] | None:
