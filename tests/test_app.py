@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_tasks import OneTask
 
 from stir_core import projection
 from stir_core.controller import StirConfig, run_method
@@ -263,23 +264,13 @@ def test_evaluate_page_runs_and_opens_an_example(app_env):
     assert sorted(_column_texts(at)) == sorted(saved["completion"])
 
 
-class EchoTask:
+class EchoTask(OneTask):
     """A task a random model can be mined on: newline segments, 'correct' when the completion has a '1'."""
 
     name = "echo"
-    delimiter = "\n"
 
     def load(self, split="mine", n=None, seed=0):
         return [Example(f"e{i}", f"{i}+{i}=", "1") for i in range(12)][:n]
-
-    def prompt(self, ex):
-        return ex.question
-
-    def extract(self, completion):
-        return "1" if "1" in completion else None
-
-    def score(self, completion, ex):
-        return "1" in completion
 
 
 def test_build_page_builds_a_library_that_the_picker_lists(app_env, monkeypatch):

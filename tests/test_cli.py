@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from fake_tasks import OneTask
 from typer.testing import CliRunner
 
 from stir_core.cli import app
@@ -16,26 +17,16 @@ from stir_core.tasks import register_task
 runner = CliRunner()
 
 
-class LineTask:
+class LineTask(OneTask):
     """Segments end at a newline; 'correct' when the completion holds a '1' (a random model gets both)."""
 
     name = "line"
-    delimiter = "\n"
 
     def load(self, split="eval", n=None, seed=0):
         from stir_core.tasks import Example
 
         base = 0 if split == "mine" else 100
         return [Example(f"{split}{i}", f"{base + i}+{i}=", "1") for i in range(n or 8)]
-
-    def prompt(self, ex):
-        return ex.question
-
-    def extract(self, completion):
-        return "1" if "1" in completion else None
-
-    def score(self, completion, ex):
-        return "1" in completion
 
 
 register_task("line", LineTask)

@@ -6,29 +6,20 @@ from dataclasses import replace
 
 import pytest
 import torch
+from fake_tasks import OneTask
 
 from stir_core.mine import MineConfig, Rollout, contrast_problem, mine_candidates
 from stir_core.tasks import Example
 
 
-class EchoTask:
+class EchoTask(OneTask):
     """A toy task for a random model: segments end at "\\n"; 'correct' when the completion has a '1'."""
 
     name = "echo"
-    delimiter = "\n"
 
     def load(self, split="mine", n=None, seed=0):
         exs = [Example(f"e{i}", f"{i}+{i}=", "1") for i in range(12)]
         return exs[:n]
-
-    def prompt(self, ex):
-        return ex.question
-
-    def extract(self, completion):
-        return "1" if "1" in completion else None
-
-    def score(self, completion, ex):
-        return "1" in completion
 
 
 def _cfg(**kw):

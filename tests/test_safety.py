@@ -9,6 +9,7 @@ from dataclasses import fields
 
 import pytest
 import torch
+from fake_tasks import OneTask
 
 from stir_core import config as schema
 from stir_core import outputs
@@ -247,21 +248,11 @@ def test_jobs_report_progress_cancel_and_fail_in_one_line():
     assert _wait(start_job("test", lambda job: 42)).result == 42
 
 
-class _LineTask:
+class _LineTask(OneTask):
     name = "line-safety"
-    delimiter = "\n"
 
     def load(self, split="eval", n=None, seed=0):
         return [Example(f"{split}{i}", f"{i}+{i}=", "1") for i in range(n or 4)]
-
-    def prompt(self, ex):
-        return ex.question
-
-    def extract(self, completion):
-        return "1" if "1" in completion else None
-
-    def score(self, completion, ex):
-        return "1" in completion
 
 
 def test_evaluation_writes_partial_results_and_a_cancel_keeps_them(engine, tmp_path):
