@@ -17,11 +17,18 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    from stir_core.startup import pause_gc  # light: no torch
+
+    resume_gc = pause_gc()  # from the first import on, until the default model is loaded (see stir_core.startup)
     from streamlit.web import cli  # first, in this thread: the loader thread imports streamlit modules too
 
     from app import loading
 
-    loading.start_defaults()  # returns at once: the imports and loads run in app.loading's threads
+    fut = loading.start_defaults()  # returns at once: the imports and loads run in app.loading's threads
+    if fut is None:
+        resume_gc()
+    else:
+        fut.add_done_callback(lambda _: resume_gc())
 
     sys.argv = ["streamlit", "run", str(Path(__file__).with_name("Home.py")), *sys.argv[1:]]
     cli.main()

@@ -162,11 +162,14 @@ def bench_server(env: dict, command: str, timeout: float = 120.0) -> dict:
 FLOOR = """
 import sys, time
 t = [time.perf_counter()]
+from stir_core.startup import pause_gc
+resume = pause_gc()  # as the server does while it loads (app/__main__.py, app.loading)
 import streamlit, torch; t.append(time.perf_counter())
 import app.state, app.export, app.figures, app.ui; t.append(time.perf_counter())
 from transformer_lens.model_bridge import TransformerBridge; t.append(time.perf_counter())
 from app import loading
 loading.loaded(loading.default_model()); t.append(time.perf_counter())
+resume()
 print(*(round(b - a, 3) for a, b in zip(t, t[1:])))
 """
 

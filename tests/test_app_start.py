@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -107,3 +108,21 @@ def test_switch_interval_is_restored_after_the_default_load(tiny_model_dir, lib_
     while sys.getswitchinterval() != before and time.perf_counter() < deadline:
         time.sleep(0.01)
     assert sys.getswitchinterval() == before and not loading._SAVED_SWITCH
+    assert gc.isenabled()  # the collector paused for the load is back on
+
+
+def test_gc_is_paused_during_the_default_load(tiny_model_dir, lib_dir, monkeypatch):
+    """The background load runs with the collector off (the faster cold start) and turns it back on."""
+    monkeypatch.setenv("STIR_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("STIR_LIBRARY", str(lib_dir))
+    monkeypatch.setattr(loading, "_LOADS", {})
+    seen = []
+    real = loading._load
+    monkeypatch.setattr(loading, "_load", lambda *a: (seen.append(gc.isenabled()), real(*a))[1])
+    assert gc.isenabled()
+    fut = loading.start_defaults()
+    fut.result(timeout=300)
+    deadline = time.perf_counter() + 10
+    while not gc.isenabled() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert seen == [False] and gc.isenabled()
