@@ -194,6 +194,7 @@ class Engine:
         self.device = model.device
         self._decode_cache: dict = {}  # id windows -> text, shared by every row's detokenizer
         self.forwards = 0  # model forwards run (sequential steps): what the benchmarks count
+        self.row_positions = 0  # rows x new positions computed, pads and idle rows included: a CPU's work
         # benchmarks/bench_scale.py only: materialise prefill logits for every position, as the engine did
         # before (to measure what keeping only the last position saves).
         self.legacy_prefill_logits = False
@@ -245,6 +246,7 @@ class Engine:
                 hooks.append((name, lambda x, hook, add=add: x + add.to(x.device, x.dtype)))
         cache = self.backend.new_cache() if state is None else state.cache
         self.forwards += 1
+        self.row_positions += input_ids.numel()
         logits = self.backend.forward(input_ids, mask, pos, cache, hooks, keep=keep)
         return (None if logits is None else logits.float()), cache, mask, captured
 
