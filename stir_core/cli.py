@@ -660,5 +660,28 @@ def _register_toy_commands() -> None:
 
 _register_toy_commands()
 
+
+def run() -> None:
+    """The `stir` executable: the Typer app, with click's own usage errors (an option value of the wrong
+    type, an unknown option or command) as one line too, instead of a usage block and a boxed message."""
+    # Typer >= 0.24 raises its vendored click's exceptions, older ones click's: take the classes from the
+    # public typer.BadParameter, whichever they are.
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    try:
+        code = app(standalone_mode=False)
+    except click_error as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # `stir` alone: the help, as before
+            err.show()
+        else:
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.secho(f"error: {' '.join(err.format_message().split())}{hint}", fg="red", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.secho("error: aborted", fg="red", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -568,3 +568,36 @@ def test_app_evaluate_job_can_be_cancelled(app_env):
     at.run()
     _no_crash(at)
     assert any("cancelled" in w for w in _texts(at.warning)), _texts(at.warning)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["eval", "--n", "abc"], "Invalid value for '--n'"),  # an option of the wrong type
+    (["generate", "1+1", "--tokens", "2"], "No such option: --tokens"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["generate"], "Missing argument 'prompt'"),
+])
+def test_usage_errors_are_one_line_from_the_executable(args, needle):
+    """click's own usage errors, through the `stir` entry point (`stir_core.cli:run`, not CliRunner): one
+    `error:` line naming the problem and the command's --help, exit 2 — no usage block, no box."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "stir_core.cli", *args], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert needle in lines[0] and "--help" in lines[0], lines[0]
+    assert out.stdout == "" and "Traceback" not in out.stderr and "╭" not in out.stderr
+
+
+def test_entry_point_keeps_help_and_version():
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "stir_core.cli", "eval", "--help"], capture_output=True, text=True,
+                        cwd=REPO, timeout=120)
+    assert ok.returncode == 0 and "--methods" in ok.stdout, ok.stderr
+    bare = subprocess.run([sys.executable, "-m", "stir_core.cli"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert bare.returncode == 2 and "Usage" in bare.stdout + bare.stderr and "error:" not in bare.stderr
