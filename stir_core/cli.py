@@ -28,6 +28,10 @@ DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="StirConfig override name=value (repeatable)")]
 MismatchOpt = Annotated[bool, typer.Option("--allow-model-mismatch",
                                            help="use a library mined on another model (warns, recorded)")]
+# One name for "replace what is at --out" on every command (`--overwrite`: its old name on the interop
+# commands, still accepted).
+ForceOutOpt = Annotated[bool, typer.Option("--force", "--overwrite",
+                                           help="replace what is already at the output path")]
 DEMO_LIBRARY = Path(__file__).resolve().parent.parent / "assets" / "demo-library"
 _STATE = {"debug": os.environ.get("STIR_DEBUG", "").strip() not in ("", "0")}
 
@@ -535,10 +539,11 @@ def run_app(port: int = 8501, address: str = "127.0.0.1") -> None:
                                       "--server.address", address], cwd=root))
 
 
-def _fresh_output(path: Path, overwrite: bool) -> None:
-    """Refuse to replace a user's file or directory unless asked to."""
-    if path.exists() and not overwrite:
-        _fail(f"{path} already exists; choose another path or pass --overwrite")
+def _fresh_output(path: Path, force: bool) -> None:
+    """Refuse to replace a user's file or directory unless asked to (a library directory is checked again
+    when it is saved: only one of ours is ever replaced)."""
+    if path.exists() and not force:
+        _fail(f"{path} already exists; choose another path or pass --force")
 
 
 @app.command("export")
@@ -551,12 +556,12 @@ def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")
                combine: Annotated[str, typer.Option(help="per-layer rule for a group: mean | quality_mean | sum")] = "mean",
                scale: float = 1.0,
                model_hint: Annotated[str | None, typer.Option(help="model type for GGUF (default: from the model's config)")] = None,
-               overwrite: bool = False) -> None:
+               force: ForceOutOpt = False) -> None:
     """Export tools as a llama.cpp / repeng control vector (GGUF) or a steering-vectors file."""
     from stir_core.interop.export import export_library
     from stir_core.library import LibraryError, ToolLibrary
 
-    _fresh_output(out, overwrite)
+    _fresh_output(out, force)
     try:
         lib = ToolLibrary.load(library)
         id_list = [x.strip() for x in ids.split(",") if x.strip()] if ids else None
@@ -573,17 +578,17 @@ def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control ve
                       library_out: Annotated[Path, typer.Option(help="library directory to write")],
                       layer: Annotated[int | None, typer.Option(help="layer to take (needed when the file has several)")] = None,
                       scale: float = 1.0, tool_id: Annotated[str | None, typer.Option("--id")] = None,
-                      model: ModelOpt = "embedded", overwrite: bool = False) -> None:
+                      model: ModelOpt = "embedded", force: ForceOutOpt = False) -> None:
     """Make a one-entry library from an external vector, usable by the static baselines (`--methods static`)."""
     from stir_core.interop.import_vector import import_vector, model_dims
     from stir_core.library import LibraryError
 
-    _fresh_output(library_out, overwrite)
+    _fresh_output(library_out, force)
     try:
         lib = import_vector(file, model_dims(model), layer, scale, tool_id)
     except (LibraryError, ValueError) as err:
         _fail(str(err))
-    lib.save(library_out, overwrite=overwrite)
+    lib.save(library_out, overwrite=force)
     row = lib.table.iloc[0]
     typer.echo(f"wrote {library_out}: {row['id']} at layer {int(row['layer'])}, |v|={float(row['norm']):.4g}; "
                f"try: stir eval --methods vanilla,static --library {library_out} --set layer={int(row['layer'])}")
@@ -596,7 +601,7 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
               out: Annotated[Path, typer.Option(help="file to write: .html or .json")],
               run: Annotated[Path | None, typer.Option(help="a `stir eval --out` directory (where it fires)")] = None,
               prompt: Annotated[str | None, typer.Option(help="raw prompt for the α-sweep (default: its source problem)")] = None,
-              scales: str = "0,0.5,1,2,4", sweep_tokens: int = 48, overwrite: bool = False,
+              scales: str = "0,0.5,1,2,4", sweep_tokens: int = 48, force: ForceOutOpt = False,
               model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """One tool's dashboard (provenance, firings, lens, α-sweep, paired outcome, neighbours) as HTML or JSON."""
     from stir_core import atomic
@@ -607,7 +612,7 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
 
     if out.suffix not in (".html", ".json"):
         _fail(f"--out must end in .html or .json, got {out.name}")
-    _fresh_output(out, overwrite)
+    _fresh_output(out, force)
     try:
         scale_list = tuple(float(x) for x in scales.split(",") if x.strip())
         examples = load_results(run).examples if run is not None else None
@@ -631,12 +636,12 @@ def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[
              out: Annotated[Path, typer.Option(help="directory to write (CSV tables + diff.html)")],
              source: Annotated[str, typer.Option(help="vectors (corrections) | keys (all entries)")] = "vectors",
              min_cos: Annotated[float, typer.Option(help="a matched pair needs at least this cosine")] = 0.5,
-             overwrite: bool = False) -> None:
+             force: ForceOutOpt = False) -> None:
     """Compare two libraries: cosine matrix, matched pairs, and what each has that the other lacks."""
     from stir_core.library import LibraryError, ToolLibrary
     from stir_core.library_diff import diff_libraries, save_diff
 
-    _fresh_output(out, overwrite)
+    _fresh_output(out, force)
     try:
         la, lb = ToolLibrary.load(a), ToolLibrary.load(b)
         d = diff_libraries(la, lb, source, min_cos)

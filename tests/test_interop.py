@@ -94,7 +94,11 @@ def test_llamacpp_refuses_layer_zero_repeng_allows_it(tmp_path):
     r = runner.invoke(app, ["export", str(tmp_path / "lib"), "--format", "repeng", "--out", str(tmp_path / "r.gguf")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["export", str(tmp_path / "lib"), "--format", "repeng", "--out", str(tmp_path / "r.gguf")])
-    assert r.exit_code == 2 and "already exists" in r.output  # never replaces a user's file unasked
+    assert r.exit_code == 2 and "already exists" in r.output and "--force" in r.output  # never unasked
+    for flag in ("--force", "--overwrite"):  # --overwrite: the old name, still accepted
+        r = runner.invoke(app, ["export", str(tmp_path / "lib"), "--format", "repeng", "--out",
+                                str(tmp_path / "r.gguf"), flag])
+        assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["export", str(tmp_path / "lib"), "--ids", "nope", "--out", str(tmp_path / "n.gguf")])
     assert r.exit_code == 2 and "nope" in r.output
 

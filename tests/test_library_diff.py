@@ -66,4 +66,6 @@ def test_cli_writes_csv_and_figure(tmp_path):
     html = (out / "diff.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html>") and "plotly" in html.lower()
     r = runner.invoke(app, ["diff", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)])
-    assert r.exit_code == 2 and "already exists" in r.output
+    assert r.exit_code == 2 and "already exists" in r.output and "--force" in r.output
+    r = runner.invoke(app, ["diff", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--force"])
+    assert r.exit_code == 0, r.output
