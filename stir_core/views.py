@@ -4,12 +4,15 @@ Trace helpers (`diff_mask`, `score_matrix`, `token_interventions`), the one buil
 result (`playground_result` / `playground_column`, whether decoded live or opened from evaluation results:
 `eval_example_columns`), and one function per page: `playground_page` (with `gate_cards`) and
 `evaluate_page`. The Library page's numbers come from `projection`, `lens` and `dashboard` (one tool's
-view-model); the Build page only collects a `BuildConfig`.
+view-model); `tool_tables` flattens a dashboard into the tables the page shows and exports,
+`similarity_labels` names the heatmap's rows and `parse_scales` reads the α-sweep's scales; the Build page
+only collects a `BuildConfig`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,7 +21,8 @@ import pandas as pd
 from stir_core.outcomes import paired_outcomes
 from stir_core.trace import Trace
 
-if TYPE_CHECKING:  # evaluate.py pulls in the engine; the views only read its result
+if TYPE_CHECKING:  # evaluate.py and dashboard.py pull in the engine; the views only read their results
+    from stir_core.dashboard import ToolDashboard
     from stir_core.evaluate import EvalResult
 
 
@@ -209,3 +213,63 @@ def evaluate_page(res: EvalResult, method: str | None = None, outcome: str = "al
         view = view[view["outcome"] == outcome]
     detail = ex[ex["method"] == method][DETAIL_COLUMNS] if method else ex.iloc[0:0][DETAIL_COLUMNS]
     return EvaluatePage(header, res.table(), methods, view.merge(detail, on="example_id", how="left"))
+
+
+# --- the Library page ------------------------------------------------------------------------------
+
+DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass
+class ToolTables:
+    """The tables the Library page shows (and exports) for one tool's dashboard."""
+
+    metadata: pd.DataFrame  # the entry's library row: field, value (as text)
+    contrasts: pd.DataFrame  # side, rollout, reward, prefix (newlines as ⏎)
+    firings: pd.DataFrame | None  # one row per retrieval in the picked run; None: no run picked
+    lens: pd.DataFrame | None  # promoted / suppressed tokens and their logits; None: no model
+    neighbours: pd.DataFrame  # by, id, kind, m, layer, cos
+
+
+def _one_line(text: str | None) -> str | None:
+    return None if text is None else text.replace("\n", "⏎")
+
+
+def tool_tables(board: ToolDashboard, entry: pd.Series) -> ToolTables:
+    """Flatten a tool's dashboard (and its library row `entry`) into the Library page's tables."""
+    metadata = pd.DataFrame({"field": list(entry.index), "value": [str(v) for v in entry.to_numpy()]})
+    contrasts = pd.DataFrame(
+        [{"side": c.side, "rollout": c.rollout_id, "reward": c.reward, "prefix": _one_line(c.prefix)}
+         for c in board.provenance.contrasts],
+        columns=["side", "rollout", "reward", "prefix"],
+    )
+    firings = None if board.firings is None else pd.DataFrame(
+        [{"example": f.example_id, "method": f.method, "m": f.m, "sim": f.sim, "gain": f.gain,
+          "committed α": f.alpha if f.committed else None, "outcome": f.reason, "before": _one_line(f.before),
+          "after": _one_line(f.after), "correct": f.correct} for f in board.firings],
+        columns=["example", "method", "m", "sim", "gain", "committed α", "outcome", "before", "after", "correct"],
+    )
+    lens = None if board.lens is None else pd.DataFrame({
+        "promoted": [repr(t) for t, _ in board.lens.promoted], "logit +": [v for _, v in board.lens.promoted],
+        "suppressed": [repr(t) for t, _ in board.lens.suppressed], "logit −": [v for _, v in board.lens.suppressed],
+    })
+    neighbours = pd.DataFrame([asdict(n) for n in board.neighbours], columns=["by", "id", "kind", "m", "layer", "cos"])
+    return ToolTables(metadata, contrasts, firings, lens, neighbours)
+
+
+def similarity_labels(table: pd.DataFrame, rows: Sequence[int]) -> list[str]:
+    """The similarity heatmap's row names: `id (m<control point>, L<layer>)` of the library's rows `rows`."""
+    return [f"{table['id'].iat[j]} (m{int(table['control_point'].iat[j])}, L{int(table['layer'].iat[j])})"
+            for j in rows]
+
+
+def parse_scales(text: str) -> tuple[tuple[float, ...], str | None]:
+    """The α-sweep's scales from "0, 0.5, 1" (commas or semicolons): (scales, None), or (DEFAULT_SCALES,
+    a warning) when the text is not a list of numbers or is empty."""
+    try:
+        scales = tuple(float(x) for x in text.replace(";", ",").split(",") if x.strip())
+    except ValueError:
+        return DEFAULT_SCALES, f"Scales must be numbers separated by commas, got {text!r}; using 0, 0.5, 1, 2, 4."
+    if not scales or not all(np.isfinite(scales)):
+        return DEFAULT_SCALES, f"No finite scales in {text!r}; using 0, 0.5, 1, 2, 4."
+    return scales, None

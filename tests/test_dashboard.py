@@ -148,3 +148,34 @@ def test_dashboard_exports_html_and_strict_json(setup, tiny):
     anchor = lib.table["id"].iloc[3]
     assert dash.build(lib, anchor, tiny, engine).sweep is None  # an anchor has no vector
     assert torch.equal(lib.vectors[3], torch.zeros_like(lib.vectors[3]))
+
+
+def test_library_page_tables_hold_the_dashboard(setup, tiny):
+    """views.tool_tables (what the Library page shows and exports) against the dashboard's own records."""
+    lib, engine, ex = setup
+    cands = pd.concat([Trace.from_json(t).candidates_frame() for t in ex["trace_json"]])
+    corrections = set(lib.table.loc[lib.table["kind"] == "correction", "id"])
+    tool = cands.loc[cands["tool_id"].isin(corrections), "tool_id"].mode().iloc[0]  # a vector: it has a lens
+    row = dash.row_of(lib, tool)
+    d = dash.build(lib, tool, tiny, engine, ex, "test-run", prompt="3+4=7\n\n", sweep_tokens=8)
+    t = views.tool_tables(d, lib.table.iloc[row])
+    assert t.metadata["field"].tolist() == list(lib.table.columns)
+    assert t.metadata.set_index("field").loc["id", "value"] == tool
+    assert len(t.contrasts) == len(d.provenance.contrasts)
+    assert len(t.firings) == len(d.firings) > 0
+    assert t.firings["sim"].tolist() == [f.sim for f in d.firings]
+    assert t.firings["committed α"].notna().sum() == sum(f.committed for f in d.firings)
+    assert not t.firings["before"].str.contains("\n").any()  # one line per cell
+    assert t.lens["promoted"].tolist() == [repr(tok) for tok, _ in d.lens.promoted]
+    assert t.neighbours[["id", "cos"]].to_records(index=False).tolist() == [(n.id, n.cos) for n in d.neighbours]
+    bare = views.tool_tables(dash.build(lib, tool), lib.table.iloc[row])  # no run, no model
+    assert bare.firings is None and bare.lens is None
+
+
+def test_library_page_scales_and_labels():
+    assert views.parse_scales("0, 1;2.5") == ((0.0, 1.0, 2.5), None)
+    for bad in ("a, 1", "", "nan"):
+        scales, warning = views.parse_scales(bad)
+        assert scales == views.DEFAULT_SCALES and warning
+    table = pd.DataFrame({"id": ["a", "b"], "control_point": [1, 2], "layer": [3, 4]})
+    assert views.similarity_labels(table, [1, 0]) == ["b (m2, L4)", "a (m1, L3)"]

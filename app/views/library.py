@@ -13,7 +13,7 @@ import streamlit as st
 
 from app import dashboard_state as dstate
 from app import figures, state, ui
-from stir_core import dashboard, library_diff
+from stir_core import dashboard, library_diff, views
 from stir_core.controller import StirConfig
 from stir_core.dashboard_html import render as render_dashboard
 from stir_core.library import MANIFEST_FILE
@@ -224,16 +224,15 @@ with st.expander("α-sweep settings"):
     positions = w3.segmented_control(
         "Positions", ["last", "segment", "last+segment"], key="dash_positions", persist_state="session"
     ) or "last"
-try:
-    scales = tuple(float(x) for x in scales_text.replace(";", ",").split(",") if x.strip())
-except ValueError:
-    st.warning(f"Scales must be numbers separated by commas, got {scales_text!r}; using 0, 0.5, 1, 2, 4.")
-    scales = (0.0, 0.5, 1.0, 2.0, 4.0)
+scales, scales_warning = views.parse_scales(scales_text)
+if scales_warning:
+    st.warning(scales_warning)
 
 board = dstate.tool_dashboard(
     ctx.model_key, ctx.library_key, tool, source, source_stamp, examples, sweep_prompt if sweep_prompt.strip() else None,
-    scales or (0.0, 0.5, 1.0, 2.0, 4.0), positions, 48,
+    scales, positions, 48,
 )
+tables = views.tool_tables(board, rec)
 for note in board.notes:
     st.caption(note)
 x1, x2 = st.columns([1, 5])
@@ -268,18 +267,10 @@ with tab_p:
             st.markdown(f"split `{p['split']}` · gold **{p['answer']}**")
             st.code(p["prompt"] + (("\n" + p["solution"]) if p.get("solution") else ""), language=None)
         st.markdown("**Metadata**")
-        st.dataframe(
-            pd.DataFrame({"field": list(rec.index), "value": [str(v) for v in rec.to_numpy()]}),
-            hide_index=True, width="stretch", height=260,
-        )
+        st.dataframe(tables.metadata, hide_index=True, width="stretch", height=260)
     with right:
         st.markdown("**Contrasted prefixes** (positive: correct, best reward; negative: incorrect)")
-        contrasts = pd.DataFrame(
-            [{"side": c.side, "rollout": c.rollout_id, "reward": c.reward,
-              "prefix": None if c.prefix is None else c.prefix.replace("\n", "⏎")} for c in prov.contrasts],
-            columns=["side", "rollout", "reward", "prefix"],
-        )
-        st.dataframe(contrasts, hide_index=True, width="stretch")
+        st.dataframe(tables.contrasts, hide_index=True, width="stretch")
 with tab_f:
     if board.firings is None:
         st.caption("Pick a saved run or an on-demand run above to see where this tool is retrieved.")
@@ -287,14 +278,8 @@ with tab_f:
         st.caption(f"Never retrieved in {board.run}.")
     else:
         st.caption(f"{len(board.firings)} retrievals in {board.run}, by similarity")
-        fires = pd.DataFrame(
-            [{"example": f.example_id, "method": f.method, "m": f.m, "sim": f.sim, "gain": f.gain,
-              "committed α": f.alpha if f.committed else None, "outcome": f.reason,
-              "before": f.before.replace("\n", "⏎"), "after": f.after.replace("\n", "⏎"),
-              "correct": f.correct} for f in board.firings]
-        )
-        st.dataframe(fires, hide_index=True, width="stretch", height=320)
-        ui.table_exports(fires, f"firings-{tool.replace('/', '_')}", "x_fire_exp")
+        st.dataframe(tables.firings, hide_index=True, width="stretch", height=320)
+        ui.table_exports(tables.firings, f"firings-{tool.replace('/', '_')}", "x_fire_exp")
     if board.paired is not None:
         q = board.paired
         a1, a2, a3, a4 = st.columns(4)
@@ -303,18 +288,10 @@ with tab_f:
         a3.metric("broken", len(q.broken), help=", ".join(q.broken) or None)
         a4.metric("unchanged right / wrong", f"{q.both_right} / {q.both_wrong}")
 with tab_c:
-    if board.lens is not None:
+    if tables.lens is not None:
         st.markdown("**Logit lens** (through the final norm's gain and the unembedding)")
-        lens_df = pd.DataFrame(
-            {
-                "promoted": [repr(t) for t, _ in board.lens.promoted],
-                "logit +": [s for _, s in board.lens.promoted],
-                "suppressed": [repr(t) for t, _ in board.lens.suppressed],
-                "logit −": [s for _, s in board.lens.suppressed],
-            }
-        )
-        st.dataframe(lens_df, hide_index=True, width="stretch")
-        ui.table_exports(lens_df, f"logit-lens-{tool.replace('/', '_')}", "x_lens_exp")
+        st.dataframe(tables.lens, hide_index=True, width="stretch")
+        ui.table_exports(tables.lens, f"logit-lens-{tool.replace('/', '_')}", "x_lens_exp")
     if board.sweep is not None:
         st.markdown(
             f"**α-sweep** at layer {board.sweep.layer}, positions `{board.sweep.positions}` "
@@ -327,7 +304,7 @@ with tab_c:
             col.html(_sweep_html(r.tokens, r.differs))
 with tab_n:
     st.markdown("**Nearest neighbours** (cosine)")
-    nb = pd.DataFrame([asdict(n) for n in board.neighbours], columns=["by", "id", "kind", "m", "layer", "cos"])
+    nb = tables.neighbours
     if len(nb):
         st.dataframe(nb, hide_index=True, width="stretch")
         ui.table_exports(nb, f"neighbours-{tool.replace('/', '_')}", "x_nb_exp")
@@ -424,10 +401,7 @@ sim = state.similarity(path, stamp, sim_source, int(limit))
 if len(sim["rows"]):
     if sim["total"] > len(sim["rows"]):
         st.caption(f"Showing {len(sim['rows'])} of {sim['total']} entries.")
-    labels = [
-        f"{ids[j]} (m{int(table['control_point'].iat[j])}, L{int(table['layer'].iat[j])})"
-        for j in sim["rows"]
-    ]
+    labels = views.similarity_labels(table, sim["rows"])
     heat = figures.similarity_heatmap(sim["sims"], labels, title=f"Cosine similarity of {sim_source}")
     heat.update_layout(height=620)
     st.plotly_chart(heat, theme=None, key="x_sim_chart", config={"displaylogo": False})
