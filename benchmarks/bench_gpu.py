@@ -109,14 +109,14 @@ def part1(args, lines: list[str], report: dict) -> None:
     delim = args.delimiter or model.tokenizer.decode([counts.most_common(1)[0][0]])
     lib = library(model.d_model, model.n_layers)
     cfg = StirConfig(max_new_tokens=args.new, delimiter=delim, max_control_points=8, top_l=4, probe_tokens=4,
-                     layer=14)
+                     layer=14, max_preview_rows=args.max_preview_rows)
     run_method(engine, prompts(4), "stir", lib, cfg.with_overrides(max_new_tokens=16))  # warm-up
     batch = prompts(args.batch)
     runs = {"vanilla": timed(engine, args.device, batch, "vanilla", lib, cfg),
             "stir continuous": timed(engine, args.device, batch, "stir", lib, cfg),
             "stir sync": timed(engine, args.device, batch, "stir", lib, cfg.with_overrides(schedule="sync"))}
     lines.append(f"batch {args.batch} x {args.new} new tokens, prompts of 64 tokens, delimiter {delim!r}; "
-                 "M=8 L=4 probe_tokens=4, layer 14")
+                 f"M=8 L=4 probe_tokens=4, layer 14, max_preview_rows {args.max_preview_rows}")
     for name, r in runs.items():
         mem = f"  peak {r['peak_mib']:8.0f} MiB above weights" if "peak_mib" in r else ""
         lines.append(f"{name:16s} {r['wall_s']:7.2f} s  {r['forwards']:5d} forwards  {r['row_positions']:7d} row "
@@ -189,6 +189,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--steps-n", type=int, default=8)
+    ap.add_argument("--max-preview-rows", type=int, default=None,
+                    help="STIR's preview cap (README: a quarter of the batch on a memory-bound GPU); default none")
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--skip", choices=("part1", "part2"), default=None)
     ap.add_argument("--out", default=None, help="also write the report (and a .json beside it)")

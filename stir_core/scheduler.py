@@ -250,6 +250,12 @@ class _Run:
                 continue
             self.rollback(lane, pend.snapshot)
             self.commit(lane, steer)
+
+    def admit(self) -> None:
+        """Open waiting previews, first come first served, while the preview cap allows (one always may when
+        no extra row is in flight). Run every round, not only after a decision: a driver that finishes or
+        a late probe that leaves also frees capacity, and a waiting control point whose null probe is done
+        can make no progress of its own."""
         while self.waiting and (self.max_preview is None or not self.extra_rows()
                                 or self.extra_rows() + len(self.pending[self.waiting[0]].plan.probes)
                                 <= self.max_preview):
@@ -416,6 +422,7 @@ class _Run:
             self.resolve_ready()
             self.handover()
             self.retire()
+            self.admit()
             self.regroup()
             if not self.live():
                 break

@@ -79,13 +79,18 @@ def test_continuous_equals_sync_on_the_embedded_model(toy, variant):
     assert sum(t.interventions for t in sync) >= 5
 
 
-def test_a_preview_budget_changes_timing_not_results(engine, tiny):
+@pytest.mark.parametrize("cap", [4, 2, 1])  # 1 and 2: below top_l, so one preview at a time
+@pytest.mark.parametrize("scope", ["segment", "persist"])
+def test_a_preview_budget_changes_timing_not_results(engine, tiny, cap, scope):
+    """Also when capacity is freed by a driver finishing rather than by a decision (scope segment): a
+    waiting control point whose null probe is done cannot move by itself (this stalled before `admit`)."""
     lib = make_library(tiny.d_model)
-    cfg = StirConfig(delimiter="\n", max_new_tokens=40)
+    cfg = StirConfig(delimiter="\n", max_new_tokens=40, scope=scope, tau_null=-1.0)  # the gate always commits
     free = run_method(engine, PROMPTS, "stir", lib, cfg)
-    tight = run_method(engine, PROMPTS, "stir", lib, cfg.with_overrides(max_preview_rows=4))
+    tight = run_method(engine, PROMPTS, "stir", lib, cfg.with_overrides(max_preview_rows=cap))
     same(tight, free)
     assert sum(t.probe_tokens for t in free) > 0, "no previews ran: the budget had nothing to change"
+    assert sum(t.interventions for t in free) > 1, "no commits: no driver rows to wait for"
 
 
 def unsteered_probe(tiny, prefix: list[int], n: int, delimiter: str) -> tuple[str, float]:
