@@ -296,9 +296,10 @@ class StirConfig:
     schedule: str = knob("continuous", str, "continuous: per-row scheduling, null previews kept as progress; "
                          "sync: the segment-synchronous reference path (same outputs, slower)", ONLINE,
                          choices=("continuous", "sync"))
-    max_preview_rows: int | None = knob(None, int, "continuous: most extra rows (probes, drivers) in flight, "
-                                        "bounding memory (a quarter of the batch keeps STIR's KV cache within "
-                                        "1.25x vanilla's); none or 0: no cap; timing only, never results",
+    max_preview_rows: int | None = knob(None, int, "continuous: most extra rows (probes, drivers) in flight; "
+                                        "none or 0: no cap. Timing only, never results. Not a memory saver: "
+                                        "it serialises previews and the cache widens with the extra forwards "
+                                        "(measured on a GPU: more steps and a higher peak); leave it off",
                                         PREVIEW, optional=True, min=0)
     layer: int | None = knob(None, int, "restrict to one library layer (none: every layer in the library)",
                              STEER, optional=True, min=0, layer=True)

@@ -82,9 +82,9 @@ class _Run:
         self.handled = [0] * len(prompts)
         self.pending: dict[int, Pending] = {}
         self.waiting: list[int] = []  # prompts whose probe lanes wait for preview capacity
-        # Extra rows (probes and drivers) in flight at once; None or 0: no cap. A quarter of the batch keeps
-        # STIR's KV cache within 1.25x vanilla's, at the cost of steps when many rows reach control points
-        # together (STIR_SPEC.md, knob table).
+        # Extra rows (probes and drivers) in flight at once; None or 0: no cap. It queues previews, and each
+        # extra forward widens every row's cache, so it costs steps and does not save memory (STIR_SPEC.md,
+        # knob table; measured on a GPU).
         self.max_preview = max_preview_rows or None
         self.spawns: list[tuple[Lane, Lane]] = []  # (source, new lane) to add at the next regroup
         self.eos = engine.model.eos_token_id
