@@ -601,3 +601,18 @@ def test_entry_point_keeps_help_and_version():
     bare = subprocess.run([sys.executable, "-m", "stir_core.cli"], capture_output=True, text=True, cwd=REPO,
                           timeout=120)
     assert bare.returncode == 2 and "Usage" in bare.stdout + bare.stderr and "error:" not in bare.stderr
+
+
+def test_the_cli_starts_without_torch():
+    """`stir --help`, `--version` and every refusal at the door import neither torch nor transformers
+    (the toy commands' options come from stir_core.toy.recipe): a typo costs a fraction of a second."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stir_core.cli; heavy = [m for m in ('torch', 'transformers', 'transformer_lens') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    helped = subprocess.run([sys.executable, "-m", "stir_core.cli", "toy-train", "--help"], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert helped.returncode == 0 and "--planted-share" in helped.stdout, helped.stderr

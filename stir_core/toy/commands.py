@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stir_core.toy.train import DEFAULT_OUT, Recipe
+from stir_core.toy.recipe import DEFAULT_OUT, Recipe  # light: no torch at CLI start
 
 
 def toy_train(
