@@ -206,16 +206,20 @@ def use_model_threads(name: str, device: str = "auto", dtype: str = "auto") -> N
 def start_loading(name: str, device: str = "auto", dtype: str = "auto") -> Future:
     """Start loading a model (and its warmed-up engine) in the background; idempotent. A failed load is
     retried on the next call."""
-    key = (name, device, dtype)
+    return _cached(_LOADS, MAX_MODELS, (name, device, dtype), _LOADER, _load, name, device, dtype)
+
+
+def _cached(cache: dict, limit: int, key: tuple, pool: ThreadPoolExecutor, fn: Callable, *args) -> Future:
+    """`cache[key]`, or `pool.submit(fn, *args)` stored there when absent or failed (so a failure is retried
+    on the next call); finished entries beyond `limit` are dropped, oldest first (a model and its engine
+    leave together: they are one entry)."""
     start_imports()
     with _LOADS_LOCK:
-        fut = _LOADS.get(key)
+        fut = cache.get(key)
         if fut is None or (fut.done() and fut.exception() is not None):
-            for old in [k for k, f in _LOADS.items() if k != key and f.done()][
-                : max(0, len(_LOADS) - MAX_MODELS + 1)
-            ]:
-                del _LOADS[old]  # keep at most MAX_MODELS models alive
-            fut = _LOADS[key] = _LOADER.submit(_load, name, device, dtype)
+            for old in [k for k, f in cache.items() if k != key and f.done()][: max(0, len(cache) - limit + 1)]:
+                del cache[old]
+            fut = cache[key] = pool.submit(fn, *args)
     return fut
 
 
@@ -247,17 +251,7 @@ def _read_library(path: str) -> ToolLibrary:
 
 def library_file(path: str, stamp: str) -> Future:
     """Start reading (and content-validating) a library directory in the loader thread; idempotent."""
-    key = (path, stamp)
-    start_imports()
-    with _LOADS_LOCK:
-        fut = _LIBS.get(key)
-        if fut is None or (fut.done() and fut.exception() is not None):
-            for old in [k for k, f in _LIBS.items() if k != key and f.done()][
-                : max(0, len(_LIBS) - MAX_LIBRARIES + 1)
-            ]:
-                del _LIBS[old]
-            fut = _LIBS[key] = _LIB_LOADER.submit(_read_library, path)
-    return fut
+    return _cached(_LIBS, MAX_LIBRARIES, (path, stamp), _LIB_LOADER, _read_library, path)
 
 
 def library_stamp(path: str | Path) -> str:

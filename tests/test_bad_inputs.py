@@ -490,14 +490,24 @@ def test_app_refuses_a_library_mined_on_another_model_unless_allowed(app_env):
     assert any("model mismatch allowed" in w for w in _texts(at.warning))
 
 
-def test_app_build_refuses_a_foreign_directory_and_an_existing_library(app_env):
-    user = app_env["root"] / "user-dir"
-    user.mkdir(exist_ok=True)
-    (user / "notes.txt").write_text("keep")
-    before = _tree_digest(user)
+def _user_dir(path: Path, filename: str) -> tuple[Path, dict[str, str]]:
+    """A user's own non-empty directory, and its digest to prove it untouched."""
+    path.mkdir(exist_ok=True)
+    (path / filename).write_text("keep")
+    return path, _tree_digest(path)
+
+
+def _page(page: str):
+    """An AppTest run once, then switched to `page`."""
     at = _at()
     at.run()
-    at.switch_page("views/build.py").run()
+    at.switch_page(page).run()
+    return at
+
+
+def test_app_build_refuses_a_foreign_directory_and_an_existing_library(app_env):
+    user, before = _user_dir(app_env["root"] / "user-dir", "notes.txt")
+    at = _page("views/build.py")
     at.text_input(key="bd_layers").set_value("1")
     at.text_input(key="x_bd_out").set_value(str(user))
     at.button(key="x_bd_run").click().run()
@@ -532,13 +542,8 @@ def test_app_build_bad_layers_are_named(app_env, layers, needle):
 
 
 def test_app_evaluate_refuses_a_foreign_directory(app_env):
-    user = app_env["root"] / "user-eval"
-    user.mkdir(exist_ok=True)
-    (user / "thesis.tex").write_text("keep")
-    before = _tree_digest(user)
-    at = _at()
-    at.run()
-    at.switch_page("views/evaluate.py").run()
+    user, before = _user_dir(app_env["root"] / "user-eval", "thesis.tex")
+    at = _page("views/evaluate.py")
     at.text_input(key="x_ev_out").set_value(str(user))
     at.button(key="x_ev_run").click().run()
     _no_crash(at)
