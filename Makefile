@@ -66,7 +66,7 @@ test-latest:
 	.venv-latest/bin/python -m pip install -q $(PIP_SPEC)
 	.venv-latest/bin/python -m pip install -q $(TORCH_SPEC)
 	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
-	.venv-latest/bin/python -c "from stir_core.versions import version_line; print(version_line())"
+	.venv-latest/bin/python -c "from stir_core.io.versions import version_line; print(version_line())"
 	.venv-latest/bin/python -m pytest -q -p no:cacheprovider
 
 # Beyond the bounds: the newest transformers and transformer-lens releases even where pyproject.toml caps
@@ -78,5 +78,5 @@ test-next:
 	.venv-next/bin/python -m pip install -q $(TORCH_SPEC)
 	.venv-next/bin/python -m pip install -q -e ".[dev]"
 	.venv-next/bin/python -m pip install -q --upgrade transformers transformer-lens
-	.venv-next/bin/python -c "from stir_core.versions import version_line; print(version_line())"
+	.venv-next/bin/python -c "from stir_core.io.versions import version_line; print(version_line())"
 	.venv-next/bin/python -m pytest -q -p no:cacheprovider

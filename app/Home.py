@@ -36,9 +36,9 @@ from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 
 from app import state  # noqa: E402
 from app.export import SavedView  # noqa: E402
-from stir_core.library import LibraryError  # noqa: E402
-from stir_core.model import ModelLoadError  # noqa: E402
-from stir_core.versions import versions  # noqa: E402
+from stir_core.io.versions import versions  # noqa: E402
+from stir_core.library.format import LibraryError  # noqa: E402
+from stir_core.runtime.model import ModelLoadError  # noqa: E402
 
 if _shell is not None:
     _shell.empty()

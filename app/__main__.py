@@ -17,9 +17,9 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from stir_core.startup import pause_gc  # light: no torch
+    from stir_core.runtime.startup import pause_gc  # light: no torch
 
-    resume_gc = pause_gc()  # from the first import on, until the default model is loaded (see stir_core.startup)
+    resume_gc = pause_gc()  # from the first import on, until the default model is loaded (see stir_core.runtime.startup)
     from streamlit.web import cli  # first, in this thread: the loader thread imports streamlit modules too
 
     from app import loading

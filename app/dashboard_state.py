@@ -1,4 +1,4 @@
-"""Cached computations behind the Library page's tool dashboard (all the work is `stir_core.dashboard`)."""
+"""Cached computations behind the Library page's tool dashboard (all the work is `stir_core.analysis.dashboard`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import streamlit as st
 
 from app.loading import generation, runs_dir
 from app.state import _library_of, find_dirs, get_engine, get_model
-from stir_core import dashboard as dash
-from stir_core.controller import StirConfig
-from stir_core.evaluate import load_results
+from stir_core.analysis import dashboard as dash
+from stir_core.analysis.evaluate import load_results
+from stir_core.online.methods import StirConfig
 
 
 def eval_runs() -> list[Path]:
@@ -56,15 +56,15 @@ def tool_dashboard(model_key: tuple[str, str, str], library_key: tuple[str, str]
 
 @st.cache_data(max_entries=16, show_spinner="Comparing the libraries…")
 def library_diff(path_a: str, stamp_a: str, path_b: str, stamp_b: str, source: str, min_cos: float):
-    from stir_core.library import ToolLibrary
-    from stir_core.library_diff import diff_libraries
+    from stir_core.analysis.diff import diff_libraries
+    from stir_core.library.format import ToolLibrary
 
     return diff_libraries(ToolLibrary.load(path_a), ToolLibrary.load(path_b), source, min_cos)
 
 
 @st.cache_data(max_entries=32, show_spinner="Exporting…")
 def export_file(path: str, stamp: str, fmt: str, ids: tuple[str, ...], rule: str, scale: float) -> tuple[bytes, str]:
-    from stir_core.interop.export import export_bytes
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
+    from stir_core.library.interop.export import export_bytes
 
     return export_bytes(ToolLibrary.load(path), fmt, list(ids) or None, "correction", rule, scale)

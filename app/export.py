@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from stir_core import atomic, jsonio
 from stir_core import config as config_schema
-from stir_core.controller import METHODS, StirConfig
+from stir_core.io import atomic, jsonio
+from stir_core.online.methods import METHODS, StirConfig
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 MIME = {

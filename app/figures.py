@@ -17,9 +17,9 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from stir_core.outcomes import pareto_front
-from stir_core.trace import Trace
-from stir_core.views import ScoreMatrix, diff_mask, token_interventions
+from stir_core.analysis.outcomes import pareto_front
+from stir_core.analysis.views import ScoreMatrix, diff_mask, token_interventions
+from stir_core.online.trace import Trace
 
 FONT = "DejaVu Sans"
 # Okabe–Ito: distinguishable with common colour-vision deficiencies.

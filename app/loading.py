@@ -12,7 +12,7 @@ too (a no-op then). The first start of the app spends most of its time importing
 (several seconds on 2 cores): doing that in the loader thread lets the server come up and the page paint
 meanwhile.
 
-`generation(...)` takes the model's turn (`stir_core.locks.model_lock`: one decode per model at a time,
+`generation(...)` takes the model's turn (`stir_core.runtime.locks.model_lock`: one decode per model at a time,
 first come first served, the queue position reported while waiting) and applies the model's thread count in
 the decoding thread.
 
@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # heavy (torch): imported inside the functions that need them, in the loader thread
-    from stir_core.engine import Engine
-    from stir_core.library import ToolLibrary
-    from stir_core.model import LoadedModel
+    from stir_core.library.format import ToolLibrary
+    from stir_core.runtime.engine import Engine
+    from stir_core.runtime.model import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LIBRARY = REPO / "assets" / "demo-library"
-# Copies of stir_core.library.MANIFEST_FILE and stir_core.model.DEFAULT_MODEL_DIR, which cannot be imported
+# Copies of stir_core.library.format.MANIFEST_FILE and stir_core.runtime.model.DEFAULT_MODEL_DIR, which cannot be imported
 # here without torch; tests/test_app_start.py checks they agree.
 MANIFEST_NAME = "manifest.json"
 DEFAULT_MODEL_DIR = REPO / "assets" / "toy-reasoner"
@@ -97,7 +97,7 @@ THREADS_ENV = "STIR_TORCH_THREADS"
 
 def thread_policy() -> int | str | None:
     """The `threads` argument for `load_model`: `STIR_TORCH_THREADS` as an int (0: leave torch's default
-    alone), else "auto" (stir_core.model.configure_threads: one thread for small models on CPU)."""
+    alone), else "auto" (stir_core.runtime.model.configure_threads: one thread for small models on CPU)."""
     env = os.environ.get(THREADS_ENV, "").strip()
     if not env:
         return "auto"
@@ -156,9 +156,9 @@ READY_LINE = "stir-workbench: model ready:"
 def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
     import torch
 
-    from stir_core.engine import Engine
-    from stir_core.locks import model_lock
-    from stir_core.model import load_model
+    from stir_core.runtime.engine import Engine
+    from stir_core.runtime.locks import model_lock
+    from stir_core.runtime.model import load_model
 
     t0 = time.perf_counter()
     model = load_model(name, device=device, dtype=dtype, threads=thread_policy())
@@ -183,7 +183,7 @@ def generation(name: str, device: str = "auto", dtype: str = "auto",
     0.4 s at 1."""
     import torch
 
-    from stir_core.locks import model_lock
+    from stir_core.runtime.locks import model_lock
 
     model = start_loading(name, device, dtype).result()[0]
     with model_lock(model).turn(on_wait=on_wait):
@@ -244,7 +244,7 @@ _LIB_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stir-library
 
 def _read_library(path: str) -> ToolLibrary:
     _IMPORTED.wait()  # see APP_MODULES
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
 
     return ToolLibrary.load(path)
 
@@ -275,9 +275,9 @@ def _responsive_while(fut: Future) -> None:
     loader thread's imports hold the GIL for seconds, and the server thread needs it for every file and
     message it sends the first browser. Measured with bench_app's server part, twice each on 2 loaded cores
     (load average 6): first paint 2.7 s after healthy instead of 3.5 s, model ready 12.6 s instead of 14.7 s.
-    (2) Pause Python's garbage collector (`stir_core.startup`; the app modules' imports too, not only the
+    (2) Pause Python's garbage collector (`stir_core.runtime.startup`; the app modules' imports too, not only the
     model load): torch + transformers + TransformerLens import ~30% faster."""
-    from stir_core.startup import pause_gc  # light: no torch
+    from stir_core.runtime.startup import pause_gc  # light: no torch
 
     with _LOADS_LOCK:
         if _SAVED_SWITCH or fut.done():

@@ -6,8 +6,8 @@
   model.
 - `st.cache_data`: projections, similarity matrices, lens readouts and generated traces (per arguments).
 - `generation(...)`: every decode (Playground, Evaluate, Build) takes the model's FIFO turn
-  (`stir_core.locks.model_lock`), so concurrent users never share a forward and are served in order; long
-  jobs take it per batch (`stir_core.jobs`), so a Playground request waits at most one batch.
+  (`stir_core.runtime.locks.model_lock`), so concurrent users never share a forward and are served in order; long
+  jobs take it per batch (`stir_core.io.jobs`), so a Playground request waits at most one batch.
 
 Zero configuration: the embedded model and the shipped demo library. Overrides (tests, other setups):
 `STIR_MODEL` (model name or path), `STIR_LIBRARY` (library directory), `STIR_RUNS` (where Build and
@@ -47,14 +47,15 @@ from app.loading import (  # noqa: F401 - re-exported: the pages use `state.*`
     time_cap_s,
     use_model_threads,
 )
-from stir_core import geometry
-from stir_core.checks import fit_prompt, library_model_check
+from stir_core.analysis import projection as geo
+from stir_core.analysis.lens import lens_for_model
 from stir_core.config import StirConfig, online_config
-from stir_core.controller import run_method
-from stir_core.engine import Engine
-from stir_core.library import LibraryError, ToolLibrary, validate_for_model
-from stir_core.model import LoadedModel
-from stir_core.trace import Trace
+from stir_core.library.checks import fit_prompt, library_model_check
+from stir_core.library.format import LibraryError, ToolLibrary, validate_for_model
+from stir_core.online.methods import run_method
+from stir_core.online.trace import Trace
+from stir_core.runtime.engine import Engine
+from stir_core.runtime.model import LoadedModel
 
 
 def find_dirs(root: Path, marker: str, max_depth: int = 3) -> list[Path]:
@@ -202,7 +203,7 @@ def projection(
             "note": "no entries",
             "explained": None,
         }
-    p = geometry.project(x, method, dims, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
+    p = geo.project(x, method, dims, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
     return {"coords": p.coords, "rows": rows, "method": p.method, "note": p.note, "explained": p.explained}
 
 
@@ -216,7 +217,7 @@ def similarity(path: str, stamp: str, source: str, limit: int) -> dict[str, Any]
     order = t["_pos"].to_numpy()
     keep = order[:limit]
     sims = (
-        geometry.cosine_matrix(x[torch.as_tensor(keep.tolist(), dtype=torch.long)])
+        geo.cosine_matrix(x[torch.as_tensor(keep.tolist(), dtype=torch.long)])
         if len(keep)
         else np.zeros((0, 0))
     )
@@ -231,7 +232,7 @@ def neighbours(path: str, stamp: str, source: str, row: int, k: int = 5) -> list
     where = np.flatnonzero(rows == row)
     if not len(where):
         return []
-    return [(int(rows[j]), s) for j, s in geometry.nearest_neighbors(x, int(where[0]), k)]
+    return [(int(rows[j]), s) for j, s in geo.nearest_neighbors(x, int(where[0]), k)]
 
 
 @st.cache_data(max_entries=256)
@@ -239,7 +240,7 @@ def lens(
     path: str, stamp: str, model_key: tuple[str, str, str], row: int, k: int = 10, final_norm: bool = True
 ) -> dict[str, Any]:
     lib = _library_of(path, stamp, model_key)
-    out = geometry.lens_for_model(get_model(*model_key), lib.vectors[row], k=k, final_norm=final_norm)
+    out = lens_for_model(get_model(*model_key), lib.vectors[row], k=k, final_norm=final_norm)
     return {
         "promoted": out.promoted,
         "suppressed": out.suppressed,
@@ -251,7 +252,7 @@ def lens(
 @st.cache_data(max_entries=64, show_spinner=False)
 def find_example(task_name: str, example_id: str, split_hint: str | None = None) -> dict[str, Any] | None:
     """The task example a tool was mined from (searching the mining split first), or None."""
-    from stir_core.dashboard import find_example as find
+    from stir_core.analysis.dashboard import find_example as find
 
     return find(task_name, example_id, split_hint)
 

@@ -151,7 +151,7 @@ def job_panel(job_key: str, title: str) -> None:
     """Progress, Cancel and the outcome of the background job whose id is in `st.session_state[job_key]`;
     refreshes itself every second while the job runs (a fragment: the rest of the page does not rerun),
     and reruns the page once when it ends. The job keeps running across reruns and page switches."""
-    from stir_core.jobs import get_job
+    from stir_core.io.jobs import get_job
 
     @st.fragment(run_every=1.0)
     def panel() -> None:

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load_bench_model(name: str | None = None):
     """The embedded testbed model when it exists, else a tiny random Llama built on the fly."""
-    from stir_core.model import DEFAULT_MODEL_DIR, load_model
+    from stir_core.runtime.model import DEFAULT_MODEL_DIR, load_model
 
     if name:
         return load_model(name, device="cpu")

@@ -40,10 +40,10 @@ def bench_core(
     import torch
 
     from app.loading import thread_policy
-    from stir_core.controller import StirConfig, run_method
-    from stir_core.engine import Engine
-    from stir_core.library import ToolLibrary
-    from stir_core.model import load_model
+    from stir_core.library.format import ToolLibrary
+    from stir_core.online.methods import StirConfig, run_method
+    from stir_core.runtime.engine import Engine
+    from stir_core.runtime.model import load_model
 
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -162,7 +162,7 @@ def bench_server(env: dict, command: str, timeout: float = 120.0) -> dict:
 FLOOR = """
 import sys, time
 t = [time.perf_counter()]
-from stir_core.startup import pause_gc
+from stir_core.runtime.startup import pause_gc
 resume = pause_gc()  # as the server does while it loads (app/__main__.py, app.loading)
 import streamlit, torch; t.append(time.perf_counter())
 import app.state, app.export, app.figures, app.ui; t.append(time.perf_counter())

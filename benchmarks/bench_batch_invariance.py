@@ -14,9 +14,9 @@ import argparse
 
 import torch
 
-from stir_core.engine import Engine
-from stir_core.mine import MineConfig, sample_rollouts
-from stir_core.model import load_model
+from stir_core.offline.mine import MineConfig, sample_rollouts
+from stir_core.runtime.engine import Engine
+from stir_core.runtime.model import load_model
 from stir_core.tasks import get_task
 
 

@@ -12,8 +12,8 @@ import time
 import torch
 from _common import load_bench_model
 
-from stir_core.engine import Engine
-from stir_core.mine import MineConfig, mine_candidates
+from stir_core.offline.mine import MineConfig, mine_candidates
+from stir_core.runtime.engine import Engine
 
 
 def main() -> None:

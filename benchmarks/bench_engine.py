@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from _common import best_of, load_bench_model
 
-from stir_core.engine import Engine, Steer
+from stir_core.runtime.engine import Engine, Steer
 
 
 def main() -> None:

@@ -38,9 +38,9 @@ sys.path.insert(0, str(HERE))
 from bench_scale import library, prompts  # noqa: E402 - the same prompts and random library
 
 from stir_core.config import StirConfig  # noqa: E402
-from stir_core.controller import run_method  # noqa: E402
-from stir_core.engine import Engine  # noqa: E402
-from stir_core.model import load_model  # noqa: E402
+from stir_core.online.methods import run_method  # noqa: E402
+from stir_core.runtime.engine import Engine  # noqa: E402
+from stir_core.runtime.model import load_model  # noqa: E402
 
 SHAPES = {  # Qwen2.5-1.5B's config.json; "tiny" to check the script on a CPU
     "1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -150,7 +150,7 @@ def part1(args, lines: list[str], report: dict) -> None:
 
 def part2(args, lines: list[str], report: dict) -> None:
     from stir_core.config import online_config
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
     from stir_core.tasks import get_task
 
     task = get_task("planted")

@@ -23,8 +23,8 @@ import time
 import pandas as pd
 import torch
 
-from stir_core.index import ToolIndex, l2_normalize
-from stir_core.library import ToolLibrary
+from stir_core.library.format import ToolLibrary
+from stir_core.library.index import ToolIndex, l2_normalize
 
 
 def brute_force(keys: torch.Tensor, members: torch.Tensor, q: torch.Tensor, k: int) -> list[int]:

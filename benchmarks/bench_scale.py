@@ -16,7 +16,7 @@ every configuration shares.
 A random model has no "\\n\\n": the delimiter is the token greedy decoding emits most often (found first),
 so control points occur; the library holds random corrections at control points 1..8 (no anchors), so
 every control point is previewed (L=4, 4 probe tokens). The measured peaks are compared with
-`stir_core.memory.estimate`. Prints ratios from one run; `--out` saves the report.
+`stir_core.runtime.memory.estimate`. Prints ratios from one run; `--out` saves the report.
 
     python benchmarks/bench_scale.py [--batch 8] [--new 256] [--out results/bench_scale.txt]
 """
@@ -73,7 +73,7 @@ def prompts(n: int) -> list[str]:
 def library(d_model: int, n_layers: int, seed: int = 0):
     import torch
 
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
 
     g = torch.Generator().manual_seed(seed)
     rows, keys, vecs = [], [], []
@@ -88,9 +88,9 @@ def library(d_model: int, n_layers: int, seed: int = 0):
 
 def child(name: str, batch: int, new: int, delimiter: str) -> dict:
     from stir_core.config import StirConfig
-    from stir_core.controller import run_method
-    from stir_core.engine import Engine
-    from stir_core.model import load_model
+    from stir_core.online.methods import run_method
+    from stir_core.runtime.engine import Engine
+    from stir_core.runtime.model import load_model
 
     spec = CONFIGS[name]
     model = load_model(str(MODEL_DIR), device="cpu", dtype="float32", threads=None)
@@ -133,8 +133,8 @@ def child(name: str, batch: int, new: int, delimiter: str) -> dict:
 
 
 def find_delimiter(batch: int) -> str:
-    from stir_core.engine import Engine
-    from stir_core.model import load_model
+    from stir_core.runtime.engine import Engine
+    from stir_core.runtime.model import load_model
 
     model = load_model(str(MODEL_DIR), device="cpu", dtype="float32", threads=None)
     res = Engine(model).generate(prompts(batch), 48, capture_at=None)
@@ -161,7 +161,7 @@ def main() -> None:
         r = subprocess.run([sys.executable, __file__, "--child", name, "--batch", str(args.batch), "--new",
                             str(args.new), "--delimiter", delimiter], capture_output=True, text=True, check=True)
         results[name] = json.loads(r.stdout.strip().splitlines()[-1])
-    from stir_core.memory import QWEN25, estimate
+    from stir_core.runtime.memory import QWEN25, estimate
 
     shape = QWEN25["0.5B"]
     lines = [f"random-init Qwen2 with Qwen2.5-0.5B's shapes, float32 CPU; batch {args.batch} x {args.new} new "

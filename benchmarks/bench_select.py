@@ -26,7 +26,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from stir_core.select import MIN_VARIANCE, TIE_TOL, gram_logdet, select_tools
+from stir_core.offline.select import MIN_VARIANCE, TIE_TOL, gram_logdet, select_tools
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "dpp_reference_picks.json"
 LOGDET_REL = 1e-9

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from _common import REPO, load_bench_model
 
-from stir_core.controller import StirConfig, run_method
-from stir_core.engine import Engine
-from stir_core.library import ToolLibrary
+from stir_core.library.format import ToolLibrary
+from stir_core.online.methods import StirConfig, run_method
+from stir_core.runtime.engine import Engine
 from stir_core.tasks import get_task
 
 # The demo library's gate settings chosen on `val` (README), applied to both schedulers alike.

@@ -1,5 +1,5 @@
 """The README's memory table: Qwen2.5 1.5B / 3B / 7B at batch 64 × (200 prompt + 1,000 new) tokens, bf16,
-from `stir_core.memory.estimate` (checked against measured peaks at the 0.5B shape by bench_scale.py).
+from `stir_core.runtime.memory.estimate` (checked against measured peaks at the 0.5B shape by bench_scale.py).
 
     python benchmarks/memory_table.py [--out results/memory_table.md]
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from _common import REPO  # noqa: F401 - puts the repo on sys.path like the other benchmarks
 
-from stir_core.memory import table
+from stir_core.runtime.memory import table
 
 
 def main() -> None:

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from stir_core import atomic
-from stir_core.controller import StirConfig
-from stir_core.engine import Engine
-from stir_core.evaluate import evaluate
-from stir_core.library import ToolLibrary
-from stir_core.model import DEFAULT_MODEL_DIR, load_model
+from stir_core.analysis.evaluate import evaluate
+from stir_core.io import atomic
+from stir_core.library.format import ToolLibrary
+from stir_core.online.methods import StirConfig
+from stir_core.runtime.engine import Engine
+from stir_core.runtime.model import DEFAULT_MODEL_DIR, load_model
 from stir_core.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent

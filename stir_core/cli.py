@@ -2,7 +2,7 @@
 
 User errors are one line on stderr (`error: ...`, exit 2) and are caught at the door, before any model
 loads: every config value goes through the one knob schema (`stir_core.config`), output directories are
-claimed before anything is written (`stir_core.outputs`). `--debug` (or STIR_DEBUG=1) shows tracebacks.
+claimed before anything is written (`stir_core.io.outputs`). `--debug` (or STIR_DEBUG=1) shows tracebacks.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from stir_core import jsonio
+from stir_core.io import jsonio
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="STIR Workbench: mine, select, store and replay latent actions.")
@@ -70,7 +70,7 @@ def guarded(fn):
 
 def _version(value: bool) -> None:
     if value:
-        from stir_core.versions import version_line
+        from stir_core.io.versions import version_line
 
         typer.echo(version_line())
         raise typer.Exit()
@@ -107,7 +107,7 @@ def _overrides(specs: list[str] | None) -> dict:
 def _facts(model: str, device: str = "auto", dtype: str = "auto") -> dict:
     """The model's depth/context/width and its id, from its config.json, and the device/dtype checked
     (no weights loaded)."""
-    from stir_core.model import model_facts, model_id_for, pick_device, pick_dtype
+    from stir_core.runtime.model import model_facts, model_id_for, pick_device, pick_dtype
 
     pick_dtype(dtype, pick_device(device))
     return {**model_facts(model), "model_id": model_id_for(model)}
@@ -115,8 +115,8 @@ def _facts(model: str, device: str = "auto", dtype: str = "auto") -> dict:
 
 def _library(path: str | None, facts: dict, allow_mismatch: bool) -> tuple[object, list[str]]:
     """(library or None, warnings): validated against the model's shape and id before it loads."""
-    from stir_core.checks import library_model_check
-    from stir_core.library import ToolLibrary, validate_for_model
+    from stir_core.library.checks import library_model_check
+    from stir_core.library.format import ToolLibrary, validate_for_model
 
     if path is None:
         return None, []
@@ -143,7 +143,7 @@ def _online_config(lib, overrides: dict, facts: dict, steered: bool):
 
 
 def _load(model: str, device: str, dtype: str):
-    from stir_core.model import load_model
+    from stir_core.runtime.model import load_model
 
     return load_model(model, device=device, dtype=dtype)
 
@@ -189,11 +189,11 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
                                                                  "(e.g. configs/reference.yaml) from it")] = None,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
-    from stir_core import outputs
+    from stir_core.analysis.evaluate import evaluate
     from stir_core.config import StirConfig, check_layers, parse_values
-    from stir_core.controller import METHODS
-    from stir_core.engine import Engine
-    from stir_core.evaluate import evaluate
+    from stir_core.io import outputs
+    from stir_core.online.methods import METHODS
+    from stir_core.runtime.engine import Engine
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     bad = [m for m in method_list if m not in METHODS]
@@ -234,7 +234,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         outputs.claim_run_dir(out, "eval")
     m = _load(model, device, dtype)
     if lib is not None:
-        from stir_core.checks import library_model_check
+        from stir_core.library.checks import library_model_check
 
         warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
                                                                      allow_model_mismatch)))
@@ -257,7 +257,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         table = table[[sweep_name, *(c for c in table.columns if c != sweep_name)]]
     typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if out is not None and sweep:
-        from stir_core import atomic
+        from stir_core.io import atomic
 
         atomic.write_text(out / "sweep.csv", table.to_csv(index=False))
     if out is not None:
@@ -276,9 +276,9 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
              allow_model_mismatch: MismatchOpt = False,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Decode one prompt with several methods side by side, gate decisions inline."""
-    from stir_core.checks import check_prompts_fit, library_model_check
-    from stir_core.controller import METHODS, run_method
-    from stir_core.engine import Engine
+    from stir_core.library.checks import check_prompts_fit, library_model_check
+    from stir_core.online.methods import METHODS, run_method
+    from stir_core.runtime.engine import Engine
 
     try:
         prompt.encode("utf-8")
@@ -330,7 +330,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
         typer.echo(f"\n[{trace.n_tokens} tokens, {trace.probe_tokens} probe tokens, "
                    f"{trace.interventions} interventions]")
     if json_out is not None:
-        from stir_core import atomic
+        from stir_core.io import atomic
 
         atomic.write_json(json_out, {k: v.to_dict() for k, v in out.items()}, indent=1)
         typer.echo(f"wrote {json_out}")
@@ -345,7 +345,7 @@ def _recommended(lib) -> dict:
 def _build_config(path: Path | None):
     """The build config and its task, checked (files, split disjointness, clean_prefixes) before any model
     loads."""
-    from stir_core.pipeline import BuildConfig
+    from stir_core.offline.build import BuildConfig
 
     cfg = BuildConfig.from_yaml(path) if path else BuildConfig.small()
     return cfg, cfg.make_task()
@@ -367,7 +367,7 @@ def _check_mine_config(cfg, task, model_name: str, device: str, dtype: str, out:
     """Task, split and layer specs of a mining config, checked against the model's config.json (and the run
     directory's task stamp)."""
     from stir_core.config import check_layers
-    from stir_core.pipeline import check_task_stamp
+    from stir_core.offline.build import check_task_stamp
 
     task.load(cfg.mine.split, 1, cfg.mine.seed)
     if out is not None:
@@ -389,9 +389,9 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
          force: Annotated[bool, typer.Option(help="replace <out>/candidates if it holds a library")] = False,
          model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Stage I: mine candidate tools into <out>/candidates."""
-    from stir_core import outputs
-    from stir_core.mine import check_checkpoint, discard_checkpoint
-    from stir_core.pipeline import mine_run
+    from stir_core.io import outputs
+    from stir_core.offline.build import mine_run
+    from stir_core.offline.mine import check_checkpoint, discard_checkpoint
 
     cfg, task = _build_config(config)
     model_name = cfg.model or model
@@ -423,9 +423,10 @@ def select(candidates: Annotated[Path, typer.Argument(help="candidate library di
                                                    "conditioned (ours): DPP conditioned on them")] = "reference",
            ) -> None:
     """Stage II+III: select a diverse library (quality-DPP, top, random) and index it."""
-    from stir_core import config, outputs
-    from stir_core.library import ToolLibrary
-    from stir_core.pipeline import SelectConfig, select_and_index
+    from stir_core import config
+    from stir_core.io import outputs
+    from stir_core.library.format import ToolLibrary
+    from stir_core.offline.build import SelectConfig, select_and_index
 
     cfg = config.from_dict(SelectConfig, {"budget": budget, "method": method, "lam": lam, "eps": eps,
                                           "min_per_control_point": min_per_control_point,
@@ -450,8 +451,8 @@ def select(candidates: Annotated[Path, typer.Argument(help="candidate library di
 def index(library: Annotated[Path, typer.Argument(help="library directory")],
           center_keys: bool = False) -> None:
     """Stage III: validate a library, build its key index and check that every key retrieves itself."""
-    from stir_core.index import ToolIndex
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
+    from stir_core.library.index import ToolIndex
 
     lib = ToolLibrary.load(library)
     idx = ToolIndex(lib, center_keys=center_keys)
@@ -472,9 +473,9 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
           force: Annotated[bool, typer.Option(help="replace <out>/library if it already holds one")] = False,
           model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """mine → select → index from one YAML config; writes <out>/candidates, <out>/library, <out>/build.json."""
-    from stir_core import outputs
-    from stir_core.mine import check_checkpoint
-    from stir_core.pipeline import build_library, check_build_output
+    from stir_core.io import outputs
+    from stir_core.offline.build import build_library, check_build_output
+    from stir_core.offline.mine import check_checkpoint
 
     cfg, task = _build_config(config)
     model_name = cfg.model or model
@@ -503,7 +504,7 @@ def recommend(library: Annotated[Path, typer.Argument(help="library directory")]
               task: Annotated[str, typer.Option(help="the task they were chosen on")] = "planted",
               how: Annotated[str, typer.Option(help="how they were chosen, in words")] = "") -> None:
     """Record the online settings a library recommends (chosen on --split); every entry point starts there."""
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
 
     _positive(n=n)
     settings = _overrides(set_)
@@ -520,7 +521,7 @@ def show_config(small: bool = True) -> None:
     """Print the default build config as YAML (small: the embedded-model default; else the reference)."""
     import yaml
 
-    from stir_core.pipeline import BuildConfig
+    from stir_core.offline.build import BuildConfig
 
     typer.echo(yaml.safe_dump(asdict(BuildConfig.small() if small else BuildConfig()), sort_keys=False))
 
@@ -558,8 +559,8 @@ def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")
                model_hint: Annotated[str | None, typer.Option(help="model type for GGUF (default: from the model's config)")] = None,
                force: ForceOutOpt = False) -> None:
     """Export tools as a llama.cpp / repeng control vector (GGUF) or a steering-vectors file."""
-    from stir_core.interop.export import export_library
-    from stir_core.library import LibraryError, ToolLibrary
+    from stir_core.library.format import LibraryError, ToolLibrary
+    from stir_core.library.interop.export import export_library
 
     _fresh_output(out, force)
     try:
@@ -580,8 +581,8 @@ def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control ve
                       scale: float = 1.0, tool_id: Annotated[str | None, typer.Option("--id")] = None,
                       model: ModelOpt = "embedded", force: ForceOutOpt = False) -> None:
     """Make a one-entry library from an external vector, usable by the static baselines (`--methods static`)."""
-    from stir_core.interop.import_vector import import_vector, model_dims
-    from stir_core.library import LibraryError
+    from stir_core.library.format import LibraryError
+    from stir_core.library.interop.import_vector import import_vector, model_dims
 
     _fresh_output(library_out, force)
     try:
@@ -604,11 +605,11 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
               scales: str = "0,0.5,1,2,4", sweep_tokens: int = 48, force: ForceOutOpt = False,
               model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """One tool's dashboard (provenance, firings, lens, α-sweep, paired outcome, neighbours) as HTML or JSON."""
-    from stir_core import atomic
-    from stir_core import dashboard as dash
-    from stir_core.dashboard_html import render
-    from stir_core.engine import Engine
-    from stir_core.evaluate import load_results
+    from stir_core.analysis import dashboard as dash
+    from stir_core.analysis.dashboard_html import render
+    from stir_core.analysis.evaluate import load_results
+    from stir_core.io import atomic
+    from stir_core.runtime.engine import Engine
 
     if out.suffix not in (".html", ".json"):
         _fail(f"--out must end in .html or .json, got {out.name}")
@@ -638,8 +639,8 @@ def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[
              min_cos: Annotated[float, typer.Option(help="a matched pair needs at least this cosine")] = 0.5,
              force: ForceOutOpt = False) -> None:
     """Compare two libraries: cosine matrix, matched pairs, and what each has that the other lacks."""
-    from stir_core.library import LibraryError, ToolLibrary
-    from stir_core.library_diff import diff_libraries, save_diff
+    from stir_core.analysis.diff import diff_libraries, save_diff
+    from stir_core.library.format import LibraryError, ToolLibrary
 
     _fresh_output(out, force)
     try:

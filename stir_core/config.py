@@ -95,7 +95,7 @@ def _where(section: str | None, name: str) -> str:
 def _layer_specs(v: Any, where: str) -> list[int | float | str]:
     """Layer specs checked for form by the one parser (`model.parse_layer_specs`); the depth is checked
     later, against the model."""
-    from stir_core.model import parse_layer_specs
+    from stir_core.runtime.model import parse_layer_specs
 
     try:
         return parse_layer_specs(v)
@@ -225,7 +225,7 @@ def check_layers(obj: Any, n_layers: int | None, library_layers: list[int] | Non
                  section: str | None = None) -> None:
     """Layer-valued fields against the model's depth and (when given) the layers a library holds, so a
     layer the library has no tools at is refused instead of silently decoding vanilla."""
-    from stir_core.model import resolve_layer
+    from stir_core.runtime.model import resolve_layer
 
     for name, k in knobs(obj).items():
         v = getattr(obj, name)

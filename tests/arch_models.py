@@ -12,7 +12,7 @@ Two tokenizers, trained once per session on a synthetic corpus made below (no do
   neighbours here too.
 
 `build_family(family, out)` writes `config.json`, weights and the tokenizer to `out`, ready for
-`stir_core.model.load_model(out)` — the path users take. Weights are random, then trained for a few Adam steps
+`stir_core.runtime.model.load_model(out)` — the path users take. Weights are random, then trained for a few Adam steps
 to recite `SCRIPT` (random weights rarely emit a delimiter, let alone a fused one): greedy text then holds
 every fusion, from any prompt, deterministically.
 """

@@ -20,13 +20,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny(tiny_model_dir):
-    from stir_core.model import load_model
+    from stir_core.runtime.model import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def engine(tiny):
-    from stir_core.engine import Engine
+    from stir_core.runtime.engine import Engine
 
     return Engine(tiny)

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from stir_core.distributed import ControlPlane, DistributedError, from_env
+from stir_core.runtime.distributed import ControlPlane, DistributedError, from_env
 
 mode = sys.argv[1]
 dist = from_env()

@@ -28,12 +28,12 @@ METHODS = ("vanilla", "stir")
 
 def decode_all(prompts: list[str] | None = None) -> dict:
     """Decode the golden prompts (the stored ones, or fresh ones from the planted task) with every method."""
-    from stir_core.controller import StirConfig, run_method
-    from stir_core.engine import Engine
-    from stir_core.library import ToolLibrary
-    from stir_core.model import DEFAULT_MODEL_DIR, load_model
+    from stir_core.io.versions import versions
+    from stir_core.library.format import ToolLibrary
+    from stir_core.online.methods import StirConfig, run_method
+    from stir_core.runtime.engine import Engine
+    from stir_core.runtime.model import DEFAULT_MODEL_DIR, load_model
     from stir_core.tasks import get_task
-    from stir_core.versions import versions
 
     model = load_model(None, device="cpu", dtype="float32")
     engine = Engine(model)

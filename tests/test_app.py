@@ -13,12 +13,12 @@ import pytest
 import torch
 from fake_tasks import OneTask
 
-from stir_core import projection
-from stir_core.controller import StirConfig, run_method
-from stir_core.engine import Engine
-from stir_core.lens import lens_for_model
-from stir_core.library import ToolLibrary
-from stir_core.model import load_model
+from stir_core.analysis import projection
+from stir_core.analysis.lens import lens_for_model
+from stir_core.library.format import ToolLibrary
+from stir_core.online.methods import StirConfig, run_method
+from stir_core.runtime.engine import Engine
+from stir_core.runtime.model import load_model
 from stir_core.tasks import Example
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def _wait_for_job(at, key: str, timeout: float = 120.0) -> None:
     """Rerun the page until its background job ends (AppTest does not drive run_every fragments)."""
     import time
 
-    from stir_core.jobs import get_job
+    from stir_core.io.jobs import get_job
 
     job = get_job(at.session_state[key])
     assert job is not None
@@ -252,7 +252,7 @@ def test_evaluate_page_runs_and_opens_an_example(app_env):
     at.button(key="x_ev_run").click().run()
     _ok(at)
     _wait_for_job(at, "ev_job")
-    from stir_core.evaluate import load_results
+    from stir_core.analysis.evaluate import load_results
 
     res = load_results(at.session_state["ev_dir"])
     assert set(res.summary) == {"vanilla", "stir"} and res.config["n"] == 3
@@ -321,7 +321,7 @@ def test_generation_waits_for_the_lock(app_env):
         state.run_trace(model_key, ("", ""), "lock-test 1+1=", "vanilla", cfg)
         done.set()
 
-    from stir_core.locks import model_lock
+    from stir_core.runtime.locks import model_lock
 
     with model_lock(state.start_loading(*model_key).result()[0]):
         worker = threading.Thread(target=generate)

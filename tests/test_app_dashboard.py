@@ -8,11 +8,11 @@ import re
 import pytest
 from test_app import _app, _ok, app_env  # noqa: F401 - app_env is a fixture
 
-from stir_core import dashboard as dash
-from stir_core.dashboard import row_of
-from stir_core.engine import Engine
-from stir_core.library import ToolLibrary
-from stir_core.model import load_model
+from stir_core.analysis import dashboard as dash
+from stir_core.analysis.dashboard import row_of
+from stir_core.library.format import ToolLibrary
+from stir_core.runtime.engine import Engine
+from stir_core.runtime.model import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from app import loading, state
-from stir_core.library import MANIFEST_FILE
-from stir_core.model import DEFAULT_MODEL_DIR
+from stir_core.library.format import MANIFEST_FILE
+from stir_core.runtime.model import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_loading_and_launcher_import_no_torch():
     """The launcher and the first lines of app/Home.py import only these: the page can paint before torch."""
-    code = "import sys, app.loading, app.__main__; print(sorted(m for m in ('torch', 'pandas', 'stir_core.model', 'transformer_lens') if m in sys.modules))"
+    code = "import sys, app.loading, app.__main__; print(sorted(m for m in ('torch', 'pandas', 'stir_core.runtime.model', 'transformer_lens') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

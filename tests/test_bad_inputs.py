@@ -225,9 +225,9 @@ YAMLS = {
 def _prepare(ws) -> dict:
     """Directories some cases need: an existing library, run dirs with a foreign file or a library in
     their library/ subdirectory, damaged mining checkpoints."""
-    from stir_core import outputs
-    from stir_core.mine import CHECKPOINT, MineConfig, _save_checkpoint
-    from stir_core.pipeline import BuildConfig
+    from stir_core.io import outputs
+    from stir_core.offline.build import BuildConfig
+    from stir_core.offline.mine import CHECKPOINT, MineConfig, _save_checkpoint
 
     t = ws["tmp"]
     extra = {"existing_lib": str(t / "existing-lib")}
@@ -335,7 +335,7 @@ def test_select_replaces_its_own_library_only_with_force(ws):
     assert r.exit_code == 2 and "--force" in r.output and _tree_digest(out) == first
     r = _run(["select", str(DEMO), "--out", str(out), "--budget", "10", "--force"])
     assert r.exit_code == 0, r.output
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
 
     assert len(ToolLibrary.load(out)) == 10
 
@@ -346,7 +346,7 @@ def test_orphan_temp_dir_of_a_killed_write_is_removed_and_reported(ws):
     import subprocess
     import sys
 
-    from stir_core import atomic
+    from stir_core.io import atomic
 
     out = ws["tmp"] / "lib"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
@@ -515,7 +515,7 @@ def test_app_build_refuses_a_foreign_directory_and_an_existing_library(app_env):
     assert any("not a STIR run directory" in e for e in _texts(at.error)), _texts(at.error)
     assert _tree_digest(user) == before
     # a run directory that already holds a library: the page asks before replacing it
-    from stir_core import outputs
+    from stir_core.io import outputs
 
     run = outputs.claim_run_dir(app_env["root"] / "runs" / "done", "build")
     shutil.copytree(app_env["root"] / "lib", run / "library", dirs_exist_ok=True)
@@ -552,7 +552,7 @@ def test_app_evaluate_refuses_a_foreign_directory(app_env):
 
 
 def test_app_evaluate_job_can_be_cancelled(app_env):
-    from stir_core.jobs import get_job
+    from stir_core.io.jobs import get_job
 
     at = _at()
     at.run()

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from stir_core.config import StirConfig, online_config, recommended
-from stir_core.controller import run_method
-from stir_core.engine import Engine
-from stir_core.library import ToolLibrary
-from stir_core.model import DEFAULT_MODEL_DIR, load_model
-from stir_core.trace import Trace
+from stir_core.library.format import ToolLibrary
+from stir_core.online.methods import run_method
+from stir_core.online.trace import Trace
+from stir_core.runtime.engine import Engine
+from stir_core.runtime.model import DEFAULT_MODEL_DIR, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_LIBRARY = REPO / "assets" / "demo-library"
@@ -186,8 +186,8 @@ def test_library_dashboard_end_to_end(setup, tmp_path):
     env, _, _, model_dir, lib_dir = setup
     if lib_dir != DEMO_LIBRARY:
         pytest.skip("the dashboard test needs the embedded model and the demo library")
-    from stir_core import dashboard as dash
-    from stir_core.evaluate import evaluate, load_results
+    from stir_core.analysis import dashboard as dash
+    from stir_core.analysis.evaluate import evaluate, load_results
     from stir_core.tasks import get_task
 
     model = load_model(str(model_dir), device="cpu")

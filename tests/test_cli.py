@@ -10,8 +10,8 @@ from fake_tasks import OneTask
 from typer.testing import CliRunner
 
 from stir_core.cli import app
-from stir_core.library import ToolLibrary
-from stir_core.report import library_card
+from stir_core.library.format import ToolLibrary
+from stir_core.library.report import library_card
 from stir_core.tasks import register_task
 
 runner = CliRunner()
@@ -102,7 +102,7 @@ def test_json_helper_writes_null_for_non_finite(tmp_path):
 
     import numpy as np
 
-    from stir_core import atomic, jsonio
+    from stir_core.io import atomic, jsonio
 
     obj = {"a": math.nan, "b": [1.0, -math.inf, np.float32("inf")], "c": np.float64(2.5), "d": (math.inf,)}
     atomic.write_json(tmp_path / "x.json", obj)

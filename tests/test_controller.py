@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stir_core.controller import StirConfig, build_policy, run_method
-from stir_core.gate import Reason
-from stir_core.library import ToolLibrary
-from stir_core.trace import Trace
+from stir_core.library.format import ToolLibrary
+from stir_core.online.gate import Reason
+from stir_core.online.methods import StirConfig, build_policy, run_method
+from stir_core.online.trace import Trace
 
 PROMPTS = ["12+3=", "7-2=45\n9", "a:b?", "3+4=7\n"]
 CFG = StirConfig(delimiter="\n", max_new_tokens=40)

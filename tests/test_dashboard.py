@@ -10,15 +10,15 @@ import pytest
 import torch
 from test_app import build_test_library
 
-from stir_core import dashboard as dash
-from stir_core import outcomes, projection, views
-from stir_core.controller import StirConfig
-from stir_core.dashboard_html import render
-from stir_core.engine import Steer
-from stir_core.evaluate import evaluate
-from stir_core.library import ToolLibrary
+from stir_core.analysis import dashboard as dash
+from stir_core.analysis import outcomes, projection, views
+from stir_core.analysis.dashboard_html import render
+from stir_core.analysis.evaluate import evaluate
+from stir_core.library.format import ToolLibrary
+from stir_core.online.methods import StirConfig
+from stir_core.online.trace import Trace
+from stir_core.runtime.engine import Steer
 from stir_core.tasks import Example, register_task
-from stir_core.trace import Trace
 
 
 class NewlineTask:
@@ -46,7 +46,7 @@ register_task("nl-dash", NewlineTask)
 
 @pytest.fixture(scope="module")
 def setup(tiny, tiny_model_dir, tmp_path_factory):
-    from stir_core.engine import Engine
+    from stir_core.runtime.engine import Engine
 
     lib = build_test_library(tiny_model_dir, tmp_path_factory.mktemp("dash") / "lib")
     engine = Engine(tiny)

@@ -18,8 +18,8 @@ import pytest
 import safetensors.torch
 import yaml
 
-from stir_core import distributed
-from stir_core.distributed import Dist, DistributedError
+from stir_core.runtime import distributed
+from stir_core.runtime.distributed import Dist, DistributedError
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -63,8 +63,8 @@ def config_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(config_path, tmp_path_factory) -> Path:
     """The one-process build, in this process (no launcher variables)."""
-    from stir_core.model import load_model
-    from stir_core.pipeline import BuildConfig, build_library
+    from stir_core.offline.build import BuildConfig, build_library
+    from stir_core.runtime.model import load_model
 
     out = tmp_path_factory.mktemp("ref") / "run"
     build_library(load_model("embedded", device="cpu"), BuildConfig.from_yaml(config_path), out,
@@ -107,10 +107,10 @@ def test_two_process_build_equals_one_process(config_path, reference, tmp_path):
                                   "--force"])  # past the "already holds a library" refusal, to the shard check
     assert r1.exit_code == 2 and "written by 2 processes" in r1.output, r1.output
     # ... and a merge under another config or process count.
-    from stir_core.mine import MineConfig
-    from stir_core.model import load_model
-    from stir_core.pipeline import BuildConfig
-    from stir_core.shard_mine import merge_shards
+    from stir_core.offline.build import BuildConfig
+    from stir_core.offline.mine import MineConfig
+    from stir_core.offline.shard_mine import merge_shards
+    from stir_core.runtime.model import load_model
 
     model = load_model("embedded", device="cpu")
     cfg = BuildConfig.from_yaml(config_path).mine
@@ -140,10 +140,10 @@ def test_kill_one_rank_then_resume(config_path, reference, tmp_path):
 
 @pytest.mark.skipif(not (BIN / "accelerate").exists(), reason="accelerate is not installed in this environment")
 def test_two_process_eval_under_accelerate_equals_one_process(tmp_path):
-    from stir_core.engine import Engine
-    from stir_core.evaluate import evaluate
-    from stir_core.library import ToolLibrary
-    from stir_core.model import load_model
+    from stir_core.analysis.evaluate import evaluate
+    from stir_core.library.format import ToolLibrary
+    from stir_core.runtime.engine import Engine
+    from stir_core.runtime.model import load_model
     from stir_core.tasks import get_task
 
     model = load_model("embedded", device="cpu")
@@ -220,9 +220,9 @@ def test_launcher_environment_and_sharding():
 def test_sharded_eval_checkpoints_each_batch_and_resumes(tiny, tmp_path, monkeypatch):
     """In this process, as a one-rank group: a fault in batch 1 leaves batch 0's file; the rerun decodes only
     the missing batches and gives the traces a plain loop gives; a changed config refuses the files."""
-    from stir_core import shard_eval
-    from stir_core.controller import StirConfig, run_method
-    from stir_core.engine import Engine
+    from stir_core.analysis import shard_eval
+    from stir_core.online.methods import StirConfig, run_method
+    from stir_core.runtime.engine import Engine
     from stir_core.tasks import Example
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["stir_core.model", "stir_core.backend", "stir_core.jsonio"]
+MODULES = ["stir_core.runtime.model", "stir_core.runtime.backend", "stir_core.io.jsonio"]
 
 
 @pytest.mark.parametrize("name", MODULES)

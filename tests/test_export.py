@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import export, figures  # noqa: E402
 from app.export import ColumnSpec, SavedView  # noqa: E402
-from stir_core.controller import StirConfig  # noqa: E402
+from stir_core.online.methods import StirConfig  # noqa: E402
 
 BROWSER = export.find_browser()
 needs_browser = pytest.mark.skipif(
@@ -90,7 +90,7 @@ def test_paper_figure_sizes_and_font():
 
 
 def test_paper_figure_drops_cell_text_when_cells_get_narrow():
-    from stir_core.trace import TokenRecord, Trace
+    from stir_core.online.trace import TokenRecord, Trace
 
     def strip(n: int) -> go.Figure:
         t = Trace("vanilla", "p", "x" * n, [TokenRecord(i, 5, "x", -0.1, 0) for i in range(n)])

@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import figures  # noqa: E402
-from stir_core import projection, views  # noqa: E402
-from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace  # noqa: E402
+from stir_core.analysis import projection, views  # noqa: E402
+from stir_core.online.trace import Candidate, GateDecision, TokenRecord, Trace  # noqa: E402
 
 
 def _table(n: int = 12, seed: int = 0) -> pd.DataFrame:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stir_core.gate import Reason, decide, shortlist
-from stir_core.trace import Candidate
+from stir_core.online.gate import Reason, decide, shortlist
+from stir_core.online.trace import Candidate
 
 
 def cand(entry, kind="correction", sim=0.9, q=1.0) -> Candidate:
@@ -72,7 +72,7 @@ def test_forced_pick_faces_the_null_score_only_when_asked():
 
 
 def test_an_undecided_decision_says_skipped():
-    from stir_core.trace import GateDecision
+    from stir_core.online.trace import GateDecision
 
     dec = GateDecision(m=1, token_index=0, query_layers=[1])
     assert Reason(dec.reason) is Reason.SKIPPED and not dec.committed

@@ -1,4 +1,4 @@
-"""stir_core.geometry against references computed another way (scikit-learn, the HF modules, brute force)."""
+"""stir_core.analysis (projection, lens, views) against references computed another way (scikit-learn, the HF modules, brute force)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics.pairwise import cosine_similarity
 
-from stir_core import lens, outcomes, projection, views
-from stir_core.evaluate import mcnemar
-from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace
+from stir_core.analysis import lens, outcomes, projection, views
+from stir_core.analysis.evaluate import mcnemar
+from stir_core.online.trace import Candidate, GateDecision, TokenRecord, Trace
 
 
 def _clusters(n_per: int = 12, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

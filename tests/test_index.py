@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from stir_core import index as index_module
-from stir_core.index import ToolIndex, l2_normalize
-from stir_core.library import ToolLibrary
+from stir_core.library import index as index_module
+from stir_core.library.format import ToolLibrary
+from stir_core.library.index import ToolIndex, l2_normalize
 
 D = 24
 

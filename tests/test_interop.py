@@ -22,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from stir_core.cli import app
-from stir_core.library import ToolLibrary
+from stir_core.library.format import ToolLibrary
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo-library"
@@ -65,8 +65,8 @@ def test_export_demo_library_gguf_opens_with_the_gguf_reader(tmp_path):
 
 
 def test_single_tool_is_a_one_layer_vector_and_group_rules(tmp_path):
-    from stir_core.interop.export import export_library
-    from stir_core.interop.gguf_io import read_control_vector
+    from stir_core.library.interop.export import export_library
+    from stir_core.library.interop.gguf_io import read_control_vector
 
     lib = _lib([1, 1, 2])
     path, _ = export_library(lib, "gguf", tmp_path / "one.gguf", ids=["t1"], hint="llama")
@@ -107,7 +107,7 @@ REPENG_CHECK = """
 import sys, json, numpy as np, torch
 np.float_ = np.float64  # repeng 0.4.0 names np.float_ in annotations; numpy 2 removed the alias
 from repeng import ControlModel, ControlVector
-from stir_core.model import load_model
+from stir_core.runtime.model import load_model
 model_dir, path, layer = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cv = ControlVector.import_gguf(path)
 m = load_model(model_dir, device="cpu")
@@ -153,9 +153,9 @@ def test_repeng_loads_the_file_and_steers_the_same_point(tmp_path, tiny_model_di
 
 
 def test_steering_vectors_apply_equals_engine_steered_decode(tiny, engine):
-    from stir_core.engine import Steer
-    from stir_core.interop.steering_vectors_adapter import available, to_steering_vector
-    from stir_core.interop.vectors import Directions
+    from stir_core.library.interop.steering_vectors_adapter import available, to_steering_vector
+    from stir_core.library.interop.vectors import Directions
+    from stir_core.runtime.engine import Steer
 
     reason = available()
     if reason is not None:
@@ -229,8 +229,8 @@ def test_steering_vectors_file_round_trip(tmp_path, tiny_model_dir):
     assert r.exit_code == 0, r.output
     imp = ToolLibrary.load(tmp_path / "imp")
     torch.testing.assert_close(imp.vectors[0], lib.vectors[0])
-    from stir_core.interop.export import load_steering_vector
-    from stir_core.interop.steering_vectors_adapter import available
+    from stir_core.library.interop.export import load_steering_vector
+    from stir_core.library.interop.steering_vectors_adapter import available
 
     if available() is None:  # the file also opens as that library's SteeringVector
         sv = load_steering_vector(out)

@@ -12,8 +12,8 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
-from stir_core import atomic
-from stir_core.library import (
+from stir_core.io import atomic
+from stir_core.library.format import (
     MANIFEST_FILE,
     TABLE_FILE,
     TENSORS_FILE,

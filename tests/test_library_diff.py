@@ -11,9 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from stir_core.analysis.diff import diff_libraries
 from stir_core.cli import app
-from stir_core.library import ToolLibrary
-from stir_core.library_diff import diff_libraries
+from stir_core.library.format import ToolLibrary
 
 runner = CliRunner()
 

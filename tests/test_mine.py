@@ -8,7 +8,7 @@ import pytest
 import torch
 from fake_tasks import OneTask
 
-from stir_core.mine import MineConfig, Rollout, contrast_problem, mine_candidates
+from stir_core.offline.mine import MineConfig, Rollout, contrast_problem, mine_candidates
 from stir_core.tasks import Example
 
 

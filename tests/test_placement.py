@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stir_core.distributed import Dist
-from stir_core.engine import Engine, Sampling, Steer
-from stir_core.model import load_model
-from stir_core.placement import layer_devices, replica_gpus
+from stir_core.runtime.distributed import Dist
+from stir_core.runtime.engine import Engine, Sampling, Steer
+from stir_core.runtime.model import load_model
+from stir_core.runtime.placement import layer_devices, replica_gpus
 
 DEVICE_MAP = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
               "model.layers.1": "disk", "model.layers.2": "cpu", "model.norm": "cpu", "lm_head": "cpu"}

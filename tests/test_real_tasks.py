@@ -143,7 +143,7 @@ def test_bad_task_configs_give_one_line_errors(tmp_path, task, mine, needle):
 
 
 def test_clean_prefixes_off_in_bare_yaml_is_read_as_off(tmp_path):
-    from stir_core.pipeline import BuildConfig
+    from stir_core.offline.build import BuildConfig
 
     p = tmp_path / "b.yaml"
     p.write_text("mine:\n  clean_prefixes: off\n")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from stir_core.controller import StirConfig
-from stir_core.mine import MineConfig
-from stir_core.pipeline import BuildConfig, SelectConfig
+from stir_core.offline.build import BuildConfig, SelectConfig
+from stir_core.offline.mine import MineConfig
+from stir_core.online.methods import StirConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,12 +12,12 @@ import torch
 from fake_tasks import OneTask
 
 from stir_core import config as schema
-from stir_core import outputs
 from stir_core.config import ConfigError, StirConfig
-from stir_core.jobs import Cancelled, get_job, start_job
-from stir_core.locks import FairLock, model_lock
-from stir_core.mine import MineConfig
-from stir_core.pipeline import SelectConfig
+from stir_core.io import outputs
+from stir_core.io.jobs import Cancelled, get_job, start_job
+from stir_core.offline.build import SelectConfig
+from stir_core.offline.mine import MineConfig
+from stir_core.runtime.locks import FairLock, model_lock
 from stir_core.tasks import Example
 
 # --- the knob schema ----------------------------------------------------------------------------------
@@ -37,7 +37,7 @@ def test_every_field_has_schema_metadata_and_its_default_round_trips(cls):
 
 def test_one_caster_for_cli_sweeps_views_and_yaml():
     from app.export import _cast_knob
-    from stir_core.evaluate import parse_sweep
+    from stir_core.analysis.evaluate import parse_sweep
 
     assert parse_sweep("center_keys=true,0,off") == ("center_keys", [True, False, False])
     assert parse_sweep("layer=none,3") == ("layer", [None, 3])
@@ -61,8 +61,8 @@ def test_layer_checks_use_the_model_and_the_library():
 
 
 def test_library_recommendations_are_where_entry_points_start():
-    from stir_core.library import ToolLibrary
-    from stir_core.model import DEFAULT_MODEL_DIR  # noqa: F401 - the demo library belongs to it
+    from stir_core.library.format import ToolLibrary
+    from stir_core.runtime.model import DEFAULT_MODEL_DIR  # noqa: F401 - the demo library belongs to it
 
     demo = ToolLibrary.load(schema.__file__.rsplit("/stir_core/", 1)[0] + "/assets/demo-library")
     rec = demo.manifest[schema.RECOMMENDED_KEY]
@@ -76,7 +76,7 @@ def test_library_recommendations_are_where_entry_points_start():
 def test_set_recommended_keeps_the_content_hash(tmp_path):
     import shutil
 
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
 
     src = schema.__file__.rsplit("/stir_core/", 1)[0] + "/assets/demo-library"
     lib_dir = tmp_path / "lib"
@@ -109,7 +109,7 @@ def test_run_directories_are_claimed_and_foreign_ones_refused(tmp_path):
 
 
 def test_library_save_never_replaces_a_foreign_directory(tmp_path):
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
 
     lib = ToolLibrary.empty(8)
     target = tmp_path / "lib"
@@ -128,7 +128,7 @@ def test_library_save_never_replaces_a_foreign_directory(tmp_path):
 
 
 def _tiny_library(model):
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
 
     g = torch.Generator().manual_seed(0)
     d = model.d_model
@@ -144,7 +144,7 @@ def _tiny_library(model):
 def test_run_method_is_safe_from_several_threads(engine):
     """Three threads decode steered batches on one engine at once and get exactly what they get one by one
     (without the model lock, 2 of 3 threads raised IndexError and a completion changed)."""
-    from stir_core.controller import run_method
+    from stir_core.online.methods import run_method
 
     lib = _tiny_library(engine.model)
     cfg = StirConfig(max_new_tokens=24, delimiter="\n", layer=1, static_scale=2.0)
@@ -206,7 +206,7 @@ def test_model_lock_serves_waiters_in_arrival_order_and_reports_positions():
 
 
 def test_model_lock_is_shared_by_every_engine_on_a_model(tiny):
-    from stir_core.engine import Engine
+    from stir_core.runtime.engine import Engine
 
     assert model_lock(Engine(tiny).model) is model_lock(tiny) is model_lock(Engine(tiny).model)
 
@@ -256,7 +256,7 @@ class _LineTask(OneTask):
 
 
 def test_evaluation_writes_partial_results_and_a_cancel_keeps_them(engine, tmp_path):
-    from stir_core.evaluate import evaluate, load_results
+    from stir_core.analysis.evaluate import evaluate, load_results
 
     def cancel_in_second_method(done, total, method):
         if method == "no_memory":
@@ -274,7 +274,7 @@ def test_evaluation_writes_partial_results_and_a_cancel_keeps_them(engine, tmp_p
 
 
 def test_evaluation_refuses_prompts_beyond_the_context_before_decoding(engine):
-    from stir_core.evaluate import evaluate
+    from stir_core.analysis.evaluate import evaluate
 
     n_ctx = engine.model.n_ctx
     with pytest.raises(ValueError, match="context"):
@@ -283,7 +283,7 @@ def test_evaluation_refuses_prompts_beyond_the_context_before_decoding(engine):
 
 
 def test_fit_prompt_truncates_visibly(tiny):
-    from stir_core.checks import context_problem, fit_prompt
+    from stir_core.library.checks import context_problem, fit_prompt
 
     long = "1+" * 2000 + "1="
     text, tokens, warning = fit_prompt(tiny, long, 64)
@@ -296,7 +296,7 @@ def test_fit_prompt_truncates_visibly(tiny):
 def test_unreachable_hub_fails_fast_without_retries(monkeypatch):
     import socket
 
-    from stir_core.model import ModelLoadError, resolve_model_path
+    from stir_core.runtime.model import ModelLoadError, resolve_model_path
 
     calls = []
 
@@ -313,7 +313,7 @@ def test_unreachable_hub_fails_fast_without_retries(monkeypatch):
 
 
 def test_bad_config_json_is_named_as_such(tmp_path):
-    from stir_core.model import ModelLoadError, model_facts
+    from stir_core.runtime.model import ModelLoadError, model_facts
 
     (tmp_path / "config.json").write_text('{"num_hidden_layers": 2,')
     (tmp_path / "model.safetensors").write_bytes(b"")

@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_controller import PROMPTS, make_library
 
-from stir_core.controller import StirConfig, run_method
-from stir_core.engine import Engine
-from stir_core.library import ToolLibrary
-from stir_core.model import DEFAULT_MODEL_DIR, load_model
+from stir_core.library.format import ToolLibrary
+from stir_core.online.methods import StirConfig, run_method
+from stir_core.runtime.engine import Engine
+from stir_core.runtime.model import DEFAULT_MODEL_DIR, load_model
 from stir_core.tasks import get_task
 
 VARIANTS = [

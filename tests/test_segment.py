@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from stir_core.segment import Segmenter, TextStream, segment_ends
+from stir_core.runtime.segment import Segmenter, TextStream, segment_ends
 
 CORPUS = ["Step one.\n\nThe answer is 4.\n\n\n\nDone é ü 日本語 ok\n\n" * 3,
           "Ünïcödé wörds ☃ and more.\n\nThe end.\n\n"] * 50

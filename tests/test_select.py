@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from stir_core import select as select_mod
-from stir_core.library import ToolLibrary
-from stir_core.select import TIE_TOL, select_library, select_tools
+from stir_core.library.format import ToolLibrary
+from stir_core.offline import select as select_mod
+from stir_core.offline.select import TIE_TOL, select_library, select_tools
 
 REFERENCE_CASES = json.loads((Path(__file__).parent / "fixtures" / "dpp_reference_picks.json").read_text())["cases"]
 

@@ -1,4 +1,4 @@
-"""stir_core.startup: the collector paused while a model loads, and always back on afterwards."""
+"""stir_core.runtime.startup: the collector paused while a model loads, and always back on afterwards."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from stir_core.startup import gc_paused, pause_gc
+from stir_core.runtime.startup import gc_paused, pause_gc
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +57,7 @@ def test_load_model_pauses_the_collector(tiny_model_dir, monkeypatch):
     """The real load runs with the collector off (checked inside the bridge's boot) and turns it back on."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from stir_core.model import load_model
+    from stir_core.runtime.model import load_model
 
     seen = []
     real = TransformerBridge.boot_transformers

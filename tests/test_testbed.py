@@ -227,7 +227,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
 def toy():
     if not (TOY / "model.safetensors").exists():
         pytest.fail(f"the embedded model is missing from {TOY} (run `stir toy-train`)")
-    from stir_core.model import load_model
+    from stir_core.runtime.model import load_model
 
     return load_model(TOY, device="cpu")
 
@@ -247,7 +247,7 @@ def test_shipped_model_files_and_size():
 
 
 def test_shipped_model_decodes_held_out_problems(toy, planted):
-    from stir_core.engine import Engine
+    from stir_core.runtime.engine import Engine
 
     eng = Engine(toy)
     pool = planted.load("eval", 200, seed=7)
@@ -268,7 +268,7 @@ def test_shipped_model_decodes_held_out_problems(toy, planted):
 def test_engine_greedy_matches_hf_generate(toy, planted):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stir_core.engine import Engine
+    from stir_core.runtime.engine import Engine
 
     ex = planted.load("eval", 1, seed=11)[0]
     text = Engine(toy).generate([planted.prompt(ex)], 96).texts[0]
@@ -280,7 +280,7 @@ def test_engine_greedy_matches_hf_generate(toy, planted):
 
 
 def test_teacher_forced_states_match_the_engine(toy, planted):
-    from stir_core.engine import Engine
+    from stir_core.runtime.engine import Engine
     from stir_core.toy.control import last_token_states
 
     exs = planted.load("mine", 5, seed=2)
@@ -313,8 +313,8 @@ def test_card_positive_control_reproduces(toy, planted):
 def test_oracle_gate_repairs_planted_failures(toy, planted):
     from safetensors.torch import load_file
 
-    from stir_core.engine import Engine
-    from stir_core.segmented import generate_segmented
+    from stir_core.online.segmented import generate_segmented
+    from stir_core.runtime.engine import Engine
     from stir_core.toy.control import oracle_policy
 
     c = json.loads((TOY / "card.json").read_text())["control"]

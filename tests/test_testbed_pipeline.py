@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stir_core.model import DEFAULT_MODEL_DIR
+from stir_core.runtime.model import DEFAULT_MODEL_DIR
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").exists(),
                                 reason="the embedded testbed model is not in assets/ (train it: stir toy-train)")
@@ -15,13 +15,13 @@ DEMO = DEFAULT_MODEL_DIR.parent / "demo-library"
 
 @pytest.fixture(scope="module")
 def toy():
-    from stir_core.model import load_model
+    from stir_core.runtime.model import load_model
 
     return load_model(None, device="cpu")
 
 
 def test_mined_vectors_stand_above_label_shuffled_control(toy):
-    from stir_core.mine import MineConfig, mine_candidates
+    from stir_core.offline.mine import MineConfig, mine_candidates
 
     cfg = MineConfig(n_problems=48, k_rollouts=8, max_new_tokens=96, layers=[2, 3], top_c=200, seed=5,
                      clean_prefixes="auto")  # our switch (reference: off), as the demo library uses
@@ -37,7 +37,7 @@ def test_mined_vectors_stand_above_label_shuffled_control(toy):
 
 
 def test_demo_library_ships_and_fits_the_model(toy):
-    from stir_core.library import ToolLibrary
+    from stir_core.library.format import ToolLibrary
 
     lib = ToolLibrary.load(DEMO, d_model=toy.d_model, n_layers=toy.n_layers)
     assert len(lib) > 0 and set(lib.table["kind"]) == {"correction", "anchor"}
@@ -46,10 +46,10 @@ def test_demo_library_ships_and_fits_the_model(toy):
 
 
 def test_stir_beats_vanilla_and_random_vector_on_held_out_problems(toy):
-    from stir_core.controller import StirConfig
-    from stir_core.engine import Engine
-    from stir_core.evaluate import evaluate
-    from stir_core.library import ToolLibrary
+    from stir_core.analysis.evaluate import evaluate
+    from stir_core.library.format import ToolLibrary
+    from stir_core.online.methods import StirConfig
+    from stir_core.runtime.engine import Engine
     from stir_core.tasks import get_task
 
     torch.manual_seed(0)

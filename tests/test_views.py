@@ -1,4 +1,4 @@
-"""View-models (stir_core.views) and the one summary flattening, on hand-made traces and results (no model)."""
+"""View-models (stir_core.analysis.views) and the one summary flattening, on hand-made traces and results (no model)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from stir_core import views
-from stir_core.evaluate import EvalResult, mcnemar
-from stir_core.trace import Candidate, GateDecision, TokenRecord, Trace
+from stir_core.analysis import views
+from stir_core.analysis.evaluate import EvalResult, mcnemar
+from stir_core.online.trace import Candidate, GateDecision, TokenRecord, Trace
 
 
 def make_trace(method: str, text: str, committed: bool) -> Trace:

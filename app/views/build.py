@@ -9,11 +9,11 @@ from pathlib import Path
 import streamlit as st
 
 from app import state, ui
-from stir_core import outputs
 from stir_core.config import check_layers, knobs
-from stir_core.jobs import get_job, start_job
-from stir_core.mine import MineConfig
-from stir_core.pipeline import BuildConfig, SelectConfig, build_library, check_build_output
+from stir_core.io import outputs
+from stir_core.io.jobs import get_job, start_job
+from stir_core.offline.build import BuildConfig, SelectConfig, build_library, check_build_output
+from stir_core.offline.mine import MineConfig
 from stir_core.tasks import task_names
 from stir_core.tasks.files import FORMATS
 

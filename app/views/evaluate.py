@@ -10,11 +10,12 @@ import streamlit as st
 
 from app import figures, state, ui
 from app.export import ColumnSpec, SavedView
-from stir_core import outputs, views
+from stir_core.analysis import views
+from stir_core.analysis.evaluate import evaluate, load_results
 from stir_core.config import StirConfig, check_layers, knobs
-from stir_core.controller import METHODS
-from stir_core.evaluate import evaluate, load_results
-from stir_core.jobs import get_job, start_job
+from stir_core.io import outputs
+from stir_core.io.jobs import get_job, start_job
+from stir_core.online.methods import METHODS
 from stir_core.tasks import get_task, task_names
 
 ctx = state.context()

@@ -1,5 +1,5 @@
 """Library: the geometry of the tool library (UMAP/PCA of keys or vectors, similarities, distributions)
-and a dashboard per tool (provenance, where it fires, what it changes, neighbours; `stir_core.dashboard`)."""
+and a dashboard per tool (provenance, where it fires, what it changes, neighbours; `stir_core.analysis.dashboard`)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import streamlit as st
 
 from app import dashboard_state as dstate
 from app import figures, state, ui
-from stir_core import dashboard, library_diff, views
-from stir_core.controller import StirConfig
-from stir_core.dashboard_html import render as render_dashboard
-from stir_core.library import MANIFEST_FILE
+from stir_core.analysis import dashboard, views
+from stir_core.analysis import diff as library_diff
+from stir_core.analysis.dashboard_html import render as render_dashboard
+from stir_core.library.format import MANIFEST_FILE
+from stir_core.online.methods import StirConfig
 
 ctx = state.context()
 st.title("Library")
@@ -138,7 +139,7 @@ else:
     )
 ui.figure_exports(fig, f"library-{method}-{source}-{dims}d", "x_lib_scatter_exp")
 
-# --- tool dashboard (computed in stir_core.dashboard; drawn here) -----------------------------------------
+# --- tool dashboard (computed in stir_core.analysis.dashboard; drawn here) -----------------------------------------
 st.subheader("Tool dashboard")
 
 
@@ -326,7 +327,7 @@ st.session_state.setdefault("exp_format", "gguf")
 fmt = e1.selectbox("Format", ["gguf", "repeng", "steering-vectors"], key="exp_format", persist_state="session",
                    help="gguf: a llama.cpp control vector (direction.k = output of block k; layer 0 cannot be "
                    "steered there); repeng: the same GGUF layout, layer 0 allowed; steering-vectors: safetensors "
-                   "{layer: vector} that `stir_core.interop.export.load_steering_vector` turns into its SteeringVector")
+                   "{layer: vector} that `stir_core.library.interop.export.load_steering_vector` turns into its SteeringVector")
 corr_ids = [i for i, k in zip(ids, table["kind"], strict=True) if k == "correction"]
 st.session_state.setdefault("exp_ids", [tool] if tool in corr_ids else [])
 chosen = e2.multiselect("Tools (empty: every correction)", corr_ids, key="exp_ids")

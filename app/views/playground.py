@@ -9,9 +9,9 @@ import streamlit as st
 
 from app import export, figures, state, ui
 from app.export import ColumnSpec, SavedView
-from stir_core import views
+from stir_core.analysis import views
 from stir_core.config import recommended
-from stir_core.controller import METHODS
+from stir_core.online.methods import METHODS
 
 SAMPLE_TASKS = ("planted", "plain")
 FALLBACK_PROMPT = "mod10 3+4-2+6-5\n"

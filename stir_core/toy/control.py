@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from stir_core import atomic
-from stir_core.backend import hook_name, run_with_states
-from stir_core.engine import Engine, Sampling, Steer
-from stir_core.model import LoadedModel, load_model
-from stir_core.segmented import generate_segmented
+from stir_core.io import atomic
+from stir_core.online.segmented import generate_segmented
+from stir_core.runtime.backend import hook_name, run_with_states
+from stir_core.runtime.engine import Engine, Sampling, Steer
+from stir_core.runtime.model import LoadedModel, load_model
 from stir_core.tasks.base import Example
 from stir_core.tasks.plain import PlainTask
 from stir_core.tasks.planted import DELIM, PlantedTask
@@ -182,7 +182,7 @@ def oracle_accuracy(
 
 def evaluate_task(engine: Engine, task, n: int, seed: int = EVAL_SEED, sampled_n: int = 300) -> dict:
     """Greedy (the `stir eval --methods vanilla` path) and T=0.7 sampled accuracy on the eval split."""
-    from stir_core.evaluate import evaluate
+    from stir_core.analysis.evaluate import evaluate
 
     res = evaluate(engine, task, ["vanilla"], n=n, split="eval", seed=seed, show_progress=False)
     df = res.examples

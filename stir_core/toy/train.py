@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from stir_core import jsonio
+from stir_core.io import jsonio
 from stir_core.tasks.plain import PlainTask
 from stir_core.tasks.planted import PlantedTask
 from stir_core.toy.recipe import DEFAULT_OUT, Recipe

@@ -1,0 +1,159 @@
+"""Run methods over a task and compare them: accuracy, tokens, interventions, paired statistics.
+
+Paired comparison vs vanilla uses the exact McNemar test (a two-sided binomial test on the discordant
+pairs: wins = steered right where vanilla was wrong, losses = the reverse).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from stir_core import config as config_schema
+from stir_core.analysis.outcomes import mcnemar
+from stir_core.io import atomic, jsonio
+from stir_core.io.versions import versions
+from stir_core.library.checks import check_prompts_fit
+from stir_core.library.format import ToolLibrary
+from stir_core.online.methods import StirConfig, run_method
+from stir_core.online.trace import Trace
+from stir_core.runtime import distributed
+from stir_core.runtime.engine import Engine
+from stir_core.tasks import Task
+
+
+@dataclass
+class EvalResult:
+    summary: dict[str, dict]  # method -> metrics
+    examples: pd.DataFrame  # one row per (example, method)
+    config: dict
+
+    def table(self) -> pd.DataFrame:
+        """The one flattening of the summaries (CLI, sweep.csv and the Evaluate page all use it): one row per
+        method, in run order, with the comparison vs vanilla as `wins`, `losses`, `p_value` (None for
+        vanilla itself and without a vanilla run)."""
+        rows = []
+        for method, s in self.summary.items():
+            vs = s.get("vs_vanilla") if isinstance(s.get("vs_vanilla"), dict) else {}
+            rows.append({"method": method, **{k: v for k, v in s.items() if k != "vs_vanilla"},
+                         "wins": vs.get("wins"), "losses": vs.get("losses"), "p_value": vs.get("p_value")})
+        return pd.DataFrame(rows)
+
+
+def summarise(traces: list[Trace], correct: list[bool], wall_s: float) -> dict:
+    n = len(traces)
+    tok = [t.n_tokens for t in traces]
+    probe = [t.probe_tokens for t in traces]
+    return {"accuracy": sum(correct) / n if n else float("nan"), "n": n, "mean_tokens": sum(tok) / n,
+            "mean_probe_tokens": sum(probe) / n, "mean_total_tokens": (sum(tok) + sum(probe)) / n,
+            "interventions_per_problem": sum(t.interventions for t in traces) / n, "wall_s": wall_s}
+
+
+def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLibrary | None = None,
+             config: StirConfig | None = None, n: int = 200, split: str = "eval", seed: int = 123,
+             batch_size: int = 64, out_dir: str | Path | None = None,
+             progress: Callable[[int, int, str], None] | None = None, show_progress: bool = True,
+             warnings: Sequence[str] = ()) -> EvalResult | None:
+    """Every method on the same `n` problems of `split` (greedy, batched); optional outputs under `out_dir`.
+
+    Prompts that do not fit the model's context with `config.max_new_tokens` are refused before decoding.
+    With `out_dir`, results are written after each method (config "partial": true until the last), so an
+    interrupted or cancelled run keeps what it finished; `progress` may raise to cancel. `warnings` (e.g.
+    an allowed model mismatch) are recorded in every trace and in the config. Under a launcher each rank
+    decodes whole batches (round-robin) and rank 0 returns the result, equal to one process's (wall times
+    apart); the other ranks return None."""
+    config = config or StirConfig()
+    if not methods:
+        raise ValueError("evaluate needs at least one method")
+    mined_split = (library.manifest.get("config", {}).get("mine", {}) or {}).get("split") if library else None
+    if mined_split is not None and mined_split == split:
+        raise ValueError(f"the library was mined on split {split!r}; evaluate on another split")
+    examples = task.load(split, n, seed)
+    model = engine.model
+    prompts = [model.format_prompt(task.prompt(ex)) for ex in examples]
+    check_prompts_fit(model, prompts, config.max_new_tokens, [ex.id for ex in examples])
+    cfg = {"task": task.name, "split": split, "n": len(examples), "seed": seed, "methods": list(methods),
+           "library": str(library.path) if library is not None and library.path else None,
+           "model": model.model_id, "stir": asdict(config), "warnings": list(warnings),
+           "versions": versions()}
+    rows, summary, correct_by = [], {}, {}
+
+    def record(method: str, traces: list[Trace], wall: float) -> None:
+        for t in traces:
+            t.warnings.extend(warnings)
+        correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, examples, strict=True)]
+        correct_by[method] = correct
+        summary[method] = summarise(traces, correct, wall)
+        for t, ex, ok in zip(traces, examples, correct, strict=True):
+            rows.append({"example_id": ex.id, "method": method, "correct": ok, "n_tokens": t.n_tokens,
+                         "probe_tokens": t.probe_tokens, "interventions": t.interventions,
+                         "prompt": t.prompt, "completion": t.completion, "answer": task.extract(t.completion),
+                         "gold": ex.answer, "trace_json": t.to_json()})
+
+    if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: batches shared by rank
+        from stir_core.analysis.shard_eval import run_sharded
+
+        traced = run_sharded(engine, examples, prompts, methods, library, config, batch_size, dist,
+                             progress, show_progress, out_dir, task.name, split, seed)
+        if traced is None:  # not rank 0: its traces went to rank 0
+            return None
+        for method in methods:
+            record(method, *traced[method])
+    else:
+        total = len(methods) * len(examples)
+        bar = tqdm(total=total, desc="eval", unit="problem", disable=not show_progress)
+        done = 0
+        for method in methods:
+            t0 = time.perf_counter()
+            traces: list[Trace] = []
+            for lo in range(0, len(examples), batch_size):
+                chunk = examples[lo: lo + batch_size]
+                traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
+                                     example_ids=[ex.id for ex in chunk])
+                done += len(chunk)
+                bar.update(len(chunk))
+                if progress:
+                    progress(done, total, method)
+            record(method, traces, time.perf_counter() - t0)
+            if out_dir is not None and method != methods[-1]:
+                save_results(EvalResult(dict(summary), pd.DataFrame(rows), {**cfg, "partial": True}), out_dir)
+        bar.close()
+    if "vanilla" in correct_by:
+        for method in methods:
+            if method != "vanilla":
+                summary[method]["vs_vanilla"] = mcnemar(correct_by["vanilla"], correct_by[method])
+    result = EvalResult(summary, pd.DataFrame(rows), cfg)
+    if out_dir is not None:
+        save_results(result, out_dir)
+    return result
+
+
+def save_results(result: EvalResult, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / "summary.json", jsonio.dumps({"config": result.config, "methods": result.summary},
+                                                         indent=2, default=str) + "\n")
+    lines = "\n".join(jsonio.dumps(r, default=str) for r in result.examples.to_dict(orient="records"))
+    atomic.write_text(out / "examples.jsonl", lines + "\n")
+    atomic.write_text(out / "examples.csv", result.examples.drop(columns=["trace_json"]).to_csv(index=False))
+    return out
+
+
+def load_results(out_dir: str | Path) -> EvalResult:
+    out = Path(out_dir)
+    if not (out / "summary.json").is_file():
+        raise ValueError(f"{out}: no summary.json (not an evaluation directory)")
+    s = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines() if line.strip()]
+    return EvalResult(s["methods"], pd.DataFrame(rows), s["config"])
+
+
+def parse_sweep(spec: str) -> tuple[str, list]:
+    """`k_scale=0.25,0.5,1` -> ("k_scale", [0.25, 0.5, 1.0]): the one knob caster (`stir_core.config`)."""
+    return config_schema.parse_values(StirConfig, spec)

@@ -1,0 +1,102 @@
+"""The gate as data in, decision out: which retrieved tool, if any, to commit at a control point.
+
+Two pure functions, no model and no mutation, so every reason is testable with hand-made numbers:
+
+- `shortlist(candidates, ...)` — from the retrieved entries (sorted by similarity): the null value
+  Â_null = max(0, best anchor Â), the top-L corrections to preview, or the reason nothing can be committed;
+- `decide(shortlist, gains, ...)` — scores S_i = β·Â_i + ρ·gain_i (gain = mean probe log-prob minus the
+  null probe's), the null score S_null = β·Â_null, and the outcome with its `Reason`.
+
+The committed scale is α = k_scale · S_best (STIR_SPEC.md, "Online").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from stir_core.online.trace import Candidate
+
+
+class Reason(str, Enum):
+    """Why a control point committed a tool or nothing. Values are what traces store."""
+
+    COMMITTED = "committed"
+    STATIC = "static"  # a static baseline committed its fixed vector
+    NO_ENTRIES = "no_entries"  # fewer retrieved entries than `min_entries`, or none at all
+    LOW_SIM = "low_sim"  # the best similarity is under `min_sim`
+    NO_CANDIDATES = "no_candidates"  # only anchors were retrieved
+    ANCHOR_WON = "anchor_won"  # S_best < S_null
+    TIE = "tie"  # S_best == S_null: the null action wins ties
+    BELOW_TAU = "below_tau"  # S_best < tau_null
+    NONPOSITIVE_ALPHA = "nonpositive_alpha"  # α = k_scale · S_best <= 0
+    FUSED = "fused"  # another delimiter completes in the same token: the gate acts at the last one
+    SKIPPED = "skipped"  # `GateDecision`'s default: a decision that was never resolved
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    candidates: tuple[Candidate, ...]  # every retrieved entry, best similarity first
+    corrections: tuple[Candidate, ...]  # the top-L corrections by Â: what gets previewed
+    null_value: float  # Â_null
+    reason: Reason | None = None  # set when nothing can be committed whatever the previews say
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reason: Reason
+    chosen: Candidate | None  # the committed correction (scored), None for the null action
+    alpha: float
+    score_null: float
+    scored: tuple[Candidate, ...]  # the shortlist's corrections with gain and score filled in
+
+
+def shortlist(candidates: Sequence[Candidate], top_l: int, min_entries: int = 1,
+              min_sim: float | None = None, group_size: int | None = None) -> Shortlist:
+    """Split retrieved entries into the null value and the corrections worth previewing.
+
+    `min_entries` counts the retrieved hits, or, when `group_size` is given, the library entries of the
+    queried (layer, control point) group (the reference's reading).
+    """
+    cands = tuple(candidates)
+    null_value = max(0.0, max((c.value for c in cands if c.kind == "anchor"), default=0.0))
+    corrections = tuple(sorted((c for c in cands if c.kind == "correction"),
+                               key=lambda c: (-c.value, c.entry))[:top_l])
+    available = len(cands) if group_size is None else group_size
+    if not cands or available < max(1, min_entries):
+        return Shortlist(cands, (), null_value, Reason.NO_ENTRIES)
+    if min_sim is not None and cands[0].sim < min_sim:
+        return Shortlist(cands, (), null_value, Reason.LOW_SIM)
+    if not corrections:
+        return Shortlist(cands, (), null_value, Reason.NO_CANDIDATES)
+    return Shortlist(cands, corrections, null_value)
+
+
+def decide(short: Shortlist, gains: Mapping[int, float] | None, beta: float, rho: float, tau_null: float,
+           k_scale: float, pick: int | None = None, pick_beats_null: bool = True) -> Outcome:
+    """The gate. `gains[entry]` are the previews' gains (None: no previews, gain 0).
+
+    `pick` forces the i-th shortlisted correction (the `random_choice` ablation); with
+    `pick_beats_null=False` it is committed without facing the null score (the reference's ablation).
+    """
+    score_null = beta * short.null_value
+    if short.reason is not None:
+        return Outcome(short.reason, None, 0.0, score_null, ())
+    scored = tuple(
+        replace(c, gain=None if gains is None else gains[c.entry],
+                score=beta * c.value + (0.0 if gains is None else rho * gains[c.entry]))
+        for c in short.corrections
+    )
+    best = scored[pick] if pick is not None else max(scored, key=lambda c: (c.score, -c.entry))
+    if pick is None or pick_beats_null:
+        if best.score < score_null:
+            return Outcome(Reason.ANCHOR_WON, None, 0.0, score_null, scored)
+        if best.score == score_null:
+            return Outcome(Reason.TIE, None, 0.0, score_null, scored)
+        if best.score < tau_null:
+            return Outcome(Reason.BELOW_TAU, None, 0.0, score_null, scored)
+    alpha = k_scale * best.score
+    if not alpha > 0:
+        return Outcome(Reason.NONPOSITIVE_ALPHA, None, 0.0, score_null, scored)
+    return Outcome(Reason.COMMITTED, best, alpha, score_null, scored)

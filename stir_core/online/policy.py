@@ -1,0 +1,108 @@
+"""What a method decides at a control point, separated from how the decoding is scheduled.
+
+A `Policy` answers in two steps, so the schedulers (`segmented.py`, the straightforward reference, and
+`scheduler.py`, the continuous one) can run previews however they like:
+
+1. `plan(point, prompt)` — no model: retrieval and the shortlist; returns the decision record being
+   filled and the steers to preview (none: decide at once);
+2. `resolve(plan, null, probes)` — the gate on the previews' results; returns the steer to commit or None.
+
+Every decision, including control points that were never asked (fused delimiters, past the limit), ends
+up in `logs[row].decisions` in control-point order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from stir_core.online.gate import Reason
+from stir_core.online.trace import GateDecision
+from stir_core.runtime.engine import ControlPoint, Steer
+
+
+@dataclass
+class Probe:
+    """One previewed continuation: its text, mean token log-prob and length."""
+
+    text: str
+    mean_logprob: float
+    n_tokens: int
+
+
+@dataclass
+class Plan:
+    point: ControlPoint
+    decision: GateDecision  # the record this control point fills in
+    probes: list[Steer] = field(default_factory=list)  # corrections to preview ([] = decide now)
+    context: Any = None  # the policy's own (e.g. its shortlist)
+
+
+@dataclass
+class RowLog:
+    decisions: list[GateDecision] = field(default_factory=list)
+    probe_tokens: int = 0
+
+
+class Policy:
+    """Base: logs decisions per row (the prompt's index). Subclasses implement `plan` and `resolve`."""
+
+    capture_layers: tuple[int, ...] = ()
+    positions: str = "last"
+
+    def __init__(self) -> None:
+        self.logs: dict[int, RowLog] = {}
+
+    def log(self, row: int) -> RowLog:
+        return self.logs.setdefault(row, RowLog())
+
+    def note(self, point: ControlPoint, reason: Reason) -> None:
+        """Record a control point the policy was not asked about (fused delimiter, past the limit)."""
+        self.log(point.row).decisions.append(
+            GateDecision(point.m, point.token_index, list(self.capture_layers), reason=reason.value,
+                         positions=self.positions))
+
+    def plan(self, point: ControlPoint, prompt: Sequence[int]) -> Plan:
+        raise NotImplementedError
+
+    def resolve(self, plan: Plan, null: Probe | None, probes: list[Probe] | None) -> Steer | None:
+        raise NotImplementedError
+
+    def _record(self, plan: Plan, steer: Steer | None) -> Steer | None:
+        log = self.log(plan.point.row)
+        log.decisions.append(plan.decision)
+        log.probe_tokens += plan.decision.probe_tokens
+        return steer
+
+
+class NullPolicy(Policy):
+    """`no_memory`: segmented decoding that records every control point and never steers."""
+
+    def plan(self, point, prompt):
+        return Plan(point, GateDecision(point.m, point.token_index, [], reason=Reason.NO_ENTRIES.value))
+
+    def resolve(self, plan, null, probes):
+        return self._record(plan, None)
+
+
+class FunctionPolicy(Policy):
+    """Wraps `fn(row, m, text, states) -> Steer | None` (one decision per row, no previews)."""
+
+    def __init__(self, fn: Callable[[int, int, str, dict[int, torch.Tensor]], Steer | None],
+                 capture_layers: Sequence[int]):
+        super().__init__()
+        self.fn, self.capture_layers = fn, tuple(capture_layers)
+
+    def plan(self, point, prompt):
+        steer = self.fn(point.row, point.m, point.text, point.states)
+        dec = GateDecision(point.m, point.token_index, list(self.capture_layers),
+                           reason=(Reason.COMMITTED if steer is not None else Reason.NO_CANDIDATES).value)
+        if steer is not None:
+            dec.chosen, dec.alpha, dec.layer, dec.added_norm = steer.tag, steer.scale, steer.layer, steer.added_norm
+        return Plan(point, dec, context=steer)
+
+    def resolve(self, plan, null, probes):
+        return self._record(plan, plan.context)

@@ -1,0 +1,453 @@
+"""Continuous scheduling of segmented decoding: every row runs its own gate while the others keep decoding.
+
+The physical batch holds *lanes*: each prompt's `main` lane, plus short-lived ones. At a control point the
+policy plans (retrieval, no model). If it wants previews, L `probe` lanes (copies of the main lane) re-run
+the delimiter with a candidate added and decode the probe, while the main lane itself *is* the null
+action's probe: it keeps decoding, greedily, exactly as vanilla would. When every probe is done:
+
+- the null action wins (most control points): the main lane's probe tokens are kept as real progress, so
+  the null action cost no step at all;
+- a correction wins: the main lane rolls back to the control point (its probe slots are masked, its
+  records truncated) and re-runs the delimiter with α·v; when the commit persists and α equals the probe
+  scale, the winner's probe lane simply becomes the main lane;
+- commit scope `segment` (the reference): the committed segment is decoded by a `driver` lane with the
+  vector while the main lane *shadows* it, fed the same tokens without the vector. When the segment closes
+  the driver leaves and the main lane holds the unsteered cache: the reference's re-prefill, for free.
+
+Lanes that finish leave the batch; previews join it (one gather of the cache per change). Tokens and
+decisions equal the segment-synchronous path's (`segmented.py`) under greedy decoding: parity tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from stir_core.online.gate import Reason
+from stir_core.online.policy import Plan, Policy, Probe
+from stir_core.online.segmented import Schedule
+from stir_core.runtime.engine import Capture, ControlPoint, Engine, Row, Steer
+from stir_core.runtime.segment import TextStream
+
+
+@dataclass
+class Snapshot:
+    """Where a main lane can roll back to: its records' length, text stream, logits and cache width."""
+
+    n_tokens: int
+    stream: TextStream
+    logits: torch.Tensor  # [d_vocab]
+    width: int  # cache slots then; later slots of the lane are masked on roll-back
+    finished: bool
+    n_captures: int
+
+
+@dataclass(eq=False)
+class Lane:
+    seq: int  # the prompt this lane works for
+    role: str = "main"  # main | probe | driver | dead (a row no longer used, until the next gather)
+    steer: Steer | None = None  # added at generated tokens when its positions include `segment`
+    refeed: Steer | None = None  # next step: re-run the last token with this steer added (`last`)
+    pending_token: int | None = None  # next step: feed this already-recorded token (a reused probe's last)
+    start: int = 0  # first probe token's index (probe lanes, and a main lane in its null probe)
+    made: int = 0
+    done: bool = False  # probe finished / driver's segment closed
+    shadow: bool = False  # main in scope `segment`: fed its driver's tokens, unsteered
+    queue: list[int] = field(default_factory=list)
+    shadow_state: torch.Tensor | None = None  # [n_capture_layers, d_model] at the last fed token
+    rollback_to: Snapshot | None = None  # a late probe copy: roll back to its control point once copied
+
+
+@dataclass
+class Pending:
+    """A control point whose previews are in flight."""
+
+    plan: Plan
+    snapshot: Snapshot
+    probes: list[Lane]
+    keep: Snapshot | None = None  # the null probe's end of real progress (delimiter or budget) if it ran on
+    deferred: bool = False  # probe lanes not spawned yet (preview capacity); the null probe runs meanwhile
+
+
+class _Run:
+    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
+                 delimiter: str, max_preview_rows: int | None):
+        self.engine, self.policy, self.sched = engine, policy, sched
+        layers = policy.capture_layers if policy is not None else ()
+        self.state = engine.prefill(prompts, layers, delimiter=delimiter)
+        self.lanes = [Lane(i) for i in range(len(prompts))]
+        self.done_rows: list[Row | None] = [None] * len(prompts)
+        self.handled = [0] * len(prompts)
+        self.pending: dict[int, Pending] = {}
+        self.waiting: list[int] = []  # prompts whose probe lanes wait for preview capacity
+        # Extra rows (probes and drivers) in flight at once; None or 0: no cap. It queues previews, and each
+        # extra forward widens every row's cache, so it costs steps and does not save memory (STIR_SPEC.md,
+        # knob table; measured on a GPU).
+        self.max_preview = max_preview_rows or None
+        self.spawns: list[tuple[Lane, Lane]] = []  # (source, new lane) to add at the next regroup
+        self.eos = engine.model.eos_token_id
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------
+    def idx(self, lane: Lane) -> int:
+        return next(i for i, ln in enumerate(self.lanes) if ln is lane)
+
+    def row(self, lane: Lane) -> Row:
+        return self.state.rows[self.idx(lane)]
+
+    def main(self, seq: int) -> Lane:
+        return next(ln for ln in self.lanes if ln.seq == seq and ln.role == "main")
+
+    def extra_rows(self) -> int:
+        """Rows beyond one per prompt: probes in flight and drivers (queued spawns included)."""
+        rows = sum(1 for ln in self.lanes if ln.role in ("probe", "driver"))
+        return rows + sum(1 for _, new in self.spawns if new.role in ("probe", "driver"))
+
+    def live(self) -> bool:
+        return any(ln.role != "dead" for ln in self.lanes)
+
+    def regroup(self) -> None:
+        """Apply queued spawns, and drop dead rows when they are many.
+
+        A lane that is done becomes a dead row (fed nothing); a spawn takes a dead row by an in-place copy of
+        one row. The whole cache is gathered only when spawns outnumber dead rows or dead rows pass a
+        quarter of the batch (then they leave, and so do cache slots no row attends).
+        """
+        dead = [i for i, ln in enumerate(self.lanes) if ln.role == "dead"]
+        if self.spawns and len(self.spawns) <= len(dead):
+            src = [self.idx(s) for s, _ in self.spawns]
+            dst = dead[: len(self.spawns)]
+            self.engine.copy_rows(self.state, src, dst)
+            for j, (_, new) in zip(dst, self.spawns, strict=True):
+                self.lanes[j] = new
+            self.spawns, dead = [], dead[len(dst):]
+        if not self.spawns and len(dead) <= max(4, len(self.lanes) // 4):
+            self.late_rollbacks()
+            return
+        keep = [i for i, ln in enumerate(self.lanes) if ln.role != "dead"]
+        order = keep + [self.idx(src) for src, _ in self.spawns]
+        lanes = [self.lanes[i] for i in keep] + [new for _, new in self.spawns]
+        self.spawns = []
+        if order:
+            kept = self.engine.regroup(self.state, order)
+            if kept is not None:  # slots moved: snapshots count slots, so map their widths
+                for pend in self.pending.values():
+                    for snap in (pend.snapshot, pend.keep):
+                        if snap is not None:
+                            snap.width = int((kept < snap.width).sum())
+        self.lanes = lanes
+        self.late_rollbacks()
+
+    def late_rollbacks(self) -> None:
+        for ln in self.lanes:
+            if ln.rollback_to is not None:
+                self.rollback(ln, ln.rollback_to)
+                ln.rollback_to = None
+
+    def snapshot(self, lane: Lane) -> Snapshot:
+        b = self.idx(lane)
+        row = self.state.rows[b]
+        return Snapshot(len(row.tokens), row.stream.copy(), self.state.logits[b].clone(), self.state.mask.shape[1],
+                        row.finished, len(row.captures))
+
+    def rollback(self, lane: Lane, snap: Snapshot) -> None:
+        b = self.idx(lane)
+        self.state.mask = self.state.mask.clone()
+        self.state.mask[b, snap.width:] = 0
+        self.state.logits[b] = snap.logits
+        row = self.state.rows[b]
+        row.truncate(snap.n_tokens, snap.stream.copy())
+        row.finished = snap.finished
+        del row.captures[snap.n_captures:]
+
+    # ---- control points and decisions ----------------------------------------------------------------
+    def point_at(self, lane: Lane) -> ControlPoint | None:
+        """The control point main `lane` stands at, if the policy should act (fused ones are noted)."""
+        row, sched = self.row(lane), self.sched
+        if self.policy is None or row.finished or len(row.tokens) >= sched.max_new_tokens or not row.tokens:
+            return None
+        last, handled = row.control_points, self.handled[lane.seq]
+        act = last if sched.max_control_points is None else min(last, sched.max_control_points)
+        if act <= handled or not row.stream.boundaries[-1]:
+            return None
+        t = len(row.tokens) - 1
+        states = {}
+        if row.captures and row.captures[-1].token_index == t:
+            states = dict(zip(self.state.capture_layers, row.captures[-1].states, strict=True))
+        text = row.text
+        for m in range(handled + 1, act):
+            self.policy.note(ControlPoint(lane.seq, m, t, text, states), Reason.FUSED)
+        self.handled[lane.seq] = last
+        return ControlPoint(lane.seq, act, t, text, states)
+
+    def start(self, lane: Lane, point: ControlPoint) -> None:
+        """Plan at a control point: decide at once, or queue the probe lanes (capacity permitting)."""
+        plan = self.policy.plan(point, self.row(lane).prompt)
+        if not plan.probes:
+            self.commit(lane, self.policy.resolve(plan, None, None))
+            return
+        n = len(self.row(lane).tokens)
+        pend = Pending(plan, self.snapshot(lane), [])
+        self.pending[lane.seq] = pend
+        lane.start, lane.made, lane.done = n, 0, False  # the null probe starts now, whatever the capacity
+        busy = self.extra_rows()
+        if self.max_preview is not None and busy and busy + len(plan.probes) > self.max_preview:
+            pend.deferred = True  # its probe lanes start when capacity frees (`open`)
+            self.waiting.append(lane.seq)
+            return
+        self.open(lane.seq)
+
+    def open(self, seq: int) -> None:
+        """Spawn the probe lanes of a pending control point (copies of the main lane rolled back to it)."""
+        pend, lane = self.pending[seq], self.main(seq)
+        pend.deferred = False
+        for s in pend.plan.probes:
+            probe = Lane(seq, "probe", steer=s, refeed=s if s.at_last else None, start=pend.snapshot.n_tokens)
+            if len(self.row(lane).tokens) > pend.snapshot.n_tokens:
+                probe.rollback_to = pend.snapshot  # the main lane has run on as the null probe meanwhile
+            pend.probes.append(probe)
+            self.spawns.append((lane, probe))
+
+    def commit(self, lane: Lane, steer: Steer | None) -> None:
+        """Carry out a decision for a main lane standing at its control point."""
+        lane.steer = None
+        if steer is None:
+            return
+        if self.sched.scope == "persist":
+            lane.steer, lane.refeed = steer, steer if steer.at_last else None
+            return
+        driver = Lane(lane.seq, "driver", steer=steer, refeed=steer if steer.at_last else None)
+        lane.shadow, lane.queue, lane.shadow_state = True, [], None
+        self.spawns.append((lane, driver))
+
+    def ready(self) -> list[int]:
+        """Prompts whose control point has every probe done."""
+        return [s for s, p in self.pending.items()
+                if not p.deferred and self.main(s).done and all(pr.done for pr in p.probes)]
+
+    def resolve_ready(self) -> None:
+        """Gate every control point whose probes are all done, and carry the decisions out."""
+        for seq in self.ready():
+            pend = self.pending.pop(seq)
+            lane = self.main(seq)
+            null = _probe(self.row(lane), lane.start, lane.made)
+            probes = [_probe(self.row(pr), pr.start, pr.made) for pr in pend.probes]
+            steer = self.policy.resolve(pend.plan, null, probes)
+            lane.done, lane.made = False, 0
+            for pr in pend.probes:
+                pr.role = "dead"
+            if steer is None:
+                if pend.keep is not None and len(self.row(lane).tokens) > pend.keep.n_tokens:
+                    self.rollback(lane, pend.keep)  # what ran past the delimiter or the budget was probe only
+                self.after_progress(lane)
+                continue
+            win = self.reusable(pend, steer)
+            if win is not None:
+                lane.role = "dead"
+                win.role, win.done, win.start, win.made = "main", False, 0, 0
+                win.pending_token = self.row(win).tokens[-1]  # scored but never fed
+                continue
+            self.rollback(lane, pend.snapshot)
+            self.commit(lane, steer)
+
+    def admit(self) -> None:
+        """Open waiting previews, first come first served, while the preview cap allows (one always may when
+        no extra row is in flight). Run every round, not only after a decision: a driver that finishes or
+        a late probe that leaves also frees capacity, and a waiting control point whose null probe is done
+        can make no progress of its own."""
+        while self.waiting and (self.max_preview is None or not self.extra_rows()
+                                or self.extra_rows() + len(self.pending[self.waiting[0]].plan.probes)
+                                <= self.max_preview):
+            self.open(self.waiting.pop(0))
+
+    def reusable(self, pend: Pending, steer: Steer) -> Lane | None:
+        """The winner's probe lane, when continuing it is exactly the commit (scope persist, same α)."""
+        if self.sched.scope != "persist":
+            return None
+        for probe, s in zip(pend.probes, pend.plan.probes, strict=True):
+            same = (s.vector is steer.vector and s.scale == steer.scale and s.positions == steer.positions
+                    and s.layer == steer.layer)
+            if same:
+                row = self.row(probe)
+                return probe if len(row.tokens) <= self.sched.max_new_tokens else None
+        return None
+
+    def after_progress(self, lane: Lane) -> None:
+        """A main lane whose last token completed a delimiter stands at a control point: act on it."""
+        row = self.row(lane)
+        if row.tokens and row.stream.boundaries[-1] and row.control_points > self.handled[lane.seq]:
+            point = self.point_at(lane)
+            if point is not None:
+                self.start(lane, point)
+
+    def handover(self) -> None:
+        """Scope `segment`: a driver whose segment closed, once its shadow has caught up, hands over."""
+        for drv in [ln for ln in self.lanes if ln.role == "driver" and ln.done]:
+            lane = self.main(drv.seq)
+            if lane.queue:
+                continue
+            b, d = self.idx(lane), self.idx(drv)
+            drow, mrow = self.state.rows[d], self.state.rows[b]
+            captures = list(mrow.captures)
+            if drow.stream.boundaries and drow.stream.boundaries[-1] and lane.shadow_state is not None:
+                captures += [Capture(len(drow.tokens) - 1, lane.shadow_state)] * drow.stream.boundaries[-1]
+            self.state.rows[b] = Row(mrow.prompt, drow.stream, drow.tokens, drow.logprobs, drow.added, captures,
+                                     drow.finished, mrow.generator)
+            lane.shadow, lane.shadow_state = False, None
+            drv.role = "dead"
+            self.after_progress(lane)
+
+    def retire(self) -> None:
+        """Main lanes that are finished leave the batch."""
+        for lane in self.lanes:
+            if lane.role != "main" or lane.seq in self.pending or lane.refeed or lane.shadow:
+                continue
+            if lane.pending_token is not None:
+                continue
+            row = self.row(lane)
+            if row.finished or len(row.tokens) >= self.sched.max_new_tokens:
+                self.done_rows[lane.seq] = row
+                lane.role = "dead"
+
+    # ---- one step ----------------------------------------------------------------------------------
+    def decodes(self, lane: Lane, row: Row) -> bool:
+        if lane.refeed is not None or lane.pending_token is not None or lane.shadow or row.finished:
+            return False
+        pend = self.pending.get(lane.seq) if lane.role == "main" else None
+        if pend is not None:
+            # The null probe may run past the budget (what does is rolled back); once it is scored the lane
+            # runs on, speculatively, up to its next delimiter or the budget: kept if the null action wins.
+            return not lane.done or pend.keep is None
+        if lane.done:
+            return False
+        return lane.role == "probe" or len(row.tokens) < self.sched.max_new_tokens
+
+    def pick(self, probes_only: bool = False) -> None:
+        """Choose and record the next token of every lane that decodes; it is fed by the next forward
+        (`pending_token`), except a probe's last one, which only needs scoring."""
+        st = self.state
+        want = torch.tensor([ln.role != "dead" and (ln.role == "probe" or not probes_only)
+                             and self.decodes(ln, st.rows[k]) for k, ln in enumerate(self.lanes)], dtype=torch.bool)
+        if not bool(want.any()):
+            return
+        chosen, lps = self.engine.choose(st, want, None)
+        for k in torch.nonzero(want).flatten().tolist():
+            ln, row = self.lanes[k], st.rows[k]
+            tok, s = int(chosen[k]), ln.steer
+            ends = row.push(tok, float(lps[k]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
+            if self.eos is not None and tok == self.eos:
+                row.finished = True
+            if ln.role == "probe":
+                ln.made += 1
+                if ln.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
+                    ln.done = True  # scored; its last token need not be fed
+                    continue
+            elif ln.role == "driver":
+                self.main(ln.seq).queue.append(tok)
+                if ends or row.finished or len(row.tokens) >= self.sched.max_new_tokens:
+                    ln.done = True  # the shadow feeds the closing token; the driver is done
+                    continue
+            ln.pending_token = tok
+
+    def step(self) -> bool:
+        """Pick, one forward for every lane with something to feed, then the probes' eager picks (so a
+        probe's last choice never costs its main lane a step of waiting)."""
+        self.pick()
+        st, n = self.state, len(self.lanes)
+        tokens = torch.zeros(n, dtype=torch.long)
+        feed = torch.zeros(n, dtype=torch.bool)
+        replace = torch.zeros(n, dtype=torch.bool)
+        at_seg = torch.zeros(n, dtype=torch.bool)
+        for k, ln in enumerate(self.lanes):
+            row = st.rows[k]
+            if ln.role == "dead":
+                continue
+            if ln.refeed is not None:
+                tokens[k] = row.tokens[-1] if row.tokens else row.prompt[-1]
+                feed[k] = replace[k] = True
+            elif ln.pending_token is not None:
+                tokens[k], feed[k] = ln.pending_token, True
+                at_seg[k] = ln.steer is not None and ln.steer.at_segment
+            elif ln.shadow and ln.queue:  # the driver's token of this very step, unsteered
+                tokens[k], feed[k] = ln.queue.pop(0), True
+        if not bool(feed.any()):
+            return False
+        last = [ln.refeed if replace[k] else None for k, ln in enumerate(self.lanes)]
+        seg = [ln.steer if at_seg[k] else None for k, ln in enumerate(self.lanes)]
+        adds = _merge(self.engine.add_tables(last, lambda s: s.at_last, replace),
+                      self.engine.add_tables(seg, lambda s: s.at_segment, at_seg))
+        captured = self.engine.step(st, tokens, feed, adds, replace_last=replace)
+        for k, ln in enumerate(self.lanes):
+            if feed[k]:
+                self.after_feed(ln, st.rows[k], bool(replace[k]), captured, k)
+        self.pick(probes_only=True)
+        return True
+
+    def after_feed(self, lane: Lane, row: Row, replaced: bool, captured: dict, k: int) -> None:
+        layers = self.state.capture_layers
+        if replaced:
+            if row.added:
+                row.added[-1] = (lane.refeed.tag, lane.refeed.added_norm)
+            lane.refeed = None
+            return
+        if lane.shadow:
+            if captured:
+                lane.shadow_state = torch.stack([captured[layer][k, -1].cpu() for layer in layers])
+            return
+        lane.pending_token = None
+        if lane.role != "main":
+            return
+        ends = row.stream.boundaries[-1]
+        if ends:
+            lane.steer = None  # a committed segment ends at its delimiter
+        if captured and ends:  # one capture per control point the token completes
+            states = torch.stack([captured[layer][k, -1].cpu() for layer in layers])
+            row.captures += [Capture(len(row.tokens) - 1, states)] * ends
+        pend = self.pending.get(lane.seq)
+        if pend is None:
+            if ends:
+                self.after_progress(lane)
+            return
+        stop = ends or len(row.tokens) >= self.sched.max_new_tokens or row.finished
+        if pend.keep is None and stop:
+            pend.keep = self.snapshot(lane)
+        if not lane.done:  # the null probe
+            lane.made += 1
+            if lane.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
+                lane.done = True
+
+    def run(self) -> list[Row]:
+        while self.live():
+            self.resolve_ready()
+            self.handover()
+            self.retire()
+            self.admit()
+            self.regroup()
+            if not self.live():
+                break
+            if not self.step() and not self.ready():  # a step may only finish probes (nothing to feed)
+                raise RuntimeError("scheduler stalled: no lane can make progress")  # a bug, never user error
+            self.regroup()
+        return [r for r in self.done_rows if r is not None]
+
+
+def _probe(row: Row, start: int, made: int) -> Probe:
+    lps = row.logprobs[start:start + made]
+    return Probe("".join(row.pieces[start:start + made]), sum(lps) / len(lps) if lps else 0.0, made)
+
+
+def _merge(a: dict | None, b: dict | None) -> dict | None:
+    if not a or not b:
+        return a or b
+    out = dict(a)
+    for layer, t in b.items():
+        out[layer] = out[layer] + t if layer in out else t
+    return out
+
+
+def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
+                   delimiter: str, max_preview_rows: int | None = None) -> list[Row]:
+    """Greedy segmented decoding of token-id prompts with `policy` (None: vanilla, no control point acted
+    on); the finished rows, in prompt order."""
+    return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows).run()

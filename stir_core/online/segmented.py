@@ -1,0 +1,219 @@
+"""Segment-synchronous decoding with a policy: the straightforward reference for the continuous scheduler.
+
+Every row decodes to its next control point; the policy plans for all rows at once; previews run as a
+forked batch (or by fresh prefills, `preview="reprefill"`, the authors' way); commits re-run the delimiter
+with the vector; then the next segment. Simple, and slow: every row waits for the slowest one. The
+continuous scheduler (`scheduler.py`) must produce the same tokens and decisions (parity tests).
+
+Commit scope (`scope`): `persist` leaves a committed segment's steered cache in place for the rest of the
+generation; `segment` (the reference) re-runs the segment's tokens unsteered once it closes, so later
+queries, previews and segments see the text as if no vector had been added — what the reference gets by
+re-prefilling the text at every segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from stir_core.online.gate import Reason
+from stir_core.online.policy import Plan, Policy, Probe
+from stir_core.runtime.engine import Capture, ControlPoint, DecodeState, Engine, GenerateResult, Steer
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How a policy's decisions are carried out (the knobs that are not the gate's)."""
+
+    max_new_tokens: int
+    max_control_points: int | None = None
+    probe_tokens: int = 4
+    top_l: int = 4
+    probe_stop: bool = True  # a probe ends at the delimiter (the reference)
+    scope: str = "segment"  # segment | persist
+    preview: str = "fork"  # fork | reprefill
+
+
+def control_points(engine: Engine, state: DecodeState, b: int, handled: int, limit: int | None,
+                   policy: Policy) -> ControlPoint | None:
+    """The control point row `b` now stands at, if the policy should act there.
+
+    A token that completes several delimiters yields several control points; all but the last are noted as
+    `fused`. Control points past `limit` are not acted on (nor recorded).
+    """
+    row = state.rows[b]
+    last = row.control_points
+    if last <= handled or row.finished:
+        return None
+    act = last if limit is None else min(last, limit)
+    if act <= handled:
+        return None
+    t = len(row.tokens) - 1
+    states = {}
+    if row.captures and row.captures[-1].token_index == t:
+        states = dict(zip(state.capture_layers, row.captures[-1].states, strict=True))
+    text = row.text
+    for m in range(handled + 1, act):
+        policy.note(ControlPoint(b, m, t, text, states), Reason.FUSED)
+    return ControlPoint(b, act, t, text, states)
+
+
+def probe_result(row, start: int, made: int) -> Probe:
+    lps = row.logprobs[start:start + made]
+    return Probe("".join(row.pieces[start:start + made]), sum(lps) / len(lps) if lps else 0.0, made)
+
+
+def preview(engine: Engine, state: DecodeState, plans: Sequence[Plan], sched: Schedule
+            ) -> dict[int, tuple[Probe, list[Probe]]]:
+    """Null + candidate probes for every plan that has some: rows of one batched decode over a fork."""
+    rows, steers, owners = [], [], []
+    for k, plan in enumerate(plans):
+        if not plan.probes:
+            continue
+        for j, s in enumerate([None, *plan.probes]):
+            rows.append(plan.point.row)
+            steers.append(s)
+            owners.append((k, j))
+    if not rows:
+        return {}
+    stop = state.delimiter if sched.probe_stop else None
+    if sched.preview == "reprefill":
+        probed_rows, made = [], []
+        for b, s in zip(rows, steers, strict=True):
+            src = state.rows[b]
+            fresh = engine.prefill([src.prompt + src.tokens], delimiter=state.delimiter)
+            fresh.rows[0] = src.clone()  # the cache holds prompt + tokens: the row's own record continues
+            engine.refeed_last(fresh, [s])
+            made += engine.decode(fresh, sched.probe_tokens, stop=stop, steers=[s])
+            probed_rows.append(fresh.rows[0])
+        starts = [len(state.rows[b].tokens) for b in rows]
+    else:
+        fork = engine.fork(state, rows)
+        starts = [len(r.tokens) for r in fork.rows]
+        engine.refeed_last(fork, steers)
+        made = engine.decode(fork, sched.probe_tokens, stop=stop, steers=steers)
+        probed_rows = fork.rows
+    out: dict[int, tuple[Probe | None, list[Probe]]] = {}
+    for b, (k, j) in enumerate(owners):
+        res = probe_result(probed_rows[b], starts[b], made[b])
+        null, cands = out.get(k, (None, []))
+        if j == 0:
+            null = res
+        else:
+            cands.append(res)
+        out[k] = (null, cands)
+    return out
+
+
+def feed_many(engine: Engine, state: DecodeState, seqs: dict[int, list[int]]) -> dict[int, torch.Tensor]:
+    """Feed several tokens to some rows in one forward (right-aligned; other rows get masked pads).
+
+    Updates the cache, mask and the fed rows' logits; returns captured states at each fed row's last token
+    `{layer: [batch, d_model]}`.
+    """
+    width = max(len(t) for t in seqs.values())
+    n = len(state.rows)
+    ids = torch.full((n, width), engine.model.pad_token_id, dtype=torch.long)
+    new_mask = torch.zeros((n, width), dtype=torch.long)
+    for b, toks in seqs.items():
+        if toks:
+            ids[b, width - len(toks):] = torch.tensor(toks)
+            new_mask[b, width - len(toks):] = 1
+    logits, cache, mask, captured = engine._forward(state, ids.to(engine.device), new_mask.to(engine.device),
+                                                    None, state.capture_layers)
+    state.cache, state.mask = cache, mask
+    fed = torch.zeros(n, dtype=torch.bool)
+    fed[list(seqs)] = True
+    state.logits = torch.where(fed.to(state.logits.device)[:, None], logits[:, -1], state.logits)
+    return {layer: x[:, -1] for layer, x in captured.items()}
+
+
+def unsteer(engine: Engine, state: DecodeState, commits: dict[int, tuple[int, int, int]]) -> None:
+    """Scope `segment`: re-run committed segments unsteered from the cache before the commit.
+
+    `commits[b] = (orig_slot, refeed_slot, token_index)`: the delimiter's own (unsteered) slot, the slot of
+    its steered re-run, and the delimiter's index among the row's tokens. Later slots of the row are the
+    segment's; they are masked out and the segment's tokens fed again without any vector.
+    """
+    seqs = {}
+    state.mask = state.mask.clone()
+    for b, (orig, refeed, t0) in commits.items():
+        state.mask[b, refeed:] = 0
+        state.mask[b, orig] = 1
+        seqs[b] = state.rows[b].tokens[t0 + 1:]
+    captured = feed_many(engine, state, {b: t for b, t in seqs.items() if t})
+    for b, toks in seqs.items():
+        row = state.rows[b]
+        if not toks:
+            continue
+        t = len(row.tokens) - 1
+        if captured and row.captures and row.captures[-1].token_index == t:
+            states = torch.stack([captured[layer][b].cpu() for layer in state.capture_layers])
+            row.captures = [c for c in row.captures if c.token_index != t]
+            row.captures += [Capture(t, states)] * row.stream.boundaries[t]
+
+
+def run_segmented(engine: Engine, state: DecodeState, policy: Policy | None, sched: Schedule) -> None:
+    """Decode segment by segment, asking `policy` at each control point; then finish unsteered."""
+    n = len(state.rows)
+    left = lambda: [max(0, sched.max_new_tokens - len(r.tokens)) for r in state.rows]  # noqa: E731
+    cap = state.delimiter if state.capture_layers else None
+    engine.decode(state, left(), stop=state.delimiter, capture_at=cap)
+    handled = [0] * n
+    while policy is not None:
+        points = []
+        for b, row in enumerate(state.rows):
+            if len(row.tokens) >= sched.max_new_tokens:
+                continue
+            p = control_points(engine, state, b, handled[b], sched.max_control_points, policy)
+            if p is not None:
+                points.append(p)
+                handled[b] = row.control_points
+        if not points:
+            break
+        plans = [policy.plan(p, state.rows[p.row].prompt) for p in points]
+        probes = preview(engine, state, plans, sched)
+        steers: list[Steer | None] = [None] * n
+        for k, plan in enumerate(plans):
+            null, cands = probes.get(k, (None, None))
+            steers[plan.point.row] = policy.resolve(plan, null, cands)
+        commits = {}
+        if sched.scope == "segment":
+            last_slot = state.mask.shape[1] - 1 - state.mask.flip(1).argmax(1)
+            for b, s in enumerate(steers):
+                if s is not None:
+                    commits[b] = (int(last_slot[b]), state.mask.shape[1], len(state.rows[b].tokens) - 1)
+        engine.refeed_last(state, steers)
+        active = [False] * n
+        for p in points:
+            active[p.row] = True
+        engine.decode(state, left(), stop=state.delimiter, steers=steers, capture_at=cap, active=active)
+        if commits:
+            live = {b: c for b, c in commits.items()
+                    if not state.rows[b].finished and len(state.rows[b].tokens) < sched.max_new_tokens}
+            if live:
+                unsteer(engine, state, live)
+    engine.decode(state, left(), stop=None, capture_at=cap)
+
+
+def generate_segmented(engine: Engine, prompts: Sequence[str], policy: Policy | Callable | None,
+                       max_new_tokens: int, delimiter: str = "\n\n", max_control_points: int | None = None,
+                       capture_layers: Sequence[int] | None = None):
+    """Greedy segmented decoding of text prompts with `policy` (or `fn(row, m, text, states)`) deciding at
+    every control point, commits persisting. Returns (GenerateResult, decisions per row)."""
+    from stir_core.online.policy import FunctionPolicy
+
+    if policy is not None and not isinstance(policy, Policy):
+        layers = capture_layers if capture_layers is not None else range(engine.model.n_layers)
+        policy = FunctionPolicy(policy, layers)
+    layers = tuple(capture_layers if capture_layers is not None else (policy.capture_layers if policy else ()))
+    for i, p in enumerate(prompts):
+        if not p or not p.strip():
+            raise ValueError(f"prompt {i} is empty")
+    state = engine.prefill([engine.model.encode(p) for p in prompts], layers, delimiter=delimiter)
+    run_segmented(engine, state, policy, Schedule(max_new_tokens, max_control_points, scope="persist"))
+    engine.finish(state.rows)
+    decisions = [policy.logs[b].decisions if policy and b in policy.logs else [] for b in range(len(prompts))]
+    return GenerateResult.of(state.rows), decisions

@@ -1,0 +1,476 @@
+"""One decoding engine for every stage: mining rollouts, previews, commits and baselines.
+
+Batched incremental decoding over a `TransformerBridge` with Hugging Face's KV cache. Rows are left-padded
+and may have holes: every forward feeds one token per row (a pad with mask 0 for idle rows), and position
+ids come from the cumulative attention mask, so rows advance independently inside one physical cache.
+
+Vocabulary (per row b):
+- a **steer** adds `scale * vector` at its hook point (resid_post of `layer` unless its library's manifest
+  says otherwise: `Steer.hook`), at the last prefix token (`last`:
+  the delimiter is re-run with the vector, its old cache slot masked out), at every token generated in the
+  segment (`segment`), or both;
+- a **capture** records resid_post at chosen layers whenever a generated token completes `capture_at`
+  (the segment delimiter): the control-point states, taken from the decode itself, no extra forward;
+- a **fork** copies rows (repeats allowed) into an independent state, to preview continuations.
+
+Hooks are attached for one forward at a time through `bridge.hooks(...)`, so none stay attached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from stir_core.runtime.backend import DEFAULT_HOOK_POINT, Backend, KVCache, hook_name
+from stir_core.runtime.model import LoadedModel
+from stir_core.runtime.segment import TextStream
+
+DELIMITER = "\n\n"
+
+POSITIONS = ("last", "segment", "last+segment")
+
+
+@dataclass
+class Steer:
+    """Add `scale * vector` at hook `hook` (a library manifest's `hook_point` template, resid_post by
+    default) of `layer`, in one row. `tag` names it in traces."""
+
+    layer: int
+    vector: torch.Tensor  # [d_model]
+    scale: float = 1.0
+    positions: str = "last"
+    tag: str = ""
+    hook: str = DEFAULT_HOOK_POINT
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown steer positions {self.positions!r}; use one of {POSITIONS}")
+        hook_name(self.layer, self.hook)  # a bad template fails here, not mid-decode
+
+    @property
+    def add_key(self) -> int | str:
+        """Key of this steer's add table: the layer at the default hook point, else the hook name."""
+        return self.layer if self.hook == DEFAULT_HOOK_POINT else hook_name(self.layer, self.hook)
+
+    @property
+    def at_last(self) -> bool:
+        return self.positions in ("last", "last+segment")
+
+    @property
+    def at_segment(self) -> bool:
+        return self.positions in ("segment", "last+segment")
+
+    @property
+    def added_norm(self) -> float:
+        return float(abs(self.scale) * self.vector.float().norm())
+
+
+@dataclass
+class Sampling:
+    """Seeded sampling; `None` in place of a Sampling means greedy."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (pass sampling=None for greedy decoding)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+@dataclass
+class Capture:
+    """States at a control point: the token that completed the delimiter, and resid_post there."""
+
+    token_index: int  # index into the row's generated tokens
+    states: torch.Tensor  # [n_capture_layers, d_model], float32, on CPU
+
+
+@dataclass
+class Row:
+    """Everything one row has generated. `added[i]` is (tag, norm) of what was added at generated token i.
+
+    `stream` holds the row's text and control points (`stir_core.runtime.segment`): `pieces[i]` is the text token i
+    added, and `"".join(pieces) == tokenizer.decode(tokens)` once the row is finished.
+    """
+
+    prompt: list[int]
+    stream: TextStream
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    added: list[tuple[str, float] | None] = field(default_factory=list)
+    captures: list[Capture] = field(default_factory=list)
+    finished: bool = False  # EOS seen: the row never continues
+    generator: torch.Generator | None = None
+
+    @property
+    def pieces(self) -> list[str]:
+        return self.stream.pieces
+
+    @property
+    def text(self) -> str:
+        return self.stream.text
+
+    @property
+    def control_points(self) -> int:
+        return self.stream.control_points
+
+    def clone(self) -> Row:
+        gen = None
+        if self.generator is not None:
+            gen = torch.Generator(device=self.generator.device)
+            gen.set_state(self.generator.get_state())
+        return Row(self.prompt, self.stream.copy(), list(self.tokens), list(self.logprobs), list(self.added),
+                   list(self.captures), self.finished, gen)
+
+    def push(self, token: int, logprob: float, added: tuple[str, float] | None) -> int:
+        """Record one generated token; returns how many delimiter occurrences it completed."""
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.added.append(added)
+        return self.stream.push(token)
+
+    def truncate(self, n_tokens: int, stream: TextStream) -> None:
+        """Roll the row back to its first `n_tokens` tokens (`stream` is a snapshot taken there)."""
+        del self.tokens[n_tokens:], self.logprobs[n_tokens:], self.added[n_tokens:]
+        self.captures = [c for c in self.captures if c.token_index < n_tokens]
+        self.stream = stream
+        self.finished = False
+
+
+@dataclass
+class DecodeState:
+    """A batch in flight: KV cache, attention mask over physical slots, next-token logits, rows.
+
+    `mask` `[batch, slots]` long (0 = a hole: left padding, a re-run token's old slot, a rolled-back
+    token); `logits` `[batch, d_vocab]` float32, each row's next-token logits.
+    """
+
+    cache: KVCache
+    mask: torch.Tensor
+    logits: torch.Tensor
+    rows: list[Row]
+    capture_layers: tuple[int, ...] = ()
+    delimiter: str = DELIMITER
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class GenerateResult:
+    texts: list[str]
+    tokens: list[list[int]]
+    logprobs: list[list[float]]
+    captures: list[list[Capture]]
+    rows: list[Row]
+
+    @classmethod
+    def of(cls, rows: list[Row]) -> GenerateResult:
+        return cls([r.text for r in rows], [r.tokens for r in rows], [r.logprobs for r in rows],
+                   [r.captures for r in rows], rows)
+
+
+@dataclass
+class ControlPoint:
+    """A row that just completed its m-th segment. `states[layer]` is resid_post at the delimiter [d_model]."""
+
+    row: int
+    m: int
+    token_index: int
+    text: str
+    states: dict[int, torch.Tensor]
+
+
+class Engine:
+    """Batched KV-cached decoding with per-row stops, budgets, sampling, steering, capture and forks."""
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self.backend = Backend(model.bridge)
+        self.device = model.device
+        self._decode_cache: dict = {}  # id windows -> text, shared by every row's detokenizer
+        self.forwards = 0  # model forwards run (sequential steps): what the benchmarks count
+        self.row_positions = 0  # rows x new positions computed, pads and idle rows included: a CPU's work
+        # benchmarks/bench_scale.py only: materialise prefill logits for every position, as the engine did
+        # before (to measure what keeping only the last position saves).
+        self.legacy_prefill_logits = False
+
+    # ---- rows and text -----------------------------------------------------------------------------
+    def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
+        return TextStream.new(self.model.tokenizer, delimiter, self._decode_cache)
+
+    def new_row(self, prompt: Sequence[int], delimiter: str = DELIMITER, seed: int | None = None) -> Row:
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        return Row(prompt=list(prompt), stream=self.new_stream(delimiter), generator=gen)
+
+    @staticmethod
+    def finish(rows: Sequence[Row]) -> None:
+        """Release text withheld by the detokenizers (an incomplete character at the very end)."""
+        for r in rows:
+            r.stream.finish()
+
+    # ---- low level -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, state: DecodeState | None, input_ids: torch.Tensor, new_mask: torch.Tensor,
+                 adds: dict[int, torch.Tensor] | None, capture_layers: Sequence[int], keep: str = "last"):
+        """Feed `input_ids` [batch, t] after the cached slots.
+
+        `adds[layer]` is [batch, t, d_model] (or [batch, 1, d_model] for t == 1) added to resid_post;
+        `adds[name]` (a hook name, `Steer.add_key`) adds at that hook instead.
+        Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
+        None for keep="none" —, cache, mask, {layer: resid_post [batch, t, d_model]}).
+        """
+        mask = new_mask if state is None else torch.cat([state.mask, new_mask], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        captured: dict[int, torch.Tensor] = {}
+        hooks = []
+        for layer in sorted(set(capture_layers) | {k for k in adds or {} if isinstance(k, int)}):
+            add = None if adds is None else adds.get(layer)
+
+            def fn(x, hook, add=add, layer=layer):
+                if add is not None:
+                    x = x + add.to(x.device, x.dtype)
+                if layer in capture_layers:
+                    captured[layer] = x.detach().float()
+                return x
+
+            hooks.append((hook_name(layer), fn))
+        for name, add in (adds or {}).items():
+            if isinstance(name, str):  # a steer at another hook point than resid_post (its manifest's)
+                hooks.append((name, lambda x, hook, add=add: x + add.to(x.device, x.dtype)))
+        cache = self.backend.new_cache() if state is None else state.cache
+        self.forwards += 1
+        self.row_positions += input_ids.numel()
+        logits = self.backend.forward(input_ids, mask, pos, cache, hooks, keep=keep)
+        return (None if logits is None else logits.float()), cache, mask, captured
+
+    def _padded(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids and mask `[batch, width]` on the model's device."""
+        width = max(len(p) for p in seqs)
+        ids = torch.full((len(seqs), width), self.model.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for b, p in enumerate(seqs):
+            ids[b, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[b, width - len(p):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
+                seeds: Sequence[int] | None = None, delimiter: str = DELIMITER) -> DecodeState:
+        """Left-pad and run the prompts (token ids) in one forward; returns the state ready to decode.
+
+        Only the last position's logits are computed (`[batch, d_vocab]`), never `[batch, pos, d_vocab]`.
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("prefill needs at least one non-empty prompt")
+        ids, mask = self._padded(prompts)
+        keep = "all" if self.legacy_prefill_logits else "last"
+        logits, cache, mask, _ = self._forward(None, ids, mask, None, (), keep=keep)
+        rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
+        return DecodeState(cache, mask, logits[:, -1], rows, tuple(capture_layers), delimiter)
+
+    @torch.no_grad()
+    def forward_states(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
+        """Teacher-forced states: one left-padded forward over token sequences, no logits.
+
+        Returns per sequence a tensor [len(seq), len(layers), d_model] of resid_post (float32, CPU).
+        """
+        ids, mask = self._padded(sequences)
+        width = ids.shape[1]
+        _, _, _, cap = self._forward(None, ids, mask, None, tuple(layers), keep="none")
+        stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
+        return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
+
+    def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
+        """An independent state with the given rows (repeats allowed), e.g. one prefix into L+1 previews."""
+        idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
+        return DecodeState(self.backend.select_rows(state.cache, idx), state.mask.index_select(0, idx),
+                           state.logits.index_select(0, idx), [state.rows[i].clone() for i in rows],
+                           state.capture_layers, state.delimiter)
+
+    def regroup(self, state: DecodeState, rows: Sequence[int]) -> torch.Tensor | None:
+        """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped).
+
+        How previews join the batch and finished rows leave it: one gather of the cache's rows. Returns the
+        slots kept when slots no row attends were dropped (old indices, ascending), else None.
+        """
+        idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
+        seen: set[int] = set()
+        new_rows = []
+        for i in rows:
+            new_rows.append(state.rows[i].clone() if i in seen else state.rows[i])
+            seen.add(i)
+        state.cache = self.backend.select_rows(state.cache, idx)
+        state.mask = state.mask.index_select(0, idx)
+        state.logits = state.logits.index_select(0, idx)
+        state.rows = new_rows
+        return self.drop_empty_slots(state)
+
+    def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
+        """Make rows `dst` copies of rows `src`, in place (cache, mask, logits, records)."""
+        s = torch.tensor(list(src), dtype=torch.long, device=state.mask.device)
+        d = torch.tensor(list(dst), dtype=torch.long, device=state.mask.device)
+        self.backend.copy_rows(state.cache, s, d)
+        state.mask = state.mask.clone()
+        state.mask[d] = state.mask[s]
+        state.logits[d.to(state.logits.device)] = state.logits[s.to(state.logits.device)]
+        for i, j in zip(src, dst, strict=True):
+            state.rows[j] = state.rows[i].clone()
+
+    @staticmethod
+    def drop_empty_slots(state: DecodeState) -> torch.Tensor | None:
+        """Remove cache slots that no row attends (holes shared by every row), e.g. after rows left.
+        Returns the kept slots' old indices, or None when nothing was dropped."""
+        live = state.mask.any(0)
+        if bool(live.all()):
+            return None
+        keep = torch.nonzero(live).flatten()
+        if not Backend.select_slots(state.cache, keep):
+            return None
+        state.mask = state.mask.index_select(1, keep)
+        return keep
+
+    def step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
+             adds: dict[int, torch.Tensor] | None = None, replace_last: torch.Tensor | None = None
+             ) -> dict[int, torch.Tensor]:
+        """Feed one token per row (`feed[b]` False: a masked pad) and update cache, mask and logits.
+
+        `replace_last[b]`: the row's last attended slot is masked out first, so the fed token takes its
+        position (a re-run of the delimiter with a vector added). Returns the captured states
+        `{layer: [batch, 1, d_model]}`.
+        """
+        if replace_last is not None and bool(replace_last.any()):
+            state.mask = state.mask.clone()
+            rows = torch.nonzero(replace_last).flatten().to(state.mask.device)
+            slots = state.mask.shape[1] - 1 - state.mask.flip(1).argmax(1)  # last attended slot per row
+            state.mask[rows, slots[rows]] = 0
+        ids = torch.where(feed, tokens, torch.full_like(tokens, self.model.pad_token_id))
+        logits, cache, mask, captured = self._forward(
+            state, ids[:, None].to(self.device), feed.long()[:, None].to(self.device), adds, state.capture_layers
+        )
+        state.cache, state.mask = cache, mask
+        keep = feed.to(state.logits.device)[:, None]
+        state.logits = torch.where(keep, logits[:, -1], state.logits)
+        return captured
+
+    def add_tables(self, steers: Sequence[Steer | None], use: Callable[[Steer], bool],
+                   feed: torch.Tensor) -> dict[int | str, torch.Tensor] | None:
+        """Per-layer (or per-hook, `Steer.add_key`) add tables [batch, 1, d_model] for rows whose steer
+        applies at this step."""
+        tables: dict[int | str, torch.Tensor] = {}
+        for b, s in enumerate(steers):
+            if s is None or not use(s) or not bool(feed[b]):
+                continue
+            if s.add_key not in tables:
+                tables[s.add_key] = torch.zeros(len(steers), 1, self.model.d_model, device=self.device)
+            tables[s.add_key][b, 0] += s.scale * s.vector.to(self.device, torch.float32)
+        return tables or None
+
+    def refeed_last(self, state: DecodeState, steers: Sequence[Steer | None]) -> None:
+        """Re-run the last token of every row whose steer acts at `last`, with the vector added there.
+
+        The row's old slot for that token is masked out, so the re-run token keeps its position id and
+        the impulse reaches every later token through the KV cache.
+        """
+        feed = torch.tensor([s is not None and s.at_last for s in steers])
+        if not bool(feed.any()):
+            return
+        tokens = torch.tensor([(r.tokens[-1] if r.tokens else r.prompt[-1]) for r in state.rows])
+        self.step(state, tokens, feed, self.add_tables(steers, lambda s: s.at_last, feed), replace_last=feed)
+        for b, s in enumerate(steers):
+            if feed[b] and state.rows[b].added:
+                state.rows[b].added[-1] = (s.tag, s.added_norm)
+
+    # ---- decoding --------------------------------------------------------------------------------
+    def choose(self, state: DecodeState, active: torch.Tensor, sampling: Sampling | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next token and its log-prob for every row `[batch]` (CPU); greedy when `sampling` is None.
+
+        Softmax, top-p and the draw stay on the model's device: only `batch` ids come back.
+        """
+        logits = state.logits
+        logp = torch.log_softmax(logits, dim=-1)
+        if sampling is None:
+            tokens = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits / sampling.temperature, dim=-1)
+            if sampling.top_p < 1.0:
+                sorted_p, order = probs.sort(dim=-1, descending=True)
+                keep = sorted_p.cumsum(-1) - sorted_p < sampling.top_p  # always keeps the top token
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+            tokens = torch.zeros(len(state.rows), dtype=torch.long, device=logits.device)
+            for b, row in enumerate(state.rows):
+                if active[b]:
+                    tokens[b] = torch.multinomial(probs[b], 1, generator=row.generator)[0]
+        lp = logp.gather(-1, tokens[:, None])[:, 0]
+        return tokens.cpu(), lp.cpu()
+
+    def decode(self, state: DecodeState, max_new_tokens: int | Sequence[int], stop: str | None = None,
+               sampling: Sampling | None = None, steers: Sequence[Steer | None] | None = None,
+               capture_at: str | None = None, active: Sequence[bool] | None = None,
+               on_step: Callable[[int], None] | None = None) -> list[int]:
+        """Decode every active row until it emits EOS, completes `stop` or spends its budget.
+
+        `stop` and `capture_at` name the state's delimiter (control points are the rows' text streams').
+        Each sampled token is fed (so its state is captured and the next logits are ready); `steers[b]`
+        acts at every generated token when its positions include `segment`. Returns new tokens per row.
+        """
+        for name, val in (("stop", stop), ("capture_at", capture_at)):
+            if val is not None and val != state.delimiter:
+                raise ValueError(f"{name}={val!r} but this state's delimiter is {state.delimiter!r}")
+        n = len(state.rows)
+        budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(budgets) != n:
+            raise ValueError(f"max_new_tokens has {len(budgets)} entries for {n} rows")
+        steers = list(steers) if steers is not None else [None] * n
+        live = torch.tensor([(True if active is None else bool(active[b])) and not r.finished and budgets[b] > 0
+                             for b, r in enumerate(state.rows)])
+        if sampling is not None and any(r.generator is None for b, r in enumerate(state.rows) if live[b]):
+            raise ValueError("sampling needs seeded rows: pass seeds= to prefill")
+        made = [0] * n
+        eos = self.model.eos_token_id
+        while bool(live.any()):
+            tokens, lp = self.choose(state, live, sampling)
+            adds = self.add_tables(steers, lambda s: s.at_segment, live)
+            captured = self.step(state, tokens, live, adds)
+            for b in torch.nonzero(live).flatten().tolist():
+                row, tok, s = state.rows[b], int(tokens[b]), steers[b]
+                ends = row.push(tok, float(lp[b]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
+                made[b] += 1
+                if capture_at and captured and ends:  # one capture per control point: a fused "\n\n\n\n" gives two
+                    states = torch.stack([captured[layer][b, -1].cpu() for layer in state.capture_layers])
+                    row.captures += [Capture(len(row.tokens) - 1, states)] * ends
+                if eos is not None and tok == eos:
+                    row.finished = True
+                if row.finished or made[b] >= budgets[b] or (stop and ends):
+                    live[b] = False
+            if on_step is not None:
+                on_step(int(live.sum()))
+        return made
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], stop: str | None = None,
+                 sampling: Sampling | None = None, seed: int = 0, seeds: Sequence[int] | None = None,
+                 capture_layers: Sequence[int] = (), capture_at: str | None = DELIMITER,
+                 steers: Sequence[Steer | None] | None = None) -> GenerateResult:
+        """Prompts (text, already formatted) in, completions out; greedy when `sampling` is None."""
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        for i, p in enumerate(prompts):
+            if not p or not p.strip():
+                raise ValueError(f"prompt {i} is empty")
+        if stop is not None and capture_at is not None and capture_layers and stop != capture_at:
+            raise ValueError("stop and capture_at must be the same delimiter")
+        ids = [self.model.encode(p) for p in prompts]
+        if sampling is not None and seeds is None:
+            seeds = [seed * 1_000_003 + b for b in range(len(prompts))]
+        delimiter = stop or capture_at or DELIMITER
+        state = self.prefill(ids, capture_layers, seeds, delimiter)
+        self.decode(state, max_new_tokens, stop=stop, sampling=sampling, steers=steers,
+                    capture_at=capture_at if capture_layers else None)
+        self.finish(state.rows)
+        return GenerateResult.of(state.rows)
