@@ -36,6 +36,7 @@ from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 
 from app import state  # noqa: E402
 from app.export import SavedView  # noqa: E402
+from app.ui import md_text  # noqa: E402
 from stir_core.io.versions import versions  # noqa: E402
 from stir_core.library.format import LibraryError  # noqa: E402
 from stir_core.runtime.model import ModelLoadError  # noqa: E402
@@ -171,29 +172,35 @@ def sidebar() -> tuple[state.Context | None, DeltaGenerator | None]:
                 ctx.library_path = lib_path
             except LibraryError as err:
                 ctx.library_error = str(err)
-                st.error(f"Library not loaded: {err}")
+                st.error(f"Library not loaded: {md_text(err)}")
             ctx.allow_mismatch = st.checkbox(
                 "Allow a library mined on another model",
                 key="sb_allow_mismatch",
                 help="Off: a library whose manifest names another model is refused. On: it is used, with "
                 "a warning shown and recorded in every trace.",
             )
+        if ctx.model_error:  # a failed load is not retried on every rerun: only on request (or a new pick)
+            st.error(f"Model not loaded: {md_text(ctx.model_error)}")
+            st.button("Retry loading", key="x_model_retry", on_click=state.start_loading, args=ctx.model_key)
         facts = st.empty()  # filled after the page: model facts (or a loading note)
     return ctx, facts
 
 
 def model_facts(ctx: state.Context, slot: DeltaGenerator) -> None:
     """Model facts and memory (waits for the model); also reports a library that does not fit it."""
+    if ctx.model_error:  # said once, above the facts slot (the sidebar), with its Retry button
+        slot.empty()
+        return
     with slot.container():
         try:
             model = ctx.model
         except ModelLoadError as err:
-            st.error(str(err))
+            st.error(f"Model not loaded: {md_text(err)}")
             return
         if ctx.library is not None and ctx.check_library() is None:
-            st.error(f"Library not loaded: {ctx.library_error}")
+            st.error(f"Library not loaded: {md_text(ctx.library_error)}")
         for w in ctx.library_warnings if ctx.library is not None else ():
-            st.warning(w)
+            st.warning(md_text(w))
         with st.expander("Model facts", expanded=False):
             st.markdown(
                 f"- **model**: `{model.model_id}`\n- **layers**: {model.n_layers}\n- **d_model**: {model.d_model}\n"
@@ -226,10 +233,13 @@ if context is None:
     st.title("STIR Workbench")
     st.info("Pick a model in the sidebar to start.")
 else:
-    if not context.ready:
+    if not context.ready and not context.model_error:
         facts_slot.caption("Loading the model…")
     try:
         page.run()  # draws first: the model (its import is most of a cold start) loads after, unless needed
+    except ModelLoadError as err:  # a page that needed the model while it failed: one line, no traceback
+        st.error(f"Model not loaded: {md_text(err)}")
     finally:  # also when the page stopped early (st.stop): the load goes on in the background
-        state.start_loading(*context.model_key)
+        if not context.model_error:
+            state.start_loading(*context.model_key)
     model_facts(context, facts_slot)

@@ -164,11 +164,15 @@ def escape_delimiter(s: str) -> str:
 
 
 def unescape_delimiter(s: str) -> str:
-    """Inverse of `escape_delimiter`; refuses an empty result."""
-    try:
-        out = codecs.decode(s, "unicode_escape")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"bad delimiter {s!r}: {err}") from err
+    """Inverse of `escape_delimiter`; refuses an empty result and a broken escape with our own line (not
+    Python's codec message). Non-ASCII text is kept as typed."""
+    try:  # backslashreplace first: unicode_escape alone would read non-ASCII text as Latin-1 bytes
+        out = codecs.decode(s.encode("ascii", "backslashreplace"), "unicode_escape")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"segment delimiter {s!r} has a broken escape: write a newline as \\n, a tab as \\t, "
+            "a backslash as \\\\"
+        ) from None
     if not out:
         raise ValueError("the delimiter must not be empty")
     return out

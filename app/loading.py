@@ -228,6 +228,17 @@ def model_ready(name: str, device: str = "auto", dtype: str = "auto") -> bool:
     return fut is not None and fut.done() and fut.exception() is None
 
 
+def load_error(name: str, device: str = "auto", dtype: str = "auto") -> str | None:
+    """The one-line error of this model's last load if it failed, else None (does not wait, starts nothing):
+    the pages disable Run on it, and the sidebar shows it instead of "Loading the model…"."""
+    fut = _LOADS.get((name, device, dtype))
+    if fut is None or not fut.done() or fut.exception() is None:
+        return None
+    err = fut.exception()
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def loaded(name: str, device: str = "auto", dtype: str = "auto") -> tuple[LoadedModel, Engine]:
     """The model and its warmed-up engine (waits for the load; a failed load raises its error)."""
     return start_loading(name, device, dtype).result()

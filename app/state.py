@@ -39,6 +39,7 @@ from app.loading import (  # noqa: F401 - re-exported: the pages use `state.*`
     generation,
     library_file,
     library_stamp,
+    load_error,
     loaded,
     max_tokens_cap,
     model_ready,
@@ -131,6 +132,11 @@ class Context:
     @property
     def ready(self) -> bool:
         return model_ready(*self.model_key)
+
+    @property
+    def model_error(self) -> str | None:
+        """The model's load error (one line) once a load has failed, else None; does not wait."""
+        return load_error(*self.model_key)
 
     @property
     def library_key(self) -> tuple[str, str]:

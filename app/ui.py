@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,16 @@ METHOD_KNOBS: dict[str, tuple[str, ...]] = {
     "random_vector": STIR_KNOBS,
     "random_choice": STIR_KNOBS,
 }
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~$])")
+
+
+def md_text(text: object) -> str:
+    """`text` (a library-, model- or user-supplied string: a path, an error, a tool id) escaped for
+    Streamlit's Markdown, so it shows literally: `__init__.py` stays `__init__.py`, not a bold "init.py",
+    and `:red[x]` or `$x$` are not styled. Use it for every such string passed to st.markdown/error/…"""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
 def _export_menu(
@@ -80,10 +91,11 @@ def knob_editor(method: str, prefix: str, layers: list[int], defaults: dict[str,
 def config_editor(cls: Any, wanted: tuple[str, ...] | list[str], prefix: str, defaults: dict[str, Any],
                   layers: list[int] | None = None) -> dict[str, Any]:
     """Widgets for the fields `wanted` of a config dataclass, grouped as in its schema, with its help;
-    returns {field: value} (widget keys `{prefix}_{field}`), each value through the schema's caster (so a
-    bad value raises ValueError naming the field)."""
+    returns {field: value} (widget keys `{prefix}_{field}`), each value through the schema's caster (bad
+    values raise one ValueError naming each bad field, after every widget has rendered)."""
     schema = knobs(cls)
     out: dict[str, Any] = {}
+    errors: list[str] = []
     for group, names in groups(cls).items():
         names = [n for n in names if n in wanted]
         if not names:
@@ -109,17 +121,22 @@ def config_editor(cls: Any, wanted: tuple[str, ...] | list[str], prefix: str, de
             elif k.choices is not None:
                 value = st.selectbox(knob, list(k.choices), key=key, persist_state="session", help=help_)
             elif k.type is int:
-                value = st.number_input(knob, min_value=None if k.min is None else int(k.min),
-                                        max_value=None if k.max is None else int(k.max), step=1, key=key,
-                                        persist_state="session", help=help_,
+                # No min/max on the widget: the browser would keep an out-of-range entry to itself (red
+                # field) and the run would go on with the previous value; the schema's caster refuses it
+                # below with a line naming the knob.
+                value = st.number_input(knob, step=1, key=key, persist_state="session", help=help_,
                                         placeholder="none" if k.optional else None)
             elif k.type is float:
-                value = st.number_input(knob, min_value=k.min, max_value=k.max, step=0.05, format="%.3f",
-                                        key=key, persist_state="session", help=help_,
-                                        placeholder="none" if k.optional else None)
+                value = st.number_input(knob, step=0.05, format="%.3f", key=key, persist_state="session",
+                                        help=help_, placeholder="none" if k.optional else None)
             else:  # text, and lists of layer specs ("2, 3")
                 value = st.text_input(knob, key=key, persist_state="session", help=help_)
-            out[knob] = config_schema.cast_value(cls, knob, None if k.layer and value == "all" else value)
+            try:  # every widget still renders (its state is kept); the errors are raised together below
+                out[knob] = config_schema.cast_value(cls, knob, None if k.layer and value == "all" else value)
+            except ValueError as err:
+                errors.append(str(err))
+    if errors:
+        raise ValueError("; ".join(errors))
     return out
 
 

@@ -132,7 +132,9 @@ def task_section() -> dict:
 
 
 running = get_job(st.session_state.get("bd_job"))
-if st.button("Build library", type="primary", key="x_bd_run", disabled=bool(running and running.active)):
+bd_blocked = bool(running and running.active) or bool(ctx.model_error)
+if st.button("Build library", type="primary", key="x_bd_run", disabled=bd_blocked,
+             help="The model is not loaded (see the sidebar)" if ctx.model_error else None) and not bd_blocked:
     try:
         if advanced_error:
             raise ValueError(advanced_error)
@@ -170,7 +172,7 @@ if st.button("Build library", type="primary", key="x_bd_run", disabled=bool(runn
         job = start_job("build", lambda j: run_job(j, ctx.model_key, model, cfg, out_dir, overwrite), label=out_dir)
         st.session_state["bd_job"] = job.id
     except ValueError as err:
-        st.error(str(err))
+        st.error(ui.md_text(err))
 ui.job_panel("bd_job", "Build")
 finished = get_job(st.session_state.get("bd_job"))
 if finished is not None and finished.status == "done" and st.session_state.get("bd_last_job") != finished.id:

@@ -205,10 +205,13 @@ elif source_kind == "on demand":
     od_key = (task_name, int(n_od))
     if o3.button("Run", key="x_dash_run", width="stretch"):
         st.session_state["dash_od"] = od_key
-    if st.session_state.get("dash_od") == od_key:
+    if st.session_state.get("dash_od") == od_key and not ctx.model_error:
         cfg_json = json.dumps(asdict(StirConfig(max_new_tokens=128)), sort_keys=True)
-        examples = dstate.on_demand(ctx.model_key, ctx.library_key, task_name, int(n_od), "val", 0, cfg_json)
-        source, source_stamp = f"on demand: {task_name} val, {int(n_od)} problems, seed 0", cfg_json
+        try:
+            examples = dstate.on_demand(ctx.model_key, ctx.library_key, task_name, int(n_od), "val", 0, cfg_json)
+            source, source_stamp = f"on demand: {task_name} val, {int(n_od)} problems, seed 0", cfg_json
+        except ValueError as err:
+            o3.error(ui.md_text(err))
     else:
         o3.caption(f"decodes {task_name} `val` problems")
 
@@ -229,96 +232,104 @@ scales, scales_warning = views.parse_scales(scales_text)
 if scales_warning:
     st.warning(scales_warning)
 
-board = dstate.tool_dashboard(
-    ctx.model_key, ctx.library_key, tool, source, source_stamp, examples, sweep_prompt if sweep_prompt.strip() else None,
-    scales, positions, 48,
-)
-tables = views.tool_tables(board, rec)
-for note in board.notes:
-    st.caption(note)
-x1, x2 = st.columns([1, 5])
-with x1:
-    ui._export_menu(
-        f"tool-{tool.replace('/', '_')}",
-        "x_dash_exp",
-        [("HTML (one file)", "html", lambda: render_dashboard(board).encode()),
-         ("JSON", "json", lambda: dashboard.to_json(board).encode())],
-    )
+board = None
+if ctx.model_error:  # the dashboard decodes with the model: say so once, keep the rest of the page
+    st.info("The tool dashboard needs the model, which did not load (see the sidebar).")
+else:
+    try:  # a model failing while we wait is a ValueError (ModelLoadError): one line, not a traceback
+        board = dstate.tool_dashboard(
+            ctx.model_key, ctx.library_key, tool, source, source_stamp, examples,
+            sweep_prompt if sweep_prompt.strip() else None, scales, positions, 48,
+        )
+    except ValueError as err:
+        st.error(f"Tool dashboard unavailable: {ui.md_text(err)}")
+if board is not None:
+    tables = views.tool_tables(board, rec)
+    for note in board.notes:
+        st.caption(note)
+    x1, x2 = st.columns([1, 5])
+    with x1:
+        ui._export_menu(
+            f"tool-{tool.replace('/', '_')}",
+            "x_dash_exp",
+            [("HTML (one file)", "html", lambda: render_dashboard(board).encode()),
+             ("JSON", "json", lambda: dashboard.to_json(board).encode())],
+        )
 
-prov = board.provenance
-tab_p, tab_f, tab_c, tab_n = st.tabs(["Provenance", "Where it fires", "What it changes", "Neighbours"])
-with tab_p:
-    left, right = st.columns(2)
-    with left:
-        st.markdown(
-            f"pair `{prov.pair_id}` · task `{prov.task or '?'}` · example `{prov.example_id or '?'}` · "
-            f"mean reward + {prov.mean_reward_pos if prov.mean_reward_pos is not None else '—'} / − "
-            f"{prov.mean_reward_neg if prov.mean_reward_neg is not None else '—'}"
-        )
-        if prov.norm_ratio is not None:
+    prov = board.provenance
+    tab_p, tab_f, tab_c, tab_n = st.tabs(["Provenance", "Where it fires", "What it changes", "Neighbours"])
+    with tab_p:
+        left, right = st.columns(2)
+        with left:
             st.markdown(
-                f"norm / label-shuffled norm **{prov.norm_ratio:.3g}**"
-                + (f" (above {prov.ratio_percentile:.0%} of this library's corrections)"
-                   if prov.ratio_percentile is not None else "")
+                f"pair `{prov.pair_id}` · task `{prov.task or '?'}` · example `{prov.example_id or '?'}` · "
+                f"mean reward + {prov.mean_reward_pos if prov.mean_reward_pos is not None else '—'} / − "
+                f"{prov.mean_reward_neg if prov.mean_reward_neg is not None else '—'}"
             )
-        if prov.problem is None:
-            st.caption("problem text not available")
+            if prov.norm_ratio is not None:
+                st.markdown(
+                    f"norm / label-shuffled norm **{prov.norm_ratio:.3g}**"
+                    + (f" (above {prov.ratio_percentile:.0%} of this library's corrections)"
+                       if prov.ratio_percentile is not None else "")
+                )
+            if prov.problem is None:
+                st.caption("problem text not available")
+            else:
+                p = prov.problem
+                st.markdown(f"split `{p['split']}` · gold **{p['answer']}**")
+                st.code(p["prompt"] + (("\n" + p["solution"]) if p.get("solution") else ""), language=None)
+            st.markdown("**Metadata**")
+            st.dataframe(tables.metadata, hide_index=True, width="stretch", height=260)
+        with right:
+            st.markdown("**Contrasted prefixes** (positive: correct, best reward; negative: incorrect)")
+            st.dataframe(tables.contrasts, hide_index=True, width="stretch")
+    with tab_f:
+        if board.firings is None:
+            st.caption("Pick a saved run or an on-demand run above to see where this tool is retrieved.")
+        elif not board.firings:
+            st.caption(f"Never retrieved in {board.run}.")
         else:
-            p = prov.problem
-            st.markdown(f"split `{p['split']}` · gold **{p['answer']}**")
-            st.code(p["prompt"] + (("\n" + p["solution"]) if p.get("solution") else ""), language=None)
-        st.markdown("**Metadata**")
-        st.dataframe(tables.metadata, hide_index=True, width="stretch", height=260)
-    with right:
-        st.markdown("**Contrasted prefixes** (positive: correct, best reward; negative: incorrect)")
-        st.dataframe(tables.contrasts, hide_index=True, width="stretch")
-with tab_f:
-    if board.firings is None:
-        st.caption("Pick a saved run or an on-demand run above to see where this tool is retrieved.")
-    elif not board.firings:
-        st.caption(f"Never retrieved in {board.run}.")
-    else:
-        st.caption(f"{len(board.firings)} retrievals in {board.run}, by similarity")
-        st.dataframe(tables.firings, hide_index=True, width="stretch", height=320)
-        ui.table_exports(tables.firings, f"firings-{tool.replace('/', '_')}", "x_fire_exp")
-    if board.paired is not None:
-        q = board.paired
-        a1, a2, a3, a4 = st.columns(4)
-        a1.metric(f"committed ({q.method})", q.n_committed)
-        a2.metric("fixed", len(q.fixed), help=", ".join(q.fixed) or None)
-        a3.metric("broken", len(q.broken), help=", ".join(q.broken) or None)
-        a4.metric("unchanged right / wrong", f"{q.both_right} / {q.both_wrong}")
-with tab_c:
-    if tables.lens is not None:
-        st.markdown("**Logit lens** (through the final norm's gain and the unembedding)")
-        st.dataframe(tables.lens, hide_index=True, width="stretch")
-        ui.table_exports(tables.lens, f"logit-lens-{tool.replace('/', '_')}", "x_lens_exp")
-    if board.sweep is not None:
-        st.markdown(
-            f"**α-sweep** at layer {board.sweep.layer}, positions `{board.sweep.positions}` "
-            "(highlighted: tokens that differ from the first column)"
-        )
-        st.code(board.sweep.prompt[-300:], language=None)
-        cols = st.columns(len(board.sweep.rows))
-        for col, r in zip(cols, board.sweep.rows, strict=True):
-            col.markdown(f"α = {r.scale:g}")
-            col.html(_sweep_html(r.tokens, r.differs))
-with tab_n:
-    st.markdown("**Nearest neighbours** (cosine)")
-    nb = tables.neighbours
-    if len(nb):
-        st.dataframe(nb, hide_index=True, width="stretch")
-        ui.table_exports(nb, f"neighbours-{tool.replace('/', '_')}", "x_nb_exp")
-        for by in ("keys", "vectors"):
-            sub_nb = [n for n in board.neighbours if n.by == by]
-            if sub_nb:
-                st.caption(f"open a neighbour by {by}")
-                bcols = st.columns(len(sub_nb))
-                for j, (bc, n) in enumerate(zip(bcols, sub_nb, strict=True)):
-                    bc.button(f"{n.id} ({n.cos:.2f})", key=f"x_nb_{by}_{j}", on_click=_goto, args=(n.id,),
-                              width="stretch")
-    else:
-        st.caption("No neighbours.")
+            st.caption(f"{len(board.firings)} retrievals in {board.run}, by similarity")
+            st.dataframe(tables.firings, hide_index=True, width="stretch", height=320)
+            ui.table_exports(tables.firings, f"firings-{tool.replace('/', '_')}", "x_fire_exp")
+        if board.paired is not None:
+            q = board.paired
+            a1, a2, a3, a4 = st.columns(4)
+            a1.metric(f"committed ({q.method})", q.n_committed)
+            a2.metric("fixed", len(q.fixed), help=", ".join(q.fixed) or None)
+            a3.metric("broken", len(q.broken), help=", ".join(q.broken) or None)
+            a4.metric("unchanged right / wrong", f"{q.both_right} / {q.both_wrong}")
+    with tab_c:
+        if tables.lens is not None:
+            st.markdown("**Logit lens** (through the final norm's gain and the unembedding)")
+            st.dataframe(tables.lens, hide_index=True, width="stretch")
+            ui.table_exports(tables.lens, f"logit-lens-{tool.replace('/', '_')}", "x_lens_exp")
+        if board.sweep is not None:
+            st.markdown(
+                f"**α-sweep** at layer {board.sweep.layer}, positions `{board.sweep.positions}` "
+                "(highlighted: tokens that differ from the first column)"
+            )
+            st.code(board.sweep.prompt[-300:], language=None)
+            cols = st.columns(len(board.sweep.rows))
+            for col, r in zip(cols, board.sweep.rows, strict=True):
+                col.markdown(f"α = {r.scale:g}")
+                col.html(_sweep_html(r.tokens, r.differs))
+    with tab_n:
+        st.markdown("**Nearest neighbours** (cosine)")
+        nb = tables.neighbours
+        if len(nb):
+            st.dataframe(nb, hide_index=True, width="stretch")
+            ui.table_exports(nb, f"neighbours-{tool.replace('/', '_')}", "x_nb_exp")
+            for by in ("keys", "vectors"):
+                sub_nb = [n for n in board.neighbours if n.by == by]
+                if sub_nb:
+                    st.caption(f"open a neighbour by {by}")
+                    bcols = st.columns(len(sub_nb))
+                    for j, (bc, n) in enumerate(zip(bcols, sub_nb, strict=True)):
+                        bc.button(f"{n.id} ({n.cos:.2f})", key=f"x_nb_{by}_{j}", on_click=_goto, args=(n.id,),
+                                  width="stretch")
+        else:
+            st.caption("No neighbours.")
 
 # --- export (interop) and library diff ---------------------------------------------------------------------
 st.subheader("Export tools")

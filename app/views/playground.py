@@ -180,10 +180,8 @@ st.text_area(
 )
 c1, c2, c3, c4 = st.columns(4)
 c1.number_input("Seed", min_value=0, step=1, key="pg_seed", persist_state="session")
-c2.number_input(
+c2.number_input(  # no min/max on the widget: an out-of-range entry is refused below, by name
     "Max new tokens",
-    min_value=1,
-    max_value=TOKEN_CAP,
     step=16,
     key="pg_tokens",
     persist_state="session",
@@ -199,7 +197,7 @@ n_cols = int(st.session_state["pg_ncols"])
 
 knobs: list[dict] = []
 cfg_cols = st.columns(n_cols)
-knob_error = None
+field_errors: list[str] = []  # every invalid field, one line each; Run is disabled while there is any
 for i in range(n_cols):
     with cfg_cols[i]:
         if st.session_state.get(f"pg_m{i}") not in methods:
@@ -210,45 +208,58 @@ for i in range(n_cols):
                 try:
                     knobs.append(ui.knob_editor(method, f"pg{i}", lib_layers, vars(base)))
                 except ValueError as err:
-                    knob_error = f"Column {i + 1}: {err}"
+                    field_errors.append(f"Column {i + 1}: {err}")
                     knobs.append({})
         else:
             knobs.append({})
 
 ui.show_notices()
-if knob_error:
-    st.error(knob_error)
-    st.stop()
-try:
-    view = current_view(n_cols, knobs)
-except ValueError as err:
-    st.error(str(err))
-    st.stop()
+tokens_value = st.session_state["pg_tokens"]
+if tokens_value is None or not 1 <= int(tokens_value) <= TOKEN_CAP:
+    field_errors.append(f"max_new_tokens={tokens_value}: must be between 1 and {TOKEN_CAP} on this server "
+                        "(STIR_APP_MAX_TOKENS)")
+view: SavedView | None = None
+if not field_errors:
+    try:
+        view = current_view(n_cols, knobs)
+    except ValueError as err:
+        field_errors.append(str(err))
+for line in field_errors:
+    st.error(ui.md_text(line))
 if "pg_notice" in st.session_state:
     st.warning(st.session_state.pop("pg_notice"))
 
-run_clicked = st.button("Run comparison", type="primary", key="x_run")
-autorun = st.session_state.pop("pending_autorun", False)
-if (run_clicked or autorun) and not view.prompt.strip():
+blocked = view is None or bool(ctx.model_error)
+run_clicked = st.button("Run comparison", type="primary", key="x_run", disabled=blocked,
+                        help="Fix the fields above first" if view is None else (
+                            "The model is not loaded (see the sidebar)" if ctx.model_error else None)) and not blocked
+autorun = st.session_state.pop("pending_autorun", False) and not blocked
+if view is None:
+    pass  # the errors above say why nothing runs
+elif (run_clicked or autorun) and not view.prompt.strip():
     st.error("The prompt is empty.")
-elif (run_clicked or autorun) and ctx.library is not None and ctx.check_library() is None:
-    st.error(f"The library does not fit this model: {ctx.library_error}")
 elif run_clicked or autorun:
-    try:
-        with st.spinner("Decoding…"):
-            st.session_state["pg_result"] = run_comparison(view)
+    try:  # a model that fails to load while we wait for it is a ValueError too (ModelLoadError): one line
+        if ctx.library is not None and ctx.check_library() is None:
+            st.error(f"The library does not fit this model: {ui.md_text(ctx.library_error)}")
+        else:
+            with st.spinner("Decoding…"):
+                st.session_state["pg_result"] = run_comparison(view)
     except ValueError as err:
-        st.error(f"Generation failed: {err}")
+        st.error(f"Generation failed: {ui.md_text(err)}")
 
 with st.expander("Saved view"):
-    st.download_button(
-        "Download this view (JSON)",
-        data=export.view_bytes(view),
-        file_name="stir-view.json",
-        mime="application/json",
-        key="x_view_dl",
-        on_click="ignore",
-    )
+    if view is None:
+        st.caption("Fix the fields above to download this view.")
+    else:
+        st.download_button(
+            "Download this view (JSON)",
+            data=export.view_bytes(view),
+            file_name="stir-view.json",
+            mime="application/json",
+            key="x_view_dl",
+            on_click="ignore",
+        )
     up = st.file_uploader("Open a saved view", type=["json"], key="x_view_up")
     if up is not None and st.session_state.get("pg_view_seen") != up.file_id:
         st.session_state["pg_view_seen"] = up.file_id
@@ -257,12 +268,13 @@ with st.expander("Saved view"):
             st.session_state["pending_autorun"] = True
             st.rerun()
         except ValueError as err:
-            st.error(str(err))
+            st.error(ui.md_text(err))
 
 # --- results -------------------------------------------------------------------------------------------
 result = st.session_state.get("pg_result")
 if result:
-    st.query_params.from_dict({**view.to_query(), "run": "1"})
+    if view is not None:
+        st.query_params.from_dict({**view.to_query(), "run": "1"})
     page = views.playground_page(result)
     traces, labels, reference = page.traces, page.labels, page.reference
     colors = figures.tool_colors(traces)
@@ -330,7 +342,8 @@ if result:
         st.dataframe(all_tokens, hide_index=True, width="stretch")
         ui.table_exports(all_tokens, "tokens-all-columns", "x_all_exp")
 else:
-    st.query_params.from_dict(view.to_query())
+    if view is not None:
+        st.query_params.from_dict(view.to_query())
     st.subheader("Gate firing per token")
     # A placeholder chart: the browser loads its chart library now, while the model loads, not after Run.
     with st.container(key="gate_strip_empty"):

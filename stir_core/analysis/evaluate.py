@@ -87,10 +87,11 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
     def record(method: str, traces: list[Trace], wall: float) -> None:
         for t in traces:
             t.warnings.extend(warnings)
-        correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, examples, strict=True)]
+        done_ex = examples[:len(traces)]  # all of them, except for a method cut short by a cancel
+        correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, done_ex, strict=True)]
         correct_by[method] = correct
         summary[method] = summarise(traces, correct, wall)
-        for t, ex, ok in zip(traces, examples, correct, strict=True):
+        for t, ex, ok in zip(traces, done_ex, correct, strict=True):
             rows.append({"example_id": ex.id, "method": method, "correct": ok, "n_tokens": t.n_tokens,
                          "probe_tokens": t.probe_tokens, "interventions": t.interventions,
                          "prompt": t.prompt, "completion": t.completion, "answer": task.extract(t.completion),
@@ -112,14 +113,21 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
         for method in methods:
             t0 = time.perf_counter()
             traces: list[Trace] = []
-            for lo in range(0, len(examples), batch_size):
-                chunk = examples[lo: lo + batch_size]
-                traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
-                                     example_ids=[ex.id for ex in chunk])
-                done += len(chunk)
-                bar.update(len(chunk))
-                if progress:
-                    progress(done, total, method)
+            try:
+                for lo in range(0, len(examples), batch_size):
+                    chunk = examples[lo: lo + batch_size]
+                    traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
+                                         example_ids=[ex.id for ex in chunk])
+                    done += len(chunk)
+                    bar.update(len(chunk))
+                    if progress:
+                        progress(done, total, method)
+            except BaseException:  # cancelled (progress raised) or interrupted: keep the finished batches
+                if out_dir is not None and traces:
+                    record(method, traces, time.perf_counter() - t0)
+                    save_results(EvalResult(dict(summary), pd.DataFrame(rows), {**cfg, "partial": True}),
+                                 out_dir)
+                raise
             record(method, traces, time.perf_counter() - t0)
             if out_dir is not None and method != methods[-1]:
                 save_results(EvalResult(dict(summary), pd.DataFrame(rows), {**cfg, "partial": True}), out_dir)

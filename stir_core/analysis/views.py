@@ -203,6 +203,9 @@ def evaluate_page(res: EvalResult, method: str | None = None, outcome: str = "al
     cfg, ex = res.config, res.examples
     header = (f"task `{cfg.get('task')}` · split `{cfg.get('split')}` · n={cfg.get('n')} · model "
               f"`{cfg.get('model')}` · library `{cfg.get('library')}`")
+    if cfg.get("partial"):  # a cancelled or interrupted run: what finished, per method
+        done = ", ".join(f"{m} {int(s.get('n', 0))}/{cfg.get('n')}" for m, s in res.summary.items())
+        header += f" · **partial** (stopped early; finished: {done or 'nothing'})"
     if "vanilla" not in set(ex["method"]):
         return EvaluatePage(header, res.table(), [], ex.drop(columns=["trace_json"], errors="ignore"))
     outcomes = paired_outcomes(ex, "vanilla")
