@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,7 +19,8 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from stir_core.analysis.outcomes import pareto_front
-from stir_core.analysis.views import ScoreMatrix, diff_mask, token_interventions
+from stir_core.analysis.tokens import COLOR_MODE_LABELS, COLOR_MODES, Span, TokenView, spans_html, token_views
+from stir_core.analysis.views import ScoreMatrix, token_interventions
 from stir_core.online.trace import Trace
 
 FONT = "DejaVu Sans"
@@ -350,197 +352,168 @@ def message_figure(message: str, height: int = 140) -> go.Figure:
     return style(fig, None, height=height)
 
 
-# --- playground -------------------------------------------------------------------------------------
+# --- playground ---------------------------------------------------------------------------------------
+
+# Continuous colour modes: (Plotly colour scale, low end fixed or None for the data's min, high end likewise).
+MODE_SCALES = {"logp": ("RdYlGn", None, 0.0), "kl": ("Reds", 0.0, None), "gain": ("RdBu", None, None)}
+
+
+def tool_color(tag: str) -> str:
+    """A tool's colour, from its id alone (CRC32 into the palette): the same in every run and every column,
+    whatever else fired (a sorted set of the tags that fired would shift colours between runs)."""
+    base = tag.split("~", 1)[-1]  # the random-vector ablation's "random~<id>" keeps its tool's colour
+    return PALETTE[zlib.crc32(base.encode()) % len(PALETTE)]
 
 
 def tool_colors(traces: Sequence[Trace]) -> dict[str, str]:
-    """One colour per tool tag that acts anywhere in these traces (stable: sorted tags)."""
+    """One colour per tool tag that acts anywhere in these traces (`tool_color`: stable across runs)."""
     tags = {iv.tool for t in traces for iv in token_interventions(t) if iv.tool is not None}
-    return category_colors(sorted(tags))
+    return {tag: tool_color(tag) for tag in sorted(tags)}
 
 
-def _shown(piece: str) -> str:
-    return piece.replace("\n", "↵").replace(" ", "·") or "∅"
+def _mode_range(rows: Sequence[Sequence[TokenView]], mode: str) -> tuple[float, float]:
+    scale, lo, hi = MODE_SCALES[mode]
+    vals = [v for r in rows for t in r if (v := t.value(mode)) is not None and math.isfinite(v)]
+    lo = min(vals, default=0.0) if lo is None else lo
+    hi = max(vals, default=1.0) if hi is None else hi
+    if mode == "gain":  # diverging around 0
+        lim = max(abs(lo), abs(hi), 1e-9)
+        lo, hi = -lim, lim
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-def _token_hover(tok, iv, differs: bool) -> str:
-    parts = [f"#{tok.index} {_shown(tok.text)}", f"log p = {tok.logprob:.3f}", f"segment {tok.segment}"]
-    if iv.tool is not None:
-        how = f"added here, ‖·‖={iv.added_norm:.3g}" if iv.direct else "in the committed segment"
-        parts.append(f"tool {iv.tool} (m={iv.m}, α={iv.alpha:.3g}; {how})")
-    if differs:
-        parts.append("differs from vanilla")
-    return "<br>".join(parts)
+def token_color(t: TokenView, mode: str, colors: dict[str, str], rng: tuple[float, float] | None) -> str:
+    """A token's background in colour mode `mode`: its governing tool (full colour where the vector was
+    added, tinted over the rest of the segment, grey under the null action), or its value on the mode's
+    scale over `rng` (grey without a value)."""
+    if mode == "tool":
+        if t.tool is None:
+            return NONE_COLOR
+        c = colors.get(t.tool) or tool_color(t.tool)
+        return c if t.direct else tint(c, 0.35)
+    v = t.value(mode)
+    if v is None or not math.isfinite(v) or rng is None:
+        return NONE_COLOR
+    lo, hi = rng
+    rgb = sample_colorscale(MODE_SCALES[mode][0], [min(1.0, max(0.0, (v - lo) / (hi - lo)))])[0]
+    r, g, b = (int(float(x)) for x in rgb[rgb.index("(") + 1: -1].split(","))
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def token_strip(
-    columns: Sequence[tuple[str, Trace]],
+    columns: Sequence[tuple[str, Trace]] | Sequence[tuple[str, Sequence[TokenView]]],
     reference: Trace | None = None,
     max_text_tokens: int = 96,
     title: str | None = None,
+    mode: str = "tool",
 ) -> go.Figure:
-    """Gate firing per token: one row per column (method), one vector cell per generated token.
+    """Gate firing per token: one row per column (method), one vector cell per generated token. Columns
+    are (label, Trace) or (label, token views from `stir_core.analysis.tokens.token_views`, which carry the
+    KL values and the gate's reasons).
 
-    Cell colour: the tool governing the token (full colour where its vector was added at that token, a
-    tint over the rest of its committed segment), grey under the null action. Black ticks mark segment
-    boundaries (after each delimiter); pink markers flag tokens that differ from `reference` (vanilla).
-    Hover: token text, log-probability, segment, tool and α."""
-    traces = [t for _, t in columns]
-    colors = tool_colors(traces)
-    n_max = max((t.n_tokens for t in traces), default=0)
+    Cell colour (`mode`): "tool": the tool governing the token (full colour where its vector was added, a
+    tint over the rest of its committed segment), grey under the null action; "logp" / "kl" / "gain": the
+    value on a colour scale (with a colour bar). Black ticks mark segment boundaries (after each
+    delimiter); pink markers flag tokens that differ from `reference` (vanilla); a ring marks each control
+    point. Hover: token, log p, tool and α, KL, and at a control point why the gate did what it did.
+    `customdata` of the hover markers: [row, token index] (a click names the token)."""
+    rows: list[list[TokenView]] = []
+    for _, c in columns:
+        rows.append(token_views(c, reference) if isinstance(c, Trace) else list(c))
+    if mode not in COLOR_MODES:
+        raise ValueError(f"unknown colour mode {mode!r}; use one of {COLOR_MODES}")
+    tags = sorted({t.tool for r in rows for t in r if t.tool is not None})
+    colors = {tag: tool_color(tag) for tag in tags}
+    rng = None if mode == "tool" else _mode_range(rows, mode)
+    n_max = max((len(r) for r in rows), default=0)
     fill: dict[str, tuple[list, list]] = {}
-    hx, hy, htext, tx, ty, ttext = [], [], [], [], [], []
-    bx, by, dx, dy = [], [], [], []
-    for r, (_, t) in enumerate(columns):
-        ivs = token_interventions(t)
-        diff = (
-            diff_mask([x.token_id for x in reference.tokens], [x.token_id for x in t.tokens])
-            if reference is not None and t is not reference
-            else [False] * t.n_tokens
-        )
-        for tok, iv, d in zip(t.tokens, ivs, diff, strict=True):
-            i = tok.index
-            color = (
-                NONE_COLOR
-                if iv.tool is None
-                else (colors[iv.tool] if iv.direct else tint(colors[iv.tool], 0.35))
-            )
+    hx, hy, htext, hdata, tx, ty, ttext = [], [], [], [], [], [], []
+    bx, by, dx, dy, wx, wy = [], [], [], [], [], []
+    for r, toks in enumerate(rows):
+        for t in toks:
+            i = t.index
+            color = token_color(t, mode, colors, rng)
             xs, ys = fill.setdefault(color, ([], []))
             xs += [i - 0.45, i + 0.45, i + 0.45, i - 0.45, i - 0.45, None]
             ys += [r - 0.38, r - 0.38, r + 0.38, r + 0.38, r - 0.38, None]
             hx.append(i)
             hy.append(r)
-            htext.append(_token_hover(tok, iv, d))
+            htext.append("<br>".join(html.escape(x) for x in t.hover()))
+            hdata.append([r, i])
             tx.append(i)
             ty.append(r)
-            ttext.append(_shown(tok.text))
-            if tok.is_delimiter:
+            ttext.append(t.shown)
+            if t.is_delimiter:
                 bx += [i + 0.5, i + 0.5, None]
                 by += [r - 0.48, r + 0.48, None]
-            if d:
+            if t.differs:
                 dx.append(i)
                 dy.append(r - 0.44)
+            if t.why:
+                wx.append(i)
+                wy.append(r)
     fig = go.Figure()
     for color, (xs, ys) in fill.items():
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                fill="toself",
-                fillcolor=color,
-                hoverinfo="skip",
-                line={"width": 0, "color": color},
-                showlegend=False,
-            )
-        )
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", fill="toself", fillcolor=color, hoverinfo="skip",
+                                 line={"width": 0, "color": color}, showlegend=False))
     if bx:
-        fig.add_trace(
-            go.Scatter(
-                x=bx,
-                y=by,
-                mode="lines",
-                line={"color": "#111", "width": 1.5},
-                name="segment boundary",
-                hoverinfo="skip",
-            )
-        )
+        fig.add_trace(go.Scatter(x=bx, y=by, mode="lines", line={"color": "#111", "width": 1.5},
+                                 name="segment boundary", hoverinfo="skip"))
     if dx:
-        fig.add_trace(
-            go.Scatter(
-                x=dx,
-                y=dy,
-                mode="markers",
-                name="differs from vanilla",
-                hoverinfo="skip",
-                marker={"symbol": "triangle-down", "size": 6, "color": DIFF_COLOR},
-            )
-        )
+        fig.add_trace(go.Scatter(x=dx, y=dy, mode="markers", name="differs from vanilla", hoverinfo="skip",
+                                 marker={"symbol": "triangle-down", "size": 6, "color": DIFF_COLOR}))
+    if wx:
+        fig.add_trace(go.Scatter(x=wx, y=wy, mode="markers", name="control point (hover: why)",
+                                 hoverinfo="skip", marker={"symbol": "square-open", "size": 15,
+                                                           "color": "#495057", "line": {"width": 1.5}}))
     if n_max <= max_text_tokens:
-        fig.add_trace(
-            go.Scatter(
-                x=tx,
-                y=ty,
-                mode="text",
-                text=ttext,
-                hoverinfo="skip",
-                showlegend=False,
-                textfont={"family": FONT, "size": 9, "color": "#222"},
-                meta={"role": "cell-text"},  # export.paper_figure shrinks or drops it at small sizes
-            )
-        )
-    fig.add_trace(
-        go.Scatter(
-            x=hx,
-            y=hy,
-            mode="markers",
-            hovertext=htext,
-            hoverinfo="text",
-            showlegend=False,
-            marker={"opacity": 0, "size": 10},
-        )
-    )
-    for tag, c in colors.items():  # legend entries for the tools
-        fig.add_trace(
-            go.Scatter(
-                x=[None],
-                y=[None],
-                mode="markers",
-                name=tag,
-                marker={"symbol": "square", "size": 10, "color": c},
-            )
-        )
+        fig.add_trace(go.Scatter(
+            x=tx, y=ty, mode="text", text=ttext, hoverinfo="skip", showlegend=False,
+            textfont={"family": FONT, "size": 9, "color": "#222"},
+            meta={"role": "cell-text"},  # export.paper_figure shrinks or drops it at small sizes
+        ))
+    marker: dict = {"opacity": 0, "size": 10}
+    if rng is not None:  # the colour bar of a continuous mode rides on the (invisible) hover markers
+        marker.update(color=[rng[0]] * len(hx), colorscale=MODE_SCALES[mode][0], cmin=rng[0], cmax=rng[1],
+                      showscale=True, colorbar={"title": {"text": COLOR_MODE_LABELS[mode]}, "thickness": 12})
+    fig.add_trace(go.Scatter(x=hx, y=hy, mode="markers", hovertext=htext, hoverinfo="text", showlegend=False,
+                             customdata=hdata, marker=marker, meta={"role": "token-hover"}))
+    if mode == "tool":
+        for tag, c in colors.items():  # legend entries for the tools
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=tag,
+                                     marker={"symbol": "square", "size": 10, "color": c}))
     labels = [label for label, _ in columns]
-    fig.update_yaxes(
-        tickvals=list(range(len(labels))),
-        ticktext=labels,
-        range=[len(labels) - 0.5, -0.6],
-        showgrid=False,
-        zeroline=False,
-    )
-    fig.update_xaxes(
-        title_text="generated token", range=[-0.6, max(n_max, 1) - 0.4], showgrid=False, zeroline=False
-    )
+    fig.update_yaxes(tickvals=list(range(len(labels))), ticktext=labels, range=[len(labels) - 0.5, -0.6],
+                     showgrid=False, zeroline=False)
+    fig.update_xaxes(title_text="generated token", range=[-0.6, max(n_max, 1) - 0.4], showgrid=False,
+                     zeroline=False)
     style(fig, title, height=90 + 46 * len(labels))
-    fig.update_layout(
-        legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
-        margin={"t": 40 if title is None else 70},
-    )
+    fig.update_layout(legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
+                      margin={"t": 40 if title is None else 70})
     return fig
 
 
-def tokens_html(trace: Trace, reference: Trace | None = None, colors: dict[str, str] | None = None) -> str:
-    """The completion as HTML spans: tinted by the governing tool, outlined where it differs from
-    `reference`, a ¶ at each segment boundary; hovering a token shows its log-probability."""
-    colors = colors if colors is not None else tool_colors([trace])
-    ivs = token_interventions(trace)
-    diff = (
-        diff_mask([x.token_id for x in reference.tokens], [x.token_id for x in trace.tokens])
-        if reference is not None and reference is not trace
-        else [False] * trace.n_tokens
-    )
-    out = [
-        '<div class="stir-tokens" style="font-family: DejaVu Sans Mono, monospace; font-size: 0.85rem; '
-        'line-height: 1.7; white-space: pre-wrap; word-break: break-all;">'
-    ]
-    for tok, iv, d in zip(trace.tokens, ivs, diff, strict=True):
-        css = []
-        if iv.tool is not None:
-            color = colors.get(iv.tool, PALETTE[0])
-            css.append(f"background:{color if iv.direct else tint(color, 0.3)}")
-        elif d:
-            css.append("background:#fff3bf")
-        if d:
-            css.append(f"box-shadow:inset 0 -2px 0 {DIFF_COLOR}")
-        title = f"log p = {tok.logprob:.3f}" + (f" · tool {iv.tool} α={iv.alpha:.3g}" if iv.tool else "")
-        if tok.is_delimiter:  # the ¶ goes before the delimiter's newline, at the end of its segment
-            out.append('<span class="seg" style="color:#868e96" title="segment boundary">¶</span>')
-        out.append(
-            f'<span class="{"tok diff" if d else "tok"}" title="{html.escape(title)}" '
-            f'style="{";".join(css)}">{html.escape(tok.text)}</span>'
-        )
-    out.append("</div>")
-    return "".join(out)
+def tokens_html(trace: Trace | Sequence[TokenView], reference: Trace | None = None,
+                colors: dict[str, str] | None = None, mode: str = "tool",
+                rng: tuple[float, float] | None = None) -> str:
+    """The completion as HTML spans (`stir_core.analysis.tokens.spans_html`, the one token renderer): the
+    background by colour mode (`token_color`), underlined where it differs from `reference`, a ¶ at each
+    segment boundary, a dotted outline at each control point; hovering a token shows its log-probability,
+    what acted on it and, at a control point, why."""
+    toks = token_views(trace, reference) if isinstance(trace, Trace) else list(trace)
+    colors = colors if colors is not None else {t.tool: tool_color(t.tool) for t in toks if t.tool}
+    if mode != "tool" and rng is None:
+        rng = _mode_range([toks], mode)
+    spans = []
+    for t in toks:
+        bg = token_color(t, mode, colors, rng)
+        if mode == "tool" and t.tool is None:
+            bg = "#fff3bf" if t.differs else ""
+        elif bg == NONE_COLOR and mode != "tool":
+            bg = ""
+        spans.append(Span(text=t.text, background=bg, marked=t.differs, title=t.hover(),
+                          boundary=t.is_delimiter, why=bool(t.why)))
+    return spans_html(spans)
 
 
 def score_heatmap(sm: ScoreMatrix, title: str | None = None) -> go.Figure:

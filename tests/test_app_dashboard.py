@@ -40,7 +40,7 @@ def test_dashboard_neighbour_navigation_export_and_diff(app_env):  # noqa: F811
     model = load_model(str(app_env["model"]), device="cpu")
     ref = dash.alpha_sweep(Engine(model), model.format_prompt("3+4=7\n\n"), lib.vectors[row_of(lib, first.id)],
                            first.layer, dash.SCALES, "last", 48)
-    texts = [html.unescape("".join(re.findall(r'<span class="tok[^"]*" style="[^"]*">(.*?)</span>', h, re.S)))
+    texts = [html.unescape("".join(re.findall(r'<span class="tok[^"]*" title="[^"]*" style="[^"]*">(.*?)</span>', h, re.S)))
              for h in htmls]
     assert texts == [r.text for r in ref.rows]
     # the export menu produced a GGUF for the selected tools

@@ -196,7 +196,7 @@ def test_tokens_html_spans_titles_and_highlights():
     html = figures.tokens_html(st_, van)
     spans = re.findall(r'<span class="(tok[^"]*)" title="([^"]*)"', html)
     assert len(spans) == st_.n_tokens
-    assert [c for c, _ in spans].count("tok diff") == sum(views.diff_mask([3, 4, 0, 5], [3, 4, 0, 9, 5]))
+    assert sum("diff" in c.split() for c, _ in spans) == sum(views.diff_mask([3, 4, 0, 5], [3, 4, 0, 9, 5]))
     assert all(f"log p = {t.logprob:.3f}" in title for (_, title), t in zip(spans, st_.tokens, strict=True))
     assert html.count('class="seg"') == 1
     assert "&lt;" in figures.tokens_html(_trace_with_text("<b>"), None)  # token text is escaped

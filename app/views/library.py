@@ -3,7 +3,6 @@ and a dashboard per tool (provenance, where it fires, what it changes, neighbour
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import asdict
 
@@ -16,6 +15,7 @@ from app import figures, state, ui
 from stir_core.analysis import dashboard, views
 from stir_core.analysis import diff as library_diff
 from stir_core.analysis.dashboard_html import render as render_dashboard
+from stir_core.analysis.tokens import Span, spans_html
 from stir_core.library.format import MANIFEST_FILE
 from stir_core.online.methods import StirConfig
 
@@ -148,16 +148,9 @@ def _goto(tool_id: str) -> None:
 
 
 def _sweep_html(tokens: list[str], differs: list[bool]) -> str:
-    """One sweep column: tokens as spans, the ones that differ from the first column highlighted."""
-    spans = "".join(
-        f'<span class="{"tok diff" if d else "tok"}" style="{"background:#ffd54f" if d else ""}">'
-        f"{html.escape(t)}</span>"
-        for t, d in zip(tokens, differs, strict=True)
-    )
-    return (
-        '<div class="stir-sweep" style="font-family: DejaVu Sans Mono, monospace; font-size: 0.85rem; '
-        f'white-space: pre-wrap; word-break: break-all;">{spans}</div>'
-    )
+    """One sweep column through the one token renderer: tokens that differ from the first column marked."""
+    return spans_html([Span(text=t, background="#ffd54f" if d else "", marked=d) for t, d in
+                       zip(tokens, differs, strict=True)], css_class="stir-sweep")
 
 
 tool = st.selectbox(

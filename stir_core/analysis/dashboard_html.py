@@ -5,6 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from stir_core.analysis.dashboard import ToolDashboard
+from stir_core.analysis.tokens import Span, spans_html
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
@@ -78,8 +79,8 @@ def render(d: ToolDashboard) -> str:
                    f"<pre>{_show(d.sweep.prompt[-300:])}</pre>")
         cells = []
         for r in d.sweep.rows:
-            toks = "".join(f"<mark>{_show(t)}</mark>" if diff else _show(t)
-                           for t, diff in zip(r.tokens, r.differs, strict=True))
+            toks = spans_html([Span(text=t, background="#ffd54f" if diff else "", marked=diff)
+                               for t, diff in zip(r.tokens, r.differs, strict=True)], css_class="stir-sweep")
             cells.append([f"α = {r.scale:g}", toks])
         out.append(_table(["scale", "continuation (marked: differs from the first row)"], cells, "sweep"))
     if d.paired is not None:
