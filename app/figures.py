@@ -19,7 +19,15 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from stir_core.analysis.outcomes import pareto_front
-from stir_core.analysis.tokens import COLOR_MODE_LABELS, COLOR_MODES, Span, TokenView, spans_html, token_views
+from stir_core.analysis.tokens import (
+    COLOR_MODE_LABELS,
+    COLOR_MODES,
+    Span,
+    TokenView,
+    shown,
+    spans_html,
+    token_views,
+)
 from stir_core.analysis.views import ScoreMatrix, token_interventions
 from stir_core.online.trace import Trace
 
@@ -371,7 +379,7 @@ def tool_colors(traces: Sequence[Trace]) -> dict[str, str]:
     return {tag: tool_color(tag) for tag in sorted(tags)}
 
 
-def _mode_range(rows: Sequence[Sequence[TokenView]], mode: str) -> tuple[float, float]:
+def mode_range(rows: Sequence[Sequence[TokenView]], mode: str) -> tuple[float, float]:
     scale, lo, hi = MODE_SCALES[mode]
     vals = [v for r in rows for t in r if (v := t.value(mode)) is not None and math.isfinite(v)]
     lo = min(vals, default=0.0) if lo is None else lo
@@ -424,7 +432,7 @@ def token_strip(
         raise ValueError(f"unknown colour mode {mode!r}; use one of {COLOR_MODES}")
     tags = sorted({t.tool for r in rows for t in r if t.tool is not None})
     colors = {tag: tool_color(tag) for tag in tags}
-    rng = None if mode == "tool" else _mode_range(rows, mode)
+    rng = None if mode == "tool" else mode_range(rows, mode)
     n_max = max((len(r) for r in rows), default=0)
     fill: dict[str, tuple[list, list]] = {}
     hx, hy, htext, hdata, tx, ty, ttext = [], [], [], [], [], [], []
@@ -503,7 +511,7 @@ def tokens_html(trace: Trace | Sequence[TokenView], reference: Trace | None = No
     toks = token_views(trace, reference) if isinstance(trace, Trace) else list(trace)
     colors = colors if colors is not None else {t.tool: tool_color(t.tool) for t in toks if t.tool}
     if mode != "tool" and rng is None:
-        rng = _mode_range([toks], mode)
+        rng = mode_range([toks], mode)
     spans = []
     for t in toks:
         bg = token_color(t, mode, colors, rng)
@@ -514,6 +522,32 @@ def tokens_html(trace: Trace | Sequence[TokenView], reference: Trace | None = No
         spans.append(Span(text=t.text, background=bg, marked=t.differs, title=t.hover(),
                           boundary=t.is_delimiter, why=bool(t.why)))
     return spans_html(spans)
+
+
+def commit_effects_figure(commits: Sequence[dict], title: str | None = None) -> go.Figure:
+    """The effect of each commit over time (`stir_core.analysis.effects.CommitEffect`s as dicts): one line
+    per commit, KL(steered ‖ vanilla) of the next-token distribution against tokens after the commit; a
+    filled marker where the top token changed (hover: the two top tokens)."""
+    fig = go.Figure()
+    for c in commits:
+        steps = [i - c["token_index"] for i in c["tokens"]]
+        color = tool_color(c["tool"])
+        hover = [f"m={c['m']} {html.escape(c['tool'])} (α={c['alpha']:.3g})<br>token +{k} (#{i}): KL {v:.4g}"
+                 f"<br>top: steered {html.escape(shown(a))} · vanilla {html.escape(shown(b))}"
+                 for k, i, v, a, b in zip(steps, c["tokens"], c["kl"], c["steered_top"], c["vanilla_top"],
+                                          strict=True)]
+        fig.add_trace(go.Scatter(
+            x=steps, y=c["kl"], mode="lines+markers", name=f"m={c['m']} {c['tool']}", hovertext=hover,
+            hoverinfo="text", line={"color": color},
+            marker={"color": [color if ch else "#fff" for ch in c["top_changed"]], "size": 8,
+                    "line": {"color": color, "width": 1.5},
+                    "symbol": ["diamond" if ch else "circle" for ch in c["top_changed"]]},
+        ))
+    fig.update_xaxes(title_text="tokens after the commit", dtick=1)
+    fig.update_yaxes(title_text="KL(steered ‖ vanilla), nats", rangemode="tozero")
+    style(fig, title, height=300)
+    fig.update_layout(legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"})
+    return fig
 
 
 def score_heatmap(sm: ScoreMatrix, title: str | None = None) -> go.Figure:

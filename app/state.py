@@ -278,6 +278,24 @@ def run_trace(
     return {"trace": trace.to_dict(), "wall_s": wall}
 
 
+@st.cache_data(max_entries=256, show_spinner="Measuring each commit's effect…")
+def trace_effects(model_key: tuple[str, str, str], library_key: tuple[str, str], trace_json: str,
+                  scope: str) -> dict[str, Any]:
+    """`stir_core.analysis.effects.trace_effects` of one trace (teacher-forced forwards, under the model's
+    turn): {"kl", "top_changed", "commits", "logprob_error"}, or {"error": one line} when the trace's
+    additions cannot be put back (the random-vector and static ablations)."""
+    from stir_core.analysis.effects import EffectsUnavailable
+    from stir_core.analysis.effects import trace_effects as effects
+
+    lib = _library_of(*library_key, model_key) if library_key[0] else None
+    try:
+        with generation(*model_key):
+            out = effects(get_model(*model_key), Trace.from_json(trace_json), lib, scope)
+    except EffectsUnavailable as err:
+        return {"error": str(err)}
+    return asdict(out)
+
+
 def generate(ctx: Context, prompt_text: str, method: str, config: StirConfig,
              on_wait=None) -> tuple[Trace, float]:
     """One column of the Playground: format the raw prompt for the model (truncated, with a warning in the

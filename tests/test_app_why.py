@@ -4,6 +4,7 @@ bad delimiter. Each test here failed on the code before the fix it names."""
 
 from __future__ import annotations
 
+import html
 import re
 import time
 
@@ -144,3 +145,58 @@ def test_a_bad_delimiter_gets_our_own_message():
     msgs = [e for e in _errors(at) if "delimiter" in e]
     assert msgs and "broken escape" in msgs[0] and "codec" not in msgs[0], _errors(at)
     assert at.button(key="x_run").disabled
+
+
+def test_why_on_the_token_colour_modes_and_commit_effects():
+    """#23 Deliver 1-2: a control point's token carries the gate's reasons (shortlist with similarities,
+    gains and scores, Score_null, τ_null, the reason, α), the same as the core's own decode of the prompt; the
+    KL colour mode and the effect-over-time chart show `effects.trace_effects` of that decode."""
+    import json
+
+    from test_app import PROMPT
+
+    from stir_core.analysis.effects import trace_effects
+    from stir_core.library.format import ToolLibrary
+    from stir_core.online.methods import StirConfig, run_method
+    from stir_core.runtime.engine import Engine
+    from stir_core.runtime.model import load_model
+
+    import os
+
+    at = _app()
+    at.run()
+    _run_playground(at)
+    model = load_model(os.environ["STIR_MODEL"], device="cpu")
+    lib = ToolLibrary.load(os.environ["STIR_LIBRARY"])
+    ref = run_method(Engine(model), [model.format_prompt(PROMPT)], "stir", lib,
+                     StirConfig(max_new_tokens=24, delimiter="\n", seed=0))[0]
+    assert ref.interventions
+    stir_html = [m.value for m in at.markdown if 'class="stir-tokens"' in m.value][2]  # vanilla, static, stir
+    titles = re.findall(r'<span class="tok[^"]*why[^"]*" title="([^"]*)"', stir_html)
+    assert len(titles) == len(ref.decisions)
+    for title, d in zip(titles, ref.decisions, strict=True):
+        text = html.unescape(title)
+        assert f"Score_null = {d.score_null:.4g}" in text and "τ_null = 0" in text
+        assert all(f"{c.tool_id} ({c.kind}, L{c.layer}): sim {c.sim:.3f}" in text for c in d.candidates)
+        assert all(f"score {c.score:.4g}" in text for c in d.candidates if c.score is not None)
+        assert (f"α = {d.alpha:.3g}" in text) == d.committed
+    # the Why panel, for the first control point
+    panel = "\n".join(t.value for t in at.text)
+    d0 = ref.decisions[0]
+    assert f"control point m={d0.m}" in panel and f"Score_null = {d0.score_null:.4g}" in panel
+    # effects: the chart holds the core's KL of each commit
+    eff = trace_effects(model, ref, lib)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    effect = next(c for c in charts if c["layout"].get("yaxis", {}).get("title", {}).get("text", "").startswith("KL"))
+    assert len(effect["data"]) == len(eff.commits)
+    for trace, c in zip(effect["data"], eff.commits, strict=True):
+        assert trace["y"] == pytest.approx(c.kl, abs=1e-5)
+    # colour mode KL: the strip gets a KL colour bar, the tokens a KL hover line
+    at.segmented_control(key="pg_color").set_value("kl").run()
+    _ok(at)
+    strip = json.loads(at.get("plotly_chart")[0].proto.spec)
+    bars = [t["marker"]["colorbar"]["title"]["text"] for t in strip["data"]
+            if isinstance(t.get("marker"), dict) and "colorbar" in t["marker"]]
+    assert bars == ["KL(steered ‖ vanilla)"]
+    k = max(range(len(eff.kl)), key=eff.kl.__getitem__)
+    assert any(f"KL(steered ‖ vanilla) = {eff.kl[k]:.4g}" in html.unescape(m.value) for m in at.markdown)

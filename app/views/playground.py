@@ -9,7 +9,7 @@ import streamlit as st
 
 from app import export, figures, state, ui
 from app.export import ColumnSpec, SavedView
-from stir_core.analysis import views
+from stir_core.analysis import tokens, views
 from stir_core.config import recommended
 from stir_core.online.methods import METHODS
 
@@ -278,23 +278,98 @@ if result:
     page = views.playground_page(result)
     traces, labels, reference = page.traces, page.labels, page.reference
     colors = figures.tool_colors(traces)
+    col_knobs = [c.get("knobs") or {} for c in result["columns"]]
+    # KL(steered ‖ vanilla) per token and per commit (teacher-forced; stir_core.analysis.effects), cached
+    effects: list[dict | None] = []
+    for i, t in enumerate(traces):
+        if not any(tok.tool for tok in t.tokens):  # nothing added anywhere: the distributions are vanilla's
+            effects.append({"kl": [0.0] * t.n_tokens, "commits": []})
+        elif ctx.model_error:
+            effects.append({"error": "the model is not loaded"})
+        else:
+            try:
+                effects.append(state.trace_effects(
+                    ctx.model_key, ctx.library_key if ctx.library is not None else ("", ""), t.to_json(),
+                    str(col_knobs[i].get("scope", base.scope))))
+            except ValueError as err:  # e.g. a model that failed meanwhile
+                effects.append({"error": str(err)})
+    tviews = [tokens.token_views(t, reference, kl=(effects[i] or {}).get("kl"),
+                                 tau_null=col_knobs[i].get("tau_null"))
+              for i, t in enumerate(traces)]
+    mode = st.segmented_control(
+        "Colour tokens by", list(tokens.COLOR_MODES), key="pg_color", persist_state="session",
+        format_func=tokens.COLOR_MODE_LABELS.get,
+        help="the committed tool; the token's log-probability; KL(steered ‖ vanilla) of the distribution it "
+        "was chosen from (vanilla on the same steered prefix); the probe gain of the commit governing it. "
+        "Hover a token for what acted on it; at a control point (dotted outline), for why.",
+    ) or "tool"
+    rng = None if mode == "tool" else figures.mode_range(tviews, mode)
     if result.get("notice"):
         st.warning(result["notice"])
     st.caption(page.header)
     out_cols = st.columns(len(traces))
     for i, t in enumerate(traces):
         with out_cols[i], st.container(key=f"pg_out_{i}", border=True):
-            st.markdown(f"**{labels[i]}**")
+            st.markdown(f"**{ui.md_text(labels[i])}**")
             st.caption(page.captions[i])
             for w in t.warnings:
-                st.warning(w)
-            st.markdown(figures.tokens_html(t, reference, colors), unsafe_allow_html=True)
+                st.warning(ui.md_text(w))
+            st.markdown(figures.tokens_html(tviews[i], None, colors, mode, rng), unsafe_allow_html=True)
 
     st.subheader("Gate firing per token")
-    strip = figures.token_strip(list(zip(labels, traces, strict=True)), reference)
+    strip = figures.token_strip(list(zip(labels, tviews, strict=True)), mode=mode)
     with st.container(key="gate_strip"):
-        st.plotly_chart(strip, theme=None, key="x_strip_chart", config={"displaylogo": False})
+        event = st.plotly_chart(strip, theme=None, key="x_strip_chart", config={"displaylogo": False},
+                                on_select="rerun", selection_mode="points")
         ui.figure_exports(strip, "gate-strip", "x_strip_exp")
+    picked = event.selection.points if event and event.selection else []
+    hits = [p for p in picked if p.get("customdata") is not None]
+    if hits:  # a click on a token: explain the control point that governs it
+        row, index = (int(x) for x in hits[0]["customdata"][:2])
+        tv = next((x for x in tviews[row] if x.index == index), None) if row < len(tviews) else None
+        if tv is not None and (tv.why or tv.m is not None):
+            st.session_state["pg_why"] = (row, index if tv.why else next(
+                d.token_index for d in traces[row].decisions if d.m == tv.m))
+    why = st.session_state.get("pg_why")
+    with st.container(key="pg_why_panel", border=True):
+        st.markdown("**Why** (click a token in the strip; control points are ringed)")
+        points = [(r, d) for r in page.steered for d in traces[r].decisions]
+        if not points:
+            st.caption("No control points in these columns.")
+        else:
+            keys = [f"{r}:{d.token_index}" for r, d in points]
+            if why is not None and f"{why[0]}:{why[1]}" in keys:
+                st.session_state["pg_why_pick"] = f"{why[0]}:{why[1]}"
+                st.session_state.pop("pg_why")
+            if st.session_state.get("pg_why_pick") not in keys:  # start at the last steered column (STIR's)
+                st.session_state["pg_why_pick"] = next(k for k, (r, _) in zip(keys, points, strict=True)
+                                                       if r == page.steered[-1])
+            names = {k: f"{labels[r]} · m={d.m} @ token {d.token_index}" for k, (r, d) in zip(keys, points,
+                                                                                            strict=True)}
+            pick = st.selectbox("Control point", keys, key="pg_why_pick", format_func=names.get)
+            r, d = points[keys.index(pick)]
+            st.text("\n".join(tokens.why_lines(d, col_knobs[r].get("tau_null"))))
+
+    with_commits = [i for i, t in enumerate(traces) if t.interventions]
+    if with_commits:
+        st.subheader("The effect of each commit over time")
+        st.caption("KL(steered ‖ vanilla) of the next-token distribution, token by token after each commit; "
+                   "vanilla's distribution is computed on the steered text (teacher forcing), so the curve "
+                   "isolates the vector. ◆: the top token changed.")
+        ecols = st.columns(len(with_commits))
+        for c, i in zip(ecols, with_commits, strict=True):
+            with c:
+                st.markdown(f"**{ui.md_text(labels[i])}**")
+                eff = effects[i] or {}
+                if "error" in eff:
+                    st.caption(f"Not available: {ui.md_text(eff['error'])}")
+                    continue
+                efig = figures.commit_effects_figure(eff["commits"])
+                st.plotly_chart(efig, theme=None, key=f"x_eff_chart_{i}", config={"displaylogo": False})
+                ui.figure_exports(efig, f"commit-effects-{i}", f"x_eff_exp_{i}")
+                if eff.get("logprob_error", 0.0) > 1e-3:
+                    st.caption(f"The teacher-forced recomputation differs from the decode's log-probs by up "
+                               f"to {eff['logprob_error']:.2g} (batched decoding noise).")
 
     steered = page.steered
     if steered:
