@@ -152,6 +152,7 @@ def test_why_on_the_token_colour_modes_and_commit_effects():
     gains and scores, Score_null, τ_null, the reason, α), the same as the core's own decode of the prompt; the
     KL colour mode and the effect-over-time chart show `effects.trace_effects` of that decode."""
     import json
+    import os
 
     from test_app import PROMPT
 
@@ -160,8 +161,6 @@ def test_why_on_the_token_colour_modes_and_commit_effects():
     from stir_core.online.methods import StirConfig, run_method
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.model import load_model
-
-    import os
 
     at = _app()
     at.run()
