@@ -179,3 +179,32 @@ def test_library_page_scales_and_labels():
         assert scales == views.DEFAULT_SCALES and warning
     table = pd.DataFrame({"id": ["a", "b"], "control_point": [1, 2], "layer": [3, 4]})
     assert views.similarity_labels(table, [1, 0]) == ["b (m2, L4)", "a (m1, L3)"]
+
+
+def test_lens_suppressed_lists_only_negative_logits(tiny):
+    """#23 defect 7: with k as large as the vocabulary the k smallest logits include positive ones, which
+    the "suppressed" column listed. Reference: the logits W_U^T (γ·v) computed here directly."""
+    from stir_core.analysis.lens import unembedding
+
+    v = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(3))
+    W_U, gamma, kind = unembedding(tiny)
+    logits = (v * gamma.float()) @ W_U.float() if kind == "rms" and gamma is not None else v @ W_U.float()
+    n_vocab = logits.shape[0]
+    out = dash.lens(tiny, v, k=n_vocab)
+    assert out.suppressed and all(s < 0 for _, s in out.suppressed)
+    assert all(s > 0 for _, s in out.promoted)
+    assert len(out.suppressed) == int((logits < 0).sum()) and len(out.promoted) == int((logits > 0).sum())
+
+
+def test_where_it_fires_names_the_winner_when_another_tool_won():
+    """#23 defect 7: "committed, α None" when another tool won; now the winner is named."""
+    from stir_core.online.trace import Candidate, GateDecision, TokenRecord
+
+    cands = [Candidate(0, "A", "correction", 1, 0.9, 0.5, 0.45), Candidate(1, "B", "correction", 1, 0.8, 0.9, 0.72)]
+    d = GateDecision(1, 0, [1], cands, chosen="B", chosen_entry=1, reason="committed", alpha=0.7, layer=1)
+    t = Trace("stir", "p", "\n", [TokenRecord(0, 1, "\n", -0.1, 0, "B", 1.0, True)], [d])
+    ex = pd.DataFrame([{"example_id": "e0", "method": "stir", "correct": True, "trace_json": t.to_json()}])
+    (fa,) = dash.firings("A", ex)
+    (fb,) = dash.firings("B", ex)
+    assert not fa.committed and fa.winner == "B" and fa.outcome == "B won"
+    assert fb.committed and fb.outcome == "committed (α=0.7)"

@@ -158,6 +158,17 @@ class Firing:
     before: str  # completion text up to and including the delimiter
     after: str  # text generated next
     correct: bool | None  # the run's verdict on the problem
+    winner: str | None = None  # the tool committed at this control point (this one, another, or None: null)
+
+    @property
+    def outcome(self) -> str:
+        """What happened here, in words: this tool committed (with α), another tool won (named), or the
+        null action with the gate's reason."""
+        if self.committed:
+            return f"committed (α={self.alpha:.3g})"
+        if self.winner is not None:
+            return f"{self.winner} won"
+        return f"null: {self.reason}"
 
 
 def _traces(examples: pd.DataFrame) -> list[tuple[pd.Series, Trace]]:
@@ -182,7 +193,7 @@ def firings(tool_id: str, examples: pd.DataFrame, methods: list[str] | None = No
                 won = d.chosen == tool_id
                 out.append(Firing(str(r["example_id"]), str(r["method"]), d.m, d.token_index, c.sim, c.value,
                                   c.gain, c.score, won, float(d.alpha) if won else 0.0, d.reason, before, after,
-                                  None if "correct" not in r else bool(r["correct"])))
+                                  None if "correct" not in r else bool(r["correct"]), d.chosen))
     out.sort(key=lambda f: (-f.sim, f.example_id, f.method, f.m))
     return out
 
@@ -283,8 +294,11 @@ class Lens:
 
 
 def lens(model: Any, vector: torch.Tensor, k: int = 10) -> Lens:
+    """The `k` tokens the vector promotes most (positive logits only) and suppresses most (negative logits
+    only): with a small vocabulary the k smallest logits can include positive ones, which suppress nothing."""
     out = lens_for_model(model, vector, k=k)
-    return Lens([(out.texts[i], s) for i, s in out.promoted], [(out.texts[i], s) for i, s in out.suppressed])
+    return Lens([(out.texts[i], s) for i, s in out.promoted if s > 0],
+                [(out.texts[i], s) for i, s in out.suppressed if s < 0])
 
 
 # --- neighbours -----------------------------------------------------------------------------------------

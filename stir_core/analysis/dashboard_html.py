@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from html import escape
 
 from stir_core.analysis.dashboard import ToolDashboard
@@ -67,13 +68,14 @@ def render(d: ToolDashboard) -> str:
         out.append(f"<p>{len(d.firings)} retrievals in <span class='mono'>{_v(d.run)}</span>, by similarity</p>")
         out.append(_table(["example", "method", "m", "sim", "gain", "α", "outcome", "context"], [
             [_v(f.example_id), _v(f.method), _v(f.m), _v(f.sim), _v(f.gain),
-             _v(f.alpha) if f.committed else "—", _v(f.reason),
+             _v(f.alpha) if f.committed else "—", _v(f.outcome),
              f"<pre>{_show(f.before)}<mark>│</mark>{_show(f.after)}</pre>"] for f in d.firings[:100]]))
     out.append("<h2>What it changes</h2>")
     if d.lens is not None:
         out.append(_table(["promoted", "logit +", "suppressed", "logit −"], [
             [f"<span class='mono'>{_show(a)}</span>", _v(sa), f"<span class='mono'>{_show(b)}</span>", _v(sb)]
-            for (a, sa), (b, sb) in zip(d.lens.promoted, d.lens.suppressed, strict=True)]))
+            for (a, sa), (b, sb) in itertools.zip_longest(d.lens.promoted, d.lens.suppressed,
+                                                          fillvalue=(None, None))]))
     if d.sweep is not None:
         out.append(f"<p>α-sweep at layer {d.sweep.layer} (positions {escape(d.sweep.positions)}), prompt:</p>"
                    f"<pre>{_show(d.sweep.prompt[-300:])}</pre>")

@@ -248,14 +248,19 @@ def tool_tables(board: ToolDashboard, entry: pd.Series) -> ToolTables:
     )
     firings = None if board.firings is None else pd.DataFrame(
         [{"example": f.example_id, "method": f.method, "m": f.m, "sim": f.sim, "gain": f.gain,
-          "committed α": f.alpha if f.committed else None, "outcome": f.reason, "before": _one_line(f.before),
+          "committed α": f.alpha if f.committed else None, "outcome": f.outcome, "before": _one_line(f.before),
           "after": _one_line(f.after), "correct": f.correct} for f in board.firings],
         columns=["example", "method", "m", "sim", "gain", "committed α", "outcome", "before", "after", "correct"],
     )
-    lens = None if board.lens is None else pd.DataFrame({
-        "promoted": [repr(t) for t, _ in board.lens.promoted], "logit +": [v for _, v in board.lens.promoted],
-        "suppressed": [repr(t) for t, _ in board.lens.suppressed], "logit −": [v for _, v in board.lens.suppressed],
-    })
+    lens = None
+    if board.lens is not None:  # the two lists can differ in length (only positive / only negative logits)
+        n = max(len(board.lens.promoted), len(board.lens.suppressed))
+        pro = board.lens.promoted + [(None, None)] * (n - len(board.lens.promoted))
+        sup = board.lens.suppressed + [(None, None)] * (n - len(board.lens.suppressed))
+        lens = pd.DataFrame({
+            "promoted": [None if t is None else repr(t) for t, _ in pro], "logit +": [v for _, v in pro],
+            "suppressed": [None if t is None else repr(t) for t, _ in sup], "logit −": [v for _, v in sup],
+        })
     neighbours = pd.DataFrame([asdict(n) for n in board.neighbours], columns=["by", "id", "kind", "m", "layer", "cos"])
     return ToolTables(metadata, contrasts, firings, lens, neighbours)
 
