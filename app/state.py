@@ -48,8 +48,8 @@ from app.loading import (  # noqa: F401 - re-exported: the pages use `state.*`
     time_cap_s,
     use_model_threads,
 )
+from stir_core.analysis import dashboard as dash
 from stir_core.analysis import projection as geo
-from stir_core.analysis.lens import lens_for_model
 from stir_core.config import StirConfig, online_config
 from stir_core.library.checks import fit_prompt, library_model_check
 from stir_core.library.format import LibraryError, ToolLibrary, validate_for_model
@@ -177,16 +177,6 @@ def _library_of(path: str, stamp: str, model_key: tuple[str, str, str]) -> ToolL
 # --- cached data -------------------------------------------------------------------------------------
 
 
-def _source_matrix(lib: ToolLibrary, source: str) -> tuple[torch.Tensor, np.ndarray]:
-    """(rows of keys or vectors, their library row indices). Vectors: corrections only (anchors have none)."""
-    if source == "keys":
-        return lib.keys, np.arange(len(lib))
-    if source == "vectors":
-        rows = np.flatnonzero(lib.table["kind"].to_numpy() == "correction")
-        return lib.vectors[torch.from_numpy(rows)], rows
-    raise ValueError(f"unknown source {source!r}; use keys or vectors")
-
-
 @st.cache_data(show_spinner="Projecting…", max_entries=64)
 def projection(
     path: str,
@@ -200,7 +190,7 @@ def projection(
 ) -> dict[str, Any]:
     """{"coords" [n, dims], "rows" (library rows), "method", "note", "explained"} for one set of parameters."""
     lib = get_library_file(path, stamp)
-    x, rows = _source_matrix(lib, source)
+    x, rows = dash.source_matrix(lib, source)
     if len(rows) == 0:
         return {
             "coords": np.zeros((0, dims)),
@@ -215,52 +205,15 @@ def projection(
 
 @st.cache_data(max_entries=32)
 def similarity(path: str, stamp: str, source: str, limit: int) -> dict[str, Any]:
-    """Cosine matrix of up to `limit` entries, ordered by layer, control point, kind, then quality (best first)."""
-    lib = get_library_file(path, stamp)
-    x, rows = _source_matrix(lib, source)
-    t = lib.table.iloc[rows].assign(_pos=np.arange(len(rows)))
-    t = t.sort_values(["layer", "control_point", "kind", "quality"], ascending=[True, True, False, False])
-    order = t["_pos"].to_numpy()
-    keep = order[:limit]
-    sims = (
-        geo.cosine_matrix(x[torch.as_tensor(keep.tolist(), dtype=torch.long)])
-        if len(keep)
-        else np.zeros((0, 0))
-    )
-    return {"sims": sims, "rows": rows[keep], "total": len(rows)}
-
-
-@st.cache_data(max_entries=256)
-def neighbours(path: str, stamp: str, source: str, row: int, k: int = 5) -> list[tuple[int, float]]:
-    """Nearest neighbours of library row `row` among the source rows, as (library row, cosine)."""
-    lib = get_library_file(path, stamp)
-    x, rows = _source_matrix(lib, source)
-    where = np.flatnonzero(rows == row)
-    if not len(where):
-        return []
-    return [(int(rows[j]), s) for j, s in geo.nearest_neighbors(x, int(where[0]), k)]
-
-
-@st.cache_data(max_entries=256)
-def lens(
-    path: str, stamp: str, model_key: tuple[str, str, str], row: int, k: int = 10, final_norm: bool = True
-) -> dict[str, Any]:
-    lib = _library_of(path, stamp, model_key)
-    out = lens_for_model(get_model(*model_key), lib.vectors[row], k=k, final_norm=final_norm)
-    return {
-        "promoted": out.promoted,
-        "suppressed": out.suppressed,
-        "texts": out.texts,
-        "final_norm": out.final_norm,
-    }
+    """`stir_core.analysis.dashboard.similarity` of a library directory: {"sims", "rows", "total"}."""
+    sims, rows, total = dash.similarity(get_library_file(path, stamp), source, limit)
+    return {"sims": sims, "rows": rows, "total": total}
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def find_example(task_name: str, example_id: str, split_hint: str | None = None) -> dict[str, Any] | None:
     """The task example a tool was mined from (searching the mining split first), or None."""
-    from stir_core.analysis.dashboard import find_example as find
-
-    return find(task_name, example_id, split_hint)
+    return dash.find_example(task_name, example_id, split_hint)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

@@ -208,3 +208,21 @@ def test_where_it_fires_names_the_winner_when_another_tool_won():
     (fb,) = dash.firings("B", ex)
     assert not fa.committed and fa.winner == "B" and fa.outcome == "B won"
     assert fb.committed and fb.outcome == "committed (α=0.7)"
+
+
+def test_similarity_matrix_is_the_cosine_of_the_ordered_entries(setup):
+    """`dashboard.similarity` (the app's heatmap; it used to be computed in app/state.py) against numpy
+    cosines of the entries in (layer, control point, kind, quality) order."""
+    import numpy as np
+
+    lib = setup[0]
+    t = lib.table
+    corr = t[t["kind"] == "correction"]
+    order = corr.sort_values(["layer", "control_point", "quality"], ascending=[True, True, False]).index[:5]
+    sims, rows, total = dash.similarity(lib, "vectors", 5)
+    assert total == len(corr) and list(rows) == list(order)
+    v = lib.vectors[torch.as_tensor(list(order))].double().numpy()
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert np.allclose(sims, v @ v.T, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown source"):
+        dash.source_matrix(lib, "values")

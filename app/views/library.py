@@ -210,7 +210,7 @@ elif source_kind == "on demand":
 
 with st.expander("α-sweep settings"):
     w1, w2, w3 = st.columns([4, 2, 2])
-    st.session_state.setdefault("dash_scales", "0, 0.5, 1, 2, 4")
+    st.session_state.setdefault("dash_scales", views.format_scales(views.DEFAULT_SCALES))
     st.session_state.setdefault("dash_positions", "last")
     st.session_state.setdefault("dash_prompt", "")
     sweep_prompt = w1.text_area(

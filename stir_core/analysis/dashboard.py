@@ -18,14 +18,14 @@ import pandas as pd
 import torch
 
 from stir_core.analysis.lens import lens_for_model
-from stir_core.analysis.projection import nearest_neighbors
-from stir_core.analysis.views import diff_mask
+from stir_core.analysis.projection import cosine_matrix, nearest_neighbors
+from stir_core.analysis.views import DEFAULT_SCALES, diff_mask
 from stir_core.io import jsonio
 from stir_core.library.format import ToolLibrary
 from stir_core.online.trace import Trace
 from stir_core.runtime.engine import Engine, Steer
 
-SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
+SCALES = DEFAULT_SCALES  # the α-sweep's scales: defined once, in views
 CONTEXT_CHARS = (80, 60)  # text shown before (up to and including the delimiter) / after a control point
 
 
@@ -314,13 +314,37 @@ class Neighbour:
     cos: float
 
 
+SOURCES = ("keys", "vectors")
+
+
+def source_matrix(lib: ToolLibrary, source: str) -> tuple[torch.Tensor, np.ndarray]:
+    """(rows of keys or vectors [n, d_model], their library row indices [n]). Vectors: corrections only
+    (anchors have none). The one selection behind neighbours, projections and similarity matrices."""
+    if source == "keys":
+        return lib.keys, np.arange(len(lib))
+    if source == "vectors":
+        rows = np.flatnonzero(lib.table["kind"].to_numpy() == "correction")
+        return lib.vectors[torch.from_numpy(rows)], rows
+    raise ValueError(f"unknown source {source!r}; use one of {SOURCES}")
+
+
+def similarity(lib: ToolLibrary, source: str, limit: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(cosine matrix [k, k], library rows [k], total rows of the source) of up to `limit` entries of
+    `source`, ordered by layer, control point, kind, then quality (best first)."""
+    x, rows = source_matrix(lib, source)
+    t = lib.table.iloc[rows].assign(_pos=np.arange(len(rows)))
+    t = t.sort_values(["layer", "control_point", "kind", "quality"], ascending=[True, True, False, False])
+    keep = t["_pos"].to_numpy()[:limit]
+    sims = cosine_matrix(x[torch.as_tensor(keep.tolist(), dtype=torch.long)]) if len(keep) else np.zeros((0, 0))
+    return sims, rows[keep], len(rows)
+
+
 def neighbours(lib: ToolLibrary, row: int, k: int = 5) -> list[Neighbour]:
     """Nearest entries by key cosine (all entries) and by vector cosine (corrections; anchors have none)."""
     t = lib.table
     out = []
-    corr = np.flatnonzero(t["kind"].to_numpy() == "correction")
-    for by, x, rows in (("keys", lib.keys, np.arange(len(lib))),
-                        ("vectors", lib.vectors[torch.from_numpy(corr)], corr)):
+    for by in SOURCES:
+        x, rows = source_matrix(lib, by)
         where = np.flatnonzero(rows == row)
         if not len(where):
             continue

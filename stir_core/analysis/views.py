@@ -220,7 +220,12 @@ def evaluate_page(res: EvalResult, method: str | None = None, outcome: str = "al
 
 # --- the Library page ------------------------------------------------------------------------------
 
-DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
+DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)  # the α-sweep's scales (dashboard.SCALES, the page's text box)
+
+
+def format_scales(scales: Sequence[float]) -> str:
+    """Scales as the α-sweep's text box shows them: "0, 0.5, 1, 2, 4"."""
+    return ", ".join(f"{s:g}" for s in scales)
 
 
 @dataclass
@@ -277,7 +282,8 @@ def parse_scales(text: str) -> tuple[tuple[float, ...], str | None]:
     try:
         scales = tuple(float(x) for x in text.replace(";", ",").split(",") if x.strip())
     except ValueError:
-        return DEFAULT_SCALES, f"Scales must be numbers separated by commas, got {text!r}; using 0, 0.5, 1, 2, 4."
+        return DEFAULT_SCALES, (f"Scales must be numbers separated by commas, got {text!r}; using "
+                                f"{format_scales(DEFAULT_SCALES)}.")
     if not scales or not all(np.isfinite(scales)):
-        return DEFAULT_SCALES, f"No finite scales in {text!r}; using 0, 0.5, 1, 2, 4."
+        return DEFAULT_SCALES, f"No finite scales in {text!r}; using {format_scales(DEFAULT_SCALES)}."
     return scales, None
