@@ -38,6 +38,7 @@ NONE_COLOR = "#e3e6ec"
 DIFF_COLOR = "#d6336c"
 COLOR_BY = ("control_point", "layer", "kind", "quality")
 VECTOR_CELL_LIMIT = 40_000  # above this many cells a heatmap is drawn as a (raster) go.Heatmap
+TICK_LIMIT = 40  # most tick labels an axis shows; beyond, every k-th
 HOVER_COLUMNS = ("id", "kind", "layer", "control_point", "quality", "norm", "task", "example_id")
 
 
@@ -89,6 +90,7 @@ def library_scatter(
     color_by: str = "control_point",
     title: str | None = None,
     selected: int | None = None,
+    axis_titles: Sequence[str] | None = None,
 ) -> go.Figure:
     """Scatter of a projection. coords: [N, 2|3], aligned with `table` rows (library entries).
 
@@ -116,9 +118,19 @@ def library_scatter(
             "hoverinfo": "text",
             "customdata": np.stack([rows[mask], table["id"].to_numpy()[mask]], axis=1),
             "marker": {**marker, "symbol": symbols[mask].tolist()},
-            "showlegend": showlegend,
+            "showlegend": False,  # a legend entry would copy its first point's symbol: see legend_entry
+            "legendgroup": name,
         }
         fig.add_trace(go.Scatter3d(**xyz, **kw) if three else go.Scatter(**xyz, **kw))
+        if showlegend:
+            legend_entry(name, {"color": marker["color"], "symbol": "square", "size": 10}, group=name)
+
+    def legend_entry(name: str, marker: dict, group: str | None = None) -> None:
+        """A legend-only entry (no data): its own symbol, whatever the kinds of the points it names."""
+        kw = {"mode": "markers", "name": name, "marker": marker, "legendgroup": group or name,
+              "hoverinfo": "skip", "showlegend": True, "meta": {"role": "legend"}}
+        fig.add_trace(go.Scatter3d(x=[None], y=[None], z=[None], **kw) if three
+                      else go.Scatter(x=[None], y=[None], **kw))
 
     if color_by == "quality":
         add(
@@ -140,13 +152,20 @@ def library_scatter(
         for v, c in colors.items():
             mask = np.array([x == v for x in values], dtype=bool)
             add(mask, f"{label} {v}".strip(), {"color": c, "size": 7 if not three else 4})
+    kinds = set(table["kind"])
+    for kind, symbol in (("correction", "circle"), ("anchor", "circle-open")):  # the symbols, once each
+        if kind in kinds:
+            legend_entry(f"{kind} ({'filled' if symbol == 'circle' else 'open'})",
+                         {"color": "#495057", "symbol": symbol, "size": 9, "line": {"width": 1.5}}, f"kind:{kind}")
     if selected is not None and 0 <= selected < len(table):
         m = rows == selected
         xyz = {"x": coords[m, 0], "y": coords[m, 1]}
+        # An open symbol is drawn in the marker's colour (its line colour is ignored): a transparent colour
+        # made the ring invisible, in the app and in the exports.
         ring = {
-            "size": 16,
-            "color": "rgba(0,0,0,0)",
-            "line": {"color": "#000", "width": 2},
+            "size": 18,
+            "color": "#000",
+            "line": {"color": "#000", "width": 2.5},
             "symbol": "circle-open",
         }
         if three:
@@ -164,7 +183,22 @@ def library_scatter(
             fig.add_trace(go.Scatter(**xyz, mode="markers", name="selected", marker=ring, hoverinfo="skip"))
     style(fig, title, height=520)
     fig.update_layout(legend={"itemsizing": "constant"})
+    if axis_titles is not None:
+        if three:
+            fig.update_layout(scene={f"{a}axis": {"title": {"text": t}}
+                                     for a, t in zip("xyz", axis_titles, strict=False)})
+        else:
+            fig.update_xaxes(title_text=axis_titles[0])
+            fig.update_yaxes(title_text=axis_titles[1] if len(axis_titles) > 1 else None)
     return fig
+
+
+def projection_axis_titles(method: str, dims: int, explained: Sequence[float] | None = None) -> list[str]:
+    """Axis titles of a projection: "PC1 (34.1% of variance)" for PCA, "UMAP 1" otherwise."""
+    if method == "pca":
+        return [f"PC{i + 1}" + (f" ({explained[i]:.1%} of variance)" if explained is not None and i < len(explained)
+                                else "") for i in range(dims)]
+    return [f"{method.upper()} {i + 1}" for i in range(dims)]
 
 
 def vector_heatmap(
@@ -265,21 +299,24 @@ def vector_heatmap(
 def _heatmap_axes(
     fig: go.Figure, x_labels: Sequence[str], y_labels: Sequence[str], title: str | None
 ) -> go.Figure:
-    """Categorical tick labels (hidden when there are too many to read), first row on top."""
-    dense = max(len(x_labels), len(y_labels)) > 40
+    """Categorical tick labels, first row on top. Above `TICK_LIMIT` labels every k-th one is shown, in a
+    smaller font (every label would overlap; none at all left the heatmap unreadable)."""
+    n = max(len(x_labels), len(y_labels))
+    step = max(1, math.ceil(n / TICK_LIMIT))
+    font = {"size": 10 if step == 1 else 8}
     fig.update_xaxes(
-        tickvals=list(range(len(x_labels))),
-        ticktext=list(x_labels),
-        showticklabels=not dense,
+        tickvals=list(range(0, len(x_labels), step)),
+        ticktext=list(x_labels)[::step],
+        tickfont=font,
         range=[-0.5, len(x_labels) - 0.5],
         showgrid=False,
         zeroline=False,
         tickangle=-45,
     )
     fig.update_yaxes(
-        tickvals=list(range(len(y_labels))),
-        ticktext=list(y_labels),
-        showticklabels=not dense,
+        tickvals=list(range(0, len(y_labels), step)),
+        ticktext=list(y_labels)[::step],
+        tickfont=font,
         range=[len(y_labels) - 0.5, -0.5],
         showgrid=False,
         zeroline=False,
@@ -595,8 +632,6 @@ def score_heatmap(sm: ScoreMatrix, title: str | None = None) -> go.Figure:
         height=max(220, 60 + 28 * len(sm.row_labels)),
         legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"},
     )
-    fig.update_xaxes(showticklabels=len(sm.col_labels) <= 40)
-    fig.update_yaxes(showticklabels=len(sm.row_labels) <= 40)
     return fig
 
 

@@ -57,7 +57,12 @@ def test_library_scatter_categorical():
     _no_webgl(fig)
     colors = figures.category_colors(table["control_point"].tolist())
     seen = []
-    for t in fig.data:
+    legend = [t for t in fig.data if t.meta and t.meta.get("role") == "legend"]
+    # #23 defect 3: legend symbols are per kind (one entry each), not copied from a trace's first point
+    assert {t.name: t.marker.symbol for t in legend if t.name.startswith(("correction", "anchor"))} == {
+        "correction (filled)": "circle", "anchor (open)": "circle-open"}
+    assert all(t.marker.symbol == "square" for t in legend if t.name.startswith("m "))
+    for t in (t for t in fig.data if t.customdata is not None):
         rows = [int(r) for r in t.customdata[:, 0]]
         seen += rows
         values = {int(table["control_point"].iat[r]) for r in rows}
@@ -75,9 +80,12 @@ def test_library_scatter_categorical():
 def test_library_scatter_quality_3d_and_selection():
     table = _table()
     coords = np.random.default_rng(2).normal(size=(12, 3))
-    fig = figures.library_scatter(coords, table, "quality", selected=4)
-    main, sel = fig.data
+    fig = figures.library_scatter(coords, table, "quality", selected=4, axis_titles=["PC1", "PC2", "PC3"])
+    main = next(t for t in fig.data if t.name == "quality")
+    sel = next(t for t in fig.data if t.name == "selected")
     assert main.type == "scatter3d" and main.marker.showscale
+    assert all(t.type == "scatter3d" for t in fig.data)  # legend entries too: no stray 2-D axes
+    assert fig.layout.scene.xaxis.title.text == "PC1" and fig.layout.scene.zaxis.title.text == "PC3"
     np.testing.assert_allclose(main.marker.color, table["quality"])
     np.testing.assert_allclose([sel.x[0], sel.y[0], sel.z[0]], coords[4])
     with pytest.raises(ValueError, match="coords"):
@@ -247,3 +255,26 @@ def test_vector_heatmap_falls_back_to_a_plain_heatmap_when_huge():
 def test_message_figure_is_an_empty_placeholder():
     fig = figures.message_figure("Run a comparison")
     assert len(fig.data) == 0 and fig.layout.annotations[0].text == "Run a comparison"
+
+
+def test_selected_ring_is_visible_and_pca_axes_are_titled():
+    """#23 defect 3: the ring was transparent (an open symbol takes the marker colour); axes had no titles."""
+    table = _table()
+    coords = np.random.default_rng(3).normal(size=(12, 2))
+    titles = figures.projection_axis_titles("pca", 2, [0.341, 0.2])
+    assert titles == ["PC1 (34.1% of variance)", "PC2 (20.0% of variance)"]
+    fig = figures.library_scatter(coords, table, "kind", selected=4, axis_titles=titles)
+    ring = next(t for t in fig.data if t.name == "selected")
+    assert ring.marker.symbol == "circle-open" and ring.marker.color == "#000"
+    np.testing.assert_allclose([ring.x[0], ring.y[0]], coords[4])
+    assert fig.layout.xaxis.title.text == titles[0] and fig.layout.yaxis.title.text == titles[1]
+    assert figures.projection_axis_titles("umap", 2) == ["UMAP 1", "UMAP 2"]
+
+
+def test_dense_heatmap_keeps_tick_labels():
+    """#23 defect 3: a similarity heatmap of > 40 entries had no tick labels at all."""
+    labels = [f"t{i}" for i in range(120)]
+    fig = figures.similarity_heatmap(np.eye(120), labels)
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert fig.layout.xaxis.showticklabels is not False and 20 <= len(ticks) <= figures.TICK_LIMIT
+    assert ticks == labels[:: 120 // len(ticks)][: len(ticks)] and list(fig.layout.yaxis.ticktext) == ticks

@@ -115,6 +115,7 @@ fig = figures.library_scatter(
     color_by,
     title=f"{proj['method'].upper()} of {source} ({len(rows)} points)",
     selected=int(pos[0]) if len(pos) else None,
+    axis_titles=figures.projection_axis_titles(proj["method"], int(dims), proj["explained"]),
 )
 if int(dims) == 2:
     event = st.plotly_chart(
