@@ -199,3 +199,35 @@ def test_why_on_the_token_colour_modes_and_commit_effects():
     assert bars == ["KL(steered ‖ vanilla)"]
     k = max(range(len(eff.kl)), key=eff.kl.__getitem__)
     assert any(f"KL(steered ‖ vanilla) = {eff.kl[k]:.4g}" in html.unescape(m.value) for m in at.markdown)
+
+
+def test_an_over_long_prompt_is_refused_once():
+    """#23 defect 6: the README says over-long prompts are refused; the app truncated them, with the same
+    warning in each of the three columns. Now: one error naming the context, nothing decoded."""
+    at = _app()
+    at.run()
+    at.text_area(key="pg_prompt").set_value("1+2=3 " * 120)  # > 512 positions of the tiny model
+    at.button(key="x_run").click().run()
+    assert not at.exception
+    lines = [e for e in _errors(at) if "context" in e]
+    assert len(lines) == 1 and "512 positions" in lines[0], _errors(at)
+    assert not at.warning and "pg_result" not in at.session_state
+
+
+def test_defaults_follow_the_readme(monkeypatch):
+    """#23 defect 6: the Playground's static column ran at scale 1.0 where the README's tuned value for the
+    demo library is 2.0 (results/tune_static/best.json); Evaluate defaulted to the retired seed 123."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    best = json.loads((repo / "results" / "tune_static" / "best.json").read_text())["best"]
+    monkeypatch.setenv("STIR_LIBRARY", str(repo / "assets" / "demo-library"))
+    monkeypatch.delenv("STIR_MODEL")  # the embedded model, which the demo library was mined on
+    at = _app()
+    at.run()
+    _ok(at)
+    assert at.selectbox(key="pg_m1").value == "static"
+    assert at.number_input(key="pg1_static_scale").value == best["static"]["static_scale"] == 2.0
+    at.switch_page("views/evaluate.py").run()
+    assert at.number_input(key="ev_seed").value == 2026

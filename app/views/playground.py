@@ -11,6 +11,7 @@ from app import export, figures, state, ui
 from app.export import ColumnSpec, SavedView
 from stir_core.analysis import tokens, views
 from stir_core.config import recommended
+from stir_core.library.checks import context_problem
 from stir_core.online.methods import METHODS
 
 SAMPLE_TASKS = ("planted", "plain")
@@ -42,8 +43,14 @@ def default_prompt() -> str:
 
 
 def default_columns() -> list[ColumnSpec]:
+    # the static baselines at their tuned settings for this library (README: `static` at scale 2.0), where
+    # benchmarks/tune_static.py tuned them; else the schema's defaults
+    tuned = views.tuned_static(ctx.library_path, state.REPO / "results" / "tune_static" / "best.json")
+
     def spec(method: str) -> ColumnSpec:
-        return ColumnSpec(method, {k: getattr(base, k) for k in ui.METHOD_KNOBS.get(method, ())})
+        knobs_ = {k: getattr(base, k) for k in ui.METHOD_KNOBS.get(method, ())}
+        knobs_.update({k: v for k, v in tuned.get(method, {}).items() if k in knobs_})
+        return ColumnSpec(method, knobs_)
 
     if "stir" in methods:
         return [spec("vanilla"), spec("static"), spec("stir")]
@@ -111,6 +118,12 @@ def run_comparison(view: SavedView) -> dict:
     def on_wait(position: int) -> None:
         waiting.info(f"Waiting for the model: position {position} in the queue.")
 
+    # Refused, as the README says (and as `stir eval` does), before any column decodes: one line naming the
+    # problem, instead of truncating the prompt with the same warning in every column.
+    model = ctx.model
+    why = context_problem(len(model.encode(model.format_prompt(view.prompt))), view.max_new_tokens, model.n_ctx)
+    if why:
+        raise ValueError(f"{why}; shorten the prompt or lower max_new_tokens")
     t0 = time.perf_counter()
     for i, spec in enumerate(view.columns):
         if i > 0 and time.perf_counter() - t0 > cap:  # the first column always runs

@@ -11,7 +11,9 @@ only collects a `BuildConfig`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +100,25 @@ def token_interventions(trace: Any) -> list[TokenIntervention]:
 
 
 # --- the Playground page ---------------------------------------------------------------------------
+
+
+def tuned_static(library_path: str | Path | None, best_json: str | Path) -> dict[str, dict[str, Any]]:
+    """The static baselines' tuned settings for this library, {method: {"static_scale", "layer"}}, from
+    `benchmarks/tune_static.py`'s output (`results/tune_static/best.json`: chosen on `val`, the README's
+    `static` 2.0, `static_cp` 3.0, `static_norm` 0.5, layer 3) when that file was tuned on this very
+    library directory; {} otherwise (then the schema's default applies)."""
+    path = Path(best_json)
+    if library_path is None or not path.is_file():
+        return {}
+    try:
+        best = json.loads(path.read_text())
+        tuned_on = (path.parents[2] / best["library"]).resolve()  # results/tune_static/ -> the repo
+        if tuned_on != Path(library_path).resolve():
+            return {}
+        return {m: {"static_scale": float(v["static_scale"]), "layer": int(v["layer"])}
+                for m, v in best["best"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def playground_column(label: str, method: str, knobs: dict, trace: Trace, wall_s: float | None) -> dict:
