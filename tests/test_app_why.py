@@ -231,3 +231,37 @@ def test_defaults_follow_the_readme(monkeypatch):
     assert at.number_input(key="pg1_static_scale").value == best["static"]["static_scale"] == 2.0
     at.switch_page("views/evaluate.py").run()
     assert at.number_input(key="ev_seed").value == 2026
+
+
+def test_graded_answers_and_the_embedded_models_formats(monkeypatch):
+    """#23 Deliver 3 / defect 7: a sample problem shows ✓/✗ against gold in every column (by the task's own
+    rule, recomputed here from the traces); a prompt outside the embedded model's formats gets one note."""
+    from pathlib import Path
+
+    from stir_core.tasks import get_task
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("STIR_LIBRARY", str(repo / "assets" / "demo-library"))
+    monkeypatch.delenv("STIR_MODEL")
+    task = get_task("planted")
+    ex = task.load("eval", 1, 0)[0]
+    at = _app()
+    at.run()
+    at.text_area(key="pg_prompt").set_value(task.prompt(ex))
+    at.number_input(key="pg_tokens").set_value(64)
+    at.button(key="x_run").click().run()
+    _ok(at)
+    from stir_core.analysis.views import playground_page
+
+    page = playground_page(at.session_state["pg_result"])
+    expected = [("✓ " if task.score(t.completion, ex) else "✗ ") for t in page.traces]
+    shown = [_shown(m.value).strip("*") for m in at.markdown if _shown(m.value).startswith(("**✓", "**✗"))]
+    assert len(shown) == len(page.traces) == 3
+    assert [s_[:2] for s_ in shown] == expected
+    assert all(f"(gold {ex.answer})" in s_ for s_ in shown if s_.startswith("✗"))
+    assert not any("knows two formats" in i.value for i in at.info)
+    at.text_area(key="pg_prompt").set_value("What is the capital of France?\n")
+    at.button(key="x_run").click().run()
+    _ok(at)
+    notes = [i.value for i in at.info if "knows two formats" in i.value]
+    assert len(notes) == 1 and "mod10" in notes[0]

@@ -92,3 +92,16 @@ def test_gate_cards_hold_each_decisions_own_candidates():
     assert cards[0].candidates["tool_id"].tolist() == ["t0", "a0"] and len(cards[1].candidates) == 0
     assert cards[0].candidates["won"].tolist() == [True, False]
     assert "null probe" not in cards[0].caption
+
+
+def test_grade_prompt_recomputes_the_gold_answer():
+    """`views.grade_prompt` against the arithmetic done here: mod-10 chains and plain chained sums."""
+    from stir_core.analysis.views import grade_prompt
+
+    g = grade_prompt("mod10 3+4-2+6-5\n")
+    assert g is not None and g.task == "planted" and g.answer == str((3 + 4 - 2 + 6 - 5) % 10)
+    assert g.verdict("3+4=7\n\n#### 6") == (True, "6") and g.verdict("#### 5")[0] is False
+    p = grade_prompt("calc 23+45-12\n")
+    assert p is not None and p.task == "plain" and p.answer == str(23 + 45 - 12)
+    assert grade_prompt("What is the capital of France?\n") is None
+    assert grade_prompt("mod10 3+1-9+2\n") is None  # two trigger digits: outside the planted generator

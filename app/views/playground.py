@@ -319,11 +319,16 @@ if result:
     rng = None if mode == "tool" else figures.mode_range(tviews, mode)
     if result.get("notice"):
         st.warning(result["notice"])
-    st.caption(page.header)
+    if page.gold is None and ctx.model_name == "embedded":
+        st.info(views.EMBEDDED_FORMATS)
+    st.caption(page.header + (f" · graded by the `{page.gold.task}` task: gold {page.gold.answer}"
+                              if page.gold is not None else ""))
     out_cols = st.columns(len(traces))
     for i, t in enumerate(traces):
         with out_cols[i], st.container(key=f"pg_out_{i}", border=True):
             st.markdown(f"**{ui.md_text(labels[i])}**")
+            if page.graded:
+                st.markdown(f"**{ui.md_text(page.graded[i])}**", help="the task's own answer rule against gold")
             st.caption(page.captions[i])
             for w in t.warnings:
                 st.warning(ui.md_text(w))

@@ -12,8 +12,9 @@ only collects a `BuildConfig`.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +171,49 @@ def gate_cards(trace: Trace, limit: int | None = None) -> list[GateCard]:
     return cards
 
 
+@dataclass(kw_only=True)
+class Gold:
+    """A prompt a task can grade: the task, its problem and gold answer."""
+
+    task: str
+    example: Any  # stir_core.tasks.Example
+    answer: str
+
+    def verdict(self, completion: str) -> tuple[bool, str | None]:
+        """(correct, the answer extracted from `completion`) by the task's own rule."""
+        from stir_core.tasks import get_task
+
+        task = get_task(self.task)
+        return bool(task.score(completion, self.example)), task.extract(completion)
+
+
+# The formats the built-in tasks can grade from the prompt alone: `mod10 3+4-2+6-5` (planted: single digits
+# mod 10) and `calc 23+45-12` (plain: two-digit chains). Their running totals are recomputed here by the
+# tasks' own example builders.
+_GRADABLE = (("planted", re.compile(r"^mod10 (\d)((?:[+-]\d)+)\s*$")),
+             ("plain", re.compile(r"^calc (\d+)((?:[+-]\d+)+)\s*$")))
+EMBEDDED_FORMATS = ("The embedded model knows two formats only: `mod10 3+4-2+6-5` (4-5 single-digit steps mod 10) "
+                    "and `calc 23+45-12` (two-digit chained arithmetic), each followed by a newline; any other "
+                    "text is outside what it was trained on, so its output (e.g. 5555…) means nothing.")
+
+
+def grade_prompt(prompt: str) -> Gold | None:
+    """The gold answer of a raw prompt in a built-in task's format (see `_GRADABLE`), else None."""
+    from stir_core.tasks import get_task
+
+    for name, pattern in _GRADABLE:
+        m = pattern.match(prompt)
+        if not m:
+            continue
+        ops = [(op[0], int(op[1:])) for op in re.findall(r"[+-]\d+", m.group(2))]
+        try:
+            ex = get_task(name).make_example(int(m.group(1)), ops)
+        except ValueError:  # outside the task's generator (e.g. two trigger digits): not graded
+            return None
+        return Gold(task=name, example=ex, answer=str(ex.answer))
+    return None
+
+
 @dataclass
 class PlaygroundPage:
     """What the Playground draws for one result."""
@@ -181,6 +225,8 @@ class PlaygroundPage:
     steered: list[int]  # columns with gate decisions (they get cards)
     header: str  # how the result came about
     all_tokens: pd.DataFrame  # every column's tokens, with a `column` label
+    gold: Gold | None = None  # the prompt's gold answer when a task can grade it
+    graded: list[str] = field(default_factory=list)  # per column: "✓ 7" / "✗ 5 (gold 7)"; empty: no gold
 
 
 def playground_page(result: dict) -> PlaygroundPage:
@@ -195,9 +241,17 @@ def playground_page(result: dict) -> PlaygroundPage:
     header = (f"Traces opened from {result['source']} (as recorded there)." if result.get("source") else
               f"{len(traces)} columns in {result['total_s']:.2f} s (repeated runs come from the cache).")
     frames = [t.tokens_frame().assign(column=labels[i]) for i, t in enumerate(traces)]
+    try:
+        gold = grade_prompt(json.loads(result["view"]).get("prompt", ""))
+    except (ValueError, TypeError, AttributeError):
+        gold = None
+    graded = []
+    for t in traces if gold is not None else []:
+        ok, got = gold.verdict(t.completion)
+        graded.append(f"✓ {got}" if ok else f"✗ {got if got is not None else 'no answer'} (gold {gold.answer})")
     return PlaygroundPage(traces, labels, captions, next((t for t in traces if t.method == "vanilla"), None),
                           [i for i, t in enumerate(traces) if t.decisions], header,
-                          pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+                          pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), gold, graded)
 
 
 # --- the Evaluate page -----------------------------------------------------------------------------
