@@ -561,6 +561,37 @@ def tokens_html(trace: Trace | Sequence[TokenView], reference: Trace | None = No
     return spans_html(spans)
 
 
+def sweep_figure(table: pd.DataFrame, knob: str, title: str | None = None) -> go.Figure:
+    """A strength sweep (`stir_core.analysis.sweeps.strength_sweep`): accuracy against the knob (left axis,
+    ±1 binomial standard error), vanilla's accuracy on the same problems (dashed), and mean tokens
+    (committed + probe; right axis). Hover: paired wins/losses vs vanilla and the McNemar p-value."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x = [str(v) for v in table["value"]]
+    acc = table["accuracy"].astype(float).to_numpy()
+    n = np.maximum(table["n"].astype(float).to_numpy(), 1)
+    err = np.sqrt(np.clip(acc * (1 - acc), 0, None) / n)
+    method = str(table["method"].iat[0]) if len(table) else "stir"
+    hover = [f"{knob}={v}<br>accuracy {a:.3f} (vanilla {va:.3f})<br>wins {w} / losses {lo} · p={p:.3g}"
+             for v, a, va, w, lo, p in zip(x, acc, table["vanilla_accuracy"], table["wins"], table["losses"],
+                                            table["p_value"], strict=True)]
+    fig.add_trace(go.Scatter(x=x, y=acc, mode="lines+markers", name=f"{method} accuracy", hovertext=hover,
+                             hoverinfo="text", line={"color": PALETTE[0]},
+                             error_y={"type": "data", "array": err, "visible": True, "thickness": 1}),
+                  secondary_y=False)
+    if len(table):
+        fig.add_trace(go.Scatter(x=x, y=table["vanilla_accuracy"].astype(float), mode="lines", name="vanilla",
+                                 line={"color": "#868e96", "dash": "dash"}, hoverinfo="skip"), secondary_y=False)
+    fig.add_trace(go.Scatter(x=x, y=table["mean_total_tokens"].astype(float), mode="lines+markers",
+                             name="tokens (committed + probe)", line={"color": PALETTE[1]},
+                             marker={"symbol": "square"}), secondary_y=True)
+    fig.update_xaxes(title_text=knob, type="category")
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.05], secondary_y=False)
+    fig.update_yaxes(title_text="mean tokens", rangemode="tozero", secondary_y=True)
+    style(fig, title, height=340)
+    fig.update_layout(legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"})
+    return fig
+
+
 def commit_effects_figure(commits: Sequence[dict], title: str | None = None) -> go.Figure:
     """The effect of each commit over time (`stir_core.analysis.effects.CommitEffect`s as dicts): one line
     per commit, KL(steered ‖ vanilla) of the next-token distribution against tokens after the commit; a

@@ -249,6 +249,25 @@ def trace_effects(model_key: tuple[str, str, str], library_key: tuple[str, str],
     return asdict(out)
 
 
+def strength_sweep(ctx: Context, task_name: str, knob: str, values: tuple, n: int, config: StirConfig):
+    """`stir_core.analysis.sweeps.strength_sweep` on `n` problems of a task's `val` split (seed 1, the
+    README's tuning split), under the model's turn; cached per arguments."""
+    return _strength_sweep(ctx.model_key, ctx.library_key if ctx.library is not None else ("", ""), task_name,
+                           knob, values, n, json.dumps(asdict(config), sort_keys=True))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _strength_sweep(model_key: tuple[str, str, str], library_key: tuple[str, str], task_name: str, knob: str,
+                    values: tuple, n: int, config_json: str):
+    from stir_core.analysis.sweeps import strength_sweep
+    from stir_core.tasks import get_task
+
+    lib = _library_of(*library_key, model_key) if library_key[0] else None
+    with generation(*model_key):
+        return strength_sweep(get_engine(*model_key), get_task(task_name), lib, StirConfig(**json.loads(config_json)),
+                              knob, list(values), n, "val", 1)
+
+
 def generate(ctx: Context, prompt_text: str, method: str, config: StirConfig,
              on_wait=None) -> tuple[Trace, float]:
     """One column of the Playground: format the raw prompt for the model (truncated, with a warning in the

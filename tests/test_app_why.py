@@ -265,3 +265,61 @@ def test_graded_answers_and_the_embedded_models_formats(monkeypatch):
     _ok(at)
     notes = [i.value for i in at.info if "knows two formats" in i.value]
     assert len(notes) == 1 and "mod10" in notes[0]
+
+
+def test_strength_sweeps_one_prompt_and_a_batch():
+    """#23 Deliver 4: one knob over a range. One prompt -> vanilla + one column per value (each decoded as
+    the core decodes that setting); a small batch -> accuracy and tokens against the knob with paired
+    wins/losses, equal to `evaluate` run per value here (with vanilla on the same problems)."""
+    import json
+    import os
+
+    from test_app import PROMPT, _column_texts
+
+    from stir_core.analysis.evaluate import evaluate
+    from stir_core.analysis.outcomes import mcnemar
+    from stir_core.library.format import ToolLibrary
+    from stir_core.online.methods import StirConfig, run_method
+    from stir_core.runtime.engine import Engine
+    from stir_core.runtime.model import load_model
+    from stir_core.tasks import get_task
+
+    at = _app()
+    at.run()
+    at.text_area(key="pg_prompt").set_value(PROMPT)
+    at.text_input(key="pg_delim").set_value("\\n")
+    at.number_input(key="pg_tokens").set_value(16)
+    at.run()
+    at.selectbox(key="pg_sw_knob").set_value("k_scale").run()
+    at.text_input(key="pg_sw_values").set_value("0.5, 2").run()
+    at.button(key="x_sw_prompt").click().run()
+    at.run()
+    _ok(at)
+    assert [at.selectbox(key=f"pg_m{i}").value for i in range(3)] == ["vanilla", "stir", "stir"]
+    assert [at.number_input(key=f"pg{i}_k_scale").value for i in (1, 2)] == [0.5, 2.0]
+    model = load_model(os.environ["STIR_MODEL"], device="cpu")
+    lib = ToolLibrary.load(os.environ["STIR_LIBRARY"])
+    texts = _column_texts(at)
+    for text, k in zip(texts[1:], (0.5, 2.0), strict=True):
+        ref = run_method(Engine(model), [model.format_prompt(PROMPT)], "stir", lib,
+                         StirConfig(max_new_tokens=16, delimiter="\n", seed=0, k_scale=k))[0]
+        assert text == ref.completion
+    # a batch of 4 planted val problems
+    at.number_input(key="pg_sw_n").set_value(4)
+    at.button(key="x_sw_batch").click().run()
+    _ok(at)
+    table = at.session_state["pg_sweep"]["table"]
+    assert list(table["value"]) == [0.5, 2.0]
+    cfg = StirConfig(max_new_tokens=16, delimiter="\n", seed=0)
+    task = get_task("planted")
+    van = evaluate(Engine(model), task, ["vanilla"], None, cfg, n=4, split="val", seed=1, show_progress=False)
+    for k, row in zip((0.5, 2.0), table.itertuples(), strict=True):
+        res = evaluate(Engine(model), task, ["stir"], lib, cfg.with_overrides(k_scale=k), n=4, split="val", seed=1,
+                       show_progress=False)
+        assert row.accuracy == res.summary["stir"]["accuracy"]
+        assert row.mean_total_tokens == pytest.approx(res.summary["stir"]["mean_total_tokens"])
+        vs = mcnemar(list(van.examples["correct"]), list(res.examples["correct"]))
+        assert (row.wins, row.losses) == (vs["wins"], vs["losses"])
+    chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                 if json.loads(c.proto.spec)["layout"].get("xaxis", {}).get("title", {}).get("text") == "k_scale")
+    assert [t["name"] for t in chart["data"]] == ["stir accuracy", "vanilla", "tokens (committed + probe)"]

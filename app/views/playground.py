@@ -9,7 +9,7 @@ import streamlit as st
 
 from app import export, figures, state, ui
 from app.export import ColumnSpec, SavedView
-from stir_core.analysis import tokens, views
+from stir_core.analysis import sweeps, tokens, views
 from stir_core.config import recommended
 from stir_core.library.checks import context_problem
 from stir_core.online.methods import METHODS
@@ -282,6 +282,67 @@ with st.expander("Saved view"):
             st.rerun()
         except ValueError as err:
             st.error(ui.md_text(err))
+
+# --- strength sweeps ----------------------------------------------------------------------------------
+SWEEP_DEFAULTS = {"k_scale": "0.25, 0.5, 1, 2", "tau_null": "0, 0.25, 0.5, 1", "top_l": "1, 2, 4",
+                  "static_scale": "0.5, 1, 2, 4"}
+with st.expander("Strength sweep (one knob over a range)"):
+    sweepable = [k for k, m in sweeps.SWEEP_KNOBS.items() if m in methods]
+    if not sweepable:
+        st.caption("Load a library to sweep STIR's or the static baseline's knobs.")
+    else:
+        s1, s2 = st.columns([1, 3])
+        knob = s1.selectbox("Knob", sweepable, key="pg_sw_knob", persist_state="session")
+        if st.session_state.get("pg_sw_knob_seen") != knob:  # a new knob: its own default range
+            st.session_state["pg_sw_knob_seen"] = knob
+            st.session_state["pg_sw_values"] = SWEEP_DEFAULTS[knob]
+        text = s2.text_input("Values", key="pg_sw_values", help="comma-separated; each checked like the knob's field")
+        try:
+            values = sweeps.sweep_values(knob, text)
+            sweep_error = None
+        except ValueError as err:
+            values, sweep_error = [], str(err)
+        if sweep_error:
+            st.error(ui.md_text(sweep_error))
+        method_of = sweeps.SWEEP_KNOBS[knob]
+        b1, b2, b3, b4 = st.columns([2, 1, 1, 2], vertical_alignment="bottom")
+        if b1.button(f"Sweep this prompt ({len(values[: MAX_COLUMNS - 1])} columns + vanilla)", key="x_sw_prompt",
+                     disabled=bool(sweep_error) or blocked) and view is not None:
+            base_knobs = {k: getattr(base, k) for k in ui.METHOD_KNOBS.get(method_of, ())}
+            if method_of == "static":
+                base_knobs.update({k: v for k, v in views.tuned_static(
+                    ctx.library_path, state.REPO / "results" / "tune_static" / "best.json").get("static", {}).items()
+                    if k in base_knobs})
+            st.session_state["pending_view"] = SavedView(
+                model=view.model, device=view.device, dtype=view.dtype, library=view.library, prompt=view.prompt,
+                seed=view.seed, max_new_tokens=view.max_new_tokens, delimiter=view.delimiter,
+                columns=[ColumnSpec("vanilla", {})] + [ColumnSpec(method_of, {**base_knobs, knob: v})
+                                                       for v in values[: MAX_COLUMNS - 1]])
+            st.session_state["pending_view_fields"] = set()
+            st.session_state["pending_autorun"] = True
+            st.rerun()
+        sw_task = b2.selectbox("Task", SAMPLE_TASKS, key="pg_sw_task", persist_state="session")
+        st.session_state.setdefault("pg_sw_n", 16)
+        sw_n = b3.number_input("Problems", min_value=2, max_value=128, step=8, key="pg_sw_n", persist_state="session")
+        if b4.button("Sweep a batch (val, seed 1)", key="x_sw_batch", disabled=bool(sweep_error) or blocked):
+            try:
+                with st.spinner(f"Decoding {int(sw_n)} problems × {len(values)} settings + vanilla…"):
+                    # the library's recommended settings, with this view's budget, delimiter and seed
+                    sw_cfg = base if view is None else base.with_overrides(
+                        max_new_tokens=view.max_new_tokens, delimiter=view.delimiter, seed=view.seed)
+                    table = state.strength_sweep(ctx, sw_task, knob, tuple(values), int(sw_n), sw_cfg)
+                st.session_state["pg_sweep"] = {"knob": knob, "task": sw_task, "table": table}
+            except ValueError as err:
+                st.error(f"Sweep failed: {ui.md_text(err)}")
+        done = st.session_state.get("pg_sweep")
+        if done:
+            st.caption(f"`{done['task']}` val, seed 1: {sweeps.SWEEP_KNOBS[done['knob']]} at each "
+                       f"{done['knob']}, paired with vanilla on the same problems (exact McNemar).")
+            sfig = figures.sweep_figure(done["table"], done["knob"])
+            st.plotly_chart(sfig, theme=None, key="x_sweep_chart", config={"displaylogo": False})
+            ui.figure_exports(sfig, f"sweep-{done['knob']}", "x_sweep_exp")
+            st.dataframe(done["table"], hide_index=True, width="stretch")
+            ui.table_exports(done["table"], f"sweep-{done['knob']}", "x_sweep_tab")
 
 # --- results -------------------------------------------------------------------------------------------
 result = st.session_state.get("pg_result")
