@@ -323,3 +323,58 @@ def test_strength_sweeps_one_prompt_and_a_batch():
     chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
                  if json.loads(c.proto.spec)["layout"].get("xaxis", {}).get("title", {}).get("text") == "k_scale")
     assert [t["name"] for t in chart["data"]] == ["stir accuracy", "vanilla", "tokens (committed + probe)"]
+
+
+def test_slices_and_deep_links_to_a_run_and_a_tool():
+    """#23 Deliver 5: Evaluate results sliced by the task's labels / tool / commit (the page's table equals
+    `views.slice_table` of the saved results); `?eval=DIR` reopens a run (only under the runs directory)
+    and `?tool=ID` opens a tool's dashboard, whose firings come from the newest saved run at once."""
+    import os
+
+    from stir_core.analysis.evaluate import load_results
+    from stir_core.analysis.views import slice_table
+    from stir_core.library.format import ToolLibrary
+
+    at = _app()
+    at.run()
+    at.switch_page("views/evaluate.py").run()
+    at.number_input(key="ev_n").set_value(4)
+    at.number_input(key="evk_max_new_tokens").set_value(16)
+    at.text_input(key="evk_delimiter").set_value("\\n")
+    at.multiselect(key="ev_methods").set_value(["vanilla", "stir"])
+    at.button(key="x_ev_run").click().run()
+    from stir_core.io import jobs
+
+    job = jobs.get_job(at.session_state["ev_job"])
+    t0 = time.time()
+    while job.active and time.time() - t0 < 120:
+        time.sleep(0.2)
+    assert job.status == "done", job.error
+    at.run()
+    at.run()
+    _ok(at)
+    run_dir = at.session_state["ev_dir"]
+    assert at.query_params["eval"] == run_dir
+    res = load_results(run_dir)
+    for by in ("mode", "committed"):
+        at.segmented_control(key="ev_slice").set_value(by).run()
+        shown = next(d.value for d in at.dataframe if "slice" in d.value.columns)
+        ref = slice_table(res, by, "stir")
+        assert shown.reset_index(drop=True).equals(ref)
+        assert int(shown["n"].sum()) == 4
+    # a fresh session from the link
+    link = _app(eval=run_dir)  # opened on the Evaluate page itself, as a browser opens /evaluate?eval=…
+    link.switch_page("views/evaluate.py").run()
+    _ok(link)
+    assert link.session_state["ev_dir"] == run_dir
+    outside = _app(eval="/etc")
+    outside.switch_page("views/evaluate.py").run()
+    assert "ev_dir" not in outside.session_state and any("only directories under" in w.value for w in outside.warning)
+    # ?tool=: the tool's dashboard, with where it fired in the newest saved run
+    lib = ToolLibrary.load(os.environ["STIR_LIBRARY"])
+    tool = str(lib.table["id"].iloc[4])
+    lt = _app(tool=tool)
+    lt.switch_page("views/library.py").run()
+    _ok(lt)
+    assert lt.selectbox(key="lib_tool").value == tool
+    assert lt.segmented_control(key="dash_source").value == "saved run"

@@ -105,3 +105,40 @@ def test_grade_prompt_recomputes_the_gold_answer():
     assert p is not None and p.task == "plain" and p.answer == str(23 + 45 - 12)
     assert grade_prompt("What is the capital of France?\n") is None
     assert grade_prompt("mod10 3+1-9+2\n") is None  # two trigger digits: outside the planted generator
+
+
+def test_slice_table_by_labels_tools_and_commits():
+    """`views.slice_table` against counts done by hand over synthetic results on real planted problems."""
+    import pandas as pd
+
+    from stir_core.analysis.evaluate import EvalResult
+    from stir_core.analysis.views import slice_table
+    from stir_core.online.trace import GateDecision, Trace
+    from stir_core.tasks import get_task
+
+    exs = get_task("planted").load("eval", 12, 0)
+    rows = []
+    for i, ex in enumerate(exs):
+        van_ok, stir_ok = i % 2 == 0, i % 3 != 0
+        tool = ["t1", "t2", None][i % 3]
+        d = [GateDecision(1, 0, [1], chosen=tool, reason="committed" if tool else "below_tau")]
+        rows.append({"example_id": ex.id, "method": "vanilla", "correct": van_ok,
+                     "trace_json": Trace("vanilla", "p", "").to_json()})
+        rows.append({"example_id": ex.id, "method": "stir", "correct": stir_ok,
+                     "trace_json": Trace("stir", "p", "", decisions=d).to_json()})
+    res = EvalResult({}, pd.DataFrame(rows), {"task": "planted", "split": "eval", "n": 12, "seed": 0})
+    by_mode = slice_table(res, "mode").set_index("slice")
+    for mode in by_mode.index:
+        idx = [i for i, ex in enumerate(exs) if (ex.meta["mode"] or "none") == mode]
+        assert by_mode.loc[mode, "n"] == len(idx)
+        assert by_mode.loc[mode, "acc vanilla"] == pytest.approx(sum(i % 2 == 0 for i in idx) / len(idx))
+        assert by_mode.loc[mode, "stir wins"] == sum(i % 3 != 0 and i % 2 != 0 for i in idx)
+        assert by_mode.loc[mode, "stir losses"] == sum(i % 3 == 0 and i % 2 == 0 for i in idx)
+    assert by_mode["n"].sum() == 12
+    steps = slice_table(res, "steps").set_index("slice")
+    assert {int(k): v for k, v in steps["n"].items()} == {
+        k: sum(len(ex.meta["ops"]) == k for ex in exs) for k in {len(ex.meta["ops"]) for ex in exs}}
+    tools = slice_table(res, "tool").set_index("slice")
+    assert tools.loc["t1", "n"] == 4 and tools.loc["(none)", "n"] == 4 and tools.loc["t1", "acc stir"] == 0.0
+    committed = slice_table(res, "committed").set_index("slice")
+    assert committed.loc["committed", "n"] == 8 and committed.loc["not committed", "acc stir"] == 1.0

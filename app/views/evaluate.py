@@ -53,6 +53,17 @@ def run_job(job, model_key, engine, library, warnings, task_name: str, methods: 
     return out_dir
 
 
+# A deep link to saved results: `?eval=DIR`, a directory under the runs directory only (a link must not make
+# the server read arbitrary paths).
+if "eval" in st.query_params and st.session_state.get("ev_link_seen") != st.query_params["eval"]:
+    st.session_state["ev_link_seen"] = linked = st.query_params["eval"]
+    try:
+        Path(linked).resolve().relative_to(state.runs_dir().resolve())
+        st.session_state["ev_dir"] = linked
+    except ValueError:
+        st.warning(ui.md_text(f"Ignoring the link's results directory {linked!r}: only directories under "
+                              f"{state.runs_dir()} can be opened from a link."))
+
 run_tab, open_tab = st.tabs(["Run", "Open saved results"])
 with run_tab:
     names = task_names()
@@ -149,7 +160,8 @@ except (ValueError, OSError) as err:
     st.error(f"Could not open {ev_dir}: {err}")
     st.stop()
 
-st.subheader(f"Results: {Path(ev_dir).name}")
+st.query_params["eval"] = ev_dir  # this view's link
+st.subheader(f"Results: {ui.md_text(Path(ev_dir).name)}")
 cfg = res.config
 page = views.evaluate_page(res, st.session_state.get("ev_f_method"), st.session_state.get("ev_f_outcome") or "all")
 st.caption(page.header)
@@ -170,6 +182,25 @@ x_axis = (
 pareto = figures.pareto_figure(res.summary, x=x_axis, title="Accuracy vs tokens")
 st.plotly_chart(pareto, theme=None, key="x_ev_pareto", config={"displaylogo": False})
 ui.figure_exports(pareto, "accuracy-vs-tokens", "x_ev_pareto_exp")
+
+st.subheader("Slices")
+sl1, sl2 = st.columns([2, 3])
+st.session_state.setdefault("ev_slice", "mode")
+by = sl1.segmented_control(
+    "Slice by", list(views.SLICES), key="ev_slice", persist_state="session",
+    format_func={"mode": "failure mode", "steps": "steps", "tool": "tool that fired",
+                 "committed": "gate committed"}.get,
+    help="the task's own labels (planted failure mode, number of steps), the tool the steered method "
+    "committed on the problem, or whether it committed at all",
+) or "mode"
+steered_methods = [m for m in dict.fromkeys(res.examples["method"]) if m != "vanilla"]
+slice_method = sl2.selectbox("Steered method", steered_methods, key="ev_slice_method") if steered_methods else None
+try:
+    sliced = views.slice_table(res, by, slice_method)
+    st.dataframe(sliced, hide_index=True, width="stretch")
+    ui.table_exports(sliced, f"eval-slices-{by}", "x_ev_slice_exp")
+except ValueError as err:
+    st.caption(f"No slices: {ui.md_text(err)}")
 
 st.subheader("Per example")
 ex = res.examples

@@ -103,6 +103,13 @@ if not len(rows):
     st.stop()
 
 ids = table["id"].astype(str).tolist()
+linked = st.query_params.get("tool")
+if linked is not None and st.session_state.get("lib_link_seen") != linked:  # a deep link `?tool=ID`
+    st.session_state["lib_link_seen"] = linked
+    if linked in ids:
+        st.session_state["lib_tool"] = linked
+    else:
+        st.warning(ui.md_text(f"The link's tool {linked!r} is not in this library."))
 st.session_state.setdefault("lib_tool", ids[int(rows[0])])
 selected_row = (
     ids.index(st.session_state["lib_tool"]) if st.session_state["lib_tool"] in ids else int(rows[0])
@@ -161,6 +168,7 @@ tool = st.selectbox(
     persist_state="session",
     help="Click a point in the 2-D scatter, a neighbour below, or pick here.",
 )
+st.query_params["tool"] = tool  # this tool's link
 row = ids.index(tool)
 rec = table.iloc[row]
 k1, k2, k3, k4, k5 = st.columns(5)
@@ -178,7 +186,8 @@ k5.metric(
 
 # Where the firings come from: a saved evaluation run, an on-demand run, or none.
 runs = [str(p) for p in dstate.eval_runs()]
-st.session_state.setdefault("dash_source", "none")
+# with saved runs, a click on a point lists where that tool fired in the newest one at once
+st.session_state.setdefault("dash_source", "saved run" if runs else "none")
 o1, o2, o3 = st.columns([2, 3, 2])
 source_kind = o1.segmented_control(
     "Firings from", ["none", "saved run", "on demand"], key="dash_source", persist_state="session"

@@ -293,6 +293,65 @@ def evaluate_page(res: EvalResult, method: str | None = None, outcome: str = "al
     return EvaluatePage(header, res.table(), methods, view.merge(detail, on="example_id", how="left"))
 
 
+# slices of an evaluation: the task's own labels, the tool that fired, whether the gate committed
+SLICES = ("mode", "steps", "tool", "committed")
+
+
+def _labels(cfg: dict, ids: Sequence[str]) -> pd.DataFrame:
+    """The task's own labels of the evaluated problems (reloaded by task, split, n and seed): `mode` (the
+    planted failure mode, "none" without one) and `steps` (operations in the chain); absent labels are None."""
+    from stir_core.tasks import get_task
+
+    out = pd.DataFrame({"example_id": list(ids), "mode": None, "steps": None})
+    try:
+        examples = get_task(str(cfg.get("task"))).load(str(cfg.get("split")), int(cfg.get("n")), int(cfg.get("seed")))
+    except (ValueError, TypeError, KeyError, OSError):
+        return out
+    meta = {ex.id: ex.meta or {} for ex in examples}
+    out["mode"] = [(meta.get(i, {}).get("mode") or "none") if "mode" in meta.get(i, {}) else None for i in ids]
+    out["steps"] = [len(meta[i]["ops"]) if "ops" in meta.get(i, {}) else None for i in ids]
+    return out
+
+
+def slice_table(res: EvalResult, by: str, method: str | None = None) -> pd.DataFrame:
+    """Accuracy per slice of the evaluated problems, one column per method, with `method`'s wins/losses vs
+    vanilla on that slice. `by`: "mode" / "steps" (the task's labels), "tool" (a tool `method` committed on
+    the problem; a problem counts once per tool, "(none)" without a commit) or "committed" (whether
+    `method` committed anything). `method` defaults to the first steered method."""
+    if by not in SLICES:
+        raise ValueError(f"unknown slice {by!r}; use one of {SLICES}")
+    ex = res.examples.assign(example_id=res.examples["example_id"].astype(str))
+    methods = list(dict.fromkeys(ex["method"]))
+    steered = [m for m in methods if m != "vanilla"]
+    method = method if method in steered else (steered[0] if steered else methods[0])
+    ids = list(dict.fromkeys(ex["example_id"]))
+    if by in ("mode", "steps"):
+        keys = _labels(res.config, ids).rename(columns={by: "slice"})[["example_id", "slice"]]
+    else:
+        rows = []
+        for _, r in ex[ex["method"] == method].iterrows():
+            tools = sorted({d["chosen"] for d in json.loads(r["trace_json"]).get("decisions", []) if d.get("chosen")}) \
+                if "trace_json" in r and isinstance(r["trace_json"], str) else []
+            if by == "committed":
+                rows.append({"example_id": r["example_id"], "slice": "committed" if tools else "not committed"})
+            else:
+                rows += [{"example_id": r["example_id"], "slice": t} for t in (tools or ["(none)"])]
+        keys = pd.DataFrame(rows, columns=["example_id", "slice"])
+    keys = keys.assign(slice=keys["slice"].astype(str))
+    wide = ex.pivot_table(index="example_id", columns="method", values="correct", aggfunc="first")
+    merged = keys.merge(wide.reset_index(), on="example_id", how="inner")
+    out = []
+    for key, g in merged.groupby("slice", sort=True):
+        row: dict[str, Any] = {"slice": key, "n": len(g)}
+        for m in methods:
+            row[f"acc {m}"] = float(g[m].astype(bool).mean()) if m in g else None
+        if "vanilla" in g and method in g and method != "vanilla":
+            b, o = g["vanilla"].astype(bool), g[method].astype(bool)
+            row[f"{method} wins"], row[f"{method} losses"] = int((o & ~b).sum()), int((~o & b).sum())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 # --- the Library page ------------------------------------------------------------------------------
 
 DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)  # the α-sweep's scales (dashboard.SCALES, the page's text box)
