@@ -708,8 +708,17 @@ def pareto_figure(
                 marker={"size": 11, "color": colors[m]},
                 error_y={"type": "data", "array": [e], "visible": True, "thickness": 1},
                 hovertemplate=f"{m}<br>{x}: %{{x:.1f}}<br>accuracy: %{{y:.3f}}<extra></extra>",
+                cliponaxis=False,  # a label above the top point stays whole (in the app and in exports)
             )
         )
+    # Room for the labels: above the highest point (+ its error bar) and beside the outermost ones; the
+    # autoscaled axes ended at the top point and clipped its label ("stir") in the exports.
+    finite = [(xv, yv + e) for xv, yv, e in zip(xs, ys, err, strict=True) if math.isfinite(xv) and math.isfinite(yv)]
+    if finite:
+        lo_x, hi_x = min(v for v, _ in finite), max(v for v, _ in finite)
+        pad = max(0.08 * (hi_x - lo_x), 0.05 * max(abs(hi_x), 1.0))
+        fig.update_xaxes(range=[lo_x - pad, hi_x + pad])
+        fig.update_yaxes(range=[0, max(1.0, max(v for _, v in finite)) * 1.12])
     fig.update_xaxes(
         title_text={
             "mean_total_tokens": "mean tokens (committed + probe)",

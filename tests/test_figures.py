@@ -238,6 +238,14 @@ def test_pareto_figure_points_and_front():
         assert pts[m][:2] == (s["mean_total_tokens"], s["accuracy"])
         assert pts[m][2] == pytest.approx((s["accuracy"] * (1 - s["accuracy"]) / s["n"]) ** 0.5)
     assert not any(t.name == "Pareto front" for t in fig.data)  # stir dominates both: a one-point front
+    # #23 defect 7: the "stir" label (top point) was clipped in exports: labels are not clipped, and the
+    # axes leave room above the highest error bar and beside the outermost points
+    labelled = [t for t in fig.data if t.mode == "markers+text"]
+    assert all(t.cliponaxis is False for t in labelled)
+    top = max(y + e for _, y, e in pts.values())
+    assert fig.layout.yaxis.range[1] > top + 0.1
+    xs = [x for x, _, _ in pts.values()]
+    assert fig.layout.xaxis.range[0] < min(xs) and fig.layout.xaxis.range[1] > max(xs)
     summary["cheap"] = {"accuracy": 0.3, "n": 100, "mean_total_tokens": 100.0}
     front = next(t for t in figures.pareto_figure(summary).data if t.name == "Pareto front")
     assert list(front.x) == [100.0, 250.0]
