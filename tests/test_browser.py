@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from stir_core.analysis.views import tuned_static
 from stir_core.config import StirConfig, online_config, recommended
 from stir_core.library.format import ToolLibrary
 from stir_core.online.methods import run_method
@@ -163,8 +164,10 @@ def test_playground_end_to_end(setup, tmp_path):
     cfg = online_config(lib).with_overrides(
         delimiter=delimiter, max_new_tokens=int(recommended(lib.manifest).get("max_new_tokens", 64))
     )
+    tuned = tuned_static(lib_dir, REPO / "results" / "tune_static" / "best.json")  # README: static at 2.0
     refs = [
-        run_method(Engine(model), [model.format_prompt(prompt)], m, lib, cfg)[0]
+        run_method(Engine(model), [model.format_prompt(prompt)], m, lib,
+                   cfg.with_overrides(**{k: v for k, v in tuned.get(m, {}).items() if k == "static_scale"}))[0]
         for m in ("vanilla", "static", "stir")
     ]
     assert texts == [r.completion for r in refs]
@@ -218,7 +221,6 @@ def test_library_dashboard_end_to_end(setup, tmp_path):
             box.fill(tool)
             box.press("Enter")
             page.get_by_text(f"pair `{ref.provenance.pair_id}`".replace("`", "")).wait_for(timeout=60_000)
-            page.get_by_role("radio", name="saved run").click()
             page.get_by_role("tab", name="Where it fires").click()
             page.get_by_text(f"retrievals in {run}").wait_for(timeout=120_000)
             fired = page.get_by_text(f"retrievals in {run}").inner_text()
@@ -244,3 +246,98 @@ def test_library_dashboard_end_to_end(setup, tmp_path):
     if os.environ.get("STIR_REFRESH_SCREENSHOTS") == "1":
         DASHBOARD_SHOT.parent.mkdir(parents=True, exist_ok=True)
         DASHBOARD_SHOT.write_bytes(shot.read_bytes())
+
+
+WHY_SHOT = REPO / "assets" / "screenshots" / "why.png"
+SWEEP_SHOT = REPO / "assets" / "screenshots" / "sweep.png"
+
+
+def test_why_on_the_token_and_a_sweep_end_to_end(setup, tmp_path):
+    """#23 in a real browser: a control point's token carries the gate's reasons in its hover title (as the
+    core decodes it); the KL colour mode; the Why panel; the gate-card column picker follows the pick in
+    the same run; a strength sweep over one prompt (N columns) and a small batch. Screenshots go to
+    tmp_path; `STIR_REFRESH_SCREENSHOTS=1` also copies them to assets/screenshots/ (why.png, sweep.png)."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright (Python package) is not installed"
+    )
+    env, prompt, delimiter, model_dir, lib_dir = setup
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    why_shot, sweep_shot = tmp_path / "why.png", tmp_path / "sweep.png"
+    proc = start_server(port, env, log)
+    try:
+        wait_healthy(port, proc, log)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 2600})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            run = page.get_by_role("button", name="Run comparison")
+            run.wait_for(timeout=90_000)
+            box = page.get_by_role("textbox", name="Prompt")
+            box.fill(prompt)
+            box.press("Control+Enter")
+            if delimiter != "\n\n":
+                field = page.get_by_role("textbox", name="Segment delimiter")
+                field.fill(delimiter.encode("unicode_escape").decode())
+                field.press("Enter")
+            page.wait_for_timeout(500)
+            run.click()
+            columns = page.locator(".stir-tokens")
+            columns.nth(2).wait_for(timeout=90_000)
+            titles = columns.nth(2).locator("span.why").evaluate_all("els => els.map(e => e.title)")
+            page.get_by_role("radio", name="KL(steered ‖ vanilla)").click()
+            page.locator(".st-key-gate_strip .colorbar").first.wait_for(timeout=30_000)
+            panel = page.locator(".st-key-pg_why_panel")
+            panel.get_by_text("Score_null").first.wait_for(timeout=30_000)
+            why_text = panel.inner_text()
+            top = page.get_by_role("radio", name="KL(steered ‖ vanilla)").bounding_box()
+            bottom = panel.bounding_box()
+            page.screenshot(path=str(why_shot), clip={"x": 0, "y": max(0, top["y"] - 16), "width": 1500,
+                                                      "height": min(1500, bottom["y"] + bottom["height"] - top["y"] + 32)})
+            # the gate-card column picker follows the pick at once (it lagged one run)
+            picker = page.get_by_role("combobox", name="Column")
+            picker.click()
+            page.get_by_role("option", name="2. static").click()
+            page.locator("[class*='st-key-gate_card_0']").get_by_text("committed static").wait_for(timeout=30_000)
+            # a strength sweep: one prompt -> vanilla + one column per k_scale value, then a small batch
+            page.get_by_text("Strength sweep (one knob over a range)").click()
+            page.get_by_role("button", name="Sweep this prompt").click()
+            columns.nth(4).wait_for(timeout=120_000)
+            n_cols = columns.count()
+            sweep_texts = [c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
+                           for c in columns.all()]
+            page.get_by_text("Strength sweep (one knob over a range)").click()  # the expander closed on rerun
+            page.get_by_role("button", name="Sweep a batch (val, seed 1)").click()
+            page.get_by_text("paired with vanilla on the same problems").wait_for(timeout=240_000)
+            page.wait_for_timeout(1000)
+            head = page.get_by_text("Strength sweep (one knob over a range)").bounding_box()
+            page.screenshot(path=str(sweep_shot), clip={"x": 0, "y": max(0, head["y"] - 8), "width": 1500,
+                                                        "height": 1300})
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    model = load_model(str(model_dir), device="cpu")
+    lib = ToolLibrary.load(lib_dir)
+    cfg = online_config(lib).with_overrides(
+        delimiter=delimiter, max_new_tokens=int(recommended(lib.manifest).get("max_new_tokens", 64))
+    )
+    stir = run_method(Engine(model), [model.format_prompt(prompt)], "stir", lib, cfg)[0]
+    assert len(titles) == len(stir.decisions) > 0
+    for title, d in zip(titles, stir.decisions, strict=True):
+        assert f"control point m={d.m}" in title and f"Score_null = {d.score_null:.4g}" in title
+        assert f"τ_null = {cfg.tau_null:.4g}" in title
+        assert all(f"sim {c.sim:.3f}" in title for c in d.candidates)
+    assert "Score_null" in why_text and "reason:" in why_text
+    assert n_cols == 5  # vanilla + the four default k_scale values
+    for text, k in zip(sweep_texts[1:], (0.25, 0.5, 1.0, 2.0), strict=True):
+        ref = run_method(Engine(model), [model.format_prompt(prompt)], "stir", lib, cfg.with_overrides(k_scale=k))[0]
+        assert text == ref.completion
+    assert why_shot.stat().st_size > 10_000 and sweep_shot.stat().st_size > 10_000
+    if os.environ.get("STIR_REFRESH_SCREENSHOTS") == "1":
+        WHY_SHOT.parent.mkdir(parents=True, exist_ok=True)
+        WHY_SHOT.write_bytes(why_shot.read_bytes())
+        SWEEP_SHOT.write_bytes(sweep_shot.read_bytes())

@@ -104,7 +104,8 @@ def test_grade_prompt_recomputes_the_gold_answer():
     p = grade_prompt("calc 23+45-12\n")
     assert p is not None and p.task == "plain" and p.answer == str(23 + 45 - 12)
     assert grade_prompt("What is the capital of France?\n") is None
-    assert grade_prompt("mod10 3+1-9+2\n") is None  # two trigger digits: outside the planted generator
+    two = grade_prompt("mod10 3+1-9+2\n")  # two trigger digits: outside the planted generator, still graded
+    assert two is not None and two.answer == str((3 + 1 - 9 + 2) % 10)
 
 
 def test_slice_table_by_labels_tools_and_commits():

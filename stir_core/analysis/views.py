@@ -205,11 +205,16 @@ def grade_prompt(prompt: str) -> Gold | None:
         m = pattern.match(prompt)
         if not m:
             continue
-        ops = [(op[0], int(op[1:])) for op in re.findall(r"[+-]\d+", m.group(2))]
+        start, ops = int(m.group(1)), [(op[0], int(op[1:])) for op in re.findall(r"[+-]\d+", m.group(2))]
         try:
-            ex = get_task(name).make_example(int(m.group(1)), ops)
-        except ValueError:  # outside the task's generator (e.g. two trigger digits): not graded
-            return None
+            ex = get_task(name).make_example(start, ops)
+        except ValueError:  # outside the task's generator (e.g. two trigger digits): the arithmetic still holds
+            from stir_core.tasks import Example
+
+            total = start
+            for sign, d in ops:
+                total = total + d if sign == "+" else total - d
+            ex = Example("prompt", m.group(1) + m.group(2), str(total % 10 if name == "planted" else total))
         return Gold(task=name, example=ex, answer=str(ex.answer))
     return None
 
