@@ -295,9 +295,17 @@ def test_why_on_the_token_and_a_sweep_end_to_end(setup, tmp_path):
             page.screenshot(path=str(why_shot), clip={"x": 0, "y": max(0, top["y"] - 16), "width": 1500,
                                                       "height": min(1500, bottom["y"] + bottom["height"] - top["y"] + 32)})
             # the gate-card column picker follows the pick at once (it lagged one run)
-            picker = page.get_by_role("combobox", name="Column")
-            picker.click()
-            page.get_by_role("option", name="2. static").click()
+            picker = page.get_by_role("combobox", name="Column", exact=True)
+            option = page.get_by_role("option", name="2. static")
+            for _ in range(3):  # a click during a rerun may not open the list
+                page.wait_for_timeout(500)
+                picker.click()
+                try:
+                    option.wait_for(timeout=5_000)
+                    break
+                except sync_api.TimeoutError:
+                    continue
+            option.click()
             page.locator("[class*='st-key-gate_card_0']").get_by_text("committed static").wait_for(timeout=30_000)
             # a strength sweep: one prompt -> vanilla + one column per k_scale value, then a small batch
             page.get_by_text("Strength sweep (one knob over a range)").click()
@@ -306,9 +314,25 @@ def test_why_on_the_token_and_a_sweep_end_to_end(setup, tmp_path):
             n_cols = columns.count()
             sweep_texts = [c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
                            for c in columns.all()]
-            page.get_by_text("Strength sweep (one knob over a range)").click()  # the expander closed on rerun
-            page.get_by_role("button", name="Sweep a batch (val, seed 1)").click()
-            page.get_by_text("paired with vanilla on the same problems").wait_for(timeout=240_000)
+            header = page.get_by_text("Strength sweep (one knob over a range)")
+
+            def open_sweep() -> None:
+                """Click the expander's header once the rerun has settled (a stale copy doubles it)."""
+                for _ in range(100):
+                    if header.count() == 1:
+                        break
+                    page.wait_for_timeout(300)
+                header.click()
+
+            batch = page.get_by_role("button", name="Sweep a batch (val, seed 1)")
+            if not batch.is_visible():  # the expander may have closed with the rerun
+                open_sweep()
+            batch.click()
+            done = page.get_by_text("paired with vanilla on the same problems")
+            done.wait_for(state="attached", timeout=240_000)
+            if not done.is_visible():
+                open_sweep()
+            done.wait_for(timeout=30_000)
             page.wait_for_timeout(1000)
             head = page.get_by_text("Strength sweep (one knob over a range)").bounding_box()
             page.screenshot(path=str(sweep_shot), clip={"x": 0, "y": max(0, head["y"] - 8), "width": 1500,

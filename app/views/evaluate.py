@@ -55,8 +55,9 @@ def run_job(job, model_key, engine, library, warnings, task_name: str, methods: 
 
 # A deep link to saved results: `?eval=DIR`, a directory under the runs directory only (a link must not make
 # the server read arbitrary paths).
-if "eval" in st.query_params and st.session_state.get("ev_link_seen") != st.query_params["eval"]:
-    st.session_state["ev_link_seen"] = linked = st.query_params["eval"]
+if not st.session_state.get("ev_link_done") and "eval" in st.query_params:  # once, when the session opens here
+    st.session_state["ev_link_done"] = True  # (later the page writes the param itself)
+    linked = st.query_params["eval"]
     try:
         Path(linked).resolve().relative_to(state.runs_dir().resolve())
         st.session_state["ev_dir"] = linked

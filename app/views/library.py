@@ -104,9 +104,11 @@ if not len(rows):
 
 ids = table["id"].astype(str).tolist()
 linked = st.query_params.get("tool")
-if linked is not None and st.session_state.get("lib_link_seen") != linked:  # a deep link `?tool=ID`
-    st.session_state["lib_link_seen"] = linked
-    if linked in ids:
+if not st.session_state.get("lib_link_done"):  # a deep link `?tool=ID`: read once, when the session opens here
+    st.session_state["lib_link_done"] = True  # (later the page writes the param itself)
+    if linked is None:
+        pass
+    elif linked in ids:
         st.session_state["lib_tool"] = linked
     else:
         st.warning(ui.md_text(f"The link's tool {linked!r} is not in this library."))

@@ -420,9 +420,9 @@ if result:
             if why is not None and f"{why[0]}:{why[1]}" in keys:
                 st.session_state["pg_why_pick"] = f"{why[0]}:{why[1]}"
                 st.session_state.pop("pg_why")
-            if st.session_state.get("pg_why_pick") not in keys:  # start at the last steered column (STIR's)
-                st.session_state["pg_why_pick"] = next(k for k, (r, _) in zip(keys, points, strict=True)
-                                                       if r == page.steered[-1])
+            if st.session_state.get("pg_why_pick") not in keys:  # start at the last steered column (STIR's),
+                last = [(k, d) for k, (r, d) in zip(keys, points, strict=True) if r == page.steered[-1]]
+                st.session_state["pg_why_pick"] = next((k for k, d in last if d.committed), last[0][0])  # a commit
             names = {k: f"{labels[r]} · m={d.m} @ token {d.token_index}" for k, (r, d) in zip(keys, points,
                                                                                             strict=True)}
             pick = st.selectbox("Control point", keys, key="pg_why_pick", format_func=names.get)
