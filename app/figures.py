@@ -597,9 +597,10 @@ def commit_effects_figure(commits: Sequence[dict], title: str | None = None) -> 
     per commit, KL(steered ‖ vanilla) of the next-token distribution against tokens after the commit; a
     filled marker where the top token changed (hover: the two top tokens)."""
     fig = go.Figure()
-    for c in commits:
+    one_tool = len({c["tool"] for c in commits}) == 1 and len(commits) > 1  # then colour by commit instead
+    for j, c in enumerate(commits):
         steps = [i - c["token_index"] for i in c["tokens"]]
-        color = tool_color(c["tool"])
+        color = PALETTE[j % len(PALETTE)] if one_tool else tool_color(c["tool"])
         hover = [f"m={c['m']} {html.escape(c['tool'])} (α={c['alpha']:.3g})<br>token +{k} (#{i}): KL {v:.4g}"
                  f"<br>top: steered {html.escape(shown(a))} · vanilla {html.escape(shown(b))}"
                  for k, i, v, a, b in zip(steps, c["tokens"], c["kl"], c["steered_top"], c["vanilla_top"],

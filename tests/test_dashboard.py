@@ -226,3 +226,26 @@ def test_similarity_matrix_is_the_cosine_of_the_ordered_entries(setup):
     assert np.allclose(sims, v @ v.T, atol=1e-5)
     with pytest.raises(ValueError, match="unknown source"):
         dash.source_matrix(lib, "values")
+
+
+def test_dashboard_measures_each_commit_of_the_tool(setup, tiny):
+    """#23 Deliver 2 in the tool dashboard: the effect over time of the tool's commits in a run, one entry
+    per commit of that tool (in the run's order, at most EFFECTS_LIMIT), each equal to
+    `effects.trace_effects` of that problem's trace (itself checked against a manual forward in
+    tests/test_effects.py)."""
+    from stir_core.analysis.effects import trace_effects
+
+    lib, engine, ex = setup
+    traces = [(str(r["example_id"]), Trace.from_json(r["trace_json"])) for _, r in ex.iterrows()
+              if r["method"] == "stir"]
+    commits = [(i, d) for i, t in traces for d in t.decisions if d.chosen]
+    tool = max(sorted({d.chosen for _, d in commits}), key=[d.chosen for _, d in commits].count)
+    d = dash.build(lib, tool, tiny, engine, ex, "test-run", prompt="3+4=7\n\n", sweep_tokens=4)
+    mine = [(i, c) for i, c in commits if c.chosen == tool][: dash.EFFECTS_LIMIT]
+    assert [(e["example_id"], e["m"]) for e in d.effects] == [(i, c.m) for i, c in mine]
+    for e in d.effects:
+        t = next(t for i, t in traces if i == e["example_id"])
+        ref = next(c for c in trace_effects(tiny, t, lib).commits if c.m == e["m"])
+        assert e["kl"] == pytest.approx(ref.kl) and e["tokens"] == ref.tokens
+        assert e["logprob_error"] < 1e-4
+    assert "The effect of each commit over time" in render(d)

@@ -305,6 +305,19 @@ if board is not None:
             a3.metric("broken", len(q.broken), help=", ".join(q.broken) or None)
             a4.metric("unchanged right / wrong", f"{q.both_right} / {q.both_wrong}")
     with tab_c:
+        if board.effects:
+            st.markdown(f"**The effect of each commit over time** (the first {len(board.effects)} commits of this "
+                        f"tool in {ui.md_text(board.run)}; KL(steered ‖ vanilla) of the next-token distribution, "
+                        "vanilla computed on the steered text; ◆: the top token changed)")
+            efig = figures.commit_effects_figure(
+                [{**e, "m": f"{e['m']} {e['example_id']}"} for e in board.effects])
+            st.plotly_chart(efig, theme=None, key="x_dash_eff_chart", config={"displaylogo": False})
+            ui.figure_exports(efig, f"commit-effects-{tool.replace('/', '_')}", "x_dash_eff_exp")
+            if max(e["logprob_error"] for e in board.effects) > 1e-3:
+                st.caption("The recomputation differs from the run's recorded log-probs (run with scope=persist, "
+                           "or batched decoding noise): read the curves as approximate.")
+        elif board.effects is not None:
+            st.caption("This tool was not committed in the picked run: no effect over time to show.")
         if tables.lens is not None:
             st.markdown("**Logit lens** (through the final norm's gain and the unembedding)")
             st.dataframe(tables.lens, hide_index=True, width="stretch")

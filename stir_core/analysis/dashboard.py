@@ -370,6 +370,35 @@ class ToolDashboard:
     paired: PairedOutcome | None = None
     sweep: AlphaSweep | None = None
     notes: list[str] = field(default_factory=list)
+    # the effect of each commit of this tool over time (effects.CommitEffect as dicts, with example_id,
+    # method and the recomputation's logprob_error); None: no run or no model
+    effects: list[dict] | None = None
+
+
+EFFECTS_LIMIT = 8  # commits whose effect the dashboard measures (two forwards each)
+
+
+def commit_effects(tool_id: str, examples: pd.DataFrame, model: Any, lib: ToolLibrary,
+                   limit: int = EFFECTS_LIMIT, scope: str = "segment") -> list[dict]:
+    """KL(steered ‖ vanilla) after each commit of `tool_id` in a run's traces (the first `limit`, in the run's
+    order), by `effects.trace_effects`; traces whose additions cannot be put back are skipped."""
+    from stir_core.analysis.effects import EffectsUnavailable, trace_effects
+
+    out: list[dict] = []
+    for r, tr in _traces(examples):
+        if len(out) >= limit:
+            break
+        if not any(d.chosen == tool_id for d in tr.decisions):
+            continue
+        try:
+            eff = trace_effects(model, tr, lib, scope)
+        except EffectsUnavailable:
+            continue
+        for c in eff.commits:
+            if c.tool == tool_id and len(out) < limit:
+                out.append({"example_id": str(r["example_id"]), "method": str(r["method"]),
+                            "logprob_error": eff.logprob_error, **asdict(c)})
+    return out
 
 
 def row_of(lib: ToolLibrary, tool_id: str) -> int:
@@ -416,6 +445,8 @@ def build(lib: ToolLibrary, tool_id: str, model: Any = None, engine: Engine | No
         d.paired = paired_outcome(tool_id, examples, method)
         if d.paired is None:
             d.notes.append(f"No paired outcome: the run needs both '{method}' and 'vanilla'.")
+        if model is not None and is_corr:
+            d.effects = commit_effects(tool_id, examples, model, lib)
     return d
 
 

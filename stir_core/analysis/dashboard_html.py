@@ -92,6 +92,15 @@ def render(d: ToolDashboard) -> str:
                    f"{q.both_right}, both wrong {q.both_wrong}.</p>"
                    f"<p>fixed: <span class='mono'>{escape(', '.join(q.fixed)) or '—'}</span><br>"
                    f"broken: <span class='mono'>{escape(', '.join(q.broken)) or '—'}</span></p>")
+    if d.effects:
+        out.append("<p>The effect of each commit over time: KL(steered ‖ vanilla) of the next-token distribution, "
+                   "token by token after the commit (vanilla computed on the steered text; "
+                   "<mark>marked</mark>: the top token changed).</p>")
+        out.append(_table(["example", "m", "α", "KL after the commit"], [
+            [_v(e["example_id"]), _v(e["m"]), _v(e["alpha"]),
+             " ".join(f"<mark>{k:.3g}</mark>" if ch else f"{k:.3g}" for k, ch in zip(e["kl"], e["top_changed"],
+                                                                                   strict=True))]
+            for e in d.effects]))
     out.append("<h2>Neighbours</h2>")
     out.append(_table(["by", "id", "kind", "m", "layer", "cos"], [
         [_v(n.by), f"<span class='mono'>{_v(n.id)}</span>", _v(n.kind), _v(n.m), _v(n.layer), _v(n.cos)]
