@@ -293,10 +293,12 @@ with st.expander("Strength sweep (one knob over a range)"):
     else:
         s1, s2 = st.columns([1, 3])
         knob = s1.selectbox("Knob", sweepable, key="pg_sw_knob", persist_state="session")
-        if st.session_state.get("pg_sw_knob_seen") != knob:  # a new knob: its own default range
+        # a new knob gets its own default range (so does a session back from another page, which dropped it)
+        if st.session_state.get("pg_sw_knob_seen") != knob or "pg_sw_values" not in st.session_state:
             st.session_state["pg_sw_knob_seen"] = knob
             st.session_state["pg_sw_values"] = SWEEP_DEFAULTS[knob]
-        text = s2.text_input("Values", key="pg_sw_values", help="comma-separated; each checked like the knob's field")
+        text = s2.text_input("Values", key="pg_sw_values", persist_state="session",
+                             help="comma-separated; each checked like the knob's field")
         try:
             values = sweeps.sweep_values(knob, text)
             sweep_error = None
