@@ -35,17 +35,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stir_core.io.layout import DEFAULT_MODEL_DIR, DEMO_LIBRARY, MANIFEST_FILE
+
 if TYPE_CHECKING:  # heavy (torch): imported inside the functions that need them, in the loader thread
     from stir_core.library.format import ToolLibrary
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.model import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_LIBRARY = REPO / "assets" / "demo-library"
-# Copies of stir_core.library.format.MANIFEST_FILE and stir_core.runtime.model.DEFAULT_MODEL_DIR, which cannot be imported
-# here without torch; tests/test_app_start.py checks they agree.
-MANIFEST_NAME = "manifest.json"
-DEFAULT_MODEL_DIR = REPO / "assets" / "toy-reasoner"
 MODEL_ENV, LIBRARY_ENV, RUNS_ENV = "STIR_MODEL", "STIR_LIBRARY", "STIR_RUNS"
 MAX_TOKENS_ENV, TIME_CAP_ENV = "STIR_APP_MAX_TOKENS", "STIR_APP_TIME_CAP_S"
 
@@ -81,7 +78,7 @@ def default_library() -> str | None:
     env = os.environ.get(LIBRARY_ENV)
     if env:
         return env
-    return str(DEMO_LIBRARY) if (DEMO_LIBRARY / MANIFEST_NAME).is_file() else None
+    return str(DEMO_LIBRARY) if (DEMO_LIBRARY / MANIFEST_FILE).is_file() else None
 
 
 def runs_dir() -> Path:
@@ -260,7 +257,7 @@ def library_stamp(path: str | Path) -> str:
     from stir_core.config import RECOMMENDED_KEY  # light: no torch
 
     try:
-        m = json.loads((Path(path) / MANIFEST_NAME).read_text())
+        m = json.loads((Path(path) / MANIFEST_FILE).read_text())
         return str(m.get("content_hash", "")) + json.dumps(m.get(RECOMMENDED_KEY), sort_keys=True)
     except (OSError, ValueError):
         return ""

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from stir_core.io import jsonio
+from stir_core.io.layout import DEMO_LIBRARY, MANIFEST_FILE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="STIR Workbench: mine, select, store and replay latent actions.")
@@ -32,7 +33,6 @@ MismatchOpt = Annotated[bool, typer.Option("--allow-model-mismatch",
 # commands, still accepted).
 ForceOutOpt = Annotated[bool, typer.Option("--force", "--overwrite",
                                            help="replace what is already at the output path")]
-DEMO_LIBRARY = Path(__file__).resolve().parent.parent / "assets" / "demo-library"
 _STATE = {"debug": os.environ.get("STIR_DEBUG", "").strip() not in ("", "0")}
 
 
@@ -164,7 +164,7 @@ def _task(task: str, path: str | None):
 
 
 def _default_library(library: str | None, model: str) -> str | None:
-    if library is None and model == "embedded" and (DEMO_LIBRARY / "manifest.json").is_file():
+    if library is None and model == "embedded" and (DEMO_LIBRARY / MANIFEST_FILE).is_file():
         typer.echo(f"using the demo library {DEMO_LIBRARY}", err=True)
         return str(DEMO_LIBRARY)
     return library
@@ -391,7 +391,7 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
     """Stage I: mine candidate tools into <out>/candidates."""
     from stir_core.io import outputs
     from stir_core.offline.build import mine_run
-    from stir_core.offline.mine import check_checkpoint, discard_checkpoint
+    from stir_core.offline.checkpoint import check_checkpoint, discard_checkpoint
 
     cfg, task = _build_config(config)
     model_name = cfg.model or model
@@ -424,9 +424,10 @@ def select(candidates: Annotated[Path, typer.Argument(help="candidate library di
            ) -> None:
     """Stage II+III: select a diverse library (quality-DPP, top, random) and index it."""
     from stir_core import config
+    from stir_core.config import SelectConfig
     from stir_core.io import outputs
     from stir_core.library.format import ToolLibrary
-    from stir_core.offline.build import SelectConfig, select_and_index
+    from stir_core.offline.build import select_and_index
 
     cfg = config.from_dict(SelectConfig, {"budget": budget, "method": method, "lam": lam, "eps": eps,
                                           "min_per_control_point": min_per_control_point,
@@ -475,7 +476,7 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
     """mine → select → index from one YAML config; writes <out>/candidates, <out>/library, <out>/build.json."""
     from stir_core.io import outputs
     from stir_core.offline.build import build_library, check_build_output
-    from stir_core.offline.mine import check_checkpoint
+    from stir_core.offline.checkpoint import check_checkpoint
 
     cfg, task = _build_config(config)
     model_name = cfg.model or model

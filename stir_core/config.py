@@ -88,15 +88,95 @@ def groups(cls: Any) -> dict[str, list[str]]:
     return out
 
 
+# --- layer specs: the one parser (torch-free; the model applies its depth) ---------------------------
+
+def parse_layer_spec(spec: int | float | str) -> int | float:
+    """The one layer-spec parser: an int (negative from the end) or a fraction in [0, 1], from an int, a
+    float, or text ("3", "-1", "0.6", "1/2"); the model's depth is applied by `resolve_layer`.
+
+    >>> parse_layer_spec(" -1"), parse_layer_spec("0.6"), parse_layer_spec("1/2"), parse_layer_spec(2)
+    (-1, 0.6, 0.5, 2)
+    """
+    original = spec
+    if isinstance(spec, str):
+        s = spec.strip()
+        if "/" in s:
+            a, b = s.split("/", 1)
+            try:
+                spec = int(a) / int(b)
+            except (ValueError, ZeroDivisionError) as err:
+                raise ValueError(f"bad layer spec {original!r}: expected 'a/b' with integers, b > 0") from err
+        else:
+            try:
+                spec = float(s) if any(c in s for c in ".eE") else int(s)
+            except ValueError as err:
+                raise ValueError(f"bad layer spec {original!r}: expected an int, a fraction or 'a/b'") from err
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+        raise ValueError(f"bad layer spec {original!r}: expected an int, a fraction in [0, 1] or 'a/b'")
+    if isinstance(spec, float) and not 0.0 <= spec <= 1.0:
+        raise ValueError(f"layer fraction {original!r} is outside [0, 1]")
+    return spec
+
+
+def parse_layer_specs(specs: Any) -> list[int | float | str]:
+    """A list of layer specs from a list, one spec, or comma-separated text ("2, 3", "0.5, -1"), each checked
+    by `parse_layer_spec`; text specs are kept as written ("1/2" stays "1/2", as configs record it).
+
+    >>> parse_layer_specs("2, -1 ,1/2")
+    [2, -1, '1/2']
+    """
+    if isinstance(specs, str):
+        specs = [p for p in (s.strip() for s in specs.split(",")) if p]
+    elif isinstance(specs, (int, float)) and not isinstance(specs, bool):
+        specs = [specs]
+    if not isinstance(specs, (list, tuple)):
+        raise ValueError(f"bad layer specs {specs!r}: expected a list of layer specs")
+    out: list[int | float | str] = []
+    for s in specs:
+        v = parse_layer_spec(s)
+        keep_text = isinstance(s, str) and "/" in s
+        out.append(s.strip() if keep_text else v)
+    return out
+
+
+def resolve_layer(spec: int | float | str, n_layers: int) -> int:
+    """Resolve one layer spec to a block index in [0, n_layers).
+
+    >>> resolve_layer(-1, 4), resolve_layer(0.6, 6), resolve_layer("1/2", 5)
+    (3, 3, 2)
+    """
+    original = spec
+    spec = parse_layer_spec(spec)
+    if isinstance(spec, float):
+        return int(round(spec * (n_layers - 1)))
+    if isinstance(spec, int):
+        layer = spec + n_layers if spec < 0 else spec
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {original!r} is out of range for a model with {n_layers} layers "
+                             f"(valid: 0..{n_layers - 1} or -{n_layers}..-1)")
+        return layer
+    raise ValueError(f"bad layer spec {original!r}")
+
+
+def resolve_layers(specs, n_layers: int) -> list[int]:
+    """Resolve a list (or one) of layer specs, keeping order and dropping duplicates."""
+    if isinstance(specs, (int, float, str)):
+        specs = [specs]
+    out: list[int] = []
+    for s in specs:
+        layer = resolve_layer(s, n_layers)
+        if layer not in out:
+            out.append(layer)
+    return out
+
+
 def _where(section: str | None, name: str) -> str:
     return f"{section}.{name}" if section else name
 
 
 def _layer_specs(v: Any, where: str) -> list[int | float | str]:
-    """Layer specs checked for form by the one parser (`model.parse_layer_specs`); the depth is checked
-    later, against the model."""
-    from stir_core.runtime.model import parse_layer_specs
-
+    """Layer specs checked for form by the one parser (`parse_layer_specs`); the depth is checked later,
+    against the model."""
     try:
         return parse_layer_specs(v)
     except ValueError as err:
@@ -225,8 +305,6 @@ def check_layers(obj: Any, n_layers: int | None, library_layers: list[int] | Non
                  section: str | None = None) -> None:
     """Layer-valued fields against the model's depth and (when given) the layers a library holds, so a
     layer the library has no tools at is refused instead of silently decoding vanilla."""
-    from stir_core.runtime.model import resolve_layer
-
     for name, k in knobs(obj).items():
         v = getattr(obj, name)
         if v is None:
@@ -333,3 +411,70 @@ def online_config(library: Any = None, overrides: dict[str, Any] | None = None) 
     if overrides:
         cfg = from_dict(StirConfig, overrides, base=cfg)
     return cfg
+
+
+# --- the offline knobs (Stage I mining, Stage II selection) ----------------------------------------
+
+@dataclass
+class MineConfig:
+    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted. Validated on creation."""
+
+    task: str = knob("planted", str, "task to mine (a registered task name)", "data")
+    split: str = knob("mine", str, "split to mine (never the evaluation split by default)", "data")
+    n_problems: int = knob(64, int, "problems mined", "data", min=1)
+    k_rollouts: int = knob(8, int, "K: sampled rollouts per problem", "rollouts", min=2)
+    temperature: float = knob(0.7, float, "sampling temperature of the rollouts", "rollouts", gt=0.0)
+    top_p: float = knob(0.95, float, "nucleus sampling mass", "rollouts", gt=0.0, max=1.0)
+    max_new_tokens: int = knob(256, int, "T_mine: tokens per rollout", "rollouts", min=1)
+    eta0: float = knob(0.01, float, "length penalty: R = 1[correct] - eta0 * len / T_mine", "rollouts", min=0.0)
+    layers: list = knob([0.6], list, "layers to mine (int, fraction in [0, 1], or 'a/b')", "contrast")
+    method: str = knob("contrastive", str, "contrastive, or random (ablation)", "contrast",
+                       choices=("contrastive", "random"))
+    require_correct_and_incorrect: bool = knob(True, bool, "mine a control point only when it has both",
+                                               "contrast")
+    k_pos: int = knob(4, int, "best correct prefixes averaged", "contrast", min=1)
+    k_neg: int = knob(4, int, "worst incorrect prefixes averaged", "contrast", min=1)
+    min_incorrect: int = knob(1, int, "incorrect rollouts needed at a control point", "contrast", min=0)
+    pos_source: str = knob("rollout", str, "where positive states come from", "contrast",
+                           choices=("rollout", "gold", "rollout_or_gold"))
+    # Reference-fidelity switches (STIR_SPEC.md, knob table); each default is what the authors' code does.
+    clean_prefixes: str = knob("off", str, "off (reference) | auto | on (ours): drop prefixes whose steps are "
+                               "already wrong", "contrast", choices=("off", "auto", "on"))
+    max_control_points: int | None = knob(8, int, "M: control points mined per problem (reference config 8; "
+                                          "none: all, ours)", "contrast", optional=True, min=1)
+    gold_reward: str = knob("penalised", str, "gold positive's reward: penalised (reference: 1[gold correct] - "
+                            "eta0*len/T_mine) | fixed (ours: 1.0)", "contrast", choices=("penalised", "fixed"))
+    drop_zero_delta: bool = knob(False, bool, "drop items with Δ = 0 (ours; the reference keeps them)", "contrast")
+    random_quality: str = knob("clamp", str, "method=random: clamp (reference: q = max(0, gap), every split "
+                               "kept) | drop (ours: drop q <= 0)", "contrast", choices=("clamp", "drop"))
+    # Without the correct/incorrect contrast (method=random, or require_correct_and_incorrect=False):
+    # reference = the first max(1, k_pos) of the shuffled / reward-ranked rollouts are positives and the next
+    # (random) or last (ranked) max(1, k_neg) negatives; disjoint (ours) = equal halves.
+    split_rule: str = knob("reference", str, "positives/negatives without the correct/incorrect contrast: "
+                           "reference (first k_pos, next/last k_neg) | disjoint (ours: halves)", "contrast",
+                           choices=("reference", "disjoint"))
+    top_c: int = knob(256, int, "C: items kept (by quality)", "contrast", min=1)
+    problems_per_batch: int = knob(8, int, "problems decoded together (and per checkpoint)", "rollouts", min=1)
+    capture: str = knob("decode", str, "decode (one pass) | reprefill (one forward per prefix, the reference's)",
+                        "rollouts", choices=("decode", "reprefill"))
+    seed: int = knob(0, int, "seed of the split sample and the rollouts", "data", min=0)
+
+    def __post_init__(self) -> None:
+        validate(self, "mine")
+
+
+@dataclass
+class SelectConfig:
+    """Stage II knobs (STIR_SPEC.md): budget B, method dpp|top|random, λ, ε, min_per_control_point, force_mode."""
+
+    budget: int = knob(256, int, "B: entries kept", "select", min=1)
+    method: str = knob("dpp", str, "quality-DPP, top quality, or random", "select", choices=("dpp", "top", "random"))
+    lam: float = knob(0.5, float, "λ: quality weight of the DPP kernel", "select", min=0.0)
+    eps: float = knob(1e-4, float, "ε: kernel diagonal jitter", "select", min=0.0)
+    min_per_control_point: int = knob(0, int, "entries kept per control point at least", "select", min=0)
+    force_mode: str = knob("reference", str, "with min_per_control_point: reference (the DPP on the rest, blind "
+                           "to the forced entries) | conditioned (ours: conditioned on them)", "select",
+                           choices=("reference", "conditioned"))
+
+    def __post_init__(self) -> None:
+        validate(self, "select")

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from app import loading, state
-from stir_core.library.format import MANIFEST_FILE
-from stir_core.runtime.model import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,11 +22,6 @@ def test_loading_and_launcher_import_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-
-
-def test_copied_constants_agree():
-    assert loading.MANIFEST_NAME == MANIFEST_FILE
-    assert loading.DEFAULT_MODEL_DIR == DEFAULT_MODEL_DIR
 
 
 @pytest.fixture(scope="module")

@@ -225,9 +225,10 @@ YAMLS = {
 def _prepare(ws) -> dict:
     """Directories some cases need: an existing library, run dirs with a foreign file or a library in
     their library/ subdirectory, damaged mining checkpoints."""
+    from stir_core.config import MineConfig
     from stir_core.io import outputs
     from stir_core.offline.build import BuildConfig
-    from stir_core.offline.mine import CHECKPOINT, MineConfig, _save_checkpoint
+    from stir_core.offline.checkpoint import CHECKPOINT, save_checkpoint
 
     t = ws["tmp"]
     extra = {"existing_lib": str(t / "existing-lib")}
@@ -242,7 +243,7 @@ def _prepare(ws) -> dict:
     cfg = BuildConfig.small().mine
     for name in ("ckpt_state", "ckpt_tensors", "ckpt_config"):
         run = outputs.claim_run_dir(t / name, "mine")
-        _save_checkpoint(run / CHECKPOINT, [], 8, {"problems": 8}, cfg if name != "ckpt_config" else MineConfig())
+        save_checkpoint(run / CHECKPOINT, [], 8, {"problems": 8}, cfg if name != "ckpt_config" else MineConfig())
         extra[name] = str(run)
     state = Path(extra["ckpt_state"]) / CHECKPOINT / "state.json"
     state.write_text(state.read_text()[:20])

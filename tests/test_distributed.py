@@ -107,8 +107,8 @@ def test_two_process_build_equals_one_process(config_path, reference, tmp_path):
                                   "--force"])  # past the "already holds a library" refusal, to the shard check
     assert r1.exit_code == 2 and "written by 2 processes" in r1.output, r1.output
     # ... and a merge under another config or process count.
+    from stir_core.config import MineConfig
     from stir_core.offline.build import BuildConfig
-    from stir_core.offline.mine import MineConfig
     from stir_core.offline.shard_mine import merge_shards
     from stir_core.runtime.model import load_model
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from fake_tasks import OneTask
 
-from stir_core.offline.mine import MineConfig, Rollout, contrast_problem, mine_candidates
+from stir_core.config import MineConfig
+from stir_core.offline.mine import Rollout, contrast_problem, mine_candidates
 from stir_core.tasks import Example
 
 
@@ -69,7 +70,8 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path):
 
 
 def _rollout(k, correct, reward, states, prefixes):
-    return Rollout("x", k, "", 10, correct, reward, states, prefixes)
+    return Rollout(example_id="x", k=k, text="", n_tokens=10, correct=correct, reward=reward, states=states,
+                   prefixes=prefixes)
 
 
 class CheckTask(EchoTask):

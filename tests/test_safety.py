@@ -12,11 +12,9 @@ import torch
 from fake_tasks import OneTask
 
 from stir_core import config as schema
-from stir_core.config import ConfigError, StirConfig
+from stir_core.config import ConfigError, MineConfig, SelectConfig, StirConfig
 from stir_core.io import outputs
 from stir_core.io.jobs import Cancelled, get_job, start_job
-from stir_core.offline.build import SelectConfig
-from stir_core.offline.mine import MineConfig
 from stir_core.runtime.locks import FairLock, model_lock
 from stir_core.tasks import Example
 

@@ -21,7 +21,8 @@ def toy():
 
 
 def test_mined_vectors_stand_above_label_shuffled_control(toy):
-    from stir_core.offline.mine import MineConfig, mine_candidates
+    from stir_core.config import MineConfig
+    from stir_core.offline.mine import mine_candidates
 
     cfg = MineConfig(n_problems=48, k_rollouts=8, max_new_tokens=96, layers=[2, 3], top_c=200, seed=5,
                      clean_prefixes="auto")  # our switch (reference: off), as the demo library uses

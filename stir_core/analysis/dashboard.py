@@ -19,10 +19,9 @@ import torch
 
 from stir_core.analysis.lens import lens_for_model
 from stir_core.analysis.projection import nearest_neighbors
-from stir_core.analysis.views import diff_mask
 from stir_core.io import jsonio
 from stir_core.library.format import ToolLibrary
-from stir_core.online.trace import Trace
+from stir_core.online.trace import Trace, diff_mask
 from stir_core.runtime.engine import Engine, Steer
 
 SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)

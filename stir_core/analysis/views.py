@@ -1,6 +1,6 @@
 """View-models: what each app page draws, computed here so the pages only draw (and the CLI can reuse it).
 
-Trace helpers (`diff_mask`, `score_matrix`, `token_interventions`), the one builder of a Playground run's
+Trace helpers (`score_matrix`, `token_interventions`), the one builder of a Playground run's
 result (`playground_result` / `playground_column`, whether decoded live or opened from evaluation results:
 `eval_example_columns`), and one function per page: `playground_page` (with `gate_cards`) and
 `evaluate_page`. The Library page's numbers come from `projection`, `lens` and `dashboard` (one tool's
@@ -19,17 +19,13 @@ import numpy as np
 import pandas as pd
 
 from stir_core.analysis.outcomes import paired_outcomes
-from stir_core.online.trace import Trace
+
+# diff_mask lives with the trace records; re-exported here because app/figures.py imports it from views.
+from stir_core.online.trace import Trace, diff_mask  # noqa: F401
 
 if TYPE_CHECKING:  # evaluate.py and dashboard.py pull in the engine; the views only read their results
     from stir_core.analysis.dashboard import ToolDashboard
     from stir_core.analysis.evaluate import EvalResult
-
-
-def diff_mask(reference: list[int], tokens: list[int]) -> list[bool]:
-    """Per token of `tokens`: True where it differs from `reference` at the same position (or the
-    reference has ended)."""
-    return [i >= len(reference) or t != reference[i] for i, t in enumerate(tokens)]
 
 
 @dataclass

@@ -39,12 +39,12 @@ import safetensors.torch
 import torch
 
 from stir_core.io import atomic, jsonio, outputs
+from stir_core.io.layout import MANIFEST_FILE
 from stir_core.runtime.backend import DEFAULT_HOOK_POINT
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tools.safetensors"
 TABLE_FILE = "tools.parquet"
-MANIFEST_FILE = "manifest.json"
 HOOK_POINT = DEFAULT_HOOK_POINT  # where the tools were mined and are steered (backend.hook_name)
 KINDS = ("correction", "anchor")
 

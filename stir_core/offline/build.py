@@ -21,13 +21,16 @@ from pathlib import Path
 import yaml
 
 from stir_core import config
-from stir_core.config import ConfigError, knob, validate
+from stir_core.config import ConfigError, MineConfig, SelectConfig
 from stir_core.io import atomic, jsonio, outputs
 from stir_core.library.format import ToolLibrary
 from stir_core.library.index import ToolIndex
 from stir_core.library.report import library_card
-from stir_core.offline.mine import MineConfig, discard_checkpoint, mine_candidates
+from stir_core.offline.checkpoint import discard_checkpoint
+from stir_core.offline.mine import mine_candidates
 from stir_core.offline.select import select_library
+from stir_core.offline.shard_mine import mine_sharded
+from stir_core.runtime import distributed
 from stir_core.runtime.model import LoadedModel
 from stir_core.tasks import Task, get_task, step_checker_of
 
@@ -80,23 +83,6 @@ class TaskSpec:
                     digest.update(problem_hash(ex).encode())
                 out["problems"][split] = {"n": len(rows), "hash": digest.hexdigest()}
         return out
-
-
-@dataclass
-class SelectConfig:
-    """Stage II knobs (STIR_SPEC.md): budget B, method dpp|top|random, λ, ε, min_per_control_point, force_mode."""
-
-    budget: int = knob(256, int, "B: entries kept", "select", min=1)
-    method: str = knob("dpp", str, "quality-DPP, top quality, or random", "select", choices=("dpp", "top", "random"))
-    lam: float = knob(0.5, float, "λ: quality weight of the DPP kernel", "select", min=0.0)
-    eps: float = knob(1e-4, float, "ε: kernel diagonal jitter", "select", min=0.0)
-    min_per_control_point: int = knob(0, int, "entries kept per control point at least", "select", min=0)
-    force_mode: str = knob("reference", str, "with min_per_control_point: reference (the DPP on the rest, blind "
-                           "to the forced entries) | conditioned (ours: conditioned on them)", "select",
-                           choices=("reference", "conditioned"))
-
-    def __post_init__(self) -> None:
-        validate(self, "select")
 
 
 @dataclass
@@ -228,8 +214,11 @@ def mine_run(model: LoadedModel, config: BuildConfig, out: Path, task: Task | No
     out.mkdir(parents=True, exist_ok=True)
     described = check_task_stamp(out, config, task)
     atomic.write_json(out / "task.json", described, indent=1)
-    candidates = mine_candidates(model, config.mine, run_dir=out, progress=progress, task=task,
-                                 show_progress=show_progress)
+    if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: this rank's shard
+        candidates = mine_sharded(model, config.mine, out, dist, progress, task, show_progress)
+    else:
+        candidates = mine_candidates(model, config.mine, run_dir=out, progress=progress, task=task,
+                                     show_progress=show_progress)
     if candidates is None:
         return None
     candidates.manifest["task"] = described

@@ -132,3 +132,9 @@ class Trace:
                  "won": c.tool_id == d.chosen, **asdict(c)} for d in self.decisions for c in d.candidates]
         cols = ["m", "token_index", "score_null", "reason", "won"] + [f.name for f in fields(Candidate)]
         return pd.DataFrame(rows, columns=cols)
+
+
+def diff_mask(reference: list[int], tokens: list[int]) -> list[bool]:
+    """Per token of `tokens`: True where it differs from `reference` at the same position (or the
+    reference has ended)."""
+    return [i >= len(reference) or t != reference[i] for i, t in enumerate(tokens)]
