@@ -360,7 +360,7 @@ def _task_prompt(task: str, question: str) -> str:
         if FORMATS[task].kind == "choice":
             _fail(f"task {task!r} needs its options in the prompt: write them yourself and pass --raw")
         return FORMATS[task].template.replace("{question}", question)
-    return _task(task, None).prompt(Example("cli", question, ""))
+    return _task(task, None).prompt(Example(id="cli", question=question, answer=""))
 
 
 def _check_mine_config(cfg, task, model_name: str, device: str, dtype: str, out: Path | None = None) -> dict:

@@ -31,7 +31,7 @@ class ConfigError(ValueError):
     """A config value that is unknown, of the wrong type or out of range; the message names the field."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Knob:
     """Schema of one field. `type`: int | float | str | bool | list (a list of layer specs).
     `optional`: None is allowed (and means "off"/"all"). `min`/`max`: inclusive bounds (`gt`: exclusive
@@ -69,7 +69,7 @@ class Knob:
 
 def knob(default: Any, type_: type, help: str, group: str, **kw: Any) -> Any:  # noqa: A002 - reads like the schema
     """A dataclass field with its schema (`Knob`) as metadata. List defaults are copied per instance."""
-    meta = {"knob": Knob(type_, help, group, **kw)}
+    meta = {"knob": Knob(type=type_, help=help, group=group, **kw)}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -335,7 +335,7 @@ ONLINE, GATE, RETRIEVAL, PREVIEW, STEER, BASELINE = (
     "decoding", "gate", "retrieval", "preview", "steering", "baselines")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StirConfig:
     """Every online knob, with the reference defaults (see STIR_SPEC.md, "Online"). Validated on creation."""
 
@@ -415,7 +415,7 @@ def online_config(library: Any = None, overrides: dict[str, Any] | None = None) 
 
 # --- the offline knobs (Stage I mining, Stage II selection) ----------------------------------------
 
-@dataclass
+@dataclass(kw_only=True)
 class MineConfig:
     """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted. Validated on creation."""
 
@@ -463,7 +463,7 @@ class MineConfig:
         validate(self, "mine")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SelectConfig:
     """Stage II knobs (STIR_SPEC.md): budget B, method dpp|top|random, λ, ε, min_per_control_point, force_mode."""
 

@@ -270,7 +270,7 @@ class EchoTask(OneTask):
     name = "echo"
 
     def load(self, split="mine", n=None, seed=0):
-        return [Example(f"e{i}", f"{i}+{i}=", "1") for i in range(12)][:n]
+        return [Example(id=f"e{i}", question=f"{i}+{i}=", answer="1") for i in range(12)][:n]
 
 
 def test_build_page_builds_a_library_that_the_picker_lists(app_env, monkeypatch):

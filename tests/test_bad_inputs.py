@@ -553,7 +553,7 @@ def test_app_evaluate_refuses_a_foreign_directory(app_env):
 
 
 def test_app_evaluate_job_can_be_cancelled(app_env):
-    from stir_core.io.jobs import get_job
+    from stir_core.io.jobs import JobState, get_job
 
     at = _at()
     at.run()
@@ -570,7 +570,7 @@ def test_app_evaluate_job_can_be_cancelled(app_env):
     t0 = time.time()
     while job.active and time.time() - t0 < 120:
         time.sleep(0.1)
-    assert job.status == "cancelled", (job.status, job.error)
+    assert job.status is JobState.CANCELLED, (job.status, job.error)
     at.run()
     _no_crash(at)
     assert any("cancelled" in w for w in _texts(at.warning)), _texts(at.warning)

@@ -26,7 +26,7 @@ class LineTask(OneTask):
         from stir_core.tasks import Example
 
         base = 0 if split == "mine" else 100
-        return [Example(f"{split}{i}", f"{base + i}+{i}=", "1") for i in range(n or 8)]
+        return [Example(id=f"{split}{i}", question=f"{base + i}+{i}=", answer="1") for i in range(n or 8)]
 
 
 register_task("line", LineTask)

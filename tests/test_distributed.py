@@ -228,7 +228,7 @@ def test_sharded_eval_checkpoints_each_batch_and_resumes(tiny, tmp_path, monkeyp
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     engine = Engine(tiny)
-    examples = [Example(f"q{i}", f"{i}+{i}=", str(2 * i)) for i in range(7)]
+    examples = [Example(id=f"q{i}", question=f"{i}+{i}=", answer=str(2 * i)) for i in range(7)]
     prompts = [ex.question for ex in examples]
     cfg = StirConfig(max_new_tokens=8)
     one = Dist(0, 1, 0)
@@ -257,4 +257,4 @@ def test_sharded_eval_checkpoints_each_batch_and_resumes(tiny, tmp_path, monkeyp
             shard_eval.run_sharded(engine, examples, prompts, ["vanilla"], None, StirConfig(max_new_tokens=9), 3,
                                    one, **kw)
     finally:
-        distributed._destroy()
+        distributed.destroy()

@@ -19,7 +19,7 @@ class EchoTask(OneTask):
     name = "echo"
 
     def load(self, split="mine", n=None, seed=0):
-        exs = [Example(f"e{i}", f"{i}+{i}=", "1") for i in range(12)]
+        exs = [Example(id=f"e{i}", question=f"{i}+{i}=", answer="1") for i in range(12)]
         return exs[:n]
 
 
@@ -81,7 +81,7 @@ class CheckTask(EchoTask):
 
 def test_contrast_rules_on_constructed_rollouts():
     d = 4
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     s = lambda v: torch.full((2, 1, d), float(v))  # noqa: E731  two control points, one layer
     rollouts = [
         _rollout(0, True, 0.9, s(1.0), ["a\n", "a\nb\n"]),
@@ -157,7 +157,7 @@ class GoldEngine:
     ("right", "fixed", 1.0),
 ])
 def test_gold_positive_reward(solution, mode, expect):
-    ex = Example("x", "q", "1", solution=solution)
+    ex = Example(id="x", question="q", answer="1", solution=solution)
     s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
     neg = [_rollout(0, False, -0.2, s(-1.0), ["a\n"])]
     cfg = MineConfig(task="echo", k_pos=1, k_neg=1, pos_source="gold", max_new_tokens=40, eta0=0.01,
@@ -175,7 +175,7 @@ def test_gold_positive_reward(solution, mode, expect):
 
 
 def test_random_mining_keeps_nonpositive_splits_at_zero_quality():
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
     rollouts = [_rollout(k, k % 2 == 0, r, s(k), ["a\n"]) for k, r in enumerate([0.9, -0.1, 0.8, -0.2])]
     base = MineConfig(task="echo", method="random", layers=[0], seed=0, k_pos=2, k_neg=2)
@@ -197,7 +197,7 @@ def test_random_mining_keeps_nonpositive_splits_at_zero_quality():
 
 
 def test_max_control_points_caps_mining():
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     s = lambda v: torch.full((10, 1, 4), float(v))  # noqa: E731  ten control points
     pre = [f"{'a' * (i + 1)}\n" for i in range(10)]
     rollouts = [_rollout(0, True, 0.9, s(1.0), pre), _rollout(1, False, -0.1, s(-1.0), pre)]
@@ -216,7 +216,7 @@ def _ids(it):
 
 @pytest.mark.parametrize("n", [1, 3, 5, 7])
 def test_split_rule_without_the_correct_incorrect_contrast(n):
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
     rewards = [0.5, 0.9, 0.5, -0.1, 0.2, 0.9, -0.3][:n]  # ties: 0.5 (k=0, 2) and 0.9 (k=1, 5)
     rollouts = [_rollout(k, r > 0.4, r, s(k), ["a\n"]) for k, r in enumerate(rewards)]

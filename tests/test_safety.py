@@ -14,7 +14,7 @@ from fake_tasks import OneTask
 from stir_core import config as schema
 from stir_core.config import ConfigError, MineConfig, SelectConfig, StirConfig
 from stir_core.io import outputs
-from stir_core.io.jobs import Cancelled, get_job, start_job
+from stir_core.io.jobs import Cancelled, JobState, get_job, start_job
 from stir_core.runtime.locks import FairLock, model_lock
 from stir_core.tasks import Example
 
@@ -34,15 +34,15 @@ def test_every_field_has_schema_metadata_and_its_default_round_trips(cls):
 
 
 def test_one_caster_for_cli_sweeps_views_and_yaml():
-    from app.export import _cast_knob
+    from app.export import cast_knob
     from stir_core.analysis.evaluate import parse_sweep
 
     assert parse_sweep("center_keys=true,0,off") == ("center_keys", [True, False, False])
     assert parse_sweep("layer=none,3") == ("layer", [None, 3])
     for name, raw in [("center_keys", "off"), ("layer", "none"), ("min_sim", "0.9"), ("top_l", "2")]:
-        assert _cast_knob(name, raw) == schema.cast_value(StirConfig, name, raw)
+        assert cast_knob(name, raw) == schema.cast_value(StirConfig, name, raw)
     with pytest.raises(ConfigError, match="top_l"):
-        _cast_knob("top_l", "2.5")
+        cast_knob("top_l", "2.5")
     with pytest.raises(ConfigError, match="center_keys"):
         parse_sweep("center_keys=maybe")  # used to read as False
 
@@ -231,7 +231,7 @@ def test_jobs_report_progress_cancel_and_fail_in_one_line():
     while job.done < 3:
         time.sleep(0.01)
     job.cancel()
-    assert _wait(job).status == "cancelled" and job.done < 1000 and get_job(job.id) is job
+    assert _wait(job).status is JobState.CANCELLED and job.done < 1000 and get_job(job.id) is job
 
     def bad(job):
         raise ValueError("n must be >= 1")
@@ -242,7 +242,7 @@ def test_jobs_report_progress_cancel_and_fail_in_one_line():
         return {}["missing"]
 
     crashed = _wait(start_job("test", bug))
-    assert crashed.status == "failed" and "KeyError" in crashed.error and "Traceback" in crashed.detail
+    assert crashed.status is JobState.FAILED and "KeyError" in crashed.error and "Traceback" in crashed.detail
     assert _wait(start_job("test", lambda job: 42)).result == 42
 
 
@@ -250,7 +250,7 @@ class _LineTask(OneTask):
     name = "line-safety"
 
     def load(self, split="eval", n=None, seed=0):
-        return [Example(f"{split}{i}", f"{i}+{i}=", "1") for i in range(n or 4)]
+        return [Example(id=f"{split}{i}", question=f"{i}+{i}=", answer="1") for i in range(n or 4)]
 
 
 def test_evaluation_writes_partial_results_and_a_cancel_keeps_them(engine, tmp_path):

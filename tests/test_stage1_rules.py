@@ -182,7 +182,7 @@ def test_zero_delta_is_kept_as_the_reference_keeps_it():
     same = rollouts([True, False], [0.9, -0.1])
     for r in same:
         r.states = torch.ones(1, 1, 3)
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     items, stats = mine.contrast_problem(None, None, ex, same, MineConfig(), [0], 0)
     assert len(items) == 1 and stats["zero_delta"] == 1
     items, stats = mine.contrast_problem(None, None, ex, same, MineConfig(drop_zero_delta=True), [0], 0)
@@ -202,7 +202,8 @@ def test_clean_rollouts_is_ours_the_step_checker_decides():
     are left out."""
     rs = rollouts([True, False, False], [0.9, -0.1, -0.2], n_cp=2)
     rs[1].prefixes = ["ok", "bad"]
-    kept = mine.clean_rollouts(lambda ex, prefix: "bad" not in prefix, Example("x", "q", "1"), rs, 2)
+    ex = Example(id="x", question="q", answer="1")
+    kept = mine.clean_rollouts(lambda ex, prefix: "bad" not in prefix, ex, rs, 2)
     assert ks(kept) == [0, 2]
 
 
@@ -211,7 +212,7 @@ def test_contrast_problem_picks_what_the_reference_picks(correct, rewards):
     """End to end through `contrast_problem` (one control point, the reference's defaults for a ranked split
     and for the correct/incorrect contrast): the item's positives and negatives are stage1.py's, or no item
     where stage1.py skips the control point or its gap."""
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     rs = rollouts(correct, rewards)
     for cfg in (MineConfig(require_correct_and_incorrect=False, k_pos=2, k_neg=2),
                 MineConfig(require_correct_and_incorrect=True, k_pos=2, k_neg=2)):

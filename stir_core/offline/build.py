@@ -85,7 +85,7 @@ class TaskSpec:
         return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BuildConfig:
     model: str | None = None  # None: the embedded testbed model
     mine: MineConfig = field(default_factory=MineConfig)

@@ -14,7 +14,7 @@ import pandas as pd
 from stir_core.io import jsonio
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Candidate:
     """One retrieved library entry at a control point (an anchor or a correction)."""
 
@@ -32,7 +32,7 @@ class Candidate:
     score: float | None = None  # beta * value + rho * gain
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GateDecision:
     """The decision at control point m (after the m-th segment) of one row."""
 
@@ -59,7 +59,7 @@ class GateDecision:
         return self.chosen is not None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenRecord:
     """One generated token: what it is, its log-prob, its segment, what was added at it."""
 
@@ -73,7 +73,7 @@ class TokenRecord:
     is_delimiter: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trace:
     """Everything one method did on one prompt."""
 

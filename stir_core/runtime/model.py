@@ -31,7 +31,7 @@ class ModelLoadError(ValueError):
     """The model could not be found or loaded; the message says which and why."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoadedModel:
     """A bridge plus the facts every stage needs. `bridge` owns the weights; nothing else is global."""
 

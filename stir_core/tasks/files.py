@@ -173,7 +173,8 @@ def parse_gsm8k(rec: dict[str, Any], where: str, name: str, index: int) -> Examp
     worked = body if sep else _text(rec, SOLUTION_FIELDS, where, required=False)
     steps = _steps(worked) if worked else []
     solution = "\n\n".join([*steps, f"#### {raw}"]) if steps else None
-    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+    return Example(id=_row_id(rec, name, index), question=question, answer=gold, solution=solution,
+                   meta=_meta(rec, answer_raw=raw))
 
 
 def parse_math(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
@@ -190,7 +191,8 @@ def parse_math(rec: dict[str, Any], where: str, name: str, index: int) -> Exampl
     gold = normalize_latex(raw)
     if not gold:
         raise ValueError(f"{where}: field 'answer' {raw!r} is empty after normalisation")
-    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+    return Example(id=_row_id(rec, name, index), question=question, answer=gold, solution=solution,
+                   meta=_meta(rec, answer_raw=raw))
 
 
 def parse_integer(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
@@ -200,7 +202,8 @@ def parse_integer(rec: dict[str, Any], where: str, name: str, index: int) -> Exa
     if gold is None or not re.fullmatch(r"-?\d+", gold):
         raise ValueError(f"{where}: field 'answer' {raw!r} is not an integer ({name} answers are integers)")
     solution = _text(rec, SOLUTION_FIELDS, where, required=False)
-    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+    return Example(id=_row_id(rec, name, index), question=question, answer=gold, solution=solution,
+                   meta=_meta(rec, answer_raw=raw))
 
 
 def _choices(value: Any, where: str) -> tuple[list[str], list[str]]:
@@ -256,13 +259,14 @@ def parse_choice(rec: dict[str, Any], where: str, name: str, index: int) -> Exam
         raise ValueError(f"{where}: field 'answerKey' {key!r} is not one of the option labels {labels}")
     letters = list(CHOICE_LETTERS[: len(texts)])
     meta = _meta(rec, choices=texts, letters=letters, labels_raw=labels, answer_raw=key)
-    return Example(_row_id(rec, name, index), question, letters[pos], None, meta)
+    return Example(id=_row_id(rec, name, index), question=question, answer=letters[pos], solution=None,
+                   meta=meta)
 
 
 # --- the task -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FileFormat:
     """What differs between file tasks: how a row becomes an Example, the prompt, how answers compare."""
 
@@ -294,12 +298,18 @@ def extract_integer(completion: str) -> str | None:
 FORMATS = {
     f.name: f
     for f in (
-        FileFormat("gsm8k", "number", parse_gsm8k, GSM8K_TEMPLATE, extract_number),
-        FileFormat("math500", "latex", parse_math, MATH_TEMPLATE, extract_math),
-        FileFormat("aime", "number", parse_integer, INTEGER_TEMPLATE, extract_integer),
-        FileFormat("amc", "number", parse_integer, INTEGER_TEMPLATE, extract_integer),
-        FileFormat("arc-challenge", "choice", parse_choice, CHOICE_TEMPLATE, extract_choice),
-        FileFormat("openbookqa", "choice", parse_choice, CHOICE_TEMPLATE, extract_choice),
+        FileFormat(name="gsm8k", kind="number", parse=parse_gsm8k, template=GSM8K_TEMPLATE,
+                   extract=extract_number),
+        FileFormat(name="math500", kind="latex", parse=parse_math, template=MATH_TEMPLATE,
+                   extract=extract_math),
+        FileFormat(name="aime", kind="number", parse=parse_integer, template=INTEGER_TEMPLATE,
+                   extract=extract_integer),
+        FileFormat(name="amc", kind="number", parse=parse_integer, template=INTEGER_TEMPLATE,
+                   extract=extract_integer),
+        FileFormat(name="arc-challenge", kind="choice", parse=parse_choice, template=CHOICE_TEMPLATE,
+                   extract=extract_choice),
+        FileFormat(name="openbookqa", kind="choice", parse=parse_choice, template=CHOICE_TEMPLATE,
+                   extract=extract_choice),
     )
 }
 

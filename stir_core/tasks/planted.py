@@ -53,7 +53,7 @@ _RE_SHORT = re.compile(r"(\d)([+-])(\d)([+-])(\d)=(\d+)")
 _RE_FINAL = re.compile(r"#### (\d+)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Planting:
     """The writer's probabilities (the recipe's mode strengths)."""
 
@@ -83,7 +83,7 @@ class TraceSegment:
     boundary: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SegmentInfo:
     """One parsed segment of a completion.
 
@@ -216,7 +216,8 @@ class PlantedTask:
             "classes": classes,
             "favoured": favoured_forms(classes),
         }
-        return Example(f"planted-{digest}", question, str(totals[-1]), DELIM.join(gold), meta)
+        return Example(id=f"planted-{digest}", question=question, answer=str(totals[-1]),
+                       solution=DELIM.join(gold), meta=meta)
 
     def load(self, split: str = "eval", n: int | None = None, seed: int = 0) -> list[Example]:
         """Up to `n` distinct problems of `split` (default size per split: DEFAULT_SIZES), seeded."""
@@ -311,7 +312,8 @@ class PlantedTask:
                 form, ok = "other", False
             done = min(j - 1, n)
             correct = (form == "final" and ok) or (form != "final" and form != "other" and w == totals[done])
-            out.append(SegmentInfo(k, text, form, cls, used, ok, correct))
+            out.append(SegmentInfo(index=k, text=text, form=form, boundary=cls, ops=used, ok=ok,
+                                   correct=correct))
         return out
 
     def boundary_of(self, example: Example, prefix: str) -> str:

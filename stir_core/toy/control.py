@@ -42,7 +42,7 @@ MAX_NEW_TOKENS = 256  # as `stir eval` (StirConfig.max_new_tokens)
 EVAL_SEED = 123  # as `stir eval`
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModeContrast:
     """One mode's contrast at its damage boundary. `direction` is [n_layers, d_model]."""
 
