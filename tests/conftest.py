@@ -7,7 +7,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_model import build_tiny_model  # noqa: E402
+from helpers.app_library import build_test_library  # noqa: E402
+from helpers.tiny_model import build_tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -30,3 +31,18 @@ def engine(tiny):
     from stir_core.runtime.engine import Engine
 
     return Engine(tiny)
+
+
+@pytest.fixture(scope="module")
+def app_env(tiny_model_dir, tmp_path_factory):
+    """Point the app at the tiny model, a test library and a temporary runs directory (one per module)."""
+    import torch
+
+    root = tmp_path_factory.mktemp("app")
+    build_test_library(tiny_model_dir, root / "lib")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STIR_MODEL", str(tiny_model_dir))
+        mp.setenv("STIR_LIBRARY", str(root / "lib"))
+        mp.setenv("STIR_RUNS", str(root / "runs"))
+        mp.setenv("STIR_TORCH_THREADS", str(torch.get_num_threads()))  # leave this process's threads alone
+        yield {"model": tiny_model_dir, "library": root / "lib", "runs": root / "runs"}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from fake_tasks import OneTask
+from helpers.tasks import OneTask
 from typer.testing import CliRunner
 
 from stir_core.cli import app

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from test_app import build_test_library
+from helpers.app_library import build_test_library
 
 from stir_core.analysis import dashboard as dash
 from stir_core.analysis import outcomes, projection, views

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from fake_tasks import OneTask
+from helpers.tasks import OneTask
 
 from stir_core.config import MineConfig
 from stir_core.offline.mine import Rollout, contrast_problem, mine_candidates

@@ -9,7 +9,7 @@ from dataclasses import fields
 
 import pytest
 import torch
-from fake_tasks import OneTask
+from helpers.tasks import OneTask
 
 from stir_core import config as schema
 from stir_core.config import ConfigError, MineConfig, SelectConfig, StirConfig
@@ -304,10 +304,9 @@ def test_unreachable_hub_fails_fast_without_retries(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    t0 = time.perf_counter()
     with pytest.raises(ModelLoadError, match="unreachable"):
         resolve_model_path("nobody-here/not-a-cached-model")
-    assert time.perf_counter() - t0 < 2 and len(calls) == 1 and calls[0][1] <= 3
+    assert len(calls) == 1 and calls[0][1] <= 3  # one try with a short timeout: fast without a clock here
 
 
 def test_bad_config_json_is_named_as_such(tmp_path):

@@ -23,6 +23,7 @@ from stir_core.io import jsonio
 from stir_core.library.format import ToolLibrary
 from stir_core.online.trace import Trace, diff_mask
 from stir_core.runtime.engine import Engine, Steer
+from stir_core.runtime.locks import serialised
 
 SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 CONTEXT_CHARS = (80, 60)  # text shown before (up to and including the delimiter) / after a control point
@@ -251,6 +252,7 @@ class AlphaSweep:
     rows: list[SweepRow]
 
 
+@serialised  # the engine is not safe for concurrent callers (stir_core/runtime/locks.py)
 def sweep_prompt(engine: Engine, prompt: str, m: int, delimiter: str = "\n\n", max_new_tokens: int = 128) -> str:
     """`prompt` (formatted) plus its greedy unsteered completion up to the m-th delimiter: the control point
     where a tool mined at m would act. The prompt alone when the completion has fewer delimiters."""
@@ -261,6 +263,7 @@ def sweep_prompt(engine: Engine, prompt: str, m: int, delimiter: str = "\n\n", m
     return prompt + delimiter.join(parts[:m]) + delimiter
 
 
+@serialised
 @torch.no_grad()
 def alpha_sweep(engine: Engine, prompt: str, vector: torch.Tensor, layer: int,
                 scales: tuple[float, ...] = SCALES, positions: str = "last", max_new_tokens: int = 48,

@@ -5,7 +5,7 @@ show progress and offer Cancel while it runs.
     job.status, job.done, job.total, job.text   # poll from any thread
     job.cancel()                                # the next progress report raises `Cancelled`
 
-Jobs live in a process-wide registry (`get_job(id)`, `jobs(kind)`), so they survive page reruns and
+Jobs live in a process-wide registry (`get_job(id)`), so they survive page reruns and
 browser reconnects. Cancellation is cooperative: it takes effect at the job's next progress report (one
 batch), and what the job already wrote stays (evaluations write per method, mining checkpoints per batch).
 """
@@ -114,8 +114,3 @@ def start_job(kind: str, fn: Callable[[Job], Any], label: str = "") -> Job:
 
 def get_job(job_id: str | None) -> Job | None:
     return _JOBS.get(job_id) if job_id else None
-
-
-def jobs(kind: str | None = None) -> list[Job]:
-    """Jobs of a kind (all kinds: None), newest first."""
-    return sorted((j for j in _JOBS.values() if kind is None or j.kind == kind), key=lambda j: -j.started)

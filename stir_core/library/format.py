@@ -29,7 +29,6 @@ import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ import pandas as pd
 import safetensors.torch
 import torch
 
-from stir_core.io import atomic, jsonio, outputs
+from stir_core.io import atomic, jsonio, outputs, versions
 from stir_core.io.layout import MANIFEST_FILE
 from stir_core.runtime.backend import DEFAULT_HOOK_POINT
 
@@ -126,14 +125,13 @@ def compute_counts(table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+FORMAT_PACKAGES = ("numpy", "pandas", "pyarrow", "safetensors")  # what reads and writes the files
+
+
 def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("stir-workbench", "torch", "numpy", "pandas", "pyarrow", "safetensors"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    """The manifest's `package_versions`: Python, the package and its backends (`io.versions.PACKAGES`:
+    torch, transformers and transformer-lens, which decide what a decode computes), and the file formats'."""
+    return {"python": platform.python_version(), **versions.versions(versions.PACKAGES + FORMAT_PACKAGES)}
 
 
 def _normalise_table(table: pd.DataFrame, where: str) -> pd.DataFrame:

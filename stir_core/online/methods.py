@@ -1,9 +1,10 @@
 """Online STIR — retrieve, preview, commit — and the baselines that share its decoding loop.
 
-Every method is a `Policy` for `Engine.generate_segmented` (vanilla is plain greedy decoding). At a control
-point the STIR policy retrieves tools by the delimiter state, previews the top-L corrections and the null
-action as L+1 rows of one batched decode over a forked KV cache, scores them, and commits the winner
-(scaled by its score) or nothing. Every decision is recorded as a `GateDecision`.
+Every method is a `Policy` for the decoding loop `replay` runs: `scheduler.run_continuous` (per-row
+scheduling, the default) or `segmented.run_segmented` (schedule=sync); vanilla is plain greedy decoding.
+At a control point the STIR policy retrieves tools by the delimiter state, previews the top-L corrections
+and the null action as L+1 rows of one batched decode over a forked KV cache, scores them, and commits the
+winner (scaled by its score) or nothing. Every decision is recorded as a `GateDecision`.
 """
 
 from __future__ import annotations
