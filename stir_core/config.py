@@ -13,6 +13,10 @@ links, saved views).
 Adding a knob is a one-place change: add the field with `knob(...)` metadata; the CLI, the YAML loader,
 the app's knob editor and deep links pick it up. Every error is a `ConfigError` (a ValueError) whose
 message names the field.
+
+Every config dataclass lives here — `StirConfig` (online), `MineConfig` (Stage I), `SelectConfig`
+(Stage II) — with the one layer-spec parser (`parse_layer_spec`, `resolve_layer`). The module imports no
+torch (`stir --version` and the app's first paint read it), and sits below `runtime` in the layers.
 """
 
 from __future__ import annotations

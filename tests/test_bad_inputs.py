@@ -318,6 +318,7 @@ def test_debug_shows_the_traceback():
 # --- faults that need a model (the embedded toy model: 4 layers, 256 positions) -------------------------
 
 
+@pytest.mark.slow
 def test_prompt_longer_than_the_context_is_refused_before_decoding(ws, monkeypatch):
     """Refused before any decoding: the engine's prefill (every decode starts there) is never reached."""
     from stir_core.runtime.engine import Engine

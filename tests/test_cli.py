@@ -32,6 +32,7 @@ class LineTask(OneTask):
 register_task("line", LineTask)
 
 
+@pytest.mark.slow
 def test_eval_vanilla_writes_summary(tiny_model_dir, tmp_path):
     out = tmp_path / "ev"
     r = runner.invoke(app, ["eval", "--task", "line", "--methods", "vanilla,no_memory", "--n", "6",

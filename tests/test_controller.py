@@ -166,6 +166,7 @@ def test_random_vector_matches_the_norm_of_what_stir_would_commit(engine, tiny):
     assert n_checked >= 1
 
 
+@pytest.mark.slow
 def test_batched_equals_per_problem(engine, tiny):
     lib = make_library(tiny.d_model)
     for method in ("stir", "random_choice", "static_cp"):

@@ -85,6 +85,7 @@ def _assert_same_library(a: Path, b: Path) -> None:
     assert "parallel" not in ma and mb["parallel"] == {"world_size": 2}  # the recorded world size
 
 
+@pytest.mark.slow
 def test_two_process_build_equals_one_process(config_path, reference, tmp_path):
     out = tmp_path / "run"
     r = _torchrun(["build", "--config", str(config_path), "--out", str(out)])
@@ -121,6 +122,7 @@ def test_two_process_build_equals_one_process(config_path, reference, tmp_path):
         merge_shards(out, model, cfg, 3)
 
 
+@pytest.mark.slow
 def test_kill_one_rank_then_resume(config_path, reference, tmp_path):
     out = tmp_path / "run"
     # Rank 1 is SIGKILLed while working on its second batch (problems 6-7), before checkpointing it.
@@ -137,6 +139,7 @@ def test_kill_one_rank_then_resume(config_path, reference, tmp_path):
     _assert_same_library(reference / "library", out / "library")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (BIN / "accelerate").exists(), reason="accelerate is not installed in this environment")
 def test_two_process_eval_under_accelerate_equals_one_process(tmp_path):
     from stir_core.analysis.evaluate import evaluate
@@ -172,6 +175,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,needle", [
     ("raise", "rank 1 failed: RuntimeError: boom"),
     ("kill", "rank 1 failed: stopped answering"),

@@ -49,6 +49,7 @@ def test_pca_rank_deficient_says_so():
     np.testing.assert_allclose(np.abs(p.coords[:, 0]), np.abs(t[:, 0]) * math.sqrt(6), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_umap_separates_cosine_clusters_and_is_seeded():
     x, labels = _clusters()
     a = projection.umap_projection(x, 2, n_neighbors=8, seed=3)

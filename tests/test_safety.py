@@ -139,6 +139,7 @@ def _tiny_library(model):
                                     {"model_id": model.model_id, "n_layers": model.n_layers, "d_model": d})
 
 
+@pytest.mark.slow
 def test_run_method_is_safe_from_several_threads(engine):
     """Three threads decode steered batches on one engine at once and get exactly what they get one by one
     (without the model lock, 2 of 3 threads raised IndexError and a completion changed)."""

@@ -20,6 +20,7 @@ def toy():
     return load_model(None, device="cpu")
 
 
+@pytest.mark.slow
 def test_mined_vectors_stand_above_label_shuffled_control(toy):
     from stir_core.config import MineConfig
     from stir_core.offline.mine import mine_candidates
@@ -46,6 +47,7 @@ def test_demo_library_ships_and_fits_the_model(toy):
     assert (DEMO / "CARD.md").exists() and (DEMO / "build-config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_stir_beats_vanilla_and_random_vector_on_held_out_problems(toy):
     from stir_core.analysis.evaluate import evaluate
     from stir_core.library.format import ToolLibrary
