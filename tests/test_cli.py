@@ -48,6 +48,7 @@ def test_eval_vanilla_writes_summary(tiny_model_dir, tmp_path):
     assert "vanilla" in r.output
 
 
+@pytest.mark.slow
 def test_build_then_eval_with_library_and_sweep(tiny_model_dir, tmp_path):
     cfg = {"mine": {"task": "line", "n_problems": 6, "k_rollouts": 6, "temperature": 1.5, "top_p": 1.0,
                     "max_new_tokens": 30, "layers": [1], "require_correct_and_incorrect": False,
