@@ -260,3 +260,12 @@ def test_nothing_mined_gives_an_empty_library(tiny):
     lib = mine_candidates(tiny, _cfg(k_rollouts=4, k_pos=4, k_neg=4, n_problems=2), task=EchoTask(),
                           show_progress=False)
     assert len(lib) == 0 and lib.manifest["d_model"] == tiny.d_model
+
+
+def test_mine_candidates_refuses_a_launcher_instead_of_mining_every_problem_on_every_rank(monkeypatch):
+    """One process only: under torchrun/accelerate `stir build` runs `shard_mine.mine_sharded`; a direct
+    call says so before touching the model (None stands in for it)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="mine_sharded"):
+        mine_candidates(None, _cfg(), task=EchoTask(), show_progress=False)
