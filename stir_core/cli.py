@@ -239,23 +239,27 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
                                                                      allow_model_mismatch)))
     engine = Engine(m)
-    rows = []
+    rows, diags = [], []
     for name, value, c in configs:
         sub = None if out is None else (out if name is None else out / f"{name}={value}")
         res = evaluate(engine, task_obj, method_list, lib if steered else None, c, n=n, split=split, seed=seed,
                        batch_size=batch_size, out_dir=sub, warnings=warnings)
         if res is None:  # a rank other than 0 under a launcher: rank 0 has its traces and reports
             continue
-        t = res.table()
+        t, dg = res.table(), res.diagnostics_table()
         rows.append(t.assign(**{name: value}) if name else t)
+        diags.append(dg.assign(**{name: value}) if name else dg)
     if not rows:
         return
     import pandas as pd
 
-    table = pd.concat(rows, ignore_index=True)
+    table, diag = pd.concat(rows, ignore_index=True), pd.concat(diags, ignore_index=True)
     if sweep_name is not None:  # the swept knob first
         table = table[[sweep_name, *(c for c in table.columns if c != sweep_name)]]
+        diag = diag[[sweep_name, *(c for c in diag.columns if c != sweep_name)]]
     typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    typer.echo("\ndiagnostics (rates in [0, 1]; tokens and probe tokens per problem):")
+    typer.echo(diag.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if out is not None and sweep:
         from stir_core.io import atomic
 
