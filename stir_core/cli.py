@@ -268,6 +268,49 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         typer.echo(f"wrote {out}")
 
 
+@app.command("suite")
+@guarded
+def suite_cmd(config: Annotated[Path, typer.Argument(help="suite YAML file (datasets × methods; see "
+                                                           "configs/suite-paper.yaml)")],
+              out: Annotated[Path, typer.Option(help="run directory (a rerun resumes: finished cells are reused)")],
+              set_: SetOpt = None, allow_model_mismatch: MismatchOpt = False,
+              model: Annotated[str | None, typer.Option("--model", "-m", help="override the file's model "
+                                                                               "(hub id, path, 'embedded')")] = None,
+              device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
+    """Several tasks × methods from one file: one table in the paper's form and paired statistics per dataset."""
+    from stir_core.analysis.suite import SuiteConfig, SuiteRun, run_suite
+    from stir_core.io import outputs
+    from stir_core.runtime.engine import Engine
+
+    cfg = SuiteConfig.from_yaml(config)
+    model = model or cfg.model or "embedded"
+    overrides = _overrides(set_)
+    steered = any(m not in ("vanilla", "no_memory") for m in cfg.methods)
+    facts = _facts(model, device, dtype)
+    runs = []
+    for ds in cfg.datasets:  # every task's files and every library checked before the model loads
+        try:
+            task = ds.task.make()
+            task.load(ds.split, ds.n, cfg.seed)
+        except ValueError as err:
+            _fail(f"dataset {ds.label}: {err}")
+        library = ds.library if ds.library is not None else _default_library(None, model)
+        if library is None and steered:
+            _fail(f"dataset {ds.label}: steered methods need a library (library: DIR in the suite file)")
+        lib, warnings = _library(library, facts, allow_model_mismatch) if steered else (None, [])
+        c = _online_config(lib, {**cfg.online, **ds.online, **overrides}, facts, steered)
+        runs.append(SuiteRun(label=ds.label, task=task, library=lib, config=c, n=ds.n, split=ds.split,
+                             warnings=tuple(warnings)))
+    outputs.claim_run_dir(out, "suite")
+    engine = Engine(_load(model, device, dtype))
+    res = run_suite(engine, runs, cfg.methods, out, baseline=cfg.baseline, seed=cfg.seed,
+                    batch_size=cfg.batch_size, log=lambda line: typer.echo(line, err=True))
+    if res is None:  # a rank other than 0 under a launcher
+        return
+    typer.echo((out / "suite.md").read_text())
+    typer.echo(f"wrote {out}")
+
+
 @app.command()
 @guarded
 def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task's template is applied)")],
