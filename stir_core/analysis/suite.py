@@ -228,19 +228,25 @@ def run_suite(engine: Engine, runs: Sequence[SuiteRun], methods: Sequence[str], 
 
     Returns None on the ranks other than 0 under a launcher (rank 0 has the traces and writes the tables)."""
     out = Path(out_dir)
+    fps = {}  # every finished cell checked before anything is decoded: a conflicting one fails the run now
+    for run in runs:
+        examples = run.task.load(run.split, run.n, seed)
+        for method in methods:
+            lib = None if method in UNSTEERED else run.library
+            fp = fingerprint(engine, examples, method, lib, run.config, batch_size, run.task.name, run.split, seed)
+            fps[run.label, method] = (fp, _finished(out / run.label / "cells" / method, fp))
     results: dict[str, ev.EvalResult] = {}
     for run in runs:
         cells: dict[str, ev.EvalResult] = {}
         for method in methods:
             lib = None if method in UNSTEERED else run.library
             cell = out / run.label / "cells" / method
-            examples = run.task.load(run.split, run.n, seed)
-            fp = fingerprint(engine, examples, method, lib, run.config, batch_size, run.task.name, run.split, seed)
-            if _finished(cell, fp):
+            fp, finished = fps[run.label, method]
+            if finished:
                 log(f"suite: {run.label} / {method}: finished earlier, reused ({cell})")
                 cells[method] = ev.load_results(cell)
                 continue
-            log(f"suite: {run.label} / {method}: evaluating {len(examples)} problems")
+            log(f"suite: {run.label} / {method}: evaluating")
             res = ev.evaluate(engine, run.task, [method], lib, run.config, n=run.n, split=run.split, seed=seed,
                               batch_size=batch_size, out_dir=cell, show_progress=show_progress,
                               warnings=run.warnings)
