@@ -678,6 +678,44 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
     typer.echo(f"wrote {out}")
 
 
+@app.command("cases")
+@guarded
+def cases_cmd(run: Annotated[Path, typer.Argument(help="a `stir eval --out` directory (or a `stir suite` dataset "
+                                                       "directory)")],
+              method: Annotated[str | None, typer.Option(help="the method studied (default: the first one that "
+                                                                  "is not the baseline)")] = None,
+              baseline: str = "vanilla",
+              top: Annotated[int, typer.Option(help="at most this many fixed and this many broken (0: all)")] = 5,
+              md: Annotated[Path | None, typer.Option(help="Markdown file (default RUN/cases-METHOD-vs-BASELINE.md)")] = None,
+              html: Annotated[Path | None, typer.Option(help="HTML file (default RUN/cases-METHOD-vs-BASELINE.html)")] = None,
+              force: ForceOutOpt = False) -> None:
+    """The problems a method fixed and broke against a baseline, with both traces and the gate's decisions."""
+    from stir_core.analysis.cases import find_cases, to_html, to_markdown
+    from stir_core.analysis.evaluate import load_results
+    from stir_core.io import atomic
+
+    if top < 0:
+        _fail(f"--top must be >= 0, got {top}")
+    if not run.is_dir():
+        _fail(f"{run}: not a directory (give a `stir eval --out` directory)")
+    res = load_results(run)
+    methods = list(dict.fromkeys(res.examples["method"]))
+    method = method or next((m for m in methods if m != baseline), None)
+    if method is None:
+        _fail(f"{run} has only the baseline {baseline!r}; there is nothing to compare")
+    stem = f"cases-{method}-vs-{baseline}"
+    md, html = md or run / f"{stem}.md", html or run / f"{stem}.html"
+    if md.suffix != ".md" or html.suffix != ".html":
+        _fail("--md must end in .md and --html in .html")
+    _fresh_output(md, force)
+    _fresh_output(html, force)
+    cases = find_cases(res, method, baseline, top or None)
+    atomic.write_text(md, to_markdown(cases))
+    atomic.write_text(html, to_html(cases))
+    typer.echo(f"{method} vs {baseline}: fixed {cases.n_fixed}, broke {cases.n_broken} of {cases.n}; "
+               f"wrote {md} and {html}")
+
+
 @app.command("diff")
 @guarded
 def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[Path, typer.Argument(help="library B")],
