@@ -286,14 +286,16 @@ def suite_cmd(config: Annotated[Path, typer.Argument(help="suite YAML file (data
     model = model or cfg.model or "embedded"
     overrides = _overrides(set_)
     steered = any(m not in ("vanilla", "no_memory") for m in cfg.methods)
-    facts = _facts(model, device, dtype)
-    runs = []
-    for ds in cfg.datasets:  # every task's files and every library checked before the model loads
+    tasks = []
+    for ds in cfg.datasets:  # every task's files, then the model's config, then every library: before it loads
         try:
-            task = ds.task.make()
-            task.load(ds.split, ds.n, cfg.seed)
+            tasks.append(ds.task.make())
+            tasks[-1].load(ds.split, ds.n, cfg.seed)
         except ValueError as err:
             _fail(f"dataset {ds.label}: {err}")
+    facts = _facts(model, device, dtype)
+    runs = []
+    for ds, task in zip(cfg.datasets, tasks, strict=True):
         library = ds.library if ds.library is not None else _default_library(None, model)
         if library is None and steered:
             _fail(f"dataset {ds.label}: steered methods need a library (library: DIR in the suite file)")

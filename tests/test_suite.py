@@ -127,3 +127,52 @@ def test_bad_suite_files_fail_in_one_line_before_the_model_loads(tmp_path, chang
     assert r.exit_code == 2, r.output
     assert needle in r.output and r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1
     assert not out.exists()  # nothing written
+
+
+def _paper_datasets(root: Path) -> None:
+    """The reference loader's file layout under root/datasets, filled with the test fixtures' few problems."""
+    fx = Path(__file__).parent / "fixtures"
+
+    def rows(name: str) -> list[dict]:
+        return [json.loads(x) for x in (fx / name).read_text().splitlines() if x.strip()]
+
+    def put(rel: str, rs: list[dict]) -> None:
+        p = root / "datasets" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.suffix == ".jsonl":
+            p.write_text("".join(json.dumps(r) + "\n" for r in rs))
+        else:
+            pd.DataFrame(rs).astype({k: str for k in ("Answer",) if k in rs[0]}).to_parquet(p)
+
+    m, a, arc, ob = (rows(f"{x}_sample.jsonl") for x in ("math500", "aime", "arc", "openbookqa"))
+    put("MATH/train.parquet", m[:2])
+    put("HuggingFaceH4/MATH-500/test.jsonl", m[2:])
+    put("HuggingFaceH4/aime_2024/data/train-00000-of-00001.parquet", a)
+    put("math-ai/aime25/test.jsonl", a)
+    put("math-ai/amc23/test-00000-of-00001.parquet", a)
+    put("allenai/ai2_arc/ARC-Challenge/train-00000-of-00001.parquet", arc[:1])
+    put("allenai/ai2_arc/ARC-Challenge/test-00000-of-00001.parquet", arc[1:3])
+    put("allenai/openbookqa/main/train-00000-of-00001.parquet", ob[:1])
+    put("allenai/openbookqa/main/test-00000-of-00001.parquet", [dict(ob[0], id="t1", question_stem="A compass points")])
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("command", [
+    ["suite", str(CONFIGS / "suite-paper.yaml"), "--out", "runs/s"],
+    ["suite", str(CONFIGS / "suite-paper-r1-1.5b.yaml"), "--out", "runs/s"],
+    *(["build", "--config", str(p), "--out", "runs/b"] for p in sorted(CONFIGS.glob("paper-*.yaml"))),
+], ids=lambda c: Path(c[1] if c[0] == "suite" else c[2]).name)
+def test_reproduce_commands_parse_and_stop_at_the_model(tmp_path, monkeypatch, command):
+    """docs/REPRODUCE.md's commands: with the data in place, the only thing missing here is the model."""
+    _paper_datasets(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if command[0] == "suite":
+        command = [*command, "--model", str(tmp_path / "no-such-model")]
+    r = runner.invoke(app, command)
+    assert r.exit_code == 2, r.output
+    assert ("no-such-model" in r.output or "Qwen2.5-3B-Instruct" in r.output
+            or "DeepSeek-R1-Distill-Qwen-1.5B" in r.output), r.output
+    assert not (tmp_path / "runs").exists()
