@@ -168,7 +168,11 @@ def test_reproduce_commands_parse_and_stop_at_the_model(tmp_path, monkeypatch, c
     """docs/REPRODUCE.md's commands: with the data in place, the only thing missing here is the model."""
     _paper_datasets(tmp_path)
     monkeypatch.chdir(tmp_path)
+    # offline, with an empty cache: a machine that holds the model never starts a real build here
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-empty"))
     if command[0] == "suite":
         command = [*command, "--model", str(tmp_path / "no-such-model")]
     r = runner.invoke(app, command)
