@@ -180,3 +180,28 @@ def test_reproduce_commands_parse_and_stop_at_the_model(tmp_path, monkeypatch, c
     assert ("no-such-model" in r.output or "Qwen2.5-3B-Instruct" in r.output
             or "DeepSeek-R1-Distill-Qwen-1.5B" in r.output), r.output
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_equal_one_process(tmp_path):
+    """Sharded like `stir eval`: batches round-robin across ranks (batch size 1, so rank 1 decodes half)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    cfg = write(tmp_path, {**SUITE, "batch_size": 1})
+    assert run(cfg, tmp_path / "one").exit_code == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update({"PYTHONPATH": str(repo), "STIR_DIST_TIMEOUT_S": "120"})
+    r = subprocess.run([str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", "--",
+                        str(bin_dir / "stir"), "suite", str(cfg), "--out", str(tmp_path / "two"), "--device", "cpu"],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=repo)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rank 1: 1 problem-methods" in r.stdout  # e.g. Plain (2 problems): one batch each
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / "suite.csv"),
+                                  pd.read_csv(tmp_path / "two" / "suite.csv"))
+    for label in ("planted", "Plain"):  # every trace identical (greedy float32 on the CPU)
+        one, two = ((tmp_path / d / label / "examples.jsonl").read_text() for d in ("one", "two"))
+        assert one == two

@@ -15,7 +15,7 @@ null action vs a tool. We compute the same quantities from `Trace` records:
 - **probe overhead** per row: `Trace.probe_tokens` (reference: `budget_used - tokens_used`, :99-100).
 - **step rates**: over every `GateDecision` of every trace, the share whose `chosen` is None (null) and the
   rest (tool). Declared differences: the reference also logs one always-null "tail" step per row after the
-  last control point (`stir/online/stir.py:851-862`), which we do not count, and reports 0.0 for both rates
+  last control point (`stir/online/stir.py:848-862`), which we do not count, and reports 0.0 for both rates
   when there are no steps (vanilla); we report None there ("not applicable").
 """
 
