@@ -189,6 +189,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
                                                                  "(e.g. configs/reference.yaml) from it")] = None,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
+    from stir_core.analysis.diagnostics import truncation_warnings
     from stir_core.analysis.evaluate import evaluate
     from stir_core.config import StirConfig, check_layers, parse_values
     from stir_core.io import outputs
@@ -239,7 +240,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
                                                                      allow_model_mismatch)))
     engine = Engine(m)
-    rows, diags = [], []
+    rows, diags, warn_lines = [], [], []
     for name, value, c in configs:
         sub = None if out is None else (out if name is None else out / f"{name}={value}")
         res = evaluate(engine, task_obj, method_list, lib if steered else None, c, n=n, split=split, seed=seed,
@@ -249,6 +250,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         t, dg = res.table(), res.diagnostics_table()
         rows.append(t.assign(**{name: value}) if name else t)
         diags.append(dg.assign(**{name: value}) if name else dg)
+        warn_lines += truncation_warnings(res.summary, c.max_new_tokens)
     if not rows:
         return
     import pandas as pd
@@ -260,6 +262,8 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
     typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     typer.echo("\ndiagnostics (rates in [0, 1]; tokens and probe tokens per problem):")
     typer.echo(diag.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for line in dict.fromkeys(warn_lines):
+        _note(line)
     if out is not None and sweep:
         from stir_core.io import atomic
 
@@ -278,6 +282,7 @@ def suite_cmd(config: Annotated[Path, typer.Argument(help="suite YAML file (data
                                                                                "(hub id, path, 'embedded')")] = None,
               device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Several tasks × methods from one file: one table in the paper's form and paired statistics per dataset."""
+    from stir_core.analysis.diagnostics import truncation_warnings
     from stir_core.analysis.suite import SuiteConfig, SuiteRun, run_suite
     from stir_core.io import outputs
     from stir_core.runtime.engine import Engine
@@ -310,6 +315,9 @@ def suite_cmd(config: Annotated[Path, typer.Argument(help="suite YAML file (data
     if res is None:  # a rank other than 0 under a launcher
         return
     typer.echo((out / "suite.md").read_text())
+    for run in runs:
+        for line in truncation_warnings(res.results[run.label].summary, run.config.max_new_tokens):
+            _note(f"warning: {run.label} / {line.removeprefix('warning: ')}")
     typer.echo(f"wrote {out}")
 
 

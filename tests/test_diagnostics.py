@@ -10,7 +10,7 @@ import pytest
 from fake_tasks import OneTask
 from typer.testing import CliRunner
 
-from stir_core.analysis.diagnostics import diagnose
+from stir_core.analysis.diagnostics import diagnose, truncation_warnings
 from stir_core.analysis.evaluate import evaluate, load_results
 from stir_core.cli import app
 from stir_core.online.methods import StirConfig
@@ -98,9 +98,23 @@ def test_evaluate_writes_diagnostics_consistent_with_its_examples(engine, tmp_pa
     assert math.isclose(table.loc[0, "truncation_rate"], saved["truncation_rate"])
 
 
-def test_stir_eval_prints_the_diagnostics(tiny_model_dir, tmp_path):
+def test_stir_eval_prints_the_diagnostics_and_warns_on_truncation(tiny_model_dir, tmp_path):
     r = CliRunner().invoke(app, ["eval", "--task", "diagtask", "--methods", "vanilla", "--n", "3",
-                                 "--set", "max_new_tokens=8", "--model", str(tiny_model_dir), "--device", "cpu"])
+                                 "--set", "max_new_tokens=8", "--model", str(tiny_model_dir), "--device", "cpu",
+                                 "--out", str(tmp_path / "ev")])
     assert r.exit_code == 0, r.output
     after = r.output.split("diagnostics")[1]
     assert "truncation_rate" in after and "tokens_p90" in after and "null_step_rate" in after
+    rate = json.loads((tmp_path / "ev" / "summary.json").read_text())["methods"]["vanilla"]["diagnostics"][
+        "truncation_rate"]
+    assert rate >= 0.2  # the random tiny model seldom stops within 8 tokens, so the warning path runs
+    assert "warning: vanilla ran out of tokens" in r.output
+
+
+def test_truncation_warnings_use_the_reference_threshold():
+    def summary(rate):
+        return {"diagnostics": {"truncation_rate": rate, "tokens_p90": 9, "tokens_max": 10}}
+
+    lines = truncation_warnings({"a": summary(0.2), "b": summary(0.19), "c": summary(None), "d": {"n": 1}}, 10)
+    assert lines == ["warning: a ran out of tokens on 20% of problems at max_new_tokens=10 (tokens p90 9, max 10); "
+                     "its accuracy is likely underestimated: raise max_new_tokens"]

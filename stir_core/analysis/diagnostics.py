@@ -13,6 +13,8 @@ null action vs a tool. We compute the same quantities from `Trace` records:
 - **percentiles**: `int(numpy.percentile(x, p))` with numpy's default linear interpolation, truncated to an
   integer, as the reference's `_percentile_int` (:21-24); 0 for no rows.
 - **probe overhead** per row: `Trace.probe_tokens` (reference: `budget_used - tokens_used`, :99-100).
+- **warning**: a truncation rate of 20% or more is worth a warning, as the reference logs one (:141-151):
+  accuracy is then likely underestimated (`truncation_warnings`).
 - **step rates**: over every `GateDecision` of every trace, the share whose `chosen` is None (null) and the
   rest (tool). Declared differences: the reference also logs one always-null "tail" step per row after the
   last control point (`stir/online/stir.py:848-862`), which we do not count, and reports 0.0 for both rates
@@ -78,3 +80,20 @@ def diagnose(traces: Sequence[Trace], answers: Sequence[str | None], *, max_new_
         steps=len(decisions),
         null_step_rate=nulls / len(decisions) if decisions else None,
         tool_step_rate=(len(decisions) - nulls) / len(decisions) if decisions else None)
+
+
+TRUNCATION_WARN = 0.2  # the reference's threshold (diagnostics.py:142)
+
+
+def truncation_warnings(summary: dict[str, dict], max_new_tokens: int | None = None) -> list[str]:
+    """One line per method of an evaluation summary whose truncation rate is at least 20%."""
+    out = []
+    for method, s in summary.items():
+        d = s.get("diagnostics") if isinstance(s, dict) else None
+        rate = d.get("truncation_rate") if isinstance(d, dict) else None
+        if rate is not None and rate == rate and rate >= TRUNCATION_WARN:
+            budget = f" at max_new_tokens={max_new_tokens}" if max_new_tokens is not None else ""
+            out.append(f"warning: {method} ran out of tokens on {100 * rate:.0f}% of problems{budget} "
+                       f"(tokens p90 {d.get('tokens_p90')}, max {d.get('tokens_max')}); its accuracy is likely "
+                       "underestimated: raise max_new_tokens")
+    return out
