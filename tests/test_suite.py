@@ -66,6 +66,12 @@ def test_suite_table_and_paired_statistics_match_the_per_example_records(tmp_pat
     assert set(merged.summary) == {"vanilla", "stir"} and "diagnostics" in merged.summary["stir"]
     assert "vs_vanilla" in merged.summary["stir"]
     assert "| Method | planted Acc | planted Tok | Plain Acc | Plain Tok | Avg. Acc | Avg. Tok |" in r.output
+    # a budget of 32 tokens cuts most embedded-model answers: the reference's truncation warning, per cell
+    long = pd.read_csv(out / "suite_long.csv")
+    assert (long["truncation_rate"] >= 0.2).any()
+    for _, row in long.iterrows():
+        warned = f"warning: {row['dataset']} / {row['method']} ran out of tokens" in r.output
+        assert warned == (row["truncation_rate"] >= 0.2)
 
 
 def test_an_interrupted_suite_resumes_where_it_stopped(tmp_path, monkeypatch):
