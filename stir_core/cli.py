@@ -189,6 +189,7 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
                                                                  "(e.g. configs/reference.yaml) from it")] = None,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
+    from stir_core.analysis.diagnostics import truncation_warnings
     from stir_core.analysis.evaluate import evaluate
     from stir_core.config import StirConfig, check_layers, parse_values
     from stir_core.io import outputs
@@ -239,29 +240,85 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
                                                                      allow_model_mismatch)))
     engine = Engine(m)
-    rows = []
+    rows, diags, warn_lines = [], [], []
     for name, value, c in configs:
         sub = None if out is None else (out if name is None else out / f"{name}={value}")
         res = evaluate(engine, task_obj, method_list, lib if steered else None, c, n=n, split=split, seed=seed,
                        batch_size=batch_size, out_dir=sub, warnings=warnings)
         if res is None:  # a rank other than 0 under a launcher: rank 0 has its traces and reports
             continue
-        t = res.table()
+        t, dg = res.table(), res.diagnostics_table()
         rows.append(t.assign(**{name: value}) if name else t)
+        diags.append(dg.assign(**{name: value}) if name else dg)
+        warn_lines += truncation_warnings(res.summary, c.max_new_tokens)
     if not rows:
         return
     import pandas as pd
 
-    table = pd.concat(rows, ignore_index=True)
+    table, diag = pd.concat(rows, ignore_index=True), pd.concat(diags, ignore_index=True)
     if sweep_name is not None:  # the swept knob first
         table = table[[sweep_name, *(c for c in table.columns if c != sweep_name)]]
+        diag = diag[[sweep_name, *(c for c in diag.columns if c != sweep_name)]]
     typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    typer.echo("\ndiagnostics (rates in [0, 1]; tokens and probe tokens per problem):")
+    typer.echo(diag.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for line in dict.fromkeys(warn_lines):
+        _note(line)
     if out is not None and sweep:
         from stir_core.io import atomic
 
         atomic.write_text(out / "sweep.csv", table.to_csv(index=False))
     if out is not None:
         typer.echo(f"wrote {out}")
+
+
+@app.command("suite")
+@guarded
+def suite_cmd(config: Annotated[Path, typer.Argument(help="suite YAML file (datasets × methods; see "
+                                                           "configs/suite-paper.yaml)")],
+              out: Annotated[Path, typer.Option(help="run directory (a rerun resumes: finished cells are reused)")],
+              set_: SetOpt = None, allow_model_mismatch: MismatchOpt = False,
+              model: Annotated[str | None, typer.Option("--model", "-m", help="override the file's model "
+                                                                               "(hub id, path, 'embedded')")] = None,
+              device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
+    """Several tasks × methods from one file: one table in the paper's form and paired statistics per dataset."""
+    from stir_core.analysis.diagnostics import truncation_warnings
+    from stir_core.analysis.suite import SuiteConfig, SuiteRun, run_suite
+    from stir_core.io import outputs
+    from stir_core.runtime.engine import Engine
+
+    cfg = SuiteConfig.from_yaml(config)
+    model = model or cfg.model or "embedded"
+    overrides = _overrides(set_)
+    steered = any(m not in ("vanilla", "no_memory") for m in cfg.methods)
+    tasks = []
+    for ds in cfg.datasets:  # every task's files, then the model's config, then every library: before it loads
+        try:
+            tasks.append(ds.task.make())
+            tasks[-1].load(ds.split, ds.n, cfg.seed)
+        except ValueError as err:
+            _fail(f"dataset {ds.label}: {err}")
+    facts = _facts(model, device, dtype)
+    runs = []
+    for ds, task in zip(cfg.datasets, tasks, strict=True):
+        library = ds.library if ds.library is not None else _default_library(None, model)
+        if library is None and steered:
+            _fail(f"dataset {ds.label}: steered methods need a library (library: DIR in the suite file)")
+        lib, warnings = _library(library, facts, allow_model_mismatch) if steered else (None, [])
+        c = _online_config(lib, {**cfg.online, **ds.online, **overrides}, facts, steered)
+        runs.append(SuiteRun(label=ds.label, task=task, library=lib, config=c, n=ds.n, split=ds.split,
+                             warnings=tuple(warnings)))
+    outputs.claim_run_dir(out, "suite")
+    engine = Engine(_load(model, device, dtype))
+    res = run_suite(engine, runs, cfg.methods, out, baseline=cfg.baseline, seed=cfg.seed,
+                    batch_size=cfg.batch_size, log=lambda line: typer.echo(line, err=True))
+    if res is None:  # a rank other than 0 under a launcher
+        return
+    typer.echo((out / "suite.md").read_text())
+    for run in runs:
+        for line in truncation_warnings(res.results[run.label].summary, run.config.max_new_tokens):
+            _note(f"warning: {run.label} / {line.removeprefix('warning: ')}")
+    typer.echo(f"wrote {out}")
 
 
 @app.command()
@@ -630,6 +687,44 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
         _fail(str(err))
     atomic.write_text(out, render(d) if out.suffix == ".html" else dash.to_json(d))
     typer.echo(f"wrote {out}")
+
+
+@app.command("cases")
+@guarded
+def cases_cmd(run: Annotated[Path, typer.Argument(help="a `stir eval --out` directory (or a `stir suite` dataset "
+                                                       "directory)")],
+              method: Annotated[str | None, typer.Option(help="the method studied (default: the first one that "
+                                                                  "is not the baseline)")] = None,
+              baseline: str = "vanilla",
+              top: Annotated[int, typer.Option(help="at most this many fixed and this many broken (0: all)")] = 5,
+              md: Annotated[Path | None, typer.Option(help="Markdown file (default RUN/cases-METHOD-vs-BASELINE.md)")] = None,
+              html: Annotated[Path | None, typer.Option(help="HTML file (default RUN/cases-METHOD-vs-BASELINE.html)")] = None,
+              force: ForceOutOpt = False) -> None:
+    """The problems a method fixed and broke against a baseline, with both traces and the gate's decisions."""
+    from stir_core.analysis.cases import find_cases, to_html, to_markdown
+    from stir_core.analysis.evaluate import load_results
+    from stir_core.io import atomic
+
+    if top < 0:
+        _fail(f"--top must be >= 0, got {top}")
+    if not run.is_dir():
+        _fail(f"{run}: not a directory (give a `stir eval --out` directory)")
+    res = load_results(run)
+    methods = list(dict.fromkeys(res.examples["method"]))
+    method = method or next((m for m in methods if m != baseline), None)
+    if method is None:
+        _fail(f"{run} has only the baseline {baseline!r}; there is nothing to compare")
+    stem = f"cases-{method}-vs-{baseline}"
+    md, html = md or run / f"{stem}.md", html or run / f"{stem}.html"
+    if md.suffix != ".md" or html.suffix != ".html":
+        _fail("--md must end in .md and --html in .html")
+    _fresh_output(md, force)
+    _fresh_output(html, force)
+    cases = find_cases(res, method, baseline, top or None)
+    atomic.write_text(md, to_markdown(cases))
+    atomic.write_text(html, to_html(cases))
+    typer.echo(f"{method} vs {baseline}: fixed {cases.n_fixed}, broke {cases.n_broken} of {cases.n}; "
+               f"wrote {md} and {html}")
 
 
 @app.command("diff")
