@@ -17,14 +17,15 @@ EVIL = "<script>alert(1)</script> ``` & </pre>"
 
 
 def make_trace(method: str, pieces: list[str], decisions: list[GateDecision]) -> Trace:
-    toks = [TokenRecord(i, 10 + i, p, -0.1, 0) for i, p in enumerate(pieces)]
-    return Trace(method, "p", "".join(pieces), toks, decisions)
+    toks = [TokenRecord(index=i, token_id=10 + i, text=p, logprob=-0.1, segment=0) for i, p in enumerate(pieces)]
+    return Trace(method=method, prompt="p", completion="".join(pieces), tokens=toks, decisions=decisions)
 
 
 def stir_decisions() -> list[GateDecision]:
-    cand = Candidate(0, "t<0>", "correction", 2, 0.9, 1.0, 0.9, True, "x", -0.5, 0.2, 0.75)
-    return [GateDecision(1, 1, [2], [cand], 0.1, score_null=0.5, chosen="t<0>", reason="committed", alpha=0.6, layer=2),
-            GateDecision(2, 3, [2], [], reason="no_entries")]
+    cand = Candidate(entry=0, tool_id="t<0>", kind="correction", layer=2, sim=0.9, quality=1.0, value=0.9, previewed=True,
+                     probe_text="x", probe_logprob=-0.5, gain=0.2, score=0.75)
+    return [GateDecision(m=1, token_index=1, query_layers=[2], candidates=[cand], null_value=0.1, score_null=0.5, chosen="t<0>", reason="committed", alpha=0.6, layer=2),
+            GateDecision(m=2, token_index=3, query_layers=[2], candidates=[], reason="no_entries")]
 
 
 def make_result() -> EvalResult:

@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from fake_tasks import OneTask
+from helpers.tasks import OneTask
 from typer.testing import CliRunner
 
 from stir_core.analysis.diagnostics import diagnose, truncation_warnings
@@ -21,10 +21,10 @@ EOS = 99
 
 
 def trace(token_ids: list[int], probe: int, chosen: list[str | None]) -> Trace:
-    toks = [TokenRecord(i, t, f"<{t}>", -0.5, 0) for i, t in enumerate(token_ids)]
-    decs = [GateDecision(m + 1, m, [1], chosen=c, reason="committed" if c else "below_tau")
+    toks = [TokenRecord(index=i, token_id=t, text=f"<{t}>", logprob=-0.5, segment=0) for i, t in enumerate(token_ids)]
+    decs = [GateDecision(m=m + 1, token_index=m, query_layers=[1], chosen=c, reason="committed" if c else "below_tau")
             for m, c in enumerate(chosen)]
-    return Trace("stir", "p", "".join(t.text for t in toks), toks, decs, probe_tokens=probe)
+    return Trace(method="stir", prompt="p", completion="".join(t.text for t in toks), tokens=toks, decisions=decs, probe_tokens=probe)
 
 
 def five_traces() -> tuple[list[Trace], list[str | None]]:
@@ -73,7 +73,7 @@ class DiagTask(OneTask):
     name = "diagtask"
 
     def load(self, split="eval", n=None, seed=0):
-        return [Example(f"d{i}", f"{i}+{i}=", "1") for i in range(n or 6)]
+        return [Example(id=f"d{i}", question=f"{i}+{i}=", answer="1") for i in range(n or 6)]
 
 
 register_task("diagtask", DiagTask)
