@@ -22,9 +22,12 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
+from stir_core.io.bounded import clip
+
 NONE_WORDS = ("none", "null")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
+INT_LIMIT = 2**63
 
 
 class ConfigError(ValueError):
@@ -89,6 +92,7 @@ def groups(cls: Any) -> dict[str, list[str]]:
 
 
 def _where(section: str | None, name: str) -> str:
+    name = name if len(name) <= 60 else clip(name, 60)  # a user's key may be megabytes long
     return f"{section}.{name}" if section else name
 
 
@@ -109,7 +113,7 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
     ks = knobs(cls)
     where = _where(section, name)
     if name not in ks:
-        raise ConfigError(f"unknown field {where!r}; known: {', '.join(ks)}")
+        raise ConfigError(f"unknown field {clip(where)}; known: {', '.join(ks)}")
     k = ks[name]
     if isinstance(value, str) and k.type is not str:
         value = value.strip()
@@ -138,6 +142,9 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
                 value = int(value)
             elif not isinstance(value, int):
                 raise ValueError
+            if not -INT_LIMIT <= value < INT_LIMIT:  # seeds and counts go to numpy/torch/Parquet as int64
+                raise ConfigError(f"{where}: {clip(value)} is out of range; expected an integer that fits "
+                                  "in 64 bits")
         elif k.type is float:
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError
@@ -150,18 +157,18 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
         elif k.type is list:
             specs = _layer_specs(value, where)
             if not specs:
-                raise ConfigError(f"{where}: expected {k.describe()}, at least one, got {value!r}")
+                raise ConfigError(f"{where}: expected {k.describe()}, at least one, got {clip(value)}")
             value = specs
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{where}: cannot read {value!r} as {k.describe()}") from None
+        raise ConfigError(f"{where}: cannot read {clip(value)} as {k.describe()}") from None
     if k.choices is not None and value not in k.choices:
-        raise ConfigError(f"{where}: {value!r} is not {k.describe()}")
+        raise ConfigError(f"{where}: {clip(value)} is not {k.describe()}")
     if k.type in (int, float) and (
             (k.min is not None and value < k.min) or (k.max is not None and value > k.max)
             or (k.gt is not None and value <= k.gt)):
-        raise ConfigError(f"{where}: {value!r} is out of range; expected {k.describe()}")
+        raise ConfigError(f"{where}: {clip(value)} is out of range; expected {k.describe()}")
     if k.type is str and k.choices is None and value == "":
         raise ConfigError(f"{where}: must not be empty")
     return value
@@ -179,11 +186,12 @@ def from_dict(cls: Any, d: dict | None, section: str | None = None, base: Any = 
     if d is None:
         d = {}
     if not isinstance(d, dict):
-        raise ConfigError(f"{section or cls.__name__}: expected a mapping of field: value, got {d!r}")
+        raise ConfigError(f"{section or cls.__name__}: expected a mapping of field: value, got {clip(d)}")
     ks = knobs(cls)
     unknown = [k for k in d if k not in ks]
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(_where(section, str(u)) for u in unknown)}; "
+        shown = ", ".join(_where(section, str(u)) for u in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+        raise ConfigError(f"unknown field(s) {shown}; "
                           f"known: {', '.join(ks)}")
     vals = {k: cast_value(cls, k, v, section) for k, v in d.items()}
     return replace(base, **vals) if base is not None else cls(**vals)
@@ -192,7 +200,7 @@ def from_dict(cls: Any, d: dict | None, section: str | None = None, base: Any = 
 def parse_assignment(cls: Any, spec: str, section: str | None = None) -> tuple[str, Any]:
     """`name=value` -> (name, typed value)."""
     if "=" not in spec:
-        raise ConfigError(f"{spec!r}: expected name=value")
+        raise ConfigError(f"{clip(spec)}: expected name=value")
     name, value = spec.split("=", 1)
     name = name.strip()
     return name, cast_value(cls, name, value, section)
@@ -201,7 +209,7 @@ def parse_assignment(cls: Any, spec: str, section: str | None = None) -> tuple[s
 def parse_values(cls: Any, spec: str, section: str | None = None) -> tuple[str, list]:
     """`name=v1,v2,...` -> (name, [typed values]) (a sweep)."""
     if "=" not in spec:
-        raise ConfigError(f"{spec!r}: expected name=v1,v2,...")
+        raise ConfigError(f"{clip(spec)}: expected name=v1,v2,...")
     name, values = spec.split("=", 1)
     name = name.strip()
     parts = [v for v in values.split(",") if v.strip()]
@@ -243,7 +251,7 @@ def check_layers(obj: Any, n_layers: int | None, library_layers: list[int] | Non
                 else:
                     layer = s
                 if k.layer and library_layers is not None and layer not in library_layers:
-                    raise ConfigError(f"{where}={s!r}: the library has no tools at that layer "
+                    raise ConfigError(f"{where}={clip(s)}: the library has no tools at that layer "
                                       f"(its layers: {sorted(library_layers)})")
 
 

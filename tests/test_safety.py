@@ -102,10 +102,16 @@ def test_run_directories_are_claimed_and_foreign_ones_refused(tmp_path):
     with pytest.raises(outputs.OutputError, match="not a STIR run directory"):
         outputs.claim_run_dir(tmp_path / "theirs", "eval")
     assert (tmp_path / "theirs" / "thesis.tex").read_text() == "x"
-    old = tmp_path / "old-run"  # written before markers existed: recognised by its outputs
+    old = tmp_path / "old-run"  # written before markers existed: recognised by the content of its outputs
     (old / "mine_checkpoint").mkdir(parents=True)
-    (old / "build.json").write_text("{}")
+    (old / "build.json").write_text('{"config": {"model": null}}')
     assert outputs.claim_run_dir(old, "build") == old and outputs.run_kind(old) == "build"
+    named = tmp_path / "named-like-a-run"  # the same names, content that is not ours: file names are not enough
+    (named / "mine_checkpoint").mkdir(parents=True)
+    (named / "build.json").write_text('{"pages": 3}')
+    with pytest.raises(outputs.OutputError, match="not a STIR run directory"):
+        outputs.claim_run_dir(named, "build")
+    assert not (named / outputs.RUN_MARKER).exists()
 
 
 def test_library_save_never_replaces_a_foreign_directory(tmp_path):

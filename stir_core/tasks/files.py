@@ -7,7 +7,6 @@ alternatives) are in `docs/tasks.md`. Bad files fail loudly, naming the file, th
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -84,7 +83,11 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    from stir_core.io.bounded import check_size, iter_jsonl, read_text
+    from stir_core.io.bounded import loads as json_loads
+
     rows: list[tuple[str, dict[str, Any]]] = []
+    check_size(path, "task")  # refused by its size before a byte is read (a 1 GiB file is not parsed)
     if suffix in (".parquet", ".pq"):
         import pandas as pd
 
@@ -95,22 +98,13 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         for i, rec in enumerate(frame.to_dict("records"), start=1):
             rows.append((f"{path.name} row {i}", {str(k): _plain(v) for k, v in rec.items()}))
     else:
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".json" and text.lstrip().startswith("["):
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+        if suffix == ".json" and head.startswith(b"["):
+            items = json_loads(read_text(path, "task"), str(path))
             located = [(f"{path.name} item {i}", r) for i, r in enumerate(items, start=1)]
-        else:
-            located = []
-            for i, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    located.append((f"{path.name} line {i}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path.name} line {i}: not valid JSON ({e.msg})") from e
+        else:  # JSON Lines, streamed one bounded line at a time (binary garbage names the file and line)
+            located = [(f"{path.name} line {i}", rec) for i, rec in iter_jsonl(path)]
         for where, rec in located:
             if not isinstance(rec, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
