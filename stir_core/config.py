@@ -261,6 +261,10 @@ def to_dict(obj: Any) -> dict:
 
 # --- the online knobs --------------------------------------------------------------------------------
 
+# Steering scales beyond this swamp any residual stream (library vectors have norms of ~10-100) and overflow
+# half precision; a decode that still goes non-finite is flagged in its trace (`online/health.py`).
+MAX_SCALE = 1e4
+
 ONLINE, GATE, RETRIEVAL, PREVIEW, STEER, BASELINE = (
     "decoding", "gate", "retrieval", "preview", "steering", "baselines")
 
@@ -283,11 +287,11 @@ class StirConfig:
                                  RETRIEVAL, optional=True, min=-1.0)
     top_l: int = knob(4, int, "L: corrections previewed per control point", PREVIEW, min=1)
     probe_tokens: int = knob(4, int, "tokens decoded per preview (discarded, counted)", PREVIEW, min=1)
-    probe_scale: float = knob(1.0, float, "scale of the vector while previewing", PREVIEW, min=0.0)
+    probe_scale: float = knob(1.0, float, "scale of the vector while previewing", PREVIEW, min=0.0, max=MAX_SCALE)
     beta: float = knob(1.0, float, "β: weight of the value Â in the score", GATE, min=0.0)
     rho: float = knob(0.1, float, "ρ: weight of the probe gain in the score", GATE, min=0.0)
     tau_null: float = knob(0.0, float, "τ_null: commit only when the best score ≥ τ_null", GATE)
-    k_scale: float = knob(1.0, float, "α = k_scale · Score of the winner", STEER, min=0.0)
+    k_scale: float = knob(1.0, float, "α = k_scale · Score of the winner", STEER, min=0.0, max=MAX_SCALE)
     positions: str = knob("last", str, "where the committed vector is added", STEER,
                           choices=("last", "segment", "last+segment"))
     center_keys: bool = knob(False, bool, "subtract the library's mean key before the cosine", RETRIEVAL)
@@ -311,7 +315,7 @@ class StirConfig:
                                         PREVIEW, optional=True, min=0)
     layer: int | None = knob(None, int, "restrict to one library layer (none: every layer in the library)",
                              STEER, optional=True, min=0, layer=True)
-    static_scale: float = knob(1.0, float, "α of the static baselines", BASELINE, min=0.0)
+    static_scale: float = knob(1.0, float, "α of the static baselines", BASELINE, min=0.0, max=MAX_SCALE)
     seed: int = knob(0, int, "seed of the random ablations", ONLINE, min=0)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from stir_core.io import atomic, jsonio
 from stir_core.io.versions import versions
 from stir_core.library.checks import check_prompts_fit
 from stir_core.library.format import ToolLibrary
+from stir_core.online import health
 from stir_core.online.methods import StirConfig, run_method
 from stir_core.online.trace import Trace
 from stir_core.runtime import distributed
@@ -90,6 +91,8 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
         correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, examples, strict=True)]
         correct_by[method] = correct
         summary[method] = summarise(traces, correct, wall)
+        if n_bad := health.flag(traces):  # non-finite or exploding activations: said, not hidden
+            summary[method]["non_finite_traces"] = n_bad
         for t, ex, ok in zip(traces, examples, correct, strict=True):
             rows.append({"example_id": ex.id, "method": method, "correct": ok, "n_tokens": t.n_tokens,
                          "probe_tokens": t.probe_tokens, "interventions": t.interventions,

@@ -190,6 +190,9 @@ def check_library_target(path: str | Path, overwrite: bool = False) -> None:
                               "command line, the Replace box in the app; the replacement is atomic)")
         return
     foreign = [n for n in names if n not in LIBRARY_FILES]
+    if not foreign:
+        raise OutputError(f"{path}: its manifest.json is not a STIR library manifest; refusing to replace it "
+                          "— give a new or empty directory, nothing was written")
     shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
     raise OutputError(f"{path}: holds files that are not part of a library ({shown}); refusing to replace "
                       "it — give a new or empty directory, nothing was written")
@@ -270,6 +273,16 @@ def check_file_target(path: str | Path, kind: str, force: bool = False) -> None:
 def claim_output_dir(path: str | Path, kind: str, force: bool = False) -> Path:
     """Make `path` an output directory of `kind` (e.g. "diff"): absent or empty: created and marked;
     one of ours of that kind: only with `force`; anything else (a library, a user's directory): refused."""
+    path = check_output_dir(path, kind, force)
+    if not (path / OUTPUT_MARKER).is_file():
+        path.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(path / OUTPUT_MARKER, {"format": "stir-output", "kind": kind, "created_at":
+                                                 datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return path
+
+
+def check_output_dir(path: str | Path, kind: str, force: bool = False) -> Path:
+    """What `claim_output_dir` refuses, checked without writing anything; returns the path."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: exists and is not a directory; give a new or empty directory")
@@ -285,8 +298,4 @@ def claim_output_dir(path: str | Path, kind: str, force: bool = False) -> Path:
             if not force:
                 raise OutputError(f"{path}: already holds a stir {kind} output; choose another directory or "
                                   "pass --force to replace it")
-            return path
-    path.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(path / OUTPUT_MARKER, {"format": "stir-output", "kind": kind,
-                                             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return path
