@@ -391,6 +391,7 @@ def app_env(tiny_model_dir, tmp_path_factory):
         mp.setenv("STIR_LIBRARY", str(root / "lib"))
         mp.setenv("STIR_RUNS", str(root / "runs"))
         mp.setenv("STIR_TORCH_THREADS", str(torch.get_num_threads()))
+        mp.setenv("STIR_ALLOWED_ROOTS", str(root))  # the served app reads only under allowed roots
         yield {"root": root, "model": tiny_model_dir}
 
 
