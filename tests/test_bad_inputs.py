@@ -913,3 +913,32 @@ def test_a_run_directory_has_one_writer_at_a_time(tmp_path):
 
     outputs.lock_run_dir(run)  # free now that the holder has exited
     outputs.unlock_run_dir(run)
+
+
+def test_a_library_of_absurd_norms_is_flagged_in_traces_and_summary(ws):
+    """Vectors of norm ~1e37 (a hash-valid library) overflow the activations: the door says so, every trace
+    records it, and the summary counts exactly the traces whose log-probs are non-finite, counted here
+    from the examples' JSON (where non-finite numbers are written as null)."""
+    import pandas as pd
+
+    from stir_core.library.format import ToolLibrary
+
+    demo = ToolLibrary.load(DEMO)
+    table = demo.table.copy()
+    table["norm"] = table["norm"] * 1e37
+    ToolLibrary(demo.keys, demo.vectors * 1e37, table, dict(demo.manifest)).save(ws["tmp"] / "huge-lib")
+    run = ws["tmp"] / "run-huge"
+    r = _run(["eval", "--methods", "vanilla,static", "--library", str(ws["tmp"] / "huge-lib"), "--n", "3",
+              "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    assert "library vectors reach norm" in r.output
+    rows = pd.read_json(run / "examples.jsonl", lines=True)
+    bad = {m: sum(any(tok["logprob"] is None for tok in json.loads(tj)["tokens"])
+                  for tj in rows.loc[rows["method"] == m, "trace_json"]) for m in ("vanilla", "static")}
+    summary = json.loads((run / "summary.json").read_text())["methods"]
+    assert bad["vanilla"] == 0 and bad["static"] >= 1, bad
+    assert summary["static"]["non_finite_traces"] == bad["static"]
+    assert "non_finite_traces" not in summary["vanilla"]
+    for tj in rows.loc[rows["method"] == "static", "trace_json"]:
+        warnings = json.loads(tj)["warnings"]
+        assert any("library vectors reach norm" in w for w in warnings)
