@@ -420,6 +420,9 @@ def _texts(elements) -> list[str]:
     ({"prompt": "1+1=", "tokens": "0"}, "max_new_tokens"),
     ({"prompt": "1+1=", "c0": "magic"}, "unknown method"),
     ({"prompt": "1+1=", "delim": ""}, "delimiter"),
+    ({"prompt": "1+1=", "c0": "static;static_scale=1e300"}, "static_scale"),  # the CLI's range (issue 24)
+    ({"prompt": "1+1=", "c0": "stir;k_scale=inf"}, "k_scale"),
+    ({"prompt": "1+1=", "c0": "stir;seed=100000000000000000000000"}, "seed"),
 ])
 def test_app_bad_deep_link_is_named_and_ignored(app_env, query, needle):
     at = _at(**query)
@@ -942,3 +945,54 @@ def test_a_library_of_absurd_norms_is_flagged_in_traces_and_summary(ws):
     for tj in rows.loc[rows["method"] == "static", "trace_json"]:
         warnings = json.loads(tj)["warnings"]
         assert any("library vectors reach norm" in w for w in warnings)
+
+
+# --- the app reads only under allowed roots (issue 24) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def outside(app_env):
+    """A library and a model outside every allowed root (not under pytest's folder, the cwd or the assets)."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="stir-outside-"))
+    shutil.copytree(app_env["root"] / "lib", root / "lib")
+    shutil.copytree(app_env["model"], root / "model")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_app_link_to_a_library_outside_the_allowed_roots_is_refused(app_env, outside):
+    at = _at(lib=str(outside / "lib"), prompt="1+1=")
+    at.run()
+    _no_crash(at)
+    errors = [e for e in _texts(at.error) if "Library not loaded" in e]
+    assert len(errors) == 1 and "outside the folders this app may read" in errors[0], _texts(at.error)
+    allowed = _at(lib=str(app_env["root"] / "other-lib"), prompt="1+1=")  # under an allowed root: read
+    allowed.run()
+    assert not any("outside the folders" in e for e in _texts(allowed.error))
+
+
+def test_app_link_to_a_model_outside_the_allowed_roots_is_refused(app_env, outside):
+    at = _at(model=str(outside / "model"), prompt="1+1=")
+    at.run()
+    _no_crash(at)
+    assert any("outside the folders this app may read" in e for e in _texts(at.error)), _texts(at.error)
+
+
+def test_app_says_when_it_is_served_beyond_this_machine(app_env):
+    from streamlit import config as st_config
+
+    before = st_config.get_option("server.address")
+    try:
+        for address, shown in (("0.0.0.0", True), ("127.0.0.1", False)):
+            st_config.set_option("server.address", address)
+            at = _at()
+            at.run()
+            _no_crash(at)
+            notes = [i for i in _texts(at.info) if "anyone who can reach it" in i]
+            assert bool(notes) == shown, (address, _texts(at.info))
+            if shown:
+                assert "0.0.0.0" in notes[0] and "STIR_ALLOWED_ROOTS" in notes[0]
+    finally:
+        st_config.set_option("server.address", before)
