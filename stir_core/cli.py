@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from stir_core.io import jsonio
+from stir_core.io.bounded import clip
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="STIR Workbench: mine, select, store and replay latent actions.")
@@ -174,7 +175,7 @@ def _task(task: str, path: str | None):
     try:
         return get_task(task, **({"path": path} if path else {}))
     except TypeError as err:
-        _fail(f"task {task!r}: {err}")
+        _fail(f"task {clip(task)}: {err}")
 
 
 def _default_library(library: str | None, model: str) -> str | None:
@@ -656,7 +657,7 @@ def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")
     _fresh_output(out, "export", force)
     id_list = [x.strip() for x in ids.split(",") if x.strip()] if ids is not None else None
     if id_list is not None and not id_list:
-        _fail(f"--ids {ids!r} names no tool id; give ids separated by commas, or leave --ids out for every "
+        _fail(f"--ids {clip(ids)} names no tool id; give ids separated by commas, or leave --ids out for every "
               f"entry of --kind")
     try:
         lib = ToolLibrary.load(library)
@@ -730,7 +731,6 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
 def _scales(spec: str) -> tuple[float, ...]:
     """`--scales 0,0.5,1` -> finite α values within the knob schema's range (`config.MAX_SCALE`)."""
     from stir_core.config import MAX_SCALE
-    from stir_core.io.bounded import clip
 
     parts = [x.strip() for x in spec.split(",") if x.strip()]
     if not parts:

@@ -28,6 +28,7 @@ NONE_WORDS = ("none", "null")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 INT_LIMIT = 2**63
+MAX_TEXT = 1000  # characters of a text knob
 
 
 class ConfigError(ValueError):
@@ -154,6 +155,9 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
         elif k.type is str:
             if not isinstance(value, str):
                 raise ValueError
+            if len(value) > MAX_TEXT:  # names, splits, delimiters: a megabyte of text is a mistake or an attack
+                raise ConfigError(f"{where}: {clip(value, 40)} is {len(value)} characters long; the limit is "
+                                  f"{MAX_TEXT}")
         elif k.type is list:
             specs = _layer_specs(value, where)
             if not specs:

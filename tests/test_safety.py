@@ -341,6 +341,9 @@ def test_clip_bounds_any_value_without_formatting_it_whole():
     with pytest.raises(ConfigError) as err:
         schema.cast_value(StirConfig, "top_l", "9x" * 1_000_000)
     assert len(str(err.value)) < 200 and "top_l" in str(err.value)
+    with pytest.raises(ConfigError, match="5000 characters long") as err:  # text knobs are bounded too
+        schema.cast_value(StirConfig, "delimiter", "\n" * 5000)
+    assert len(str(err.value)) < 200
 
 
 @pytest.mark.parametrize("text,needle", [
