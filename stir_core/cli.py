@@ -701,17 +701,17 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
               scales: str = "0,0.5,1,2,4", sweep_tokens: int = 48, force: ForceOutOpt = False,
               model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """One tool's dashboard (provenance, firings, lens, α-sweep, paired outcome, neighbours) as HTML or JSON."""
-    from stir_core.analysis import dashboard as dash
-    from stir_core.analysis.dashboard_html import render
-    from stir_core.analysis.evaluate import load_results
-    from stir_core.io import atomic
-    from stir_core.runtime.engine import Engine
-
     if out.suffix not in (".html", ".json"):
         _fail(f"--out must end in .html or .json, got {out.name}")
     _fresh_output(out, "dashboard", force)
     _positive(sweep_tokens=sweep_tokens)
     scale_list = _scales(scales)
+    from stir_core.analysis import dashboard as dash  # torch: after the cheap checks
+    from stir_core.analysis.dashboard_html import render
+    from stir_core.analysis.evaluate import load_results
+    from stir_core.io import atomic
+    from stir_core.runtime.engine import Engine
+
     try:
         examples = load_results(run).examples if run is not None else None
     except ValueError as err:

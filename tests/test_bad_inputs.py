@@ -845,7 +845,7 @@ def test_force_replaces_our_own_outputs_only(ws):
     assert _run(["diff", str(DEMO), str(DEMO), "--out", str(diff)]).exit_code == 0
     (diff / "my-notes.txt").write_text("kept")  # the user's file inside our output: never touched
     refused = _run(["diff", str(DEMO), str(DEMO), "--out", str(diff)])
-    assert refused.exit_code == 2 and "already holds a stir diff output" in refused.output
+    assert refused.exit_code == 2 and "already exists (a stir diff output)" in refused.output
     assert _run(["diff", str(DEMO), str(DEMO), "--out", str(diff), "--force"]).exit_code == 0
     assert (diff / "my-notes.txt").read_text() == "kept"
 

@@ -467,7 +467,7 @@ def test_outputs_are_recognised_by_content_not_name(tmp_path):
 def test_output_dirs_are_marked_and_only_ours_are_reused(tmp_path):
     d = outputs.claim_output_dir(tmp_path / "diff", "diff")
     assert json.loads((d / outputs.OUTPUT_MARKER).read_text())["kind"] == "diff"
-    with pytest.raises(outputs.OutputError, match="already holds"):
+    with pytest.raises(outputs.OutputError, match="already exists"):
         outputs.check_output_dir(d, "diff")
     assert outputs.claim_output_dir(d, "diff", force=True) == d
     with pytest.raises(outputs.OutputError, match="not a stir dashboard output"):

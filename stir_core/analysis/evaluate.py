@@ -6,7 +6,6 @@ pairs: wins = steered right where vanilla was wrong, losses = the reverse).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 from stir_core import config as config_schema
 from stir_core.analysis.outcomes import mcnemar
 from stir_core.io import atomic, jsonio
+from stir_core.io.bounded import iter_jsonl, read_json
 from stir_core.io.versions import versions
 from stir_core.library.checks import check_prompts_fit
 from stir_core.library.format import ToolLibrary
@@ -152,8 +152,10 @@ def load_results(out_dir: str | Path) -> EvalResult:
     out = Path(out_dir)
     if not (out / "summary.json").is_file():
         raise ValueError(f"{out}: no summary.json (not an evaluation directory)")
-    s = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines() if line.strip()]
+    s = read_json(out / "summary.json", "summary")  # bounded: a damaged or hostile run names its file
+    if not isinstance(s, dict) or not {"methods", "config"} <= set(s):
+        raise ValueError(f"{out / 'summary.json'}: not an evaluation summary (no methods/config)")
+    rows = [r for _, r in iter_jsonl(out / "examples.jsonl", max_line_bytes=256 << 20, max_bytes=16 << 30)]
     return EvalResult(s["methods"], pd.DataFrame(rows), s["config"])
 
 

@@ -147,12 +147,12 @@ def read_json(path: str | Path, what: str = "JSON", max_bytes: int | None = None
     return loads(read_text(path, what, max_bytes), str(path), max_depth)
 
 
-def iter_jsonl(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES,
-               max_depth: int = MAX_DEPTH) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES, max_depth: int = MAX_DEPTH,
+               max_bytes: int | None = None) -> Iterator[tuple[int, Any]]:
     """(line number, value) of each non-blank line of a JSON Lines file, read one bounded line at a time
     (a file with no newline costs at most `max_line_bytes`); errors name the file and the line."""
     path = Path(path)
-    check_size(path, "data")
+    check_size(path, "data", max_bytes)
     with open(path, "rb") as f:
         i = 0
         while True:

@@ -296,6 +296,6 @@ def check_output_dir(path: str | Path, kind: str, force: bool = False) -> Path:
                 raise OutputError(f"{path}: not empty and not a stir {kind} output (holds {shown}); refusing "
                                   "to write into it even with --force — give a new or empty directory")
             if not force:
-                raise OutputError(f"{path}: already holds a stir {kind} output; choose another directory or "
+                raise OutputError(f"{path}: already exists (a stir {kind} output); choose another directory or "
                                   "pass --force to replace it")
     return path

@@ -21,7 +21,7 @@ from pathlib import Path
 from stir_core import config
 from stir_core.config import ConfigError, knob, validate
 from stir_core.io import atomic, jsonio, outputs
-from stir_core.io.bounded import clip
+from stir_core.io.bounded import clip, read_json
 from stir_core.library.format import ToolLibrary
 from stir_core.library.index import ToolIndex
 from stir_core.library.report import library_card
@@ -211,7 +211,7 @@ def check_task_stamp(out: str | Path, config: BuildConfig, task: Task) -> dict:
     (cheap: no model). Returns the description."""
     described = {**config.task_spec().describe(task), "clean_prefixes": config.effective_clean_prefixes(task)}
     stamp = Path(out) / "task.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != json.loads(jsonio.dumps(described)):
+    if stamp.exists() and read_json(stamp, "task stamp") != json.loads(jsonio.dumps(described)):
         raise ValueError(f"{out} was mined with a different task or different files ({stamp}); "
                          "use another run directory")
     return described
