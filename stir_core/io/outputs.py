@@ -138,11 +138,16 @@ _HELD_LOCKS: dict[Path, int] = {}
 
 def lock_run_dir(path: str | Path) -> None:
     """Take `path`'s writer lock (`.stir-run.lock`, an advisory `flock` held until this process exits or
-    `unlock_run_dir`); another process holding it -> `OutputError` naming its pid. A no-op where the OS
-    has no `fcntl` (Windows: no lock there)."""
+    `unlock_run_dir`); another process holding it -> `OutputError` naming its pid. Under a launcher only
+    rank 0 takes it (its ranks write one run together). A no-op where the OS has no `fcntl` (Windows)."""
     try:
         import fcntl
     except ImportError:
+        return
+    from stir_core.runtime.distributed import from_env
+
+    dist = from_env()
+    if dist is not None and dist.rank != 0:  # one launch's ranks share the directory: rank 0 holds the lock
         return
     path = Path(path).resolve()
     if path in _HELD_LOCKS:
