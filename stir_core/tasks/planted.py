@@ -121,6 +121,8 @@ MAX_GENERATED = 1_000_000
 
 def split_share(split: str) -> float:
     """The fraction of all questions that hash into `split`."""
+    if split not in _SPLIT_BOUNDS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     lo, hi = _SPLIT_BOUNDS[split]
     return (hi - lo) / 100
 
