@@ -154,6 +154,18 @@ class Context:
 CONTEXT_KEY = "stir_context"
 
 
+def exposure_notice() -> str | None:
+    """What every page says when the server listens beyond this machine (None on 127.0.0.1)."""
+    from stir_core.io.paths import allowed_roots, is_loopback
+
+    address = st.get_option("server.address")
+    if is_loopback(address):
+        return None
+    roots = ", ".join(f"`{r}`" for r in allowed_roots())
+    return (f"This app is served on {address or 'every network interface'}: anyone who can reach it can run "
+            f"the model. Libraries and models are read only under {roots} (STIR_ALLOWED_ROOTS adds folders).")
+
+
 def context() -> Context:
     """The Context the entry script stored for this run; stops the page with a message if there is none."""
     ctx = st.session_state.get(CONTEXT_KEY)

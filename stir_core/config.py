@@ -26,9 +26,13 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
+from stir_core.io.bounded import clip
+
 NONE_WORDS = ("none", "null")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
+INT_LIMIT = 2**63
+MAX_TEXT = 1000  # characters of a text knob
 
 
 class ConfigError(ValueError):
@@ -175,6 +179,7 @@ def resolve_layers(specs, n_layers: int) -> list[int]:
 
 
 def _where(section: str | None, name: str) -> str:
+    name = name if len(name) <= 60 else clip(name, 60)  # a user's key may be megabytes long
     return f"{section}.{name}" if section else name
 
 
@@ -193,7 +198,7 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
     ks = knobs(cls)
     where = _where(section, name)
     if name not in ks:
-        raise ConfigError(f"unknown field {where!r}; known: {', '.join(ks)}")
+        raise ConfigError(f"unknown field {clip(where)}; known: {', '.join(ks)}")
     k = ks[name]
     if isinstance(value, str) and k.type is not str:
         value = value.strip()
@@ -222,6 +227,9 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
                 value = int(value)
             elif not isinstance(value, int):
                 raise ValueError
+            if not -INT_LIMIT <= value < INT_LIMIT:  # seeds and counts go to numpy/torch/Parquet as int64
+                raise ConfigError(f"{where}: {clip(value)} is out of range; expected an integer that fits "
+                                  "in 64 bits")
         elif k.type is float:
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError
@@ -231,21 +239,24 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
         elif k.type is str:
             if not isinstance(value, str):
                 raise ValueError
+            if len(value) > MAX_TEXT:  # names, splits, delimiters: a megabyte of text is a mistake or an attack
+                raise ConfigError(f"{where}: {clip(value, 40)} is {len(value)} characters long; the limit is "
+                                  f"{MAX_TEXT}")
         elif k.type is list:
             specs = _layer_specs(value, where)
             if not specs:
-                raise ConfigError(f"{where}: expected {k.describe()}, at least one, got {value!r}")
+                raise ConfigError(f"{where}: expected {k.describe()}, at least one, got {clip(value)}")
             value = specs
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{where}: cannot read {value!r} as {k.describe()}") from None
+        raise ConfigError(f"{where}: cannot read {clip(value)} as {k.describe()}") from None
     if k.choices is not None and value not in k.choices:
-        raise ConfigError(f"{where}: {value!r} is not {k.describe()}")
+        raise ConfigError(f"{where}: {clip(value)} is not {k.describe()}")
     if k.type in (int, float) and (
             (k.min is not None and value < k.min) or (k.max is not None and value > k.max)
             or (k.gt is not None and value <= k.gt)):
-        raise ConfigError(f"{where}: {value!r} is out of range; expected {k.describe()}")
+        raise ConfigError(f"{where}: {clip(value)} is out of range; expected {k.describe()}")
     if k.type is str and k.choices is None and value == "":
         raise ConfigError(f"{where}: must not be empty")
     return value
@@ -263,11 +274,12 @@ def from_dict(cls: Any, d: dict | None, section: str | None = None, base: Any = 
     if d is None:
         d = {}
     if not isinstance(d, dict):
-        raise ConfigError(f"{section or cls.__name__}: expected a mapping of field: value, got {d!r}")
+        raise ConfigError(f"{section or cls.__name__}: expected a mapping of field: value, got {clip(d)}")
     ks = knobs(cls)
     unknown = [k for k in d if k not in ks]
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(_where(section, str(u)) for u in unknown)}; "
+        shown = ", ".join(_where(section, str(u)) for u in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+        raise ConfigError(f"unknown field(s) {shown}; "
                           f"known: {', '.join(ks)}")
     vals = {k: cast_value(cls, k, v, section) for k, v in d.items()}
     return replace(base, **vals) if base is not None else cls(**vals)
@@ -276,7 +288,7 @@ def from_dict(cls: Any, d: dict | None, section: str | None = None, base: Any = 
 def parse_assignment(cls: Any, spec: str, section: str | None = None) -> tuple[str, Any]:
     """`name=value` -> (name, typed value)."""
     if "=" not in spec:
-        raise ConfigError(f"{spec!r}: expected name=value")
+        raise ConfigError(f"{clip(spec)}: expected name=value")
     name, value = spec.split("=", 1)
     name = name.strip()
     return name, cast_value(cls, name, value, section)
@@ -285,7 +297,7 @@ def parse_assignment(cls: Any, spec: str, section: str | None = None) -> tuple[s
 def parse_values(cls: Any, spec: str, section: str | None = None) -> tuple[str, list]:
     """`name=v1,v2,...` -> (name, [typed values]) (a sweep)."""
     if "=" not in spec:
-        raise ConfigError(f"{spec!r}: expected name=v1,v2,...")
+        raise ConfigError(f"{clip(spec)}: expected name=v1,v2,...")
     name, values = spec.split("=", 1)
     name = name.strip()
     parts = [v for v in values.split(",") if v.strip()]
@@ -325,7 +337,7 @@ def check_layers(obj: Any, n_layers: int | None, library_layers: list[int] | Non
                 else:
                     layer = s
                 if k.layer and library_layers is not None and layer not in library_layers:
-                    raise ConfigError(f"{where}={s!r}: the library has no tools at that layer "
+                    raise ConfigError(f"{where}={clip(s)}: the library has no tools at that layer "
                                       f"(its layers: {sorted(library_layers)})")
 
 
@@ -334,6 +346,10 @@ def to_dict(obj: Any) -> dict:
 
 
 # --- the online knobs --------------------------------------------------------------------------------
+
+# Steering scales beyond this swamp any residual stream (library vectors have norms of ~10-100) and overflow
+# half precision; a decode that still goes non-finite is flagged in its trace (`online/health.py`).
+MAX_SCALE = 1e4
 
 ONLINE, GATE, RETRIEVAL, PREVIEW, STEER, BASELINE = (
     "decoding", "gate", "retrieval", "preview", "steering", "baselines")
@@ -357,11 +373,11 @@ class StirConfig:
                                  RETRIEVAL, optional=True, min=-1.0)
     top_l: int = knob(4, int, "L: corrections previewed per control point", PREVIEW, min=1)
     probe_tokens: int = knob(4, int, "tokens decoded per preview (discarded, counted)", PREVIEW, min=1)
-    probe_scale: float = knob(1.0, float, "scale of the vector while previewing", PREVIEW, min=0.0)
+    probe_scale: float = knob(1.0, float, "scale of the vector while previewing", PREVIEW, min=0.0, max=MAX_SCALE)
     beta: float = knob(1.0, float, "β: weight of the value Â in the score", GATE, min=0.0)
     rho: float = knob(0.1, float, "ρ: weight of the probe gain in the score", GATE, min=0.0)
     tau_null: float = knob(0.0, float, "τ_null: commit only when the best score ≥ τ_null", GATE)
-    k_scale: float = knob(1.0, float, "α = k_scale · Score of the winner", STEER, min=0.0)
+    k_scale: float = knob(1.0, float, "α = k_scale · Score of the winner", STEER, min=0.0, max=MAX_SCALE)
     positions: str = knob("last", str, "where the committed vector is added", STEER,
                           choices=("last", "segment", "last+segment"))
     center_keys: bool = knob(False, bool, "subtract the library's mean key before the cosine", RETRIEVAL)
@@ -385,7 +401,7 @@ class StirConfig:
                                         PREVIEW, optional=True, min=0)
     layer: int | None = knob(None, int, "restrict to one library layer (none: every layer in the library)",
                              STEER, optional=True, min=0, layer=True)
-    static_scale: float = knob(1.0, float, "α of the static baselines", BASELINE, min=0.0)
+    static_scale: float = knob(1.0, float, "α of the static baselines", BASELINE, min=0.0, max=MAX_SCALE)
     seed: int = knob(0, int, "seed of the random ablations", ONLINE, min=0)
 
     def __post_init__(self) -> None:

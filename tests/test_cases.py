@@ -98,6 +98,10 @@ def test_cli_writes_both_files_and_refuses_to_overwrite(tmp_path):
     r = runner.invoke(app, ["cases", str(run)])
     assert r.exit_code == 2 and "already exists" in r.output and "--force" in r.output
     assert md.read_text() == "mine" and not html.exists()  # refused before anything was written
+    r = runner.invoke(app, ["cases", str(run), "--force"])  # --force never replaces a file we did not write
+    assert r.exit_code == 2 and "was not written by stir cases" in r.output and md.read_text() == "mine"
+    md.unlink()
+    assert runner.invoke(app, ["cases", str(run)]).exit_code == 0
     assert runner.invoke(app, ["cases", str(run), "--force", "--top", "1"]).exit_code == 0
     assert "### 2." not in md.read_text() and "shown: 1 fixed and 1 broken" in md.read_text()
 

@@ -6,7 +6,6 @@ pairs: wins = steered right where vanilla was wrong, losses = the reverse).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,9 +18,11 @@ from stir_core import config as config_schema
 from stir_core.analysis.diagnostics import diagnose
 from stir_core.analysis.outcomes import mcnemar
 from stir_core.io import atomic, jsonio
+from stir_core.io.bounded import iter_jsonl, read_json
 from stir_core.io.versions import versions
 from stir_core.library.checks import check_prompts_fit
 from stir_core.library.format import ToolLibrary
+from stir_core.online import health
 from stir_core.online.methods import StirConfig, run_method
 from stir_core.online.trace import Trace
 from stir_core.runtime import distributed
@@ -105,6 +106,8 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
         answers = [task.extract(t.completion) for t in traces]
         correct_by[method] = correct
         summary[method] = summarise(traces, correct, wall, answers, config.max_new_tokens, model.eos_token_id)
+        if n_bad := health.flag(traces):  # non-finite or exploding activations: said, not hidden
+            summary[method]["non_finite_traces"] = n_bad
         for t, ex, ok, answer in zip(traces, examples, correct, answers, strict=True):
             rows.append({"example_id": ex.id, "method": method, "correct": ok, "n_tokens": t.n_tokens,
                          "probe_tokens": t.probe_tokens, "interventions": t.interventions,
@@ -164,8 +167,10 @@ def load_results(out_dir: str | Path) -> EvalResult:
     out = Path(out_dir)
     if not (out / "summary.json").is_file():
         raise ValueError(f"{out}: no summary.json (not an evaluation directory)")
-    s = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines() if line.strip()]
+    s = read_json(out / "summary.json", "summary")  # bounded: a damaged or hostile run names its file
+    if not isinstance(s, dict) or not {"methods", "config"} <= set(s):
+        raise ValueError(f"{out / 'summary.json'}: not an evaluation summary (no methods/config)")
+    rows = [r for _, r in iter_jsonl(out / "examples.jsonl", max_line_bytes=256 << 20, max_bytes=16 << 30)]
     return EvalResult(s["methods"], pd.DataFrame(rows), s["config"])
 
 

@@ -445,15 +445,12 @@ class ToolLibrary:
                 raise LibraryError(f"{path / f}: missing file")
         w_t, w_p, w_m = (str(path / f) for f in (TENSORS_FILE, TABLE_FILE, MANIFEST_FILE))
 
-        def no_constant(c: str) -> Any:
-            raise ValueError(f"non-JSON constant {c}")
+        from stir_core.io.bounded import InputError, read_json
 
-        try:
-            manifest = json.loads(
-                (path / MANIFEST_FILE).read_text(encoding="utf-8"), parse_constant=no_constant
-            )
-        except (ValueError, UnicodeDecodeError) as e:
-            raise LibraryError(f"{w_m}: not valid JSON ({e})") from e
+        try:  # size- and depth-capped (a manifest nested 200k deep used to overflow the stack)
+            manifest = read_json(path / MANIFEST_FILE, "manifest", max_bytes=64 << 20)
+        except InputError as e:
+            raise LibraryError(str(e)) from None
         _check_manifest(manifest, w_m)
         try:
             tensors = safetensors.torch.load_file(str(path / TENSORS_FILE))

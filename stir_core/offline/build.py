@@ -18,11 +18,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from stir_core import config
 from stir_core.config import ConfigError, MineConfig, SelectConfig
 from stir_core.io import atomic, jsonio, outputs
+from stir_core.io.bounded import clip, read_json
 from stir_core.library.format import ToolLibrary
 from stir_core.library.index import ToolIndex
 from stir_core.library.report import library_card
@@ -132,14 +131,14 @@ class BuildConfig:
         if d is None:
             d = {}
         if not isinstance(d, dict):
-            raise ConfigError(f"build config: expected a mapping with sections model, mine, select; got {d!r}")
+            raise ConfigError(f"build config: expected a mapping with sections model, mine, select; got {clip(d)}")
         unknown = set(d) - {"model", "mine", "select", "task", "online"}
         if unknown:
-            raise ConfigError(f"build config: unknown section(s) {sorted(unknown)}; expected model, task, mine, "
+            raise ConfigError(f"build config: unknown section(s) {clip(sorted(map(str, unknown)))}; expected model, task, mine, "
                               "select, online")
         model = d.get("model")
         if model is not None and (not isinstance(model, str) or not model.strip()):
-            raise ConfigError(f"build config: model must be a hub id or a path, got {model!r}")
+            raise ConfigError(f"build config: model must be a hub id or a path, got {clip(model)}")
         mine = d.get("mine")
         mine = dict(mine) if isinstance(mine, dict) else mine
         if isinstance(mine, dict) and isinstance(mine.get("clean_prefixes"), bool):
@@ -149,7 +148,7 @@ class BuildConfig:
             spec = _task_spec({"name": spec} if isinstance(spec, str) else spec)
             mine = dict(mine or {})
             if mine.get("task", spec.name) != spec.name:
-                raise ConfigError(f"build config: task.name is {spec.name!r} but mine.task is {mine['task']!r}; "
+                raise ConfigError(f"build config: task.name is {spec.name!r} but mine.task is {clip(mine['task'])}; "
                                   "give the task once, in the task section")
             mine["task"] = spec.name
         online = d.get("online") or {}
@@ -160,17 +159,15 @@ class BuildConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BuildConfig:
+        from stir_core.io.bounded import InputError, load_yaml
+
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"build config {p}: not found" + (" (it is a directory)" if p.is_dir() else ""))
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"build config {p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"build config {p}: not valid YAML ({' '.join(str(err).split())})") from None
+        try:  # no aliases, no duplicate keys, size-capped: the error names the file and the line
+            data = load_yaml(p)
+        except InputError as err:
+            raise ConfigError(f"build config {err}") from None
         try:
             return cls.from_dict(data or {})
         except ConfigError as err:
@@ -182,7 +179,7 @@ class BuildConfig:
 
 def _task_spec(d) -> TaskSpec:
     if not isinstance(d, dict):
-        raise ConfigError(f"build config [task]: expected a name or a mapping, got {d!r}")
+        raise ConfigError(f"build config [task]: expected a name or a mapping, got {clip(d)}")
     names = {f.name for f in fields(TaskSpec)}
     unknown = set(d) - names
     if unknown:
@@ -191,7 +188,7 @@ def _task_spec(d) -> TaskSpec:
         if d.get(key) is not None and not isinstance(d[key], dict):
             raise ConfigError(f"build config [task]: {key} must be a mapping, got {type(d[key]).__name__}")
     if not isinstance(d.get("name", "planted"), str):
-        raise ConfigError(f"build config [task]: name must be text, got {d['name']!r}")
+        raise ConfigError(f"build config [task]: name must be text, got {clip(d['name'])}")
     return TaskSpec(**d)
 
 
@@ -200,7 +197,7 @@ def check_task_stamp(out: str | Path, config: BuildConfig, task: Task) -> dict:
     (cheap: no model). Returns the description."""
     described = {**config.task_spec().describe(task), "clean_prefixes": config.effective_clean_prefixes(task)}
     stamp = Path(out) / "task.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != json.loads(jsonio.dumps(described)):
+    if stamp.exists() and read_json(stamp, "task stamp") != json.loads(jsonio.dumps(described)):
         raise ValueError(f"{out} was mined with a different task or different files ({stamp}); "
                          "use another run directory")
     return described
