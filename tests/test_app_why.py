@@ -9,10 +9,20 @@ import re
 import time
 
 import pytest
-from test_app import _app, _ok, _run_playground, app_env  # noqa: F401 - app_env is a fixture
+from helpers.app_library import PROMPT
+from helpers.app_pages import assert_ok as _ok
+from helpers.app_pages import column_texts, run_playground
+from helpers.app_pages import open_app as _app
 
 pytestmark = pytest.mark.usefixtures("app_env")
-MISSING = "/nonexistent/stir-model"
+
+
+def _missing() -> str:
+    """A model path that does not exist, inside the runs directory (an allowed root: outside one the app
+    refuses the path itself, which is the other test's case)."""
+    import os
+
+    return os.path.join(os.environ["STIR_RUNS"], "no-such-model")
 
 
 def _shown(markdown: str) -> str:
@@ -28,24 +38,27 @@ def _with_missing_model(at):
     """Point the sidebar at a local model path that does not exist; wait until its load has failed."""
     from app import loading
 
-    at.sidebar.text_input(key="sb_model_name").set_value(MISSING).run()
-    fut = loading.start_loading(MISSING, "auto", "auto")
+    at.sidebar.text_input(key="sb_model_name").set_value(_missing()).run()
+    fut = loading.start_loading(_missing(), "auto", "auto")
     assert fut.exception(timeout=120) is not None  # it fails (no such directory)
     return at.run()
 
 
-def test_missing_model_is_one_line_and_disables_run():
-    """Defect 1: a traceback (ModelLoadError) and "Loading the model…" forever; now one line, Run off."""
+@pytest.mark.parametrize(("where", "says"), [("runs", "does not exist"), ("outside", "Model not loaded")])
+def test_missing_model_is_one_line_and_disables_run(where, says):
+    """Defect 1: a traceback (ModelLoadError) and "Loading the model…" forever; now one line, Run off (a
+    path that does not exist under an allowed root, and one outside the allowed roots)."""
+    name = _missing() if where == "runs" else "/nonexistent/stir-model"
     at = _app()
     at.run()
     _ok(at)
-    at.sidebar.text_input(key="sb_model_name").set_value(MISSING).run()
+    at.sidebar.text_input(key="sb_model_name").set_value(name).run()
     at.button(key="x_run").click().run()  # pressed before the load is known to have failed
     assert not at.exception, [e.value for e in at.exception]
-    assert any("does not exist" in e for e in _errors(at))
+    assert any(says in e for e in _errors(at)), _errors(at)
     at.run()
     assert not at.exception
-    lines = [e for e in _errors(at) if "does not exist" in e]
+    lines = [e for e in _errors(at) if says in e]
     assert len(lines) == 1 and "\n" not in lines[0], lines  # said once, in one line
     assert at.button(key="x_run").disabled
     assert not any("Loading the model" in c.value for c in at.sidebar.caption)
@@ -154,8 +167,6 @@ def test_why_on_the_token_colour_modes_and_commit_effects():
     import json
     import os
 
-    from test_app import PROMPT
-
     from stir_core.analysis.effects import trace_effects
     from stir_core.library.format import ToolLibrary
     from stir_core.online.methods import StirConfig, run_method
@@ -164,7 +175,7 @@ def test_why_on_the_token_colour_modes_and_commit_effects():
 
     at = _app()
     at.run()
-    _run_playground(at)
+    run_playground(at, PROMPT)
     model = load_model(os.environ["STIR_MODEL"], device="cpu")
     lib = ToolLibrary.load(os.environ["STIR_LIBRARY"])
     ref = run_method(Engine(model), [model.format_prompt(PROMPT)], "stir", lib,
@@ -274,8 +285,6 @@ def test_strength_sweeps_one_prompt_and_a_batch():
     import json
     import os
 
-    from test_app import PROMPT, _column_texts
-
     from stir_core.analysis.evaluate import evaluate
     from stir_core.analysis.outcomes import mcnemar
     from stir_core.library.format import ToolLibrary
@@ -299,7 +308,7 @@ def test_strength_sweeps_one_prompt_and_a_batch():
     assert [at.number_input(key=f"pg{i}_k_scale").value for i in (1, 2)] == [0.5, 2.0]
     model = load_model(os.environ["STIR_MODEL"], device="cpu")
     lib = ToolLibrary.load(os.environ["STIR_LIBRARY"])
-    texts = _column_texts(at)
+    texts = column_texts(at)
     for text, k in zip(texts[1:], (0.5, 2.0), strict=True):
         ref = run_method(Engine(model), [model.format_prompt(PROMPT)], "stir", lib,
                          StirConfig(max_new_tokens=16, delimiter="\n", seed=0, k_scale=k))[0]

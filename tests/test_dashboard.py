@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from test_app import build_test_library
+from helpers.app_library import build_test_library
 
 from stir_core.analysis import dashboard as dash
 from stir_core.analysis import outcomes, projection, views
@@ -28,7 +28,8 @@ class NewlineTask:
     delimiter = "\n"
 
     def load(self, split="eval", n=None, seed=0):
-        return [Example(f"{split}{i}", ["3+4=7\n\n", "a\n\n", "5+5\n\n\n", "x\n\n"][i % 4] + str(i), "")
+        return [Example(id=f"{split}{i}",
+                        question=["3+4=7\n\n", "a\n\n", "5+5\n\n\n", "x\n\n"][i % 4] + str(i), answer="")
                 for i in range(n or 8)]
 
     def prompt(self, ex):
@@ -200,9 +201,13 @@ def test_where_it_fires_names_the_winner_when_another_tool_won():
     """#23 defect 7: "committed, α None" when another tool won; now the winner is named."""
     from stir_core.online.trace import Candidate, GateDecision, TokenRecord
 
-    cands = [Candidate(0, "A", "correction", 1, 0.9, 0.5, 0.45), Candidate(1, "B", "correction", 1, 0.8, 0.9, 0.72)]
-    d = GateDecision(1, 0, [1], cands, chosen="B", chosen_entry=1, reason="committed", alpha=0.7, layer=1)
-    t = Trace("stir", "p", "\n", [TokenRecord(0, 1, "\n", -0.1, 0, "B", 1.0, True)], [d])
+    cands = [Candidate(entry=0, tool_id="A", kind="correction", layer=1, sim=0.9, quality=0.5, value=0.45),
+             Candidate(entry=1, tool_id="B", kind="correction", layer=1, sim=0.8, quality=0.9, value=0.72)]
+    d = GateDecision(m=1, token_index=0, query_layers=[1], candidates=cands, chosen="B", chosen_entry=1,
+                     reason="committed", alpha=0.7, layer=1)
+    tok = TokenRecord(index=0, token_id=1, text="\n", logprob=-0.1, segment=0, tool="B", added_norm=1.0,
+                      is_delimiter=True)
+    t = Trace(method="stir", prompt="p", completion="\n", tokens=[tok], decisions=[d])
     ex = pd.DataFrame([{"example_id": "e0", "method": "stir", "correct": True, "trace_json": t.to_json()}])
     (fa,) = dash.firings("A", ex)
     (fb,) = dash.firings("B", ex)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_app import PROMPT, build_test_library
+from helpers.app_library import PROMPT, build_test_library
 
 from stir_core.analysis.effects import EffectsUnavailable, trace_effects
 from stir_core.online.methods import StirConfig, run_method

@@ -9,7 +9,7 @@ from stir_core.online.trace import Candidate
 
 
 def cand(entry, kind="correction", sim=0.9, q=1.0) -> Candidate:
-    return Candidate(entry, f"t{entry}", kind, 3, sim, q, sim * q)
+    return Candidate(entry=entry, tool_id=f"t{entry}", kind=kind, layer=3, sim=sim, quality=q, value=sim * q)
 
 
 KW = {"beta": 1.0, "rho": 0.1, "tau_null": 0.0, "k_scale": 1.0}

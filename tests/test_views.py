@@ -13,15 +13,18 @@ from stir_core.online.trace import Candidate, GateDecision, TokenRecord, Trace
 
 
 def make_trace(method: str, text: str, committed: bool) -> Trace:
-    toks = [TokenRecord(i, 10 + i, ch, -0.1 * i, 0) for i, ch in enumerate(text)]
+    toks = [TokenRecord(index=i, token_id=10 + i, text=ch, logprob=-0.1 * i,
+                        segment=0) for i, ch in enumerate(text)]
     decs = []
     if method != "vanilla":
-        cands = [Candidate(0, "t0", "correction", 1, 0.9, 1.0, 0.9, True, "x", -0.5, 0.2, 0.3),
-                 Candidate(1, "a0", "anchor", 1, 0.5, 0.2, 0.1)]
-        decs = [GateDecision(1, 0, [1], cands, 0.1, chosen="t0" if committed else None,
+        cands = [Candidate(entry=0, tool_id="t0", kind="correction", layer=1, sim=0.9, quality=1.0, value=0.9,
+                           previewed=True, probe_text="x", probe_logprob=-0.5, gain=0.2, score=0.3),
+                 Candidate(entry=1, tool_id="a0", kind="anchor", layer=1, sim=0.5, quality=0.2, value=0.1)]
+        decs = [GateDecision(m=1, token_index=0, query_layers=[1], candidates=cands, null_value=0.1,
+                             chosen="t0" if committed else None,
                              reason="committed" if committed else "below_tau"),
-                GateDecision(2, 1, [1], [], reason="no_entries")]
-    return Trace(method, "p", text, toks, decs)
+                GateDecision(m=2, token_index=1, query_layers=[1], candidates=[], reason="no_entries")]
+    return Trace(method=method, prompt="p", completion=text, tokens=toks, decisions=decs)
 
 
 def make_result() -> EvalResult:
@@ -122,11 +125,12 @@ def test_slice_table_by_labels_tools_and_commits():
     for i, ex in enumerate(exs):
         van_ok, stir_ok = i % 2 == 0, i % 3 != 0
         tool = ["t1", "t2", None][i % 3]
-        d = [GateDecision(1, 0, [1], chosen=tool, reason="committed" if tool else "below_tau")]
+        d = [GateDecision(m=1, token_index=0, query_layers=[1], chosen=tool,
+                          reason="committed" if tool else "below_tau")]
         rows.append({"example_id": ex.id, "method": "vanilla", "correct": van_ok,
-                     "trace_json": Trace("vanilla", "p", "").to_json()})
+                     "trace_json": Trace(method="vanilla", prompt="p", completion="").to_json()})
         rows.append({"example_id": ex.id, "method": "stir", "correct": stir_ok,
-                     "trace_json": Trace("stir", "p", "", decisions=d).to_json()})
+                     "trace_json": Trace(method="stir", prompt="p", completion="", decisions=d).to_json()})
     res = EvalResult({}, pd.DataFrame(rows), {"task": "planted", "split": "eval", "n": 12, "seed": 0})
     by_mode = slice_table(res, "mode").set_index("slice")
     for mode in by_mode.index:

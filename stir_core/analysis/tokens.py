@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
 
-from stir_core.analysis.views import diff_mask, token_interventions
-from stir_core.online.trace import GateDecision, Trace
+from stir_core.analysis.views import token_interventions
+from stir_core.online.trace import GateDecision, Trace, diff_mask
 
 COLOR_MODES = ("tool", "logp", "kl", "gain")
 COLOR_MODE_LABELS = {"tool": "committed tool", "logp": "log p", "kl": "KL(steered ‖ vanilla)",

@@ -1,6 +1,6 @@
 """View-models: what each app page draws, computed here so the pages only draw (and the CLI can reuse it).
 
-Trace helpers (`diff_mask`, `score_matrix`, `token_interventions`), the one builder of a Playground run's
+Trace helpers (`score_matrix`, `token_interventions`), the one builder of a Playground run's
 result (`playground_result` / `playground_column`, whether decoded live or opened from evaluation results:
 `eval_example_columns`), and one function per page: `playground_page` (with `gate_cards`) and
 `evaluate_page`. The Library page's numbers come from `projection`, `lens` and `dashboard` (one tool's
@@ -22,17 +22,13 @@ import numpy as np
 import pandas as pd
 
 from stir_core.analysis.outcomes import paired_outcomes
-from stir_core.online.trace import Trace
+
+# diff_mask lives with the trace records; re-exported here because app/figures.py imports it from views.
+from stir_core.online.trace import Trace, diff_mask  # noqa: F401
 
 if TYPE_CHECKING:  # evaluate.py and dashboard.py pull in the engine; the views only read their results
     from stir_core.analysis.dashboard import ToolDashboard
     from stir_core.analysis.evaluate import EvalResult
-
-
-def diff_mask(reference: list[int], tokens: list[int]) -> list[bool]:
-    """Per token of `tokens`: True where it differs from `reference` at the same position (or the
-    reference has ended)."""
-    return [i >= len(reference) or t != reference[i] for i, t in enumerate(tokens)]
 
 
 @dataclass
@@ -71,7 +67,7 @@ def score_matrix(trace: Any) -> ScoreMatrix:
     return ScoreMatrix(rows, cols, z, chosen)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenIntervention:
     """What acted on one generated token: the committed tool governing its segment (if any)."""
 
@@ -86,7 +82,8 @@ def token_interventions(trace: Any) -> list[TokenIntervention]:
     """Per token of a `Trace`: the governing commit. A decision at token t governs tokens t..t+commit_tokens
     (its delimiter, re-run with the vector under `positions=last`, and the segment decoded after it)."""
     out = [
-        TokenIntervention(t.tool, 0.0, t.tool is not None, float(t.added_norm), None) for t in trace.tokens
+        TokenIntervention(tool=t.tool, alpha=0.0, direct=t.tool is not None, added_norm=float(t.added_norm),
+                          m=None) for t in trace.tokens
     ]
     for d in trace.decisions:
         if d.chosen is None:
@@ -94,9 +91,8 @@ def token_interventions(trace: Any) -> list[TokenIntervention]:
         hi = min(len(out) - 1, d.token_index + d.commit_tokens)
         for i in range(max(0, d.token_index), hi + 1):
             rec = out[i]  # a direct add keeps its own tag (e.g. "random~<id>" for the random-vector ablation)
-            out[i] = TokenIntervention(
-                rec.tool if rec.direct else d.chosen, float(d.alpha), rec.direct, rec.added_norm, d.m
-            )
+            out[i] = TokenIntervention(tool=rec.tool if rec.direct else d.chosen, alpha=float(d.alpha),
+                                       direct=rec.direct, added_norm=rec.added_norm, m=d.m)
     return out
 
 
@@ -214,12 +210,13 @@ def grade_prompt(prompt: str) -> Gold | None:
             total = start
             for sign, d in ops:
                 total = total + d if sign == "+" else total - d
-            ex = Example("prompt", m.group(1) + m.group(2), str(total % 10 if name == "planted" else total))
+            ex = Example(id="prompt", question=m.group(1) + m.group(2),
+                         answer=str(total % 10 if name == "planted" else total))
         return Gold(task=name, example=ex, answer=str(ex.answer))
     return None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PlaygroundPage:
     """What the Playground draws for one result."""
 
@@ -254,9 +251,11 @@ def playground_page(result: dict) -> PlaygroundPage:
     for t in traces if gold is not None else []:
         ok, got = gold.verdict(t.completion)
         graded.append(f"✓ {got}" if ok else f"✗ {got if got is not None else 'no answer'} (gold {gold.answer})")
-    return PlaygroundPage(traces, labels, captions, next((t for t in traces if t.method == "vanilla"), None),
-                          [i for i, t in enumerate(traces) if t.decisions], header,
-                          pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), gold, graded)
+    return PlaygroundPage(traces=traces, labels=labels, captions=captions,
+                          reference=next((t for t in traces if t.method == "vanilla"), None),
+                          steered=[i for i, t in enumerate(traces) if t.decisions], header=header,
+                          all_tokens=pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(),
+                          gold=gold, graded=graded)
 
 
 # --- the Evaluate page -----------------------------------------------------------------------------
@@ -367,7 +366,7 @@ def format_scales(scales: Sequence[float]) -> str:
     return ", ".join(f"{s:g}" for s in scales)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ToolTables:
     """The tables the Library page shows (and exports) for one tool's dashboard."""
 
@@ -406,7 +405,8 @@ def tool_tables(board: ToolDashboard, entry: pd.Series) -> ToolTables:
             "suppressed": [None if t is None else repr(t) for t, _ in sup], "logit −": [v for _, v in sup],
         })
     neighbours = pd.DataFrame([asdict(n) for n in board.neighbours], columns=["by", "id", "kind", "m", "layer", "cos"])
-    return ToolTables(metadata, contrasts, firings, lens, neighbours)
+    return ToolTables(metadata=metadata, contrasts=contrasts, firings=firings, lens=lens,
+                      neighbours=neighbours)
 
 
 def similarity_labels(table: pd.DataFrame, rows: Sequence[int]) -> list[str]:

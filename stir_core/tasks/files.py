@@ -7,7 +7,6 @@ alternatives) are in `docs/tasks.md`. Bad files fail loudly, naming the file, th
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -17,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from stir_core.io.bounded import clip
 from stir_core.tasks import register_task
 from stir_core.tasks.base import SPLITS, Example
 from stir_core.tasks.extract import (
@@ -84,7 +84,11 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    from stir_core.io.bounded import check_size, iter_jsonl, read_text
+    from stir_core.io.bounded import loads as json_loads
+
     rows: list[tuple[str, dict[str, Any]]] = []
+    check_size(path, "task")  # refused by its size before a byte is read (a 1 GiB file is not parsed)
     if suffix in (".parquet", ".pq"):
         import pandas as pd
 
@@ -95,22 +99,13 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         for i, rec in enumerate(frame.to_dict("records"), start=1):
             rows.append((f"{path.name} row {i}", {str(k): _plain(v) for k, v in rec.items()}))
     else:
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".json" and text.lstrip().startswith("["):
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+        if suffix == ".json" and head.startswith(b"["):
+            items = json_loads(read_text(path, "task"), str(path))
             located = [(f"{path.name} item {i}", r) for i, r in enumerate(items, start=1)]
-        else:
-            located = []
-            for i, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    located.append((f"{path.name} line {i}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path.name} line {i}: not valid JSON ({e.msg})") from e
+        else:  # JSON Lines, streamed one bounded line at a time (binary garbage names the file and line)
+            located = [(f"{path.name} line {i}", rec) for i, rec in iter_jsonl(path)]
         for where, rec in located:
             if not isinstance(rec, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
@@ -128,7 +123,7 @@ def _get(rec: dict[str, Any], names: Sequence[str], where: str, required: bool =
     if not required:
         return None
     also = f" (also accepted: {', '.join(names[1:])})" if len(names) > 1 else ""
-    raise ValueError(f"{where}: missing field {names[0]!r}{also}; the row has {sorted(rec)}")
+    raise ValueError(f"{where}: missing field {names[0]!r}{also}; the row has {clip(sorted(rec), 200)}")
 
 
 def _text(rec: dict[str, Any], names: Sequence[str], where: str, required: bool = True) -> str | None:
@@ -169,11 +164,12 @@ def parse_gsm8k(rec: dict[str, Any], where: str, name: str, index: int) -> Examp
     raw = final.strip() if sep else answer
     gold = normalize_number(raw)
     if gold is None:
-        raise ValueError(f"{where}: field 'answer': final answer {raw!r} is not a number")
+        raise ValueError(f"{where}: field 'answer': final answer {clip(raw)} is not a number")
     worked = body if sep else _text(rec, SOLUTION_FIELDS, where, required=False)
     steps = _steps(worked) if worked else []
     solution = "\n\n".join([*steps, f"#### {raw}"]) if steps else None
-    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+    return Example(id=_row_id(rec, name, index), question=question, answer=gold, solution=solution,
+                   meta=_meta(rec, answer_raw=raw))
 
 
 def parse_math(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
@@ -185,12 +181,13 @@ def parse_math(rec: dict[str, Any], where: str, name: str, index: int) -> Exampl
     if raw is None:
         raise ValueError(
             f"{where}: missing field 'answer' (also accepted: {', '.join(NUMBER_ANSWER_FIELDS[1:])}, "
-            f"or a 'solution' with a \\boxed{{}} answer); the row has {sorted(rec)}"
+            f"or a 'solution' with a \\boxed{{}} answer); the row has {clip(sorted(rec), 200)}"
         )
     gold = normalize_latex(raw)
     if not gold:
-        raise ValueError(f"{where}: field 'answer' {raw!r} is empty after normalisation")
-    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+        raise ValueError(f"{where}: field 'answer' {clip(raw)} is empty after normalisation")
+    return Example(id=_row_id(rec, name, index), question=question, answer=gold, solution=solution,
+                   meta=_meta(rec, answer_raw=raw))
 
 
 def parse_integer(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
@@ -198,9 +195,10 @@ def parse_integer(rec: dict[str, Any], where: str, name: str, index: int) -> Exa
     raw = _text(rec, NUMBER_ANSWER_FIELDS, where)
     gold = normalize_number(raw)
     if gold is None or not re.fullmatch(r"-?\d+", gold):
-        raise ValueError(f"{where}: field 'answer' {raw!r} is not an integer ({name} answers are integers)")
+        raise ValueError(f"{where}: field 'answer' {clip(raw)} is not an integer ({name} answers are integers)")
     solution = _text(rec, SOLUTION_FIELDS, where, required=False)
-    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+    return Example(id=_row_id(rec, name, index), question=question, answer=gold, solution=solution,
+                   meta=_meta(rec, answer_raw=raw))
 
 
 def _choices(value: Any, where: str) -> tuple[list[str], list[str]]:
@@ -253,16 +251,17 @@ def parse_choice(rec: dict[str, Any], where: str, name: str, index: int) -> Exam
     elif str(key).strip() in labels:
         pos = labels.index(str(key).strip())
     else:
-        raise ValueError(f"{where}: field 'answerKey' {key!r} is not one of the option labels {labels}")
+        raise ValueError(f"{where}: field 'answerKey' {clip(key)} is not one of the option labels {labels}")
     letters = list(CHOICE_LETTERS[: len(texts)])
     meta = _meta(rec, choices=texts, letters=letters, labels_raw=labels, answer_raw=key)
-    return Example(_row_id(rec, name, index), question, letters[pos], None, meta)
+    return Example(id=_row_id(rec, name, index), question=question, answer=letters[pos], solution=None,
+                   meta=meta)
 
 
 # --- the task -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FileFormat:
     """What differs between file tasks: how a row becomes an Example, the prompt, how answers compare."""
 
@@ -294,12 +293,18 @@ def extract_integer(completion: str) -> str | None:
 FORMATS = {
     f.name: f
     for f in (
-        FileFormat("gsm8k", "number", parse_gsm8k, GSM8K_TEMPLATE, extract_number),
-        FileFormat("math500", "latex", parse_math, MATH_TEMPLATE, extract_math),
-        FileFormat("aime", "number", parse_integer, INTEGER_TEMPLATE, extract_integer),
-        FileFormat("amc", "number", parse_integer, INTEGER_TEMPLATE, extract_integer),
-        FileFormat("arc-challenge", "choice", parse_choice, CHOICE_TEMPLATE, extract_choice),
-        FileFormat("openbookqa", "choice", parse_choice, CHOICE_TEMPLATE, extract_choice),
+        FileFormat(name="gsm8k", kind="number", parse=parse_gsm8k, template=GSM8K_TEMPLATE,
+                   extract=extract_number),
+        FileFormat(name="math500", kind="latex", parse=parse_math, template=MATH_TEMPLATE,
+                   extract=extract_math),
+        FileFormat(name="aime", kind="number", parse=parse_integer, template=INTEGER_TEMPLATE,
+                   extract=extract_integer),
+        FileFormat(name="amc", kind="number", parse=parse_integer, template=INTEGER_TEMPLATE,
+                   extract=extract_integer),
+        FileFormat(name="arc-challenge", kind="choice", parse=parse_choice, template=CHOICE_TEMPLATE,
+                   extract=extract_choice),
+        FileFormat(name="openbookqa", kind="choice", parse=parse_choice, template=CHOICE_TEMPLATE,
+                   extract=extract_choice),
     )
 }
 
@@ -370,7 +375,7 @@ class FileTask:
         for role, column in self.fields.items():
             if column not in rec:
                 raise ValueError(f"{where}: no column {column!r} (mapped to {role!r} by fields); "
-                                 f"the row has {sorted(rec)}")
+                                 f"the row has {clip(sorted(rec), 200)}")
             out[FIELD_ROLES[role]] = rec[column]
         return out
 
@@ -379,7 +384,7 @@ class FileTask:
         for i, (where, rec) in enumerate(read_records(self.paths[split])):
             ex = self.format.parse(self._rename(rec, where), where, self.name, i)
             if ex.id in seen:
-                raise ValueError(f"{where}: duplicate id {ex.id!r} (first at {seen[ex.id]})")
+                raise ValueError(f"{where}: duplicate id {clip(ex.id)} (first at {seen[ex.id]})")
             seen[ex.id] = where
             rows.append(ex)
         return rows
@@ -403,7 +408,7 @@ class FileTask:
                     first = hashes[a][min(shared)]
                     raise ValueError(
                         f"task {self.name!r}: {len(shared)} problem(s) of the {a} file {self.paths[a].name!r} "
-                        f"also appear in the {b} file {self.paths[b].name!r} (e.g. id {first!r}); splits must "
+                        f"also appear in the {b} file {self.paths[b].name!r} (e.g. id {clip(first)}); splits must "
                         "not share problems, so mining never sees an evaluation problem"
                     )
         self._checked = True

@@ -1,0 +1,47 @@
+"""The Streamlit app under `streamlit.testing` (AppTest): open a page with a query, check it drew cleanly."""
+
+from __future__ import annotations
+
+import html
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "app" / "Home.py"
+sys.path.insert(0, str(REPO))  # the `app` package (not installed; `streamlit run` adds it the same way)
+
+
+def open_app(**query):
+    """An AppTest of app/Home.py with `query` as its URL parameters (not run yet)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params.update(query)
+    return at
+
+
+def assert_ok(at) -> None:
+    """The page ran without an exception or an error box."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def column_texts(at) -> list[str]:
+    """The completion text of each Playground column (token spans, HTML unescaped)."""
+    out = []
+    for md in at.markdown:
+        if 'class="stir-tokens"' in md.value:
+            spans = re.findall(r'<span class="tok[^"]*" title="[^"]*" style="[^"]*">(.*?)</span>', md.value, re.S)
+            out.append(html.unescape("".join(spans)))
+    return out
+
+
+def run_playground(at, prompt: str, tokens: int = 24, delimiter: str = "\\n"):
+    """Type `prompt`, the delimiter (escaped) and the token budget into the Playground, press Run."""
+    at.text_area(key="pg_prompt").set_value(prompt)
+    at.text_input(key="pg_delim").set_value(delimiter)
+    at.number_input(key="pg_tokens").set_value(tokens)
+    at.button(key="x_run").click().run()
+    assert_ok(at)
+    return at
