@@ -413,6 +413,8 @@ class StirConfig:
 
 
 RECOMMENDED_KEY = "recommended_online"
+# The tool dashboard's α-sweep scales (`stir dashboard --scales`, the Library page): defined once, here.
+ALPHA_SWEEP_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 def recommended(manifest: dict | None) -> dict[str, Any]:

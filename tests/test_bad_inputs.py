@@ -471,7 +471,8 @@ def test_app_deep_link_above_the_token_cap_is_clamped_visibly(app_env, monkeypat
     assert any("per-request cap" in w for w in _texts(at.warning))
 
 
-def test_app_prompt_longer_than_the_context_is_truncated_with_a_warning(app_env):
+def test_app_prompt_longer_than_the_context_is_refused(app_env):
+    """Refused in one line before decoding, as the README says (#23 defect 6: it was truncated)."""
     at = _at()
     at.run()
     at.text_area(key="pg_prompt").set_value("1+" * 600 + "1=")  # 1202 characters, 512 positions
@@ -479,8 +480,8 @@ def test_app_prompt_longer_than_the_context_is_truncated_with_a_warning(app_env)
     at.number_input(key="pg_tokens").set_value(16)
     at.button(key="x_run").click().run()
     _no_crash(at)
-    assert not at.error, _texts(at.error)
-    assert any("did not fit the model's context" in w for w in _texts(at.warning)), _texts(at.warning)
+    errors = [e for e in _texts(at.error) if "context is 512 positions" in e]
+    assert len(errors) == 1 and not _texts(at.warning), (_texts(at.error), _texts(at.warning))
 
 
 def test_app_empty_prompt_is_refused(app_env):

@@ -19,14 +19,14 @@ import torch
 
 from stir_core.analysis.lens import lens_for_model
 from stir_core.analysis.projection import cosine_matrix, nearest_neighbors
-from stir_core.analysis.views import DEFAULT_SCALES
+from stir_core.config import ALPHA_SWEEP_SCALES
 from stir_core.io import jsonio
 from stir_core.library.format import ToolLibrary
 from stir_core.online.trace import Trace, diff_mask
 from stir_core.runtime.engine import Engine, Steer
 from stir_core.runtime.locks import serialised
 
-SCALES = DEFAULT_SCALES  # the α-sweep's scales: defined once, in views
+SCALES = ALPHA_SWEEP_SCALES  # the α-sweep's scales: defined once, in stir_core.config
 CONTEXT_CHARS = (80, 60)  # text shown before (up to and including the delimiter) / after a control point
 
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from stir_core.analysis.views import token_interventions
 from stir_core.online.trace import Trace
 from stir_core.runtime.backend import DEFAULT_HOOK_POINT, hook_name
 
@@ -63,12 +62,15 @@ class EffectsUnavailable(ValueError):
 
 def _additions(trace: Trace, library: Any) -> list[tuple[int, int, int, torch.Tensor]]:
     """(generated-token index, control point m, layer, α·vector) of every addition the decode made."""
-    decisions = {d.m: d for d in trace.decisions if d.committed}
+    commits = [d for d in trace.decisions if d.committed]
     out = []
-    for tok, iv in zip(trace.tokens, token_interventions(trace), strict=True):
+    for tok in trace.tokens:
         if tok.tool is None:
             continue
-        d = decisions.get(iv.m) if iv.m is not None else None
+        # the commit governing this token: the last one whose span (its delimiter .. + commit_tokens) holds it
+        # (as `views.token_interventions` reads it; not imported: views -> dashboard -> effects would cycle)
+        d = next((d for d in reversed(commits) if d.token_index <= tok.index <= d.token_index + d.commit_tokens),
+                 None)
         if d is None or d.chosen_entry is None or d.layer is None or tok.tool != d.chosen:
             raise EffectsUnavailable(
                 f"token {tok.index} carries the addition {tok.tool!r}, which no committed library entry "

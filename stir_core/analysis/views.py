@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from stir_core.analysis.outcomes import paired_outcomes
+from stir_core.config import ALPHA_SWEEP_SCALES
 
 # diff_mask lives with the trace records; re-exported here because app/figures.py imports it from views.
 from stir_core.online.trace import Trace, diff_mask  # noqa: F401
@@ -358,7 +359,7 @@ def slice_table(res: EvalResult, by: str, method: str | None = None) -> pd.DataF
 
 # --- the Library page ------------------------------------------------------------------------------
 
-DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)  # the α-sweep's scales (dashboard.SCALES, the page's text box)
+DEFAULT_SCALES = ALPHA_SWEEP_SCALES  # the α-sweep's scales: defined once, in stir_core.config
 
 
 def format_scales(scales: Sequence[float]) -> str:
