@@ -269,11 +269,10 @@ def test_fork_and_steering_match_manual_forward(arch, name):
     assert state.rows[0].tokens[5:] == fork.rows[0].tokens[5:]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="known limit (README, 'Sliding-window layers'): the re-run delimiter leaves a masked slot "
-    "that a sliding-window layer counts inside its window")) if n in SLIDING else n for n in ALL])
+@pytest.mark.parametrize("name", ALL)
 def test_last_position_steer_matches_manual_forward(arch, name):
-    """`last`: the row's last token re-run with the vector equals a full forward adding it at that position."""
+    """`last`: the row's last token re-run with the vector equals a full forward adding it at that position
+    (sliding-window families included: the re-run overwrites the delimiter's position in place)."""
     _, model, engine = arch(name)
     layer = model.n_layers - 1
     vec = random_vector(engine, model, layer, seed=2)

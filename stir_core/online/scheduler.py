@@ -7,14 +7,15 @@ action's probe: it keeps decoding, greedily, exactly as vanilla would. When ever
 
 - the null action wins (most control points): the main lane's probe tokens are kept as real progress, so
   the null action cost no step at all;
-- a correction wins: the main lane rolls back to the control point (its probe slots are masked, its
+- a correction wins: the main lane rolls back to the control point (its slot's length set back, its
   records truncated) and re-runs the delimiter with α·v; when the commit persists and α equals the probe
   scale, the winner's probe lane simply becomes the main lane;
 - commit scope `segment` (the reference): the committed segment is decoded by a `driver` lane with the
   vector while the main lane *shadows* it, fed the same tokens without the vector. When the segment closes
   the driver leaves and the main lane holds the unsteered cache: the reference's re-prefill, for free.
 
-Lanes that finish leave the batch; previews join it (one gather of the cache per change). Tokens and
+Lanes that finish free their slot; previews take free slots (a copy of one slot's filled range), and the
+pool is rebuilt only when spawns outnumber free slots or free slots pile up. Tokens and
 decisions equal the segment-synchronous path's (`segmented.py`) under greedy decoding: parity tests.
 """
 
@@ -39,7 +40,7 @@ class Snapshot:
     n_tokens: int
     stream: TextStream
     logits: torch.Tensor  # [d_vocab]
-    width: int  # cache slots then; later slots of the lane are masked on roll-back
+    length: int  # the lane's slot length then; a roll-back sets it back
     finished: bool
     n_captures: int
 
@@ -130,12 +131,7 @@ class _Run:
         lanes = [self.lanes[i] for i in keep] + [new for _, new in self.spawns]
         self.spawns = []
         if order:
-            kept = self.engine.regroup(self.state, order)
-            if kept is not None:  # slots moved: snapshots count slots, so map their widths
-                for pend in self.pending.values():
-                    for snap in (pend.snapshot, pend.keep):
-                        if snap is not None:
-                            snap.width = int((kept < snap.width).sum())
+            self.engine.regroup(self.state, order)
         self.lanes = lanes
         self.late_rollbacks()
 
@@ -148,13 +144,12 @@ class _Run:
     def snapshot(self, lane: Lane) -> Snapshot:
         b = self.idx(lane)
         row = self.state.rows[b]
-        return Snapshot(len(row.tokens), row.stream.copy(), self.state.logits[b].clone(), self.state.mask.shape[1],
-                        row.finished, len(row.captures))
+        return Snapshot(len(row.tokens), row.stream.copy(), self.state.logits[b].clone(),
+                        int(self.state.lengths[b]), row.finished, len(row.captures))
 
     def rollback(self, lane: Lane, snap: Snapshot) -> None:
         b = self.idx(lane)
-        self.state.mask = self.state.mask.clone()
-        self.state.mask[b, snap.width:] = 0
+        self.engine.rollback(self.state, b, snap.length)
         self.state.logits[b] = snap.logits
         row = self.state.rows[b]
         row.truncate(snap.n_tokens, snap.stream.copy())

@@ -107,47 +107,20 @@ def preview(engine: Engine, state: DecodeState, plans: Sequence[Plan], sched: Sc
     return out
 
 
-def feed_many(engine: Engine, state: DecodeState, seqs: dict[int, list[int]]) -> dict[int, torch.Tensor]:
-    """Feed several tokens to some rows in one forward (right-aligned; other rows get masked pads).
-
-    Updates the cache, mask and the fed rows' logits; returns captured states at each fed row's last token
-    `{layer: [batch, d_model]}`.
-    """
-    width = max(len(t) for t in seqs.values())
-    n = len(state.rows)
-    ids = torch.full((n, width), engine.model.pad_token_id, dtype=torch.long)
-    new_mask = torch.zeros((n, width), dtype=torch.long)
-    for b, toks in seqs.items():
-        if toks:
-            ids[b, width - len(toks):] = torch.tensor(toks)
-            new_mask[b, width - len(toks):] = 1
-    logits, cache, mask, captured = engine._forward(state, ids.to(engine.device), new_mask.to(engine.device),
-                                                    None, state.capture_layers)
-    state.cache, state.mask = cache, mask
-    fed = torch.zeros(n, dtype=torch.bool)
-    fed[list(seqs)] = True
-    state.logits = torch.where(fed.to(state.logits.device)[:, None], logits[:, -1], state.logits)
-    return {layer: x[:, -1] for layer, x in captured.items()}
-
-
-def unsteer(engine: Engine, state: DecodeState, commits: dict[int, tuple[int, int, int]]) -> None:
+def unsteer(engine: Engine, state: DecodeState, commits: dict[int, tuple[int, int]]) -> None:
     """Scope `segment`: re-run committed segments unsteered from the cache before the commit.
 
-    `commits[b] = (orig_slot, refeed_slot, token_index)`: the delimiter's own (unsteered) slot, the slot of
-    its steered re-run, and the delimiter's index among the row's tokens. Later slots of the row are the
-    segment's; they are masked out and the segment's tokens fed again without any vector.
+    `commits[b] = (position, token_index)`: the delimiter's position in the row's slot and its index among
+    the row's tokens. The slot is rolled back to the delimiter and the delimiter and the segment's tokens
+    are fed again without any vector.
     """
     seqs = {}
-    state.mask = state.mask.clone()
-    for b, (orig, refeed, t0) in commits.items():
-        state.mask[b, refeed:] = 0
-        state.mask[b, orig] = 1
-        seqs[b] = state.rows[b].tokens[t0 + 1:]
-    captured = feed_many(engine, state, {b: t for b, t in seqs.items() if t})
-    for b, toks in seqs.items():
+    for b, (pos, t0) in commits.items():
+        engine.rollback(state, b, pos)
+        seqs[b] = state.rows[b].tokens[t0:]
+    captured = engine.feed_many(state, seqs)
+    for b in seqs:
         row = state.rows[b]
-        if not toks:
-            continue
         t = len(row.tokens) - 1
         if captured and row.captures and row.captures[-1].token_index == t:
             states = torch.stack([captured[layer][b].cpu() for layer in state.capture_layers])
@@ -181,10 +154,9 @@ def run_segmented(engine: Engine, state: DecodeState, policy: Policy | None, sch
             steers[plan.point.row] = policy.resolve(plan, null, cands)
         commits = {}
         if sched.scope == "segment":
-            last_slot = state.mask.shape[1] - 1 - state.mask.flip(1).argmax(1)
             for b, s in enumerate(steers):
                 if s is not None:
-                    commits[b] = (int(last_slot[b]), state.mask.shape[1], len(state.rows[b].tokens) - 1)
+                    commits[b] = (int(state.lengths[b]) - 1, len(state.rows[b].tokens) - 1)
         engine.refeed_last(state, steers)
         active = [False] * n
         for p in points:

@@ -1,17 +1,19 @@
 """One decoding engine for every stage: mining rollouts, previews, commits and baselines.
 
-Batched incremental decoding over a `TransformerBridge` with Hugging Face's KV cache. Rows are left-padded
-and may have holes: every forward feeds one token per row (a pad with mask 0 for idle rows), and position
-ids come from the cumulative attention mask, so rows advance independently inside one physical cache.
+Batched incremental decoding over a `TransformerBridge` and a static slot pool (`stir_core/runtime/slots.py`):
+each row of a `DecodeState` is one slot with its own length; every forward feeds one token per row (rows
+fed nothing write to the pool's scratch column), at the row's own position, so rows advance independently
+and a position is never left as a masked hole.
 
 Vocabulary (per row b):
 - a **steer** adds `scale * vector` at its hook point (resid_post of `layer` unless its library's manifest
   says otherwise: `Steer.hook`), at the last prefix token (`last`:
-  the delimiter is re-run with the vector, its old cache slot masked out), at every token generated in the
-  segment (`segment`), or both;
+  the delimiter is re-run with the vector, overwriting its own position in place), at every token generated
+  in the segment (`segment`), or both;
 - a **capture** records resid_post at chosen layers whenever a generated token completes `capture_at`
   (the segment delimiter): the control-point states, taken from the decode itself, no extra forward;
-- a **fork** copies rows (repeats allowed) into an independent state, to preview continuations.
+- a **fork** copies rows' filled ranges (repeats allowed) into an independent state, to preview
+  continuations; a **rollback** sets a row's length.
 
 Hooks are attached for one forward at a time through `bridge.hooks(...)`, so none stay attached.
 """
@@ -23,9 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stir_core.runtime.backend import DEFAULT_HOOK_POINT, Backend, KVCache, hook_name
+from stir_core.runtime.backend import DEFAULT_HOOK_POINT, Backend, hook_name
 from stir_core.runtime.model import LoadedModel
 from stir_core.runtime.segment import TextStream
+from stir_core.runtime.slots import SlotCache
 
 DELIMITER = "\n\n"
 
@@ -141,16 +144,20 @@ class Row:
         self.finished = False
 
 
-@dataclass
-class DecodeState:
-    """A batch in flight: KV cache, attention mask over physical slots, next-token logits, rows.
+# Positions a new pool gets beyond its longest prompt; it grows (a copy) only past them.
+HEADROOM = 64
 
-    `mask` `[batch, slots]` long (0 = a hole: left padding, a re-run token's old slot, a rolled-back
-    token); `logits` `[batch, d_vocab]` float32, each row's next-token logits.
+
+@dataclass(kw_only=True)
+class DecodeState:
+    """A batch in flight: one slot per row in a static pool, each slot's length, next-token logits, rows.
+
+    `lengths` `[batch]` long on CPU: positions `[0, length)` of the row's slot hold its prompt and fed
+    tokens; `logits` `[batch, d_vocab]` float32, each row's next-token logits.
     """
 
-    cache: KVCache
-    mask: torch.Tensor
+    cache: SlotCache
+    lengths: torch.Tensor
     logits: torch.Tensor
     rows: list[Row]
     capture_layers: tuple[int, ...] = ()
@@ -217,17 +224,15 @@ class Engine:
 
     # ---- low level -------------------------------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, state: DecodeState | None, input_ids: torch.Tensor, new_mask: torch.Tensor,
-                 adds: dict[int, torch.Tensor] | None, capture_layers: Sequence[int], keep: str = "last"):
-        """Feed `input_ids` [batch, t] after the cached slots.
+    def _forward(self, cache: SlotCache, input_ids: torch.Tensor, qpos: torch.Tensor,
+                 adds: dict[int | str, torch.Tensor] | None, capture_layers: Sequence[int], keep: str = "last"):
+        """Feed `input_ids` `[batch, t]` at positions `qpos` `[batch, t]` (-1: nothing fed) of `cache`'s slots.
 
         `adds[layer]` is [batch, t, d_model] (or [batch, 1, d_model] for t == 1) added to resid_post;
         `adds[name]` (a hook name, `Steer.add_key`) adds at that hook instead.
         Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
-        None for keep="none" —, cache, mask, {layer: resid_post [batch, t, d_model]}).
+        None for keep="none" —, {layer: resid_post [batch, t, d_model]}).
         """
-        mask = new_mask if state is None else torch.cat([state.mask, new_mask], dim=1)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
         captured: dict[int, torch.Tensor] = {}
         hooks = []
         for layer in sorted(set(capture_layers) | {k for k in adds or {} if isinstance(k, int)}):
@@ -244,35 +249,41 @@ class Engine:
         for name, add in (adds or {}).items():
             if isinstance(name, str):  # a steer at another hook point than resid_post (its manifest's)
                 hooks.append((name, lambda x, hook, add=add: x + add.to(x.device, x.dtype)))
-        cache = self.backend.new_cache() if state is None else state.cache
         self.forwards += 1
         self.row_positions += input_ids.numel()
-        logits = self.backend.forward(input_ids, mask, pos, cache, hooks, keep=keep)
-        return (None if logits is None else logits.float()), cache, mask, captured
+        logits = self.backend.forward(input_ids, qpos, cache, hooks, keep=keep)
+        return (None if logits is None else logits.float()), captured
 
     def _padded(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids and mask `[batch, width]` on the model's device."""
+        """Left-padded ids `[batch, width]` on the model's device and their positions `[batch, width]`
+        (0.. for each sequence's tokens, -1 for padding)."""
         width = max(len(p) for p in seqs)
         ids = torch.full((len(seqs), width), self.model.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        qpos = torch.full((len(seqs), width), -1, dtype=torch.long)
         for b, p in enumerate(seqs):
             ids[b, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[b, width - len(p):] = 1
-        return ids.to(self.device), mask.to(self.device)
+            qpos[b, width - len(p):] = torch.arange(len(p))
+        return ids.to(self.device), qpos
+
+    def new_pool(self, n_slots: int, longest: int) -> SlotCache:
+        return self.backend.new_cache(n_slots, longest + HEADROOM)
 
     def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
                 seeds: Sequence[int] | None = None, delimiter: str = DELIMITER) -> DecodeState:
-        """Left-pad and run the prompts (token ids) in one forward; returns the state ready to decode.
+        """Run the prompts (token ids) in one forward, one slot each; returns the state ready to decode.
 
         Only the last position's logits are computed (`[batch, d_vocab]`), never `[batch, pos, d_vocab]`.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prefill needs at least one non-empty prompt")
-        ids, mask = self._padded(prompts)
+        ids, qpos = self._padded(prompts)
+        cache = self.new_pool(len(prompts), ids.shape[1])
         keep = "all" if self.legacy_prefill_logits else "last"
-        logits, cache, mask, _ = self._forward(None, ids, mask, None, (), keep=keep)
+        logits, _ = self._forward(cache, ids, qpos, None, (), keep=keep)
         rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
-        return DecodeState(cache, mask, logits[:, -1], rows, tuple(capture_layers), delimiter)
+        return DecodeState(cache=cache, lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
+                           logits=logits[:, -1], rows=rows, capture_layers=tuple(capture_layers),
+                           delimiter=delimiter)
 
     @torch.no_grad()
     def forward_states(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
@@ -280,83 +291,93 @@ class Engine:
 
         Returns per sequence a tensor [len(seq), len(layers), d_model] of resid_post (float32, CPU).
         """
-        ids, mask = self._padded(sequences)
+        ids, qpos = self._padded(sequences)
         width = ids.shape[1]
-        _, _, _, cap = self._forward(None, ids, mask, None, tuple(layers), keep="none")
+        _, cap = self._forward(self.new_pool(len(sequences), width), ids, qpos, None, tuple(layers), keep="none")
         stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
     def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
-        """An independent state with the given rows (repeats allowed), e.g. one prefix into L+1 previews."""
-        idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
-        return DecodeState(self.backend.select_rows(state.cache, idx), state.mask.index_select(0, idx),
-                           state.logits.index_select(0, idx), [state.rows[i].clone() for i in rows],
-                           state.capture_layers, state.delimiter)
+        """An independent state with the given rows (repeats allowed), e.g. one prefix into L+1 previews:
+        a new pool holding copies of those slots' filled ranges."""
+        idx = torch.tensor(list(rows), dtype=torch.long)
+        lengths = state.lengths.index_select(0, idx)
+        return DecodeState(cache=state.cache.select(idx, int(lengths.max())), lengths=lengths,
+                           logits=state.logits.index_select(0, idx.to(state.logits.device)),
+                           rows=[state.rows[i].clone() for i in rows], capture_layers=state.capture_layers,
+                           delimiter=state.delimiter)
 
-    def regroup(self, state: DecodeState, rows: Sequence[int]) -> torch.Tensor | None:
-        """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped).
-
-        How previews join the batch and finished rows leave it: one gather of the cache's rows. Returns the
-        slots kept when slots no row attends were dropped (old indices, ascending), else None.
-        """
-        idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
+    def regroup(self, state: DecodeState, rows: Sequence[int]) -> None:
+        """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped):
+        a new pool of those slots' filled ranges."""
+        idx = torch.tensor(list(rows), dtype=torch.long)
         seen: set[int] = set()
         new_rows = []
         for i in rows:
             new_rows.append(state.rows[i].clone() if i in seen else state.rows[i])
             seen.add(i)
-        state.cache = self.backend.select_rows(state.cache, idx)
-        state.mask = state.mask.index_select(0, idx)
-        state.logits = state.logits.index_select(0, idx)
+        state.lengths = state.lengths.index_select(0, idx)
+        state.cache = state.cache.select(idx, int(state.lengths.max()))
+        state.logits = state.logits.index_select(0, idx.to(state.logits.device))
         state.rows = new_rows
-        return self.drop_empty_slots(state)
 
     def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
-        """Make rows `dst` copies of rows `src`, in place (cache, mask, logits, records)."""
-        s = torch.tensor(list(src), dtype=torch.long, device=state.mask.device)
-        d = torch.tensor(list(dst), dtype=torch.long, device=state.mask.device)
-        self.backend.copy_rows(state.cache, s, d)
-        state.mask = state.mask.clone()
-        state.mask[d] = state.mask[s]
+        """Make rows `dst` copies of rows `src`, in place (their slots' filled ranges, lengths, logits,
+        records): a fork into free slots, no gather of the pool."""
+        s = torch.tensor(list(src), dtype=torch.long)
+        d = torch.tensor(list(dst), dtype=torch.long)
+        state.cache.copy_slots(s, d, int(state.lengths[s].max()))
+        state.lengths[d] = state.lengths[s]
         state.logits[d.to(state.logits.device)] = state.logits[s.to(state.logits.device)]
         for i, j in zip(src, dst, strict=True):
             state.rows[j] = state.rows[i].clone()
 
-    @staticmethod
-    def drop_empty_slots(state: DecodeState) -> torch.Tensor | None:
-        """Remove cache slots that no row attends (holes shared by every row), e.g. after rows left.
-        Returns the kept slots' old indices, or None when nothing was dropped."""
-        live = state.mask.any(0)
-        if bool(live.all()):
-            return None
-        keep = torch.nonzero(live).flatten()
-        if not Backend.select_slots(state.cache, keep):
-            return None
-        state.mask = state.mask.index_select(1, keep)
-        return keep
-
     def step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
-             adds: dict[int, torch.Tensor] | None = None, replace_last: torch.Tensor | None = None
+             adds: dict[int | str, torch.Tensor] | None = None, replace_last: torch.Tensor | None = None
              ) -> dict[int, torch.Tensor]:
-        """Feed one token per row (`feed[b]` False: a masked pad) and update cache, mask and logits.
+        """Feed one token per row (`feed[b]` False: nothing, the row's slot is untouched) and update
+        lengths and logits.
 
-        `replace_last[b]`: the row's last attended slot is masked out first, so the fed token takes its
-        position (a re-run of the delimiter with a vector added). Returns the captured states
-        `{layer: [batch, 1, d_model]}`.
+        `replace_last[b]`: the fed token overwrites the row's last position in place (a re-run of the
+        delimiter with a vector added). Returns the captured states `{layer: [batch, 1, d_model]}`.
         """
         if replace_last is not None and bool(replace_last.any()):
-            state.mask = state.mask.clone()
-            rows = torch.nonzero(replace_last).flatten().to(state.mask.device)
-            slots = state.mask.shape[1] - 1 - state.mask.flip(1).argmax(1)  # last attended slot per row
-            state.mask[rows, slots[rows]] = 0
+            state.lengths = state.lengths - replace_last.long()
         ids = torch.where(feed, tokens, torch.full_like(tokens, self.model.pad_token_id))
-        logits, cache, mask, captured = self._forward(
-            state, ids[:, None].to(self.device), feed.long()[:, None].to(self.device), adds, state.capture_layers
-        )
-        state.cache, state.mask = cache, mask
+        qpos = torch.where(feed, state.lengths, torch.full_like(state.lengths, -1))
+        logits, captured = self._forward(state.cache, ids[:, None].to(self.device), qpos[:, None], adds,
+                                         state.capture_layers)
+        state.lengths = state.lengths + feed.long()
         keep = feed.to(state.logits.device)[:, None]
         state.logits = torch.where(keep, logits[:, -1], state.logits)
         return captured
+
+    def feed_many(self, state: DecodeState, seqs: dict[int, list[int]]) -> dict[int, torch.Tensor]:
+        """Feed several tokens to some rows in one forward, each at its slot's next positions (other rows
+        get nothing); updates lengths and the fed rows' logits. Returns the captured states at each fed
+        row's last token `{layer: [batch, d_model]}`."""
+        seqs = {b: t for b, t in seqs.items() if t}
+        if not seqs:
+            return {}
+        width = max(len(t) for t in seqs.values())
+        n = len(state.rows)
+        ids = torch.full((n, width), self.model.pad_token_id, dtype=torch.long)
+        qpos = torch.full((n, width), -1, dtype=torch.long)
+        for b, toks in seqs.items():
+            ids[b, width - len(toks):] = torch.tensor(toks)
+            qpos[b, width - len(toks):] = int(state.lengths[b]) + torch.arange(len(toks))
+        logits, captured = self._forward(state.cache, ids.to(self.device), qpos, None, state.capture_layers)
+        fed = torch.zeros(n, dtype=torch.bool)
+        fed[list(seqs)] = True
+        for b, toks in seqs.items():
+            state.lengths[b] += len(toks)
+        state.logits = torch.where(fed.to(state.logits.device)[:, None], logits[:, -1], state.logits)
+        return {layer: x[:, -1] for layer, x in captured.items()}
+
+    @staticmethod
+    def rollback(state: DecodeState, b: int, length: int) -> None:
+        """Row `b`'s slot keeps its first `length` positions (later ones are overwritten by the next feeds)."""
+        state.lengths[b] = int(length)
 
     def add_tables(self, steers: Sequence[Steer | None], use: Callable[[Steer], bool],
                    feed: torch.Tensor) -> dict[int | str, torch.Tensor] | None:
