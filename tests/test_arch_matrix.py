@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from arch_models import BY_NAME, DELIM, EXTENDED, FAMILIES, FUSED, build_family, train_tokenizers  # noqa: E402
 
 from stir_core.online.methods import StirConfig, run_method  # noqa: E402
-from stir_core.online.segmented import generate_segmented  # noqa: E402
+from stir_core.online.scheduler import generate_segmented  # noqa: E402
 from stir_core.runtime.engine import Engine, Sampling, Steer  # noqa: E402
 from stir_core.runtime.model import ModelLoadError, load_model  # noqa: E402
 

@@ -160,7 +160,7 @@ def test_stop_strings_and_budgets_per_row(engine):
 
 def test_segmented_with_null_policy_equals_vanilla(engine, tiny):
     vanilla = engine.generate(PROMPTS, 40)
-    from stir_core.online.segmented import generate_segmented
+    from stir_core.online.scheduler import generate_segmented
 
     seg, decisions = generate_segmented(engine, PROMPTS, lambda *a: None, 40, delimiter="\n")
     assert seg.tokens == vanilla.tokens

@@ -154,6 +154,8 @@ class Backend:
         q = qpos.to(self.device)
         full, slide = attention_masks(q, cache.capacity, {w for w in self.windows if w is not None}, self.dtype)
         mask: Any = full
+        if slide and all(self.windows):  # every layer slides with one window (Mistral): one plain mask
+            mask = next(iter(slide.values()))
         if self.mask_mapping:
             mask = {"full_attention": full, "sliding_attention": slide[next(iter(slide))]}
         kwargs: dict[str, Any] = {"attention_mask": mask, "position_ids": q.clamp(min=0), "use_cache": True,

@@ -269,15 +269,19 @@ class Engine:
         return self.backend.new_cache(n_slots, longest + HEADROOM)
 
     def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
-                seeds: Sequence[int] | None = None, delimiter: str = DELIMITER) -> DecodeState:
+                seeds: Sequence[int] | None = None, delimiter: str = DELIMITER,
+                capacity: int | None = None) -> DecodeState:
         """Run the prompts (token ids) in one forward, one slot each; returns the state ready to decode.
 
-        Only the last position's logits are computed (`[batch, d_vocab]`), never `[batch, pos, d_vocab]`.
+        `capacity`: positions per slot (the longest prompt plus the budget; default: `HEADROOM` past the
+        longest prompt, growing by a copy when exceeded). Only the last position's logits are computed
+        (`[batch, d_vocab]`), never `[batch, pos, d_vocab]`.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prefill needs at least one non-empty prompt")
         ids, qpos = self._padded(prompts)
-        cache = self.new_pool(len(prompts), ids.shape[1])
+        cache = (self.new_pool(len(prompts), ids.shape[1]) if capacity is None
+                 else self.backend.new_cache(len(prompts), max(int(capacity), ids.shape[1])))
         keep = "all" if self.legacy_prefill_logits else "last"
         logits, _ = self._forward(cache, ids, qpos, None, (), keep=keep)
         rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
@@ -490,7 +494,8 @@ class Engine:
         if sampling is not None and seeds is None:
             seeds = [seed * 1_000_003 + b for b in range(len(prompts))]
         delimiter = stop or capture_at or DELIMITER
-        state = self.prefill(ids, capture_layers, seeds, delimiter)
+        budget = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens, default=0)
+        state = self.prefill(ids, capture_layers, seeds, delimiter, capacity=max(map(len, ids)) + budget + 1)
         self.decode(state, max_new_tokens, stop=stop, sampling=sampling, steers=steers,
                     capture_at=capture_at if capture_layers else None)
         self.finish(state.rows)

@@ -125,14 +125,16 @@ class SlotCache:
 
 def layer_windows(config: Any) -> tuple[list[int | None], bool]:
     """Per decoder layer, its sliding window (None: full attention), and whether the model takes the
-    `{"full_attention", "sliding_attention"}` mask mapping (it has sliding layers)."""
+    `{"full_attention", "sliding_attention"}` mask mapping (it mixes full and sliding layers)."""
     n = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0))
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
     if types is None:
         types = ["sliding_attention" if window else "full_attention"] * n
     wins = [int(window) if t == "sliding_attention" and window else None for t in types]
-    return wins, any(w is not None for w in wins)
+    # Only models that mix full and sliding layers take (and need) the mapping; a model whose every layer
+    # slides (Mistral) builds one mask and gets the sliding one as a plain 4D tensor.
+    return wins, len(set(wins)) > 1
 
 
 def attention_masks(qpos: torch.Tensor, capacity: int, windows: set[int], dtype: torch.dtype

@@ -1,4 +1,6 @@
-"""Segment-synchronous decoding with a policy: the straightforward reference for the continuous scheduler.
+"""TEST ORACLE (not product code): segment-synchronous decoding with a policy, the straightforward reference
+that the product's one scheduler (`stir_core/online/scheduler.py`) must equal token for token and decision
+for decision under greedy float32 decoding. Nothing under `stir_core/` imports it.
 
 Every row decodes to its next control point; the policy plans for all rows at once; previews run as a
 forked batch (or by fresh prefills, `preview="reprefill"`, the authors' way); commits re-run the delimiter
@@ -14,26 +16,13 @@ re-prefilling the text at every segment.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from stir_core.online.gate import Reason
 from stir_core.online.policy import Plan, Policy, Probe
+from stir_core.online.scheduler import Schedule
 from stir_core.runtime.engine import Capture, ControlPoint, DecodeState, Engine, GenerateResult, Steer
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How a policy's decisions are carried out (the knobs that are not the gate's)."""
-
-    max_new_tokens: int
-    max_control_points: int | None = None
-    probe_tokens: int = 4
-    top_l: int = 4
-    probe_stop: bool = True  # a probe ends at the delimiter (the reference)
-    scope: str = "segment"  # segment | persist
-    preview: str = "fork"  # fork | reprefill
 
 
 def control_points(engine: Engine, state: DecodeState, b: int, handled: int, limit: int | None,
@@ -168,6 +157,32 @@ def run_segmented(engine: Engine, state: DecodeState, policy: Policy | None, sch
             if live:
                 unsteer(engine, state, live)
     engine.decode(state, left(), stop=None, capture_at=cap)
+
+
+def run_oracle(engine: Engine, prompts: Sequence[str], policy: Policy | None, config) -> list:
+    """The oracle's `replay`: greedy decoding of formatted prompts with `policy` (None: vanilla); the rows."""
+    sched = Schedule(config.max_new_tokens, config.max_control_points, config.probe_tokens, config.top_l,
+                     config.probe_stop == "delimiter", config.scope, config.preview)
+    ids = [engine.model.encode(p) for p in prompts]
+    state = engine.prefill(ids, policy.capture_layers if policy is not None else (), delimiter=config.delimiter)
+    if policy is None:
+        engine.decode(state, config.max_new_tokens)
+    else:
+        run_segmented(engine, state, policy, sched)
+    engine.finish(state.rows)
+    return state.rows
+
+
+def oracle_method(engine: Engine, prompts: Sequence[str], method: str, library=None, config=None) -> list:
+    """`run_method` with the oracle's decoding in place of the scheduler: Traces to compare with."""
+    from stir_core.online.methods import StirConfig, build_policy, make_trace
+
+    config = config or StirConfig()
+    policy = build_policy(method, library, config)
+    rows = run_oracle(engine, prompts, policy, config)
+    logs = policy.logs if policy is not None else {}
+    return [make_trace(method, prompts[b], row, logs[b].decisions if b in logs else [],
+                       logs[b].probe_tokens if b in logs else 0) for b, row in enumerate(rows)]
 
 
 def generate_segmented(engine: Engine, prompts: Sequence[str], policy: Policy | Callable | None,
