@@ -59,7 +59,7 @@ class Role(Enum):
     FREE = "free"  # a slot no lane uses, until a spawn takes it or the pool is rebuilt
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Snapshot:
     """Where a main lane can roll back to: its records' length, text stream, logits and cache width."""
 
@@ -71,7 +71,7 @@ class Snapshot:
     n_captures: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Lane:
     seq: int  # the prompt this lane works for
     role: Role = Role.MAIN
@@ -88,7 +88,7 @@ class Lane:
     fresh: bool = False  # preview "reprefill": recompute this probe's slot from its tokens once copied
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Pending:
     """A control point whose previews are in flight."""
 
@@ -107,7 +107,7 @@ class _Run:
         # Positions per slot: the longest prompt, the budget, and a null probe's run past it.
         capacity = max(len(p) for p in prompts) + sched.max_new_tokens + sched.probe_tokens + 1
         self.state = engine.prefill(prompts, layers, delimiter=delimiter, capacity=capacity)
-        self.lanes = [Lane(i) for i in range(len(prompts))]
+        self.lanes = [Lane(seq=i) for i in range(len(prompts))]
         self.done_rows: list[Row | None] = [None] * len(prompts)
         self.handled = [0] * len(prompts)
         self.pending: dict[int, Pending] = {}
@@ -183,8 +183,8 @@ class _Run:
     def snapshot(self, lane: Lane) -> Snapshot:
         b = self.idx(lane)
         row = self.state.rows[b]
-        return Snapshot(len(row.tokens), row.stream.copy(), self.state.logits[b].clone(),
-                        int(self.state.lengths[b]), row.finished, len(row.captures))
+        return Snapshot(n_tokens=len(row.tokens), stream=row.stream.copy(), logits=self.state.logits[b].clone(),
+                        length=int(self.state.lengths[b]), finished=row.finished, n_captures=len(row.captures))
 
     def rollback(self, lane: Lane, snap: Snapshot) -> None:
         b = self.idx(lane)
@@ -211,9 +211,9 @@ class _Run:
             states = dict(zip(self.state.capture_layers, row.captures[-1].states, strict=True))
         text = row.text
         for m in range(handled + 1, act):
-            self.policy.note(ControlPoint(lane.seq, m, t, text, states), Reason.FUSED)
+            self.policy.note(ControlPoint(row=lane.seq, m=m, token_index=t, text=text, states=states), Reason.FUSED)
         self.handled[lane.seq] = last
-        return ControlPoint(lane.seq, act, t, text, states)
+        return ControlPoint(row=lane.seq, m=act, token_index=t, text=text, states=states)
 
     def start(self, lane: Lane, point: ControlPoint) -> None:
         """Plan at a control point: decide at once, or queue the probe lanes (capacity permitting)."""
@@ -222,7 +222,7 @@ class _Run:
             self.commit(lane, self.policy.resolve(plan, None, None))
             return
         n = len(self.row(lane).tokens)
-        pend = Pending(plan, self.snapshot(lane), [])
+        pend = Pending(plan=plan, snapshot=self.snapshot(lane), probes=[])
         self.pending[lane.seq] = pend
         lane.start, lane.made, lane.done = n, 0, False  # the null probe starts now, whatever the capacity
         busy = self.extra_rows()
@@ -237,7 +237,7 @@ class _Run:
         pend, lane = self.pending[seq], self.main(seq)
         pend.deferred = False
         for s in pend.plan.probes:
-            probe = Lane(seq, Role.PROBE, steer=s, refeed=s if s.at_last else None, start=pend.snapshot.n_tokens,
+            probe = Lane(seq=seq, role=Role.PROBE, steer=s, refeed=s if s.at_last else None, start=pend.snapshot.n_tokens,
                          fresh=self.sched.preview == "reprefill")
             if len(self.row(lane).tokens) > pend.snapshot.n_tokens:
                 probe.rollback_to = pend.snapshot  # the main lane has run on as the null probe meanwhile
@@ -252,7 +252,7 @@ class _Run:
         if self.sched.scope == "persist":
             lane.steer, lane.refeed = steer, steer if steer.at_last else None
             return
-        driver = Lane(lane.seq, Role.DRIVER, steer=steer, refeed=steer if steer.at_last else None)
+        driver = Lane(seq=lane.seq, role=Role.DRIVER, steer=steer, refeed=steer if steer.at_last else None)
         lane.shadow, lane.queue, lane.shadow_state = True, [], None
         self.spawns.append((lane, driver))
 
@@ -309,8 +309,9 @@ class _Run:
             captures = list(mrow.captures)
             if drow.stream.boundaries and drow.stream.boundaries[-1] and lane.shadow_state is not None:
                 captures += [Capture(len(drow.tokens) - 1, lane.shadow_state)] * drow.stream.boundaries[-1]
-            self.state.rows[b] = Row(mrow.prompt, drow.stream, drow.tokens, drow.logprobs, drow.added, captures,
-                                     drow.finished, mrow.generator)
+            self.state.rows[b] = Row(prompt=mrow.prompt, stream=drow.stream, tokens=drow.tokens,
+                                     logprobs=drow.logprobs, added=drow.added, captures=captures,
+                                     finished=drow.finished, generator=mrow.generator)
             lane.shadow, lane.shadow_state = False, None
             drv.role = Role.FREE
             self.after_progress(lane)
@@ -390,11 +391,11 @@ class _Run:
                 tokens[k], feed[k] = ln.queue.pop(0), True
         if not bool(feed.any()):
             return False
-        last = [ln.refeed if replace[k] else None for k, ln in enumerate(self.lanes)]
-        seg = [ln.steer if at_seg[k] else None for k, ln in enumerate(self.lanes)]
-        adds = _merge(self.engine.add_tables(last, lambda s: s.at_last, replace),
-                      self.engine.add_tables(seg, lambda s: s.at_segment, at_seg))
-        captured = self.engine.step(st, tokens, feed, adds, replace_last=replace)
+        # A lane's slot carries its re-run steer or its segment steer (the same Steer for every lane that
+        # has both); the step adds it where the lane re-runs its delimiter or decodes a steered segment.
+        self.engine.set_steers(st, [ln.refeed if replace[k] else ln.steer if at_seg[k] else None
+                                    for k, ln in enumerate(self.lanes)])
+        captured = self.engine.step(st, tokens, feed, live=replace | at_seg, replace_last=replace)
         for k, ln in enumerate(self.lanes):
             if feed[k]:
                 self.after_feed(ln, st.rows[k], bool(replace[k]), captured, k)
@@ -464,15 +465,6 @@ class _Run:
 def _probe(row: Row, start: int, made: int) -> Probe:
     lps = row.logprobs[start:start + made]
     return Probe("".join(row.pieces[start:start + made]), sum(lps) / len(lps) if lps else 0.0, made)
-
-
-def _merge(a: dict | None, b: dict | None) -> dict | None:
-    if not a or not b:
-        return a or b
-    out = dict(a)
-    for layer, t in b.items():
-        out[layer] = out[layer] + t if layer in out else t
-    return out
 
 
 def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,

@@ -137,13 +137,12 @@ class Backend:
         return SlotCache(n_slots, capacity)
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, qpos: torch.Tensor, cache: SlotCache, hooks: Sequence[Hook] = (),
-                keep: str = "last") -> torch.Tensor | None:
+    def forward(self, ids: torch.Tensor, qpos: torch.Tensor, cache: SlotCache, keep: str = "last"
+                ) -> torch.Tensor | None:
         """Run `ids` `[batch, t]` (batch = every slot of `cache`, in slot order) at query positions `qpos`
         `[batch, t]` (-1: nothing fed there; its K/V go to the scratch column), writing the K/V in place.
 
-        Each hook `(name, fn)` is attached for this forward only and `fn(x [batch, t, d_model], hook)` may
-        return a replacement. `keep="last"` returns logits `[batch, 1, d_vocab]` for the last position only
+        Hooks are the engine's, installed once (`stir_core/runtime/steering.py`). `keep="last"` returns logits `[batch, 1, d_vocab]` for the last position only
         (prefill, steps); `keep="all"` returns `[batch, t, d_vocab]`; `keep="none"` returns None.
         """
         needed = int(qpos.max()) + 1
@@ -162,8 +161,7 @@ class Backend:
                                   self.cache_kw: cache}
         if keep in ("last", "none") and self._keeps_logits:
             kwargs["logits_to_keep"] = 1
-        with self.bridge.hooks(fwd_hooks=list(hooks)):
-            logits = self.bridge(ids, return_type="logits", **kwargs)
+        logits = self.bridge(ids, return_type="logits", **kwargs)
         if keep == "none":
             return None
         return logits[:, -1:] if keep == "last" else logits

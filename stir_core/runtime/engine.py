@@ -15,7 +15,8 @@ Vocabulary (per row b):
 - a **fork** copies rows' filled ranges (repeats allowed) into an independent state, to preview
   continuations; a **rollback** sets a row's length.
 
-Hooks are attached for one forward at a time through `bridge.hooks(...)`, so none stay attached.
+Steering and capture are data (`stir_core/runtime/steering.py`): each state carries per-slot steer buffers
+and each forward says which slots' buffers are live; one hook per hook point, installed once, reads them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from stir_core.runtime.backend import DEFAULT_HOOK_POINT, Backend, hook_name
 from stir_core.runtime.model import LoadedModel
 from stir_core.runtime.segment import TextStream
 from stir_core.runtime.slots import SlotCache
+from stir_core.runtime.steering import HookSet, Live, SteerSlots
 
 DELIMITER = "\n\n"
 
@@ -92,7 +94,7 @@ class Capture:
     states: torch.Tensor  # [n_capture_layers, d_model], float32, on CPU
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Row:
     """Everything one row has generated. `added[i]` is (tag, norm) of what was added at generated token i.
 
@@ -126,8 +128,9 @@ class Row:
         if self.generator is not None:
             gen = torch.Generator(device=self.generator.device)
             gen.set_state(self.generator.get_state())
-        return Row(self.prompt, self.stream.copy(), list(self.tokens), list(self.logprobs), list(self.added),
-                   list(self.captures), self.finished, gen)
+        return Row(prompt=self.prompt, stream=self.stream.copy(), tokens=list(self.tokens),
+                   logprobs=list(self.logprobs), added=list(self.added), captures=list(self.captures),
+                   finished=self.finished, generator=gen)
 
     def push(self, token: int, logprob: float, added: tuple[str, float] | None) -> int:
         """Record one generated token; returns how many delimiter occurrences it completed."""
@@ -160,6 +163,7 @@ class DecodeState:
     lengths: torch.Tensor
     logits: torch.Tensor
     rows: list[Row]
+    steer: SteerSlots
     capture_layers: tuple[int, ...] = ()
     delimiter: str = DELIMITER
 
@@ -167,7 +171,7 @@ class DecodeState:
         return len(self.rows)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GenerateResult:
     texts: list[str]
     tokens: list[list[int]]
@@ -177,11 +181,11 @@ class GenerateResult:
 
     @classmethod
     def of(cls, rows: list[Row]) -> GenerateResult:
-        return cls([r.text for r in rows], [r.tokens for r in rows], [r.logprobs for r in rows],
-                   [r.captures for r in rows], rows)
+        return cls(texts=[r.text for r in rows], tokens=[r.tokens for r in rows],
+                   logprobs=[r.logprobs for r in rows], captures=[r.captures for r in rows], rows=rows)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ControlPoint:
     """A row that just completed its m-th segment. `states[layer]` is resid_post at the delimiter [d_model]."""
 
@@ -205,6 +209,7 @@ class Engine:
         # benchmarks/bench_scale.py only: materialise prefill logits for every position, as the engine did
         # before (to measure what keeping only the last position saves).
         self.legacy_prefill_logits = False
+        self.hooks = HookSet(model.bridge)
 
     # ---- rows and text -----------------------------------------------------------------------------
     def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
@@ -225,34 +230,28 @@ class Engine:
     # ---- low level -------------------------------------------------------------------------------
     @torch.no_grad()
     def _forward(self, cache: SlotCache, input_ids: torch.Tensor, qpos: torch.Tensor,
-                 adds: dict[int | str, torch.Tensor] | None, capture_layers: Sequence[int], keep: str = "last"):
+                 steer: SteerSlots | None, live: torch.Tensor | None, capture_layers: Sequence[int],
+                 keep: str = "last"):
         """Feed `input_ids` `[batch, t]` at positions `qpos` `[batch, t]` (-1: nothing fed) of `cache`'s slots.
 
-        `adds[layer]` is [batch, t, d_model] (or [batch, 1, d_model] for t == 1) added to resid_post;
-        `adds[name]` (a hook name, `Steer.add_key`) adds at that hook instead.
+        Rows with `live[b]` get their slot's steer (`steer`) added at its hook point at every fed position.
         Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
         None for keep="none" —, {layer: resid_post [batch, t, d_model]}).
         """
-        captured: dict[int, torch.Tensor] = {}
-        hooks = []
-        for layer in sorted(set(capture_layers) | {k for k in adds or {} if isinstance(k, int)}):
-            add = None if adds is None else adds.get(layer)
-
-            def fn(x, hook, add=add, layer=layer):
-                if add is not None:
-                    x = x + add.to(x.device, x.dtype)
-                if layer in capture_layers:
-                    captured[layer] = x.detach().float()
-                return x
-
-            hooks.append((hook_name(layer), fn))
-        for name, add in (adds or {}).items():
-            if isinstance(name, str):  # a steer at another hook point than resid_post (its manifest's)
-                hooks.append((name, lambda x, hook, add=add: x + add.to(x.device, x.dtype)))
+        ctx = Live(capture={hook_name(layer): layer for layer in capture_layers})
+        names = list(ctx.capture)
+        if steer is not None and live is not None and bool(live.any()):
+            ctx.steer, ctx.gain = steer, steer.scales * live.to(steer.scales.device, torch.float32)
+            names += list(steer.vectors)
+        self.hooks.need(names)
         self.forwards += 1
         self.row_positions += input_ids.numel()
-        logits = self.backend.forward(input_ids, qpos, cache, hooks, keep=keep)
-        return (None if logits is None else logits.float()), captured
+        self.hooks.live = ctx
+        try:
+            logits = self.backend.forward(input_ids, qpos, cache, keep=keep)
+        finally:
+            self.hooks.live = None
+        return (None if logits is None else logits.float()), ctx.captured
 
     def _padded(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids `[batch, width]` on the model's device and their positions `[batch, width]`
@@ -283,11 +282,12 @@ class Engine:
         cache = (self.new_pool(len(prompts), ids.shape[1]) if capacity is None
                  else self.backend.new_cache(len(prompts), max(int(capacity), ids.shape[1])))
         keep = "all" if self.legacy_prefill_logits else "last"
-        logits, _ = self._forward(cache, ids, qpos, None, (), keep=keep)
+        logits, _ = self._forward(cache, ids, qpos, None, None, (), keep=keep)
         rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
         return DecodeState(cache=cache, lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
-                           logits=logits[:, -1], rows=rows, capture_layers=tuple(capture_layers),
-                           delimiter=delimiter)
+                           logits=logits[:, -1], rows=rows,
+                           steer=SteerSlots(len(prompts), self.model.d_model, self.device),
+                           capture_layers=tuple(capture_layers), delimiter=delimiter)
 
     @torch.no_grad()
     def forward_states(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
@@ -297,7 +297,8 @@ class Engine:
         """
         ids, qpos = self._padded(sequences)
         width = ids.shape[1]
-        _, cap = self._forward(self.new_pool(len(sequences), width), ids, qpos, None, tuple(layers), keep="none")
+        _, cap = self._forward(self.new_pool(len(sequences), width), ids, qpos, None, None, tuple(layers),
+                               keep="none")
         stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
@@ -308,8 +309,8 @@ class Engine:
         lengths = state.lengths.index_select(0, idx)
         return DecodeState(cache=state.cache.select(idx, int(lengths.max())), lengths=lengths,
                            logits=state.logits.index_select(0, idx.to(state.logits.device)),
-                           rows=[state.rows[i].clone() for i in rows], capture_layers=state.capture_layers,
-                           delimiter=state.delimiter)
+                           rows=[state.rows[i].clone() for i in rows], steer=state.steer.select(list(rows)),
+                           capture_layers=state.capture_layers, delimiter=state.delimiter)
 
     def regroup(self, state: DecodeState, rows: Sequence[int]) -> None:
         """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped):
@@ -323,6 +324,7 @@ class Engine:
         state.lengths = state.lengths.index_select(0, idx)
         state.cache = state.cache.select(idx, int(state.lengths.max()))
         state.logits = state.logits.index_select(0, idx.to(state.logits.device))
+        state.steer = state.steer.select(list(rows))
         state.rows = new_rows
 
     def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
@@ -333,24 +335,26 @@ class Engine:
         state.cache.copy_slots(s, d, int(state.lengths[s].max()))
         state.lengths[d] = state.lengths[s]
         state.logits[d.to(state.logits.device)] = state.logits[s.to(state.logits.device)]
+        state.steer.copy(src, dst)
         for i, j in zip(src, dst, strict=True):
             state.rows[j] = state.rows[i].clone()
 
     def step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
-             adds: dict[int | str, torch.Tensor] | None = None, replace_last: torch.Tensor | None = None
+             live: torch.Tensor | None = None, replace_last: torch.Tensor | None = None
              ) -> dict[int, torch.Tensor]:
         """Feed one token per row (`feed[b]` False: nothing, the row's slot is untouched) and update
         lengths and logits.
 
-        `replace_last[b]`: the fed token overwrites the row's last position in place (a re-run of the
-        delimiter with a vector added). Returns the captured states `{layer: [batch, 1, d_model]}`.
+        `live[b]`: the row's slot steer (`set_steers`) is added this step. `replace_last[b]`: the fed token
+        overwrites the row's last position in place (a re-run of the delimiter with a vector added).
+        Returns the captured states `{layer: [batch, 1, d_model]}`.
         """
         if replace_last is not None and bool(replace_last.any()):
             state.lengths = state.lengths - replace_last.long()
         ids = torch.where(feed, tokens, torch.full_like(tokens, self.model.pad_token_id))
         qpos = torch.where(feed, state.lengths, torch.full_like(state.lengths, -1))
-        logits, captured = self._forward(state.cache, ids[:, None].to(self.device), qpos[:, None], adds,
-                                         state.capture_layers)
+        logits, captured = self._forward(state.cache, ids[:, None].to(self.device), qpos[:, None], state.steer,
+                                         live, state.capture_layers)
         state.lengths = state.lengths + feed.long()
         keep = feed.to(state.logits.device)[:, None]
         state.logits = torch.where(keep, logits[:, -1], state.logits)
@@ -370,7 +374,7 @@ class Engine:
         for b, toks in seqs.items():
             ids[b, width - len(toks):] = torch.tensor(toks)
             qpos[b, width - len(toks):] = int(state.lengths[b]) + torch.arange(len(toks))
-        logits, captured = self._forward(state.cache, ids.to(self.device), qpos, None, state.capture_layers)
+        logits, captured = self._forward(state.cache, ids.to(self.device), qpos, None, None, state.capture_layers)
         fed = torch.zeros(n, dtype=torch.bool)
         fed[list(seqs)] = True
         for b, toks in seqs.items():
@@ -383,18 +387,11 @@ class Engine:
         """Row `b`'s slot keeps its first `length` positions (later ones are overwritten by the next feeds)."""
         state.lengths[b] = int(length)
 
-    def add_tables(self, steers: Sequence[Steer | None], use: Callable[[Steer], bool],
-                   feed: torch.Tensor) -> dict[int | str, torch.Tensor] | None:
-        """Per-layer (or per-hook, `Steer.add_key`) add tables [batch, 1, d_model] for rows whose steer
-        applies at this step."""
-        tables: dict[int | str, torch.Tensor] = {}
+    @staticmethod
+    def set_steers(state: DecodeState, steers: Sequence[Steer | None]) -> None:
+        """Each row's slot carries `steers[b]` (None: no steer); a step adds it where its `live` says."""
         for b, s in enumerate(steers):
-            if s is None or not use(s) or not bool(feed[b]):
-                continue
-            if s.add_key not in tables:
-                tables[s.add_key] = torch.zeros(len(steers), 1, self.model.d_model, device=self.device)
-            tables[s.add_key][b, 0] += s.scale * s.vector.to(self.device, torch.float32)
-        return tables or None
+            state.steer.set(b, s)
 
     def refeed_last(self, state: DecodeState, steers: Sequence[Steer | None]) -> None:
         """Re-run the last token of every row whose steer acts at `last`, with the vector added there.
@@ -406,7 +403,8 @@ class Engine:
         if not bool(feed.any()):
             return
         tokens = torch.tensor([(r.tokens[-1] if r.tokens else r.prompt[-1]) for r in state.rows])
-        self.step(state, tokens, feed, self.add_tables(steers, lambda s: s.at_last, feed), replace_last=feed)
+        self.set_steers(state, steers)
+        self.step(state, tokens, feed, live=feed, replace_last=feed)
         for b, s in enumerate(steers):
             if feed[b] and state.rows[b].added:
                 state.rows[b].added[-1] = (s.tag, s.added_norm)
@@ -459,10 +457,11 @@ class Engine:
             raise ValueError("sampling needs seeded rows: pass seeds= to prefill")
         made = [0] * n
         eos = self.model.eos_token_id
+        self.set_steers(state, steers)
+        at_segment = torch.tensor([s is not None and s.at_segment for s in steers], dtype=torch.bool)
         while bool(live.any()):
             tokens, lp = self.choose(state, live, sampling)
-            adds = self.add_tables(steers, lambda s: s.at_segment, live)
-            captured = self.step(state, tokens, live, adds)
+            captured = self.step(state, tokens, live, live=live & at_segment)
             for b in torch.nonzero(live).flatten().tolist():
                 row, tok, s = state.rows[b], int(tokens[b]), steers[b]
                 ends = row.push(tok, float(lp[b]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)

@@ -45,8 +45,8 @@ def control_points(engine: Engine, state: DecodeState, b: int, handled: int, lim
         states = dict(zip(state.capture_layers, row.captures[-1].states, strict=True))
     text = row.text
     for m in range(handled + 1, act):
-        policy.note(ControlPoint(b, m, t, text, states), Reason.FUSED)
-    return ControlPoint(b, act, t, text, states)
+        policy.note(ControlPoint(row=b, m=m, token_index=t, text=text, states=states), Reason.FUSED)
+    return ControlPoint(row=b, m=act, token_index=t, text=text, states=states)
 
 
 def probe_result(row, start: int, made: int) -> Probe:
