@@ -34,6 +34,7 @@ import torch
 from stir_core.online.gate import Reason
 from stir_core.online.policy import Plan, Policy, Probe
 from stir_core.runtime.engine import Capture, ControlPoint, Engine, GenerateResult, Row, Steer
+from stir_core.runtime.memory import pool_positions
 from stir_core.runtime.segment import TextStream
 
 
@@ -104,8 +105,10 @@ class _Run:
                  delimiter: str, max_preview_rows: int | None, capture_layers: Sequence[int] | None = None):
         self.engine, self.policy, self.sched = engine, policy, sched
         layers = capture_layers if capture_layers is not None else (policy.capture_layers if policy else ())
-        # Positions per slot: the longest prompt, the budget, and a null probe's run past it.
-        capacity = max(len(p) for p in prompts) + sched.max_new_tokens + sched.probe_tokens + 1
+        # Positions per slot (`memory.pool_positions`): the longest prompt, the budget, and a null probe's
+        # run past it under a policy.
+        capacity = pool_positions(max(len(p) for p in prompts), sched.max_new_tokens, sched.probe_tokens,
+                                  "vanilla" if policy is None else "policy")
         self.state = engine.prefill(prompts, layers, delimiter=delimiter, capacity=capacity)
         self.lanes = [Lane(seq=i) for i in range(len(prompts))]
         self.done_rows: list[Row | None] = [None] * len(prompts)

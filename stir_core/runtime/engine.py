@@ -206,6 +206,8 @@ class Engine:
         self._decode_cache: dict = {}  # id windows -> text, shared by every row's detokenizer
         self.forwards = 0  # model forwards run (sequential steps): what the benchmarks count
         self.row_positions = 0  # rows x new positions computed, pads and idle rows included: a CPU's work
+        # The largest slot pool a forward ran over (slots, positions): what bounds the KV memory.
+        self.peak_pool_rows = self.peak_pool_positions = 0
         # benchmarks/bench_scale.py only: materialise prefill logits for every position, as the engine did
         # before (to measure what keeping only the last position saves).
         self.legacy_prefill_logits = False
@@ -251,6 +253,8 @@ class Engine:
             logits = self.backend.forward(input_ids, qpos, cache, keep=keep)
         finally:
             self.hooks.live = None
+        self.peak_pool_rows = max(self.peak_pool_rows, cache.n_slots)
+        self.peak_pool_positions = max(self.peak_pool_positions, cache.capacity)
         return (None if logits is None else logits.float()), ctx.captured
 
     def _padded(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
