@@ -62,3 +62,44 @@ def test_rollback_then_refeed_equals_never_having_fed(engine, tiny):
     with torch.no_grad():
         ref = tiny.bridge(torch.tensor([ids + [int(tok[0])]]), return_type="logits")[0, -1].float()
     torch.testing.assert_close(state.logits[0], ref, atol=1e-4, rtol=0)
+
+
+def test_buckets_and_positions():
+    from stir_core.runtime.graphs import bucket_for, positions_for
+
+    assert [bucket_for(n) for n in (1, 2, 3, 8, 9, 33, 256, 300)] == [1, 2, 4, 8, 16, 64, 256, 300]
+    assert positions_for(1) == 256 and positions_for(256) == 256 and positions_for(257) == 512
+    with pytest.raises(ValueError):
+        bucket_for(0)
+
+
+def test_static_graph_step_run_eagerly_equals_the_plain_step(tiny):
+    """The CUDA-graph step function (static buffers, a bucketed persistent pool), run eagerly on the CPU:
+    the same tokens, log-probs and captures as the plain step, with steering, for batches that land in
+    different buckets; one step function per bucket, reused by the next request."""
+    from stir_core.runtime.engine import Engine, Steer
+
+    plain, static = Engine(tiny), Engine(tiny)
+    static.graphs = "eager"
+    vec = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(3))
+    prompts = ["12+3=", "7-2=45\n\n9", "1", "a:b?", "3+4=7\n"]
+    n_caps = 0
+    for n in (1, 3, 5):
+        steers = [Steer(1, vec, 0.5 * (b % 2), "segment") for b in range(n)]
+        kw = dict(steers=steers, capture_layers=[0, 2], capture_at="\n")
+        a = plain.generate(prompts[:n], 24, **kw)
+        b = static.generate(prompts[:n], 24, **kw)
+        assert a.tokens == b.tokens
+        for la, lb in zip(a.logprobs, b.logprobs, strict=True):
+            torch.testing.assert_close(torch.tensor(la), torch.tensor(lb), atol=1e-5, rtol=0)
+        for ca, cb in zip(a.captures, b.captures, strict=True):
+            assert [c.token_index for c in ca] == [c.token_index for c in cb]
+            for x, y in zip(ca, cb, strict=True):
+                torch.testing.assert_close(x.states, y.states, atol=1e-5, rtol=0)
+        n_caps += sum(len(c) for c in a.captures)
+    assert n_caps > 0, "no control point: the capture comparison would be empty"
+    assert {k[1] for k in static._graph_steps} == {1, 4, 8}  # buckets of 1, 3 and 5 rows
+    before = len(static._graph_steps)
+    static.generate(prompts[:3], 24, steers=[Steer(1, vec, 1.0, "segment")] * 3, capture_layers=[0, 2],
+                    capture_at="\n")
+    assert len(static._graph_steps) == before, "a request in a bucket already seen reuses its step"

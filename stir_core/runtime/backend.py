@@ -137,18 +137,21 @@ class Backend:
         return SlotCache(n_slots, capacity)
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, qpos: torch.Tensor, cache: SlotCache, keep: str = "last"
-                ) -> torch.Tensor | None:
-        """Run `ids` `[batch, t]` (batch = every slot of `cache`, in slot order) at query positions `qpos`
-        `[batch, t]` (-1: nothing fed there; its K/V go to the scratch column), writing the K/V in place.
+    def forward(self, ids: torch.Tensor, qpos: torch.Tensor, cache: SlotCache, keep: str = "last",
+                rows: torch.Tensor | None = None, grow: bool = True) -> torch.Tensor | None:
+        """Run `ids` `[batch, t]` at query positions `qpos` `[batch, t]` (-1: nothing fed there; its K/V go to
+        the scratch column), writing the K/V in place. Batch row b is slot `rows[b]` of `cache` (`rows`
+        `[batch]` long; None: every slot in order). `grow=False` (a captured step): no capacity check, which
+        would read `qpos` back to the host.
 
         Hooks are the engine's, installed once (`stir_core/runtime/steering.py`). `keep="last"` returns logits `[batch, 1, d_vocab]` for the last position only
         (prefill, steps); `keep="all"` returns `[batch, t, d_vocab]`; `keep="none"` returns None.
         """
-        needed = int(qpos.max()) + 1
-        if needed > cache.capacity:
-            cache.grow(max(needed, 2 * cache.capacity))
-        cache.rows = None
+        if grow:
+            needed = int(qpos.max()) + 1
+            if needed > cache.capacity:
+                cache.grow(max(needed, 2 * cache.capacity))
+        cache.rows = rows
         cache.write = torch.where(qpos >= 0, qpos, cache.scratch).to(self.device)
         q = qpos.to(self.device)
         full, slide = attention_masks(q, cache.capacity, {w for w in self.windows if w is not None}, self.dtype)

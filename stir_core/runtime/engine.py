@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stir_core.runtime.backend import DEFAULT_HOOK_POINT, Backend, hook_name
+from stir_core.runtime.graphs import GraphStep, bucket_for, positions_for
 from stir_core.runtime.model import LoadedModel
 from stir_core.runtime.segment import TextStream
 from stir_core.runtime.slots import SlotCache
@@ -166,6 +167,7 @@ class DecodeState:
     steer: SteerSlots
     capture_layers: tuple[int, ...] = ()
     delimiter: str = DELIMITER
+    graph: bool = False  # the pool is a bucketed graph pool (`Engine.graphs`): steps run a `GraphStep`
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -212,6 +214,13 @@ class Engine:
         # before (to measure what keeping only the last position saves).
         self.legacy_prefill_logits = False
         self.hooks = HookSet(model.bridge)
+        # Static-shape steps (`stir_core/runtime/graphs.py`): "cuda" captures a CUDA graph per bucket (the
+        # default on CUDA), "eager" runs the same step function eagerly (CPU tests), "off" the plain step.
+        self.graphs = "cuda" if torch.device(self.device).type == "cuda" else "off"
+        self._graph_pools: dict[tuple[int, int], SlotCache] = {}
+        self._graph_steers: dict[tuple[int, int], SteerSlots] = {}  # a graph reads these very buffers
+        self._graph_steps: dict[tuple, GraphStep] = {}
+        self.graph_log: list[str] = []  # one line per capture: bucket, positions, seconds
 
     # ---- rows and text -----------------------------------------------------------------------------
     def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
@@ -248,9 +257,10 @@ class Engine:
         self.hooks.need(names)
         self.forwards += 1
         self.row_positions += input_ids.numel()
+        rows = None if cache.n_slots == input_ids.shape[0] else torch.arange(input_ids.shape[0])
         self.hooks.live = ctx
         try:
-            logits = self.backend.forward(input_ids, qpos, cache, keep=keep)
+            logits = self.backend.forward(input_ids, qpos, cache, keep=keep, rows=rows)
         finally:
             self.hooks.live = None
         self.peak_pool_rows = max(self.peak_pool_rows, cache.n_slots)
@@ -273,7 +283,7 @@ class Engine:
 
     def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
                 seeds: Sequence[int] | None = None, delimiter: str = DELIMITER,
-                capacity: int | None = None) -> DecodeState:
+                capacity: int | None = None, graph: bool = False) -> DecodeState:
         """Run the prompts (token ids) in one forward, one slot each; returns the state ready to decode.
 
         `capacity`: positions per slot (the longest prompt plus the budget; default: `HEADROOM` past the
@@ -283,15 +293,25 @@ class Engine:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prefill needs at least one non-empty prompt")
         ids, qpos = self._padded(prompts)
-        cache = (self.new_pool(len(prompts), ids.shape[1]) if capacity is None
-                 else self.backend.new_cache(len(prompts), max(int(capacity), ids.shape[1])))
+        graph = graph and self.graphs != "off"
+        if graph:  # a persistent pool per (bucket, positions): its captured step is reused across requests
+            key = (bucket_for(len(prompts)), positions_for(max(int(capacity or 0), ids.shape[1])))
+            if key not in self._graph_pools:
+                self._graph_pools[key] = self.backend.new_cache(*key)
+                self._graph_steers[key] = SteerSlots(key[0], self.model.d_model, self.device)
+            cache, steer = self._graph_pools[key], self._graph_steers[key]
+            for b in range(cache.n_slots):
+                steer.set(b, None)
+        else:
+            cache = (self.new_pool(len(prompts), ids.shape[1]) if capacity is None
+                     else self.backend.new_cache(len(prompts), max(int(capacity), ids.shape[1])))
+            steer = SteerSlots(len(prompts), self.model.d_model, self.device)
         keep = "all" if self.legacy_prefill_logits else "last"
         logits, _ = self._forward(cache, ids, qpos, None, None, (), keep=keep)
         rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
         return DecodeState(cache=cache, lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
-                           logits=logits[:, -1], rows=rows,
-                           steer=SteerSlots(len(prompts), self.model.d_model, self.device),
-                           capture_layers=tuple(capture_layers), delimiter=delimiter)
+                           logits=logits[:, -1], rows=rows, steer=steer,
+                           capture_layers=tuple(capture_layers), delimiter=delimiter, graph=graph)
 
     @torch.no_grad()
     def forward_states(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
@@ -330,6 +350,7 @@ class Engine:
         state.logits = state.logits.index_select(0, idx.to(state.logits.device))
         state.steer = state.steer.select(list(rows))
         state.rows = new_rows
+        state.graph = False  # a new pool of exactly these rows: plain steps
 
     def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
         """Make rows `dst` copies of rows `src`, in place (their slots' filled ranges, lengths, logits,
@@ -357,12 +378,61 @@ class Engine:
             state.lengths = state.lengths - replace_last.long()
         ids = torch.where(feed, tokens, torch.full_like(tokens, self.model.pad_token_id))
         qpos = torch.where(feed, state.lengths, torch.full_like(state.lengths, -1))
-        logits, captured = self._forward(state.cache, ids[:, None].to(self.device), qpos[:, None], state.steer,
-                                         live, state.capture_layers)
+        if state.graph:
+            logits, captured = self._graph_step(state, ids, qpos, live)
+        else:
+            logits, captured = self._forward(state.cache, ids[:, None].to(self.device), qpos[:, None],
+                                             state.steer, live, state.capture_layers)
         state.lengths = state.lengths + feed.long()
         keep = feed.to(state.logits.device)[:, None]
         state.logits = torch.where(keep, logits[:, -1], state.logits)
         return captured
+
+    def _graph_step(self, state: DecodeState, ids: torch.Tensor, qpos: torch.Tensor, live: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """One step of a graph-pool state through its bucket's `GraphStep` (captured on first use):
+        inputs padded to the bucket's slots; returns (logits `[rows, 1, d_vocab]`, {layer: `[rows, 1, d]`})."""
+        cache, steer, n = state.cache, state.steer, len(state.rows)
+        if int(qpos.max()) >= cache.capacity:  # a graph pool is sized from the budget and cannot grow
+            raise RuntimeError(f"graph pool of {cache.capacity} positions overrun (row at {int(qpos.max())})")
+        key = (id(cache), cache.n_slots, cache.capacity, tuple(sorted(steer.vectors)), state.capture_layers)
+        step = self._graph_steps.get(key)
+        if step is None:
+            step = GraphStep(self._static_forward(cache, steer, state.capture_layers), cache.n_slots,
+                             torch.device(self.device), self.graphs)
+            self._graph_steps[key] = step
+            if step.capture_s:
+                self.graph_log.append(f"captured decode step: bucket {cache.n_slots} slots x {cache.capacity} "
+                                      f"positions in {step.capture_s:.2f} s")
+        s = cache.n_slots
+        ids_s = torch.full((s, 1), self.model.pad_token_id, dtype=torch.long)
+        qpos_s = torch.full((s, 1), -1, dtype=torch.long)
+        ids_s[:n, 0], qpos_s[:n, 0] = ids, qpos
+        gain = torch.zeros(s, device=steer.scales.device)
+        if live is not None:
+            gain[:n] = steer.scales[:n] * live.to(gain.device, torch.float32)
+        self.forwards += 1
+        self.row_positions += s
+        logits, cap = step.run(ids_s.to(self.device), qpos_s.to(self.device), gain)
+        return logits[:n, None], {layer: x[:n, None] for layer, x in cap.items()}
+
+    def _static_forward(self, cache: SlotCache, steer: SteerSlots, capture_layers: Sequence[int]):
+        """The step function a `GraphStep` runs: fixed pool, steer buffers and capture layers; only the
+        tensors it is given (ids, positions, gain) and the buffers' contents change between calls."""
+        capture = {hook_name(layer): layer for layer in capture_layers}
+        self.hooks.need(list(capture) + list(steer.vectors))
+
+        def forward(ids: torch.Tensor, qpos: torch.Tensor, gain: torch.Tensor):
+            ctx = Live(capture=capture, steer=steer if steer.vectors else None,
+                       gain=gain if steer.vectors else None)
+            self.hooks.live = ctx
+            try:
+                logits = self.backend.forward(ids, qpos, cache, keep="last", grow=False)
+            finally:
+                self.hooks.live = None
+            return logits[:, -1].float(), {layer: x[:, -1] for layer, x in ctx.captured.items()}
+
+        return forward
 
     def feed_many(self, state: DecodeState, seqs: dict[int, list[int]]) -> dict[int, torch.Tensor]:
         """Feed several tokens to some rows in one forward, each at its slot's next positions (other rows
@@ -498,7 +568,8 @@ class Engine:
             seeds = [seed * 1_000_003 + b for b in range(len(prompts))]
         delimiter = stop or capture_at or DELIMITER
         budget = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens, default=0)
-        state = self.prefill(ids, capture_layers, seeds, delimiter, capacity=max(map(len, ids)) + budget + 1)
+        state = self.prefill(ids, capture_layers, seeds, delimiter, capacity=max(map(len, ids)) + budget + 1,
+                             graph=True)
         self.decode(state, max_new_tokens, stop=stop, sampling=sampling, steers=steers,
                     capture_at=capture_at if capture_layers else None)
         self.finish(state.rows)
