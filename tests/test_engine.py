@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from stir_core.runtime.engine import Sampling, Steer
+from stir_core.runtime.engine import Engine, Sampling, Steer
+from stir_core.runtime.steering import foreign_hooks
 
 PROMPTS = ["12+3=", "7-2=45\n\n9", "1", "a:b?"]
 
@@ -182,6 +183,9 @@ def test_hooks_are_installed_once_and_inert_outside_the_engine(engine, tiny):
         engine.generate(PROMPTS, 5, steers=[Steer(1, vec, 2.0, "segment")] * len(PROMPTS), capture_layers=[0])
     assert hooks_per_point() == first
     assert sum(first.values()) >= 1
+    Engine(tiny).generate(PROMPTS[:1], 3, steers=[Steer(1, vec, 1.0, "segment")], capture_layers=[0])
+    assert hooks_per_point() == first, "a second engine on the same model shares the installed hooks"
+    assert not foreign_hooks(tiny.bridge)
     with torch.no_grad():
         with_hooks = tiny.bridge(ids, return_type="logits")
         saved = {id(hp): dict(hp._forward_hooks) for hp in tiny.bridge.hook_dict.values()}

@@ -56,11 +56,6 @@ class Steer:
         hook_name(self.layer, self.hook)  # a bad template fails here, not mid-decode
 
     @property
-    def add_key(self) -> int | str:
-        """Key of this steer's add table: the layer at the default hook point, else the hook name."""
-        return self.layer if self.hook == DEFAULT_HOOK_POINT else hook_name(self.layer, self.hook)
-
-    @property
     def at_last(self) -> bool:
         return self.positions in ("last", "last+segment")
 
@@ -213,7 +208,7 @@ class Engine:
         # benchmarks/bench_scale.py only: materialise prefill logits for every position, as the engine did
         # before (to measure what keeping only the last position saves).
         self.legacy_prefill_logits = False
-        self.hooks = HookSet(model.bridge)
+        self.hooks = HookSet.for_bridge(model.bridge)
         # Static-shape steps (`stir_core/runtime/graphs.py`): "cuda" captures a CUDA graph per bucket (the
         # default on CUDA), "eager" runs the same step function eagerly (CPU tests), "off" the plain step.
         self.graphs = "cuda" if torch.device(self.device).type == "cuda" else "off"

@@ -84,12 +84,25 @@ class Live:
 
 
 class HookSet:
-    """One permanent forward hook per hook point of a bridge, installed the first time its name is needed."""
+    """One permanent forward hook per hook point of a bridge, installed the first time its name is needed.
+
+    One set per bridge (`for_bridge`), shared by every engine on it, so making engines adds no hooks. Like
+    the bridge itself it serves one forward at a time (`stir_core/runtime/locks.py`).
+    """
 
     def __init__(self, bridge: Any):
         self.bridge = bridge
         self.installed: set[str] = set()
+        self.handle_ids: set[int] = set()  # the torch hook handles of ours, to tell them from anyone else's
         self.live: Live | None = None
+
+    @classmethod
+    def for_bridge(cls, bridge: Any) -> HookSet:
+        found = getattr(bridge, "_stir_hookset", None)
+        if found is None:
+            found = cls(bridge)
+            bridge._stir_hookset = found
+        return found
 
     def need(self, names: Sequence[str]) -> None:
         for name in names:
@@ -103,5 +116,14 @@ class HookSet:
                 live = self.live
                 return x if live is None else live.apply(name, x)
 
-            points[name].add_hook(fn, dir="fwd", is_permanent=True)
+            handle = points[name].add_hook(fn, dir="fwd", is_permanent=True)
+            self.handle_ids.add(handle.hook.id)
             self.installed.add(name)
+
+
+def foreign_hooks(bridge: Any) -> list[str]:
+    """Hook points of `bridge` holding forward hooks other than the engine's own (inert outside its forwards):
+    what a decode must never leave behind."""
+    ours = getattr(bridge, "_stir_hookset", None)
+    ids = ours.handle_ids if ours is not None else set()
+    return [n for n, hp in bridge.hook_dict.items() if set(hp._forward_hooks) - ids]
