@@ -147,14 +147,16 @@ class Backend:
         Hooks are the engine's, installed once (`stir_core/runtime/steering.py`). `keep="last"` returns logits `[batch, 1, d_vocab]` for the last position only
         (prefill, steps); `keep="all"` returns `[batch, t, d_vocab]`; `keep="none"` returns None.
         """
-        if grow:
-            needed = int(qpos.max()) + 1
+        view = None
+        if grow:  # eager: attend over the longest filled range only
+            view = needed = max(int(qpos.max()) + 1, 1)
             if needed > cache.capacity:
                 cache.grow(max(needed, 2 * cache.capacity))
-        cache.rows = rows
+        cache.rows, cache.view = rows, view
         cache.write = torch.where(qpos >= 0, qpos, cache.scratch).to(self.device)
         q = qpos.to(self.device)
-        full, slide = attention_masks(q, cache.capacity, {w for w in self.windows if w is not None}, self.dtype)
+        full, slide = attention_masks(q, cache.capacity, {w for w in self.windows if w is not None}, self.dtype,
+                                      n_keys=view)
         mask: Any = full
         if slide and all(self.windows):  # every layer slides with one window (Mistral): one plain mask
             mask = next(iter(slide.values()))

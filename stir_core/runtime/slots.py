@@ -40,6 +40,9 @@ class SlotCache:
         self.values: list[torch.Tensor | None] = []
         self.rows: torch.Tensor | None = None
         self.write: torch.Tensor | None = None
+        # Eager steps attend over the first `view` positions only (the longest filled range), not all T + 1:
+        # on a CPU attention costs per key. None: every position (a captured step needs the fixed shape).
+        self.view: int | None = None
 
     # what Hugging Face may ask of a cache when it builds nothing itself
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -72,6 +75,8 @@ class SlotCache:
         # [batch, t, kv_heads, head_dim] at (rows[b], :, write[b, i]): advanced indices around a slice
         keys[rows[:, None], :, write] = key_states.transpose(1, 2).to(keys.dtype)
         values[rows[:, None], :, write] = value_states.transpose(1, 2).to(values.dtype)
+        if self.view is not None:
+            keys, values = keys[:, :, : self.view], values[:, :, : self.view]
         if self.rows is None:
             return keys, values
         return keys.index_select(0, rows), values.index_select(0, rows)
@@ -87,23 +92,15 @@ class SlotCache:
             k[d, :, :upto] = k[s, :, :upto]
             v[d, :, :upto] = v[s, :, :upto]
 
-    def select(self, idx: torch.Tensor, upto: int, n_slots: int | None = None) -> SlotCache:
-        """A new pool whose first `len(idx)` slots copy slots `idx` (repeats allowed) over `[0, upto)`;
-        `n_slots` (default `len(idx)`) slots in all, the rest free."""
-        n = len(idx) if n_slots is None else n_slots
-        new = SlotCache(n, self.capacity)
+    def select(self, idx: torch.Tensor, upto: int) -> SlotCache:
+        """A new pool whose slot i copies slot `idx[i]` (repeats allowed). One gather of whole slots: what
+        lies past a slot's length is stale but finite (the pool starts zeroed and only ever holds K/V), and
+        masked until overwritten, so no separate zero-fill pass; `upto` is the longest filled range."""
+        new = SlotCache(len(idx), self.capacity)
         for k, v in zip(self.keys, self.values, strict=True):
-            if k is None:
-                new.keys.append(None)
-                new.values.append(None)
-                continue
-            i = idx.to(k.device)
-            nk = k.new_zeros(n, *k.shape[1:])
-            nv = v.new_zeros(n, *v.shape[1:])
-            nk[: len(i), :, :upto] = k[i, :, :upto]
-            nv[: len(i), :, :upto] = v[i, :, :upto]
-            new.keys.append(nk)
-            new.values.append(nv)
+            i = None if k is None else idx.to(k.device)
+            new.keys.append(None if k is None else k.index_select(0, i))
+            new.values.append(None if v is None else v.index_select(0, i))
         return new
 
     def grow(self, capacity: int) -> None:
@@ -137,12 +134,13 @@ def layer_windows(config: Any) -> tuple[list[int | None], bool]:
     return wins, len(set(wins)) > 1
 
 
-def attention_masks(qpos: torch.Tensor, capacity: int, windows: set[int], dtype: torch.dtype
-                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Additive masks `[batch, 1, t, T + 1]` (0 visible, dtype's min hidden) for queries at `qpos`
-    `[batch, t]`: the full-attention one and one per sliding window. A query whose row is fed nothing
-    (position -1) sees nothing but the scratch column."""
-    keys = torch.arange(capacity + 1, device=qpos.device)
+def attention_masks(qpos: torch.Tensor, capacity: int, windows: set[int], dtype: torch.dtype,
+                    n_keys: int | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Additive masks `[batch, 1, t, n_keys]` (0 visible, dtype's min hidden; `n_keys` defaults to the
+    pool's T + 1) for queries at `qpos` `[batch, t]`: the full-attention one and one per sliding window. A
+    query whose row is fed nothing (position -1) sees the scratch column when it is in view, else nothing
+    (its output is discarded either way)."""
+    keys = torch.arange(capacity + 1 if n_keys is None else n_keys, device=qpos.device)
     q = qpos[:, None, :, None]
     visible = keys <= q
     idle = (q < 0) & (keys == capacity)
