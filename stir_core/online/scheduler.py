@@ -78,7 +78,7 @@ class Lane:
     role: Role = Role.MAIN
     steer: Steer | None = None  # added at generated tokens when its positions include `segment`
     refeed: Steer | None = None  # next step: re-run the last token with this steer added (`last`)
-    pending_token: int | None = None  # next step: feed this already-recorded token (a reused probe's last)
+    pending_token: int | None = None  # next step: feed this already-recorded token (picked, not yet fed)
     start: int = 0  # first probe token's index (probe lanes, and a main lane in its null probe)
     made: int = 0
     done: bool = False  # probe finished / driver's segment closed
