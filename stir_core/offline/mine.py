@@ -62,7 +62,7 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
     model = engine.model
     prompts = [model.encode(model.format_prompt(task.prompt(ex))) for ex in examples]
     state = engine.prefill(prompts, capture_layers=layers if cfg.capture == "decode" else (),
-                           delimiter=task.delimiter)
+                           delimiter=task.delimiter, capacity=max(map(len, prompts)) + cfg.max_new_tokens + 1)
     rows = [i for i in range(len(examples)) for _ in range(cfg.k_rollouts)]
     state = engine.fork(state, rows)  # the prompt is prefilled once per problem, then forked K times
     for b, i in enumerate(rows):
