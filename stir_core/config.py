@@ -391,13 +391,12 @@ class StirConfig:
     random_choice_gate: str = knob("none", str, "random_choice ablation: none (reference) commits the random "
                                    "pick; null (ours) makes it beat the null score too", BASELINE,
                                    choices=("none", "null"))
-    schedule: str = knob("continuous", str, "continuous: per-row scheduling, null previews kept as progress; "
-                         "sync: the segment-synchronous reference path (same outputs, slower)", ONLINE,
+    schedule: str = knob("continuous", str, "accepted for old configs: both values run the one scheduler, whose "
+                         "tokens and decisions equal the segment-synchronous algorithm's (a test oracle)", ONLINE,
                          choices=("continuous", "sync"))
-    max_preview_rows: int | None = knob(None, int, "continuous: most extra rows (probes, drivers) in flight; "
-                                        "none or 0: no cap. Timing only, never results. Not a memory saver: "
-                                        "it serialises previews and the cache widens with the extra forwards "
-                                        "(measured on a GPU: more steps and a higher peak); leave it off",
+    max_preview_rows: int | None = knob(None, int, "most extra slots (probes, drivers) in flight; none or 0: no "
+                                        "cap. Never changes results. Bounds the slot pool's preview slots at "
+                                        "max(N, top_l) but serialises previews (more steps)",
                                         PREVIEW, optional=True, min=0)
     layer: int | None = knob(None, int, "restrict to one library layer (none: every layer in the library)",
                              STEER, optional=True, min=0, layer=True)
