@@ -314,6 +314,19 @@ class StirConfig:
         return from_dict(StirConfig, kw, base=self)
 
 
+@dataclass
+class PromptConfig:
+    """How file tasks prompt (STIR_SPEC.md, "Prompts and scoring"). The embedded testbed keeps its own format."""
+
+    prompt_style: str = knob("reference", str, "reference: the authors' templates (stir/data/prompts.py) with "
+                             "their system message; blank_lines (ours): ask for steps separated by blank "
+                             "lines, so control points fall between steps", "prompt",
+                             choices=("reference", "blank_lines"))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 RECOMMENDED_KEY = "recommended_online"
 
 

@@ -170,6 +170,6 @@ def test_generate_applies_a_file_tasks_template_without_files(tiny_model_dir, tm
                             str(tiny_model_dir), "--device", "cpu", "--max-new-tokens", "4", "--json", str(out)])
     assert r.exit_code == 0, r.output
     prompt = json.loads(out.read_text())["vanilla"]["prompt"]
-    assert prompt.startswith("Solve the following math problem.") and "Problem: What is 2 + 3?" in prompt
+    assert prompt.startswith("Solve the following problem step by step.") and "Problem:\nWhat is 2 + 3?" in prompt
     r = runner.invoke(app, ["generate", "Which?", "--task", "arc-challenge", "--model", str(tiny_model_dir)])
     assert r.exit_code == 2 and "--raw" in r.output

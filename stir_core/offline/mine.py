@@ -26,7 +26,7 @@ from stir_core.runtime.engine import Engine, Sampling
 from stir_core.runtime.locks import serialised
 from stir_core.runtime.model import LoadedModel, resolve_layers
 from stir_core.runtime.segment import segment_ends
-from stir_core.tasks import Example, Task, get_task, step_checker_of
+from stir_core.tasks import Example, Task, get_task, render_prompt, step_checker_of
 
 CHECKPOINT = "mine_checkpoint"
 
@@ -134,7 +134,7 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
                     layers: list[int]) -> list[list[Rollout]]:
     """K seeded rollouts per example, one batched decode; states at every control point per rollout."""
     model = engine.model
-    prompts = [model.encode(model.format_prompt(task.prompt(ex))) for ex in examples]
+    prompts = [model.encode(render_prompt(model, task, ex)) for ex in examples]
     state = engine.prefill(prompts, capture_layers=layers if cfg.capture == "decode" else (),
                            delimiter=task.delimiter)
     rows = [i for i in range(len(examples)) for _ in range(cfg.k_rollouts)]
@@ -176,7 +176,7 @@ def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> 
     if not ex.solution:
         return torch.zeros(0), 0
     model = engine.model
-    prompt = model.encode(model.format_prompt(task.prompt(ex)))
+    prompt = model.encode(render_prompt(model, task, ex))
     sol = model.tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
     states = engine.forward_states([prompt + sol], layers)[0][len(prompt):]
     ends = segment_ends(model.tokenizer, sol, task.delimiter)
