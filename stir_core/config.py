@@ -291,7 +291,8 @@ class StirConfig:
     probe_stop: str = knob("delimiter", str, "delimiter (reference): a probe ends at the delimiter; none (ours): "
                            "it runs its full length", PREVIEW, choices=("delimiter", "none"))
     random_choice_gate: str = knob("none", str, "random_choice ablation: none (reference) commits the random "
-                                   "pick; null (ours) makes it beat the null score too", BASELINE,
+                                   "pick unless it ties Score_null, is under τ or has α ≤ 0; null (ours) makes "
+                                   "it beat the null score too", BASELINE,
                                    choices=("none", "null"))
     schedule: str = knob("continuous", str, "continuous: per-row scheduling, null previews kept as progress; "
                          "sync: the segment-synchronous reference path (same outputs, slower)", ONLINE,
