@@ -18,7 +18,6 @@ from enum import Enum
 
 from stir_core.online.trace import Candidate
 
-
 TIE_EPS = 1e-12  # |Score − Score_null| at or under this is a tie, with previews (stir/online/stir.py:693–694)
 
 
