@@ -273,6 +273,9 @@ class StirConfig:
                                   RETRIEVAL, choices=("group", "retrieved"))
     min_sim: float | None = knob(None, float, "null when the best key similarity is below this (none: off)",
                                  RETRIEVAL, optional=True, min=-1.0)
+    min_tool_m: int | None = knob(None, int, "no tool and no previews at control points m below this (the "
+                                  "reference's online.min_tool_m; none: off). Its max_tool_m is max_control_points",
+                                  GATE, optional=True, min=1)
     top_l: int = knob(4, int, "L: corrections previewed per control point", PREVIEW, min=1)
     probe_tokens: int = knob(4, int, "tokens decoded per preview (discarded, counted)", PREVIEW, min=1)
     probe_scale: float = knob(1.0, float, "scale of the vector while previewing", PREVIEW, min=0.0)

@@ -80,7 +80,8 @@ def test_an_undecided_decision_says_skipped():
 
 def test_every_reason_has_a_test():
     tested = {Reason.COMMITTED, Reason.NO_ENTRIES, Reason.LOW_SIM, Reason.NO_CANDIDATES, Reason.ANCHOR_WON,
-              Reason.TIE, Reason.BELOW_TAU, Reason.NONPOSITIVE_ALPHA, Reason.SKIPPED}
+              Reason.TIE, Reason.BELOW_TAU, Reason.NONPOSITIVE_ALPHA, Reason.SKIPPED,
+              Reason.BEFORE_MIN_M}
     elsewhere = {Reason.STATIC: "test_controller static baselines",
                  Reason.FUSED: "test_arch_matrix::test_every_delimiter_is_a_control_point",
                  Reason.SKIPPED: "test_an_undecided_decision_says_skipped"}
@@ -153,3 +154,14 @@ def test_random_pick_within_the_tie_epsilon_is_null_after_previews():
     assert run(cands, gains={1: 1e-13}, pick=0, pick_beats_null=False, rho=1.0)[1].reason is Reason.TIE
     assert run(cands, gains={1: 0.3}, pick=0, pick_beats_null=False, tau_null=1.0)[1].reason is Reason.BELOW_TAU
     assert run(cands, gains={1: 0.3}, pick=0, pick_beats_null=False)[1].reason is Reason.COMMITTED
+
+
+def test_min_tool_m_skips_early_control_points_before_any_preview():
+    """The reference's `online.min_tool_m` (stir/config.py:157; stir/online/stir.py:384–398): at mem_m < it,
+    no tool and no probing. Our m is the reference's mem_m (control point after the m-th segment)."""
+    cands = [cand(0), cand(1, sim=0.8)]
+    for m, reason in [(1, Reason.BEFORE_MIN_M), (2, Reason.BEFORE_MIN_M), (3, Reason.COMMITTED), (5, Reason.COMMITTED)]:
+        short = shortlist(cands, 4, m=m, min_tool_m=3)
+        assert (short.corrections == ()) is (reason is Reason.BEFORE_MIN_M)  # nothing to preview
+        assert decide(short, None, **KW).reason is reason
+    assert shortlist(cands, 4, m=1, min_tool_m=None).reason is None

@@ -33,6 +33,7 @@ class Reason(str, Enum):
     TIE = "tie"  # S_best == S_null (within TIE_EPS after previews): the null action wins ties
     BELOW_TAU = "below_tau"  # S_best < tau_null
     NONPOSITIVE_ALPHA = "nonpositive_alpha"  # α = k_scale · S_best <= 0
+    BEFORE_MIN_M = "min_tool_m"  # m < min_tool_m: no tool and no previews here (the reference's knob)
     FUSED = "fused"  # another delimiter completes in the same token: the gate acts at the last one
     SKIPPED = "skipped"  # `GateDecision`'s default: a decision that was never resolved
 
@@ -55,14 +56,18 @@ class Outcome:
 
 
 def shortlist(candidates: Sequence[Candidate], top_l: int, min_entries: int = 1,
-              min_sim: float | None = None, group_size: int | None = None) -> Shortlist:
+              min_sim: float | None = None, group_size: int | None = None,
+              m: int | None = None, min_tool_m: int | None = None) -> Shortlist:
     """Split retrieved entries into the null value and the corrections worth previewing.
 
     `min_entries` counts the retrieved hits, or, when `group_size` is given, the library entries of the
-    queried (layer, control point) group (the reference's reading).
+    queried (layer, control point) group (the reference's reading). At a control point `m` below
+    `min_tool_m` nothing is previewed or committed (stir/online/stir.py:384–398, :976–990).
     """
     cands = tuple(candidates)
     null_value = max(0.0, max((c.value for c in cands if c.kind == "anchor"), default=0.0))
+    if min_tool_m is not None and m is not None and m < min_tool_m:
+        return Shortlist(cands, (), null_value, Reason.BEFORE_MIN_M)
     # The reference's order: (Â, sim, q) descending, ties kept in retrieval order (a stable sort;
     # stir/online/stir.py:503–504). `candidates` arrive in retrieval order (similarity, then entry).
     corrections = tuple(sorted((c for c in cands if c.kind == "correction"),
