@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from stir_core.config import knob, validate
 from stir_core.io import atomic, jsonio
 from stir_core.library.format import ToolLibrary
+from stir_core.offline.capture import retokenized_states
 from stir_core.runtime.engine import Engine, Sampling
 from stir_core.runtime.locks import serialised
 from stir_core.runtime.model import LoadedModel, resolve_layers
@@ -71,8 +72,10 @@ class MineConfig:
                            choices=("reference", "disjoint"))
     top_c: int = knob(256, int, "C: items kept (by quality)", "contrast", min=1)
     problems_per_batch: int = knob(8, int, "problems decoded together (and per checkpoint)", "rollouts", min=1)
-    capture: str = knob("decode", str, "decode (one pass) | reprefill (one forward per prefix, the reference's)",
-                        "rollouts", choices=("decode", "reprefill"))
+    capture: str = knob("decode", str, "decode (by tokens, one pass) | reprefill (by tokens, one forward per "
+                        "prefix) | retokenize (the reference's: the text cut at each delimiter, re-tokenized with "
+                        "the prompt, one forward each; offline/capture.py)", "rollouts",
+                        choices=("decode", "reprefill", "retokenize"))
     seed: int = knob(0, int, "seed of the split sample and the rollouts", "data", min=0)
 
     def __post_init__(self) -> None:
@@ -134,7 +137,8 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
                     layers: list[int]) -> list[list[Rollout]]:
     """K seeded rollouts per example, one batched decode; states at every control point per rollout."""
     model = engine.model
-    prompts = [model.encode(render_prompt(model, task, ex)) for ex in examples]
+    prompt_texts = [render_prompt(model, task, ex) for ex in examples]
+    prompts = [model.encode(p) for p in prompt_texts]
     state = engine.prefill(prompts, capture_layers=layers if cfg.capture == "decode" else (),
                            delimiter=task.delimiter)
     rows = [i for i in range(len(examples)) for _ in range(cfg.k_rollouts)]
@@ -162,7 +166,12 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
             # One capture per control point (a token ending two has two, with the same state).
             states = (torch.stack([c.states for c in row.captures]) if row.captures
                       else torch.zeros(0, len(layers), model.d_model))
-        else:  # the reference's way: one forward per prefix (kept for tests and benchmarks)
+        elif cfg.capture == "retokenize":  # the reference's text cut and re-tokenized (stage1.py:466-507)
+            states = retokenized_states(engine, prompt_texts[i], text, delim, layers)
+            if len(states) != len(ends):
+                raise RuntimeError(f"retokenize: {len(states)} delimiter offsets in the text but {len(ends)} "
+                                   f"control points in the token stream (problem {ex.id!r})")
+        else:  # by tokens, one forward per prefix (kept for tests and benchmarks)
             states = torch.stack([engine.forward_states([row.prompt + row.tokens[: t + 1]], layers)[0][-1]
                                   for t in ends]) if ends else torch.zeros(0, len(layers), model.d_model)
         out[i].append(Rollout(ex.id, b % cfg.k_rollouts, text, len(row.tokens), correct, reward, states, prefixes))
@@ -170,12 +179,16 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
 
 
 @serialised
-def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> tuple[torch.Tensor, int]:
+def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int],
+                 capture: str = "decode") -> tuple[torch.Tensor, int]:
     """States of the gold solution at each of its control points [n_cp, n_layers, d_model], and its length
     in tokens."""
     if not ex.solution:
         return torch.zeros(0), 0
     model = engine.model
+    if capture == "retokenize":  # prompt and gold tokenized together (stage1.py:492-493)
+        sol = model.tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
+        return retokenized_states(engine, render_prompt(model, task, ex), ex.solution, task.delimiter, layers), len(sol)
     prompt = model.encode(render_prompt(model, task, ex))
     sol = model.tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
     states = engine.forward_states([prompt + sol], layers)[0][len(prompt):]
@@ -234,7 +247,7 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
                 continue
             if cfg.pos_source == "gold" or (not pos and cfg.pos_source == "rollout_or_gold"):
                 if gold is None:
-                    gold, n_gold = _gold_states(engine, task, ex, layers)
+                    gold, n_gold = _gold_states(engine, task, ex, layers, cfg.capture)
                     r_gold = gold_reward(task, ex, n_gold, cfg)
                 if len(gold) < m:
                     stats["skipped_no_pos"] += 1
