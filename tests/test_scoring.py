@@ -81,6 +81,8 @@ CASES = [
     ("The answer is $\\boxed{\\sqrt{4}}$.", "2", "number", True, EQ, B),
     ("It costs 2.50 dollars.\n\n#### 2.5", "2.5", "number", True, VAL, H),
     ("The answer is -3.", "-3", "number", True, VAL, INL),
+    ("So the answer is 7 apples and 3 pears.", "7", "number", True, VAL, INL),
+    ("The final answer is 3/4 of the cake.", "0.75", "number", True, VAL, INL),
     ("I cannot tell.", "3", "number", False, NONE, N),
     # --- multiple choice ----------------------------------------------------------------------------
     ("Plants take in carbon dioxide.\n\n#### C", "C", "choice", True, TXT, H),

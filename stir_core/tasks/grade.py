@@ -265,9 +265,12 @@ def equivalent(pred: str | None, gold: str, kind: str) -> tuple[bool, Why]:
         p, g = _as_number(pred), _as_number(gold)
         if g is None:
             raise ValueError(f"gold answer {gold!r} is not a number")
+        nums = find_numbers(pred)
+        if p is None and nums and "\\" not in pred:  # "7 apples", "3/4 of the cake": its first number
+            p = normalize_number(nums[0])
         if p is not None:
             return (True, Why.SAME_VALUE) if p == g else (False, Why.DIFFERENT)
-        if not find_numbers(pred) or len(pred) > MAX_ANSWER_CHARS:
+        if not nums or len(pred) > MAX_ANSWER_CHARS:
             return False, Why.UNREADABLE
     elif normalize_latex(pred) == normalize_latex(gold):
         return True, Why.SAME_TEXT
