@@ -165,3 +165,20 @@ def test_min_tool_m_skips_early_control_points_before_any_preview():
         assert (short.corrections == ()) is (reason is Reason.BEFORE_MIN_M)  # nothing to preview
         assert decide(short, None, **KW).reason is reason
     assert shortlist(cands, 4, m=1, min_tool_m=None).reason is None
+
+
+def test_min_tool_m_through_the_stir_policy(engine, tiny):
+    """End to end: at m < min_tool_m the trace says `min_tool_m` and no preview token is spent; from
+    min_tool_m on the gate decides as usual."""
+    from test_controller import CFG, PROMPTS, make_library
+
+    from stir_core.online.methods import run_method
+
+    lib = make_library(tiny.d_model, anchors=False, cps=(1, 2, 3, 4, 5, 6))
+    traces = run_method(engine, PROMPTS, "stir", lib, CFG.with_overrides(min_tool_m=3))
+    decisions = [d for t in traces for d in t.decisions if d.reason != "fused"]
+    early = [d for d in decisions if d.m < 3]
+    late = [d for d in decisions if d.m >= 3]
+    assert early and late
+    assert all(d.reason == Reason.BEFORE_MIN_M.value and d.probe_tokens == 0 and not d.committed for d in early)
+    assert not any(d.reason == Reason.BEFORE_MIN_M.value for d in late)
