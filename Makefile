@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stir-installed
 LOCK := requirements.lock
 
-.PHONY: app test install lint demo screenshot clean-venv lock test-latest test-next
+.PHONY: app test test-fast lint-imports install lint demo screenshot clean-venv lock test-latest test-next
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,8 +29,17 @@ install: $(STAMP)
 app: $(STAMP)
 	$(BIN)/python -m app --server.address 127.0.0.1
 
-test: $(STAMP)
+# CI (.ci/run) runs `make test`: the layer contract first, then every test, slow ones included.
+test: lint-imports
 	$(BIN)/python -m pytest -q
+
+# For development: the same suite without the tests marked `slow` (each takes more than ~5 s).
+test-fast: lint-imports
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The package's layers and no import cycles ([tool.importlinter] in pyproject.toml, docs/ARCHITECTURE.md).
+lint-imports: $(STAMP)
+	$(BIN)/lint-imports
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

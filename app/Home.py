@@ -219,6 +219,8 @@ _apply_query_params_once()
 _apply_pending_view_to_sidebar()
 if "link_error" in st.session_state:
     st.warning(st.session_state.pop("link_error"))
+if (_exposed := state.exposure_notice()) is not None:  # served beyond 127.0.0.1: said on every page
+    st.info(_exposed)
 page = st.navigation(PAGES)
 context, facts_slot = sidebar()
 st.session_state[state.CONTEXT_KEY] = context

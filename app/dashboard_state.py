@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.loading import generation, runs_dir
-from app.state import _library_of, find_dirs, get_engine, get_model
+from app.state import find_dirs, get_engine, get_model, library_of
 from stir_core.analysis import dashboard as dash
 from stir_core.analysis.evaluate import load_results
 from stir_core.online.methods import StirConfig
@@ -20,7 +20,8 @@ def eval_runs() -> list[Path]:
     return [p for p in find_dirs(runs_dir(), "examples.jsonl", max_depth=4) if (p / "summary.json").is_file()]
 
 
-def _stamp(run: str | None) -> str:
+def run_stamp(run: str | None) -> str:
+    """What changes when an evaluation run's examples are rewritten (a cache key); "" for none."""
     if not run:
         return ""
     f = Path(run) / "examples.jsonl"
@@ -35,7 +36,7 @@ def run_examples(run: str, stamp: str) -> pd.DataFrame:
 @st.cache_data(max_entries=8, show_spinner="Decoding vanilla and STIR over the problems…")
 def on_demand(model_key: tuple[str, str, str], library_key: tuple[str, str], task: str, n: int, split: str,
               seed: int, config_json: str) -> pd.DataFrame:
-    lib = _library_of(*library_key, model_key)
+    lib = library_of(*library_key, model_key)
     with generation(*model_key):
         return dash.run_on_demand(get_engine(*model_key), lib, task, n, split, seed,
                                   StirConfig(**json.loads(config_json)))
@@ -46,7 +47,7 @@ def tool_dashboard(model_key: tuple[str, str, str], library_key: tuple[str, str]
                    source: str, source_stamp: str, _examples: pd.DataFrame | None, prompt: str | None,
                    scales: tuple[float, ...], positions: str, sweep_tokens: int) -> dash.ToolDashboard:
     """`source` + `source_stamp` key the cache on the run (the frame `_examples` is not hashed)."""
-    lib = _library_of(*library_key, model_key)
+    lib = library_of(*library_key, model_key)
     model = get_model(*model_key)
     formatted = model.format_prompt(prompt) if prompt else None
     with generation(*model_key):

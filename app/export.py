@@ -174,7 +174,7 @@ def unescape_delimiter(s: str) -> str:
     return out
 
 
-def _cast_knob(name: str, value: Any) -> Any:
+def cast_knob(name: str, value: Any) -> Any:
     """A per-column knob through the one schema caster (`stir_core.config.cast_value`)."""
     if name in VIEW_GLOBAL_KNOBS:
         raise ValueError(
@@ -195,7 +195,7 @@ class ColumnSpec:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        self.knobs = {k: _cast_knob(k, v) for k, v in self.knobs.items()}
+        self.knobs = {k: cast_knob(k, v) for k, v in self.knobs.items()}
 
 
 @dataclass

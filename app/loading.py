@@ -35,17 +35,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stir_core.io.layout import DEFAULT_MODEL_DIR, DEMO_LIBRARY, MANIFEST_FILE
+
 if TYPE_CHECKING:  # heavy (torch): imported inside the functions that need them, in the loader thread
     from stir_core.library.format import ToolLibrary
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.model import LoadedModel
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_LIBRARY = REPO / "assets" / "demo-library"
-# Copies of stir_core.library.format.MANIFEST_FILE and stir_core.runtime.model.DEFAULT_MODEL_DIR, which cannot be imported
-# here without torch; tests/test_app_start.py checks they agree.
-MANIFEST_NAME = "manifest.json"
-DEFAULT_MODEL_DIR = REPO / "assets" / "toy-reasoner"
 MODEL_ENV, LIBRARY_ENV, RUNS_ENV = "STIR_MODEL", "STIR_LIBRARY", "STIR_RUNS"
 MAX_TOKENS_ENV, TIME_CAP_ENV = "STIR_APP_MAX_TOKENS", "STIR_APP_TIME_CAP_S"
 
@@ -81,7 +78,7 @@ def default_library() -> str | None:
     env = os.environ.get(LIBRARY_ENV)
     if env:
         return env
-    return str(DEMO_LIBRARY) if (DEMO_LIBRARY / MANIFEST_NAME).is_file() else None
+    return str(DEMO_LIBRARY) if (DEMO_LIBRARY / MANIFEST_FILE).is_file() else None
 
 
 def runs_dir() -> Path:
@@ -156,10 +153,16 @@ READY_LINE = "stir-workbench: model ready:"
 def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
     import torch
 
+    from stir_core.io.paths import PathNotAllowed, is_path_like
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.locks import model_lock
-    from stir_core.runtime.model import load_model
+    from stir_core.runtime.model import ModelLoadError, load_model
 
+    if name != "embedded" and is_path_like(name):
+        try:
+            allowed(name, "model")
+        except PathNotAllowed as err:
+            raise ModelLoadError(str(err)) from None
     t0 = time.perf_counter()
     model = load_model(name, device=device, dtype=dtype, threads=thread_policy())
     _THREADS[(name, device, dtype)] = torch.get_num_threads()
@@ -242,10 +245,25 @@ MAX_LIBRARIES = 8
 _LIB_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stir-library-load")
 
 
+def allowed(path: str, what: str) -> None:
+    """Refuse a path outside the allowed roots (`stir_core.io.paths`: a link's `?lib=`/`?model=` or a path
+    box is the page visitor's choice); the defaults this server was started with are always allowed."""
+    from stir_core.io.paths import check_allowed
+
+    if path in (default_model(), default_library()):
+        return
+    check_allowed(path, what, extra=(runs_dir(),))  # the runs folder: where Build writes libraries
+
+
 def _read_library(path: str) -> ToolLibrary:
     _IMPORTED.wait()  # see APP_MODULES
-    from stir_core.library.format import ToolLibrary
+    from stir_core.io.paths import PathNotAllowed
+    from stir_core.library.format import LibraryError, ToolLibrary
 
+    try:
+        allowed(path, "library")
+    except PathNotAllowed as err:
+        raise LibraryError(str(err)) from None
     return ToolLibrary.load(path)
 
 
@@ -258,11 +276,13 @@ def library_stamp(path: str | Path) -> str:
     """The manifest's content hash and recommended settings (cheap to read): the cache key of a library
     directory's contents (the hash covers tensors and table; the recommendations live in the manifest)."""
     from stir_core.config import RECOMMENDED_KEY  # light: no torch
+    from stir_core.io.bounded import read_json
 
-    try:
-        m = json.loads((Path(path) / MANIFEST_NAME).read_text())
+    try:  # bounded (a manifest nested 200k deep), and nothing read outside the allowed roots
+        allowed(str(path), "library")
+        m = read_json(Path(path) / MANIFEST_FILE, "manifest", max_bytes=64 << 20)
         return str(m.get("content_hash", "")) + json.dumps(m.get(RECOMMENDED_KEY), sort_keys=True)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return ""
 
 

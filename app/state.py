@@ -154,6 +154,18 @@ class Context:
 CONTEXT_KEY = "stir_context"
 
 
+def exposure_notice() -> str | None:
+    """What every page says when the server listens beyond this machine (None on 127.0.0.1)."""
+    from stir_core.io.paths import allowed_roots, is_loopback
+
+    address = st.get_option("server.address")
+    if is_loopback(address):
+        return None
+    roots = ", ".join(f"`{r}`" for r in allowed_roots())
+    return (f"This app is served on {address or 'every network interface'}: anyone who can reach it can run "
+            f"the model. Libraries and models are read only under {roots} (STIR_ALLOWED_ROOTS adds folders).")
+
+
 def context() -> Context:
     """The Context the entry script stored for this run; stops the page with a message if there is none."""
     ctx = st.session_state.get(CONTEXT_KEY)
@@ -163,7 +175,8 @@ def context() -> Context:
     return ctx
 
 
-def _library_of(path: str, stamp: str, model_key: tuple[str, str, str]) -> ToolLibrary:
+def library_of(path: str, stamp: str, model_key: tuple[str, str, str]) -> ToolLibrary:
+    """The library at `path` (cached by `stamp`), checked against the model `model_key` names."""
     m = get_model(*model_key)
     return get_library(path, stamp, m.d_model, m.n_layers)
 
@@ -239,7 +252,7 @@ def neighbours(path: str, stamp: str, source: str, row: int, k: int = 5) -> list
 def lens(
     path: str, stamp: str, model_key: tuple[str, str, str], row: int, k: int = 10, final_norm: bool = True
 ) -> dict[str, Any]:
-    lib = _library_of(path, stamp, model_key)
+    lib = library_of(path, stamp, model_key)
     out = lens_for_model(get_model(*model_key), lib.vectors[row], k=k, final_norm=final_norm)
     return {
         "promoted": out.promoted,
@@ -263,7 +276,7 @@ def run_trace(
 ) -> dict[str, Any]:
     """Decode one formatted prompt with one method (under the lock): {"trace": Trace dict, "wall_s"}."""
     engine = get_engine(*model_key)
-    lib = _library_of(*library_key, model_key) if library_key[0] else None
+    lib = library_of(*library_key, model_key) if library_key[0] else None
     cfg = StirConfig(**json.loads(config_json))
     with generation(*model_key):
         t0 = time.perf_counter()

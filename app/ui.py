@@ -30,7 +30,7 @@ METHOD_KNOBS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _export_menu(
+def export_menu(
     name: str, key: str, items: list[tuple[str, str, Callable[[], bytes]]], note: str | None = None
 ) -> None:
     """A popover of download buttons; each file is produced only when its button is clicked."""
@@ -60,12 +60,12 @@ def figure_exports(fig: go.Figure, name: str, key: str) -> None:
             for fmt in export.IMAGE_FORMATS
         ]
     items.append(("HTML (interactive, standalone)", "html", lambda: export.figure_html(fig)))
-    _export_menu(name, key, items, None if ok else why)
+    export_menu(name, key, items, None if ok else why)
 
 
 def table_exports(df: pd.DataFrame, name: str, key: str) -> None:
     """An "Export" menu for a table: CSV and JSON records."""
-    _export_menu(
+    export_menu(
         name,
         key,
         [("CSV", "csv", lambda: export.table_csv(df)), ("JSON", "json", lambda: export.table_json(df))],

@@ -18,7 +18,7 @@ def load_bench_model(name: str | None = None):
     if (DEFAULT_MODEL_DIR / "config.json").exists():
         return load_model(None, device="cpu")
     sys.path.insert(0, str(REPO / "tests"))
-    from tiny_model import build_tiny_model
+    from helpers.tiny_model import build_tiny_model
 
     return load_model(str(build_tiny_model(Path("/tmp/stir-bench-tiny"))), device="cpu")
 

@@ -14,7 +14,8 @@ import argparse
 
 import torch
 
-from stir_core.offline.mine import MineConfig, sample_rollouts
+from stir_core.config import MineConfig
+from stir_core.offline.mine import sample_rollouts
 from stir_core.runtime.engine import Engine
 from stir_core.runtime.model import load_model
 from stir_core.tasks import get_task

@@ -12,7 +12,8 @@ import time
 import torch
 from _common import load_bench_model
 
-from stir_core.offline.mine import MineConfig, mine_candidates
+from stir_core.config import MineConfig
+from stir_core.offline.mine import mine_candidates
 from stir_core.runtime.engine import Engine
 
 

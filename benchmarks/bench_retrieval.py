@@ -71,7 +71,8 @@ def main() -> int:
         layer = torch.arange(n) % n_layers
         point = 1 + (torch.arange(n) // n_layers) % n_points
         table = pd.DataFrame({"layer": layer.numpy(), "control_point": point.numpy()})
-        lib = ToolLibrary(keys, torch.zeros(1, d).expand(n, d), table, {"d_model": d})
+        lib = ToolLibrary(keys=keys, vectors=torch.zeros(1, d).expand(n, d), table=table,
+                          manifest={"d_model": d})
         t0 = time.perf_counter()
         index = ToolIndex(lib)
         build = time.perf_counter() - t0

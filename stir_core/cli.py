@@ -18,6 +18,8 @@ from typing import Annotated
 import typer
 
 from stir_core.io import jsonio
+from stir_core.io.bounded import clip
+from stir_core.io.layout import DEMO_LIBRARY, MANIFEST_FILE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="STIR Workbench: mine, select, store and replay latent actions.")
@@ -32,7 +34,6 @@ MismatchOpt = Annotated[bool, typer.Option("--allow-model-mismatch",
 # commands, still accepted).
 ForceOutOpt = Annotated[bool, typer.Option("--force", "--overwrite",
                                            help="replace what is already at the output path")]
-DEMO_LIBRARY = Path(__file__).resolve().parent.parent / "assets" / "demo-library"
 _STATE = {"debug": os.environ.get("STIR_DEBUG", "").strip() not in ("", "0")}
 
 
@@ -122,10 +123,24 @@ def _library(path: str | None, facts: dict, allow_mismatch: bool) -> tuple[objec
         return None, []
     lib = ToolLibrary.load(path)
     validate_for_model(lib, facts.get("d_model"), facts.get("n_layers"))
-    warnings = library_model_check(lib, facts["model_id"], None, allow_mismatch)
+    warnings = library_model_check(lib, facts["model_id"], None, allow_mismatch) + _norm_warnings(lib)
     for w in warnings:
         _note(f"warning: {w}")
     return lib, warnings
+
+
+def _norm_warnings(lib) -> list[str]:
+    """A library whose vectors are beyond a sane norm loads (its hash is valid) but is said to be absurd;
+    the line goes into every trace and the summary like any other warning."""
+    from stir_core.online.health import MAX_ADDED_NORM
+
+    if not len(lib):
+        return []
+    top = float(lib.vectors.double().norm(dim=1).max())  # float64: a float32 norm of 1e37-vectors is inf
+    if top <= MAX_ADDED_NORM:
+        return []
+    return [f"library vectors reach norm {top:.3g}, beyond the sane {MAX_ADDED_NORM:g}: steering with them "
+            "overflows the activations (non-finite decodes are flagged per trace)"]
 
 
 def _online_config(lib, overrides: dict, facts: dict, steered: bool):
@@ -160,14 +175,34 @@ def _task(task: str, path: str | None):
     try:
         return get_task(task, **({"path": path} if path else {}))
     except TypeError as err:
-        _fail(f"task {task!r}: {err}")
+        _fail(f"task {clip(task)}: {err}")
 
 
 def _default_library(library: str | None, model: str) -> str | None:
-    if library is None and model == "embedded" and (DEMO_LIBRARY / "manifest.json").is_file():
+    if library is None and model == "embedded" and (DEMO_LIBRARY / MANIFEST_FILE).is_file():
         typer.echo(f"using the demo library {DEMO_LIBRARY}", err=True)
         return str(DEMO_LIBRARY)
     return library
+
+
+def _check_methods(methods: list[str], lib, configs: list) -> None:
+    """Build every method's policy once, without a model (cheap: means and an index over the library),
+    so a library that cannot serve a method (an empty one with `static`) is refused before any decode."""
+    from stir_core.online.methods import build_policy
+
+    for c in configs:
+        for meth in methods:
+            try:
+                build_policy(meth, lib, c)
+            except ValueError as err:
+                _fail(f"--methods {meth}: {err}")
+
+
+def _fingerprint(**parts) -> str:
+    """A short hash of what makes an evaluation's results (a second run into its --out must match it)."""
+    import hashlib
+
+    return hashlib.blake2b(jsonio.dumps(parts, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -189,16 +224,12 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
                                                                  "(e.g. configs/reference.yaml) from it")] = None,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Evaluate methods on a task: accuracy, tokens, interventions, paired test vs vanilla."""
-    from stir_core.analysis.evaluate import evaluate
     from stir_core.config import StirConfig, check_layers, parse_values
     from stir_core.io import outputs
-    from stir_core.online.methods import METHODS
-    from stir_core.runtime.engine import Engine
 
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    bad = [m for m in method_list if m not in METHODS]
-    if bad or not method_list:
-        _fail(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}" if bad else "--methods is empty")
+    if not method_list:
+        _fail("--methods is empty")
     _positive(n=n, batch_size=batch_size)
     if seed < 0:
         _fail(f"--seed must be >= 0, got {seed}")
@@ -214,7 +245,15 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
     # defaults -> the library's recommended settings -> --config's [online] section -> --set
     overrides = {**online, **_overrides(set_)}
     sweep_name, sweep_values = parse_values(StirConfig, sweep) if sweep else (None, [None])
-    task_obj.load(split, n, seed)  # reads and checks the data (files, split names) before the model loads
+    task_obj.load(split, n, seed)  # reads and checks the data (files, split names, --n) before the model loads
+    from stir_core.analysis.diagnostics import truncation_warnings
+    from stir_core.analysis.evaluate import evaluate  # torch: after the cheap checks
+    from stir_core.online.methods import METHODS
+    from stir_core.runtime.engine import Engine
+
+    bad = [m for m in method_list if m not in METHODS]
+    if bad:
+        _fail(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
     steered = any(x not in ("vanilla", "no_memory") for x in method_list)
     facts = _facts(model, device, dtype)
     if library is None:  # the embedded model starts from the demo library's recommended settings
@@ -230,8 +269,18 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         c = cfg if name is None else cfg.with_overrides(**{name: value})
         check_layers(c, facts.get("n_layers"), lib_layers if steered else None)
         configs.append((name, value, c))
-    if out is not None:
-        outputs.claim_run_dir(out, "eval")
+    _check_methods(method_list, lib if steered else None, [c for _, _, c in configs])
+    from stir_core.io import feasible
+
+    feasible.check_memory(feasible.eval_bytes(n * len(configs), len(method_list),
+                                              max(c.max_new_tokens for _, _, c in configs)),
+                          f"--n {n} with {len(method_list)} method(s) and {len(configs)} setting(s)", "lower --n")
+    if out is not None:  # a second eval into it: the same evaluation (fingerprint) or refused; one writer
+        fingerprint = _fingerprint(task=task_obj.name, files=getattr(task_obj, "paths", None), split=split, n=n,
+                                   seed=seed, methods=method_list, model=facts.get("model_id"),
+                                   library=(lib.manifest.get("content_hash") if lib is not None else None),
+                                   settings=[(name, value, asdict(c)) for name, value, c in configs])
+        outputs.claim_run_dir(out, "eval", fingerprint=fingerprint, lock=True)
     m = _load(model, device, dtype)
     if lib is not None:
         from stir_core.library.checks import library_model_check
@@ -239,29 +288,85 @@ def eval_cmd(task: Annotated[str, typer.Option(help="task name")] = "planted",
         warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
                                                                      allow_model_mismatch)))
     engine = Engine(m)
-    rows = []
+    rows, diags, warn_lines = [], [], []
     for name, value, c in configs:
         sub = None if out is None else (out if name is None else out / f"{name}={value}")
         res = evaluate(engine, task_obj, method_list, lib if steered else None, c, n=n, split=split, seed=seed,
                        batch_size=batch_size, out_dir=sub, warnings=warnings)
         if res is None:  # a rank other than 0 under a launcher: rank 0 has its traces and reports
             continue
-        t = res.table()
+        t, dg = res.table(), res.diagnostics_table()
         rows.append(t.assign(**{name: value}) if name else t)
+        diags.append(dg.assign(**{name: value}) if name else dg)
+        warn_lines += truncation_warnings(res.summary, c.max_new_tokens)
     if not rows:
         return
     import pandas as pd
 
-    table = pd.concat(rows, ignore_index=True)
+    table, diag = pd.concat(rows, ignore_index=True), pd.concat(diags, ignore_index=True)
     if sweep_name is not None:  # the swept knob first
         table = table[[sweep_name, *(c for c in table.columns if c != sweep_name)]]
+        diag = diag[[sweep_name, *(c for c in diag.columns if c != sweep_name)]]
     typer.echo(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    typer.echo("\ndiagnostics (rates in [0, 1]; tokens and probe tokens per problem):")
+    typer.echo(diag.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for line in dict.fromkeys(warn_lines):
+        _note(line)
     if out is not None and sweep:
         from stir_core.io import atomic
 
         atomic.write_text(out / "sweep.csv", table.to_csv(index=False))
     if out is not None:
         typer.echo(f"wrote {out}")
+
+
+@app.command("suite")
+@guarded
+def suite_cmd(config: Annotated[Path, typer.Argument(help="suite YAML file (datasets × methods; see "
+                                                           "configs/suite-paper.yaml)")],
+              out: Annotated[Path, typer.Option(help="run directory (a rerun resumes: finished cells are reused)")],
+              set_: SetOpt = None, allow_model_mismatch: MismatchOpt = False,
+              model: Annotated[str | None, typer.Option("--model", "-m", help="override the file's model "
+                                                                               "(hub id, path, 'embedded')")] = None,
+              device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
+    """Several tasks × methods from one file: one table in the paper's form and paired statistics per dataset."""
+    from stir_core.analysis.diagnostics import truncation_warnings
+    from stir_core.analysis.suite import SuiteConfig, SuiteRun, run_suite
+    from stir_core.io import outputs
+    from stir_core.runtime.engine import Engine
+
+    cfg = SuiteConfig.from_yaml(config)
+    model = model or cfg.model or "embedded"
+    overrides = _overrides(set_)
+    steered = any(m not in ("vanilla", "no_memory") for m in cfg.methods)
+    tasks = []
+    for ds in cfg.datasets:  # every task's files, then the model's config, then every library: before it loads
+        try:
+            tasks.append(ds.task.make())
+            tasks[-1].load(ds.split, ds.n, cfg.seed)
+        except ValueError as err:
+            _fail(f"dataset {ds.label}: {err}")
+    facts = _facts(model, device, dtype)
+    runs = []
+    for ds, task in zip(cfg.datasets, tasks, strict=True):
+        library = ds.library if ds.library is not None else _default_library(None, model)
+        if library is None and steered:
+            _fail(f"dataset {ds.label}: steered methods need a library (library: DIR in the suite file)")
+        lib, warnings = _library(library, facts, allow_model_mismatch) if steered else (None, [])
+        c = _online_config(lib, {**cfg.online, **ds.online, **overrides}, facts, steered)
+        runs.append(SuiteRun(label=ds.label, task=task, library=lib, config=c, n=ds.n, split=ds.split,
+                             warnings=tuple(warnings)))
+    outputs.claim_run_dir(out, "suite")
+    engine = Engine(_load(model, device, dtype))
+    res = run_suite(engine, runs, cfg.methods, out, baseline=cfg.baseline, seed=cfg.seed,
+                    batch_size=cfg.batch_size, log=lambda line: typer.echo(line, err=True))
+    if res is None:  # a rank other than 0 under a launcher
+        return
+    typer.echo((out / "suite.md").read_text())
+    for run in runs:
+        for line in truncation_warnings(res.results[run.label].summary, run.config.max_new_tokens):
+            _note(f"warning: {run.label} / {line.removeprefix('warning: ')}")
+    typer.echo(f"wrote {out}")
 
 
 @app.command()
@@ -273,10 +378,11 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
              set_: SetOpt = None,
              json_out: Annotated[Path | None, typer.Option("--json", help="write texts and traces here")] = None,
              raw: Annotated[bool, typer.Option(help="use the prompt as is (no task template)")] = False,
-             allow_model_mismatch: MismatchOpt = False,
+             allow_model_mismatch: MismatchOpt = False, force: ForceOutOpt = False,
              model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Decode one prompt with several methods side by side, gate decisions inline."""
     from stir_core.library.checks import check_prompts_fit, library_model_check
+    from stir_core.online import health
     from stir_core.online.methods import METHODS, run_method
     from stir_core.runtime.engine import Engine
 
@@ -292,8 +398,10 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
         _fail(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}" if bad else "--methods is empty")
     if max_new_tokens is not None:
         _positive(max_new_tokens=max_new_tokens)
-    if json_out is not None and json_out.is_dir():
-        _fail(f"--json {json_out}: is a directory; give a file path")
+    if json_out is not None:  # an existing file: only with --force, and only one `generate --json` wrote
+        from stir_core.io import outputs
+
+        outputs.check_file_target(json_out, "generate", force)
     overrides = _overrides(set_)
     text = prompt if raw else _task_prompt(task, prompt)  # a file task's template needs no file
     facts = _facts(model, device, dtype)
@@ -307,6 +415,7 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     elif "max_new_tokens" not in overrides and "max_new_tokens" not in _recommended(lib):
         overrides["max_new_tokens"] = 128
     cfg = _online_config(lib, overrides, facts, steered)
+    _check_methods(method_list, lib, [cfg])
     m = _load(model, device, dtype)
     if lib is not None:
         warnings = list(dict.fromkeys(warnings + library_model_check(lib, m.model_id, m.revision,
@@ -318,6 +427,9 @@ def generate(prompt: Annotated[str, typer.Argument(help="problem text (the task'
     for meth in method_list:
         (trace,) = run_method(engine, [text], meth, lib, cfg)
         trace.warnings.extend(warnings)
+        if health.flag([trace]):
+            for line in trace.warnings[len(warnings):]:
+                _note(f"warning: {meth}: {line}")
         out[meth] = trace
         typer.secho(f"── {meth} " + "─" * 40, bold=True)
         decisions = {d.token_index: d for d in trace.decisions}
@@ -342,9 +454,33 @@ def _recommended(lib) -> dict:
     return recommended(lib.manifest) if lib is not None else {}
 
 
+def _precheck_sizes(path: Path | None) -> None:
+    """The config's mining size against its built-in task's capacity, before the pipeline (and torch) is
+    imported, so an impossible `n_problems` is refused in a fraction of a second. The full check runs
+    again on the parsed config (`_check_mine_config`)."""
+    from stir_core.io import feasible
+    from stir_core.io.bounded import load_yaml
+    from stir_core.tasks import get_task
+
+    data = load_yaml(path) if path is not None and path.is_file() else None
+    mine = data.get("mine") if isinstance(data, dict) else None
+    n = mine.get("n_problems") if isinstance(mine, dict) else None
+    spec = data.get("task") if isinstance(data, dict) else None
+    name = spec if isinstance(spec, str) else (spec or {}).get("name") if isinstance(spec, dict) else None
+    name = name or (mine.get("task") if isinstance(mine, dict) else None) or "planted"
+    split = mine.get("split", "mine") if isinstance(mine, dict) else "mine"
+    if isinstance(n, int) and not isinstance(n, bool) and isinstance(name, str) and isinstance(split, str):
+        try:
+            task = get_task(name)
+        except (ValueError, TypeError):  # unknown, or a file task (needs its files): checked later
+            return
+        feasible.check_problems(task, split, n, "mine.n_problems")
+
+
 def _build_config(path: Path | None):
     """The build config and its task, checked (files, split disjointness, clean_prefixes) before any model
     loads."""
+    _precheck_sizes(path)
     from stir_core.offline.build import BuildConfig
 
     cfg = BuildConfig.from_yaml(path) if path else BuildConfig.small()
@@ -360,19 +496,30 @@ def _task_prompt(task: str, question: str) -> str:
         if FORMATS[task].kind == "choice":
             _fail(f"task {task!r} needs its options in the prompt: write them yourself and pass --raw")
         return FORMATS[task].template.replace("{question}", question)
-    return _task(task, None).prompt(Example("cli", question, ""))
+    return _task(task, None).prompt(Example(id="cli", question=question, answer=""))
 
 
 def _check_mine_config(cfg, task, model_name: str, device: str, dtype: str, out: Path | None = None) -> dict:
     """Task, split and layer specs of a mining config, checked against the model's config.json (and the run
     directory's task stamp)."""
     from stir_core.config import check_layers
+    from stir_core.io import feasible
     from stir_core.offline.build import check_task_stamp
 
+    feasible.check_problems(task, cfg.mine.split, cfg.mine.n_problems, "mine.n_problems")
     task.load(cfg.mine.split, 1, cfg.mine.seed)
     if out is not None:
         check_task_stamp(out, cfg, task)
     facts = _facts(model_name, device, dtype)
+    if facts.get("n_layers") and facts.get("d_model"):
+        from stir_core.runtime.model import pick_device
+
+        if pick_device(device).type == "cpu":  # the cache lives in this machine's memory
+            rows = cfg.mine.problems_per_batch * cfg.mine.k_rollouts
+            feasible.check_memory(
+                feasible.kv_cache_bytes(rows, cfg.mine.max_new_tokens, facts["n_layers"], facts["d_model"]),
+                f"mining {rows} rollouts at once (mine.problems_per_batch × mine.k_rollouts)",
+                "lower mine.problems_per_batch or mine.k_rollouts")
     check_layers(cfg.mine, facts.get("n_layers"), section="mine")
     n_ctx = facts.get("n_ctx")
     if n_ctx is not None and cfg.mine.max_new_tokens >= n_ctx:
@@ -389,14 +536,14 @@ def mine(out: Annotated[Path, typer.Option(help="run directory (resumes from its
          force: Annotated[bool, typer.Option(help="replace <out>/candidates if it holds a library")] = False,
          model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """Stage I: mine candidate tools into <out>/candidates."""
+    cfg, task = _build_config(config)  # first: an impossible size is refused before torch is imported
     from stir_core.io import outputs
     from stir_core.offline.build import mine_run
-    from stir_core.offline.mine import check_checkpoint, discard_checkpoint
+    from stir_core.offline.checkpoint import check_checkpoint, discard_checkpoint
 
-    cfg, task = _build_config(config)
     model_name = cfg.model or model
     _check_mine_config(cfg, task, model_name, device, dtype, out)
-    outputs.claim_run_dir(out, "mine")
+    outputs.claim_run_dir(out, "mine", lock=True)
     outputs.check_library_target(out / "candidates", force or restart)
     if not restart:
         check_checkpoint(out, cfg.mine)
@@ -424,9 +571,10 @@ def select(candidates: Annotated[Path, typer.Argument(help="candidate library di
            ) -> None:
     """Stage II+III: select a diverse library (quality-DPP, top, random) and index it."""
     from stir_core import config
+    from stir_core.config import SelectConfig
     from stir_core.io import outputs
     from stir_core.library.format import ToolLibrary
-    from stir_core.offline.build import SelectConfig, select_and_index
+    from stir_core.offline.build import select_and_index
 
     cfg = config.from_dict(SelectConfig, {"budget": budget, "method": method, "lam": lam, "eps": eps,
                                           "min_per_control_point": min_per_control_point,
@@ -473,14 +621,15 @@ def build(out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/
           force: Annotated[bool, typer.Option(help="replace <out>/library if it already holds one")] = False,
           model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """mine → select → index from one YAML config; writes <out>/candidates, <out>/library, <out>/build.json."""
+    cfg, task = _build_config(config)  # first: an impossible size is refused before torch is imported
     from stir_core.io import outputs
     from stir_core.offline.build import build_library, check_build_output
-    from stir_core.offline.mine import check_checkpoint
+    from stir_core.offline.checkpoint import check_checkpoint
 
-    cfg, task = _build_config(config)
     model_name = cfg.model or model
     _check_mine_config(cfg, task, model_name, device, dtype, out)
     check_build_output(out, force)
+    outputs.lock_run_dir(out)  # one writer at a time
     if not restart:
         check_checkpoint(out, cfg.mine)
     for target in (out / "library", out / "candidates"):
@@ -540,11 +689,12 @@ def run_app(port: int = 8501, address: str = "127.0.0.1") -> None:
                                       "--server.address", address], cwd=root))
 
 
-def _fresh_output(path: Path, force: bool) -> None:
-    """Refuse to replace a user's file or directory unless asked to (a library directory is checked again
-    when it is saved: only one of ours is ever replaced)."""
-    if path.exists() and not force:
-        _fail(f"{path} already exists; choose another path or pass --force")
+def _fresh_output(path: Path, kind: str, force: bool) -> None:
+    """Refuse to replace a file unless asked to, and even then unless `stir <kind>` wrote it (recognised by
+    its content, `outputs.owned_file_kind`)."""
+    from stir_core.io import outputs
+
+    outputs.check_file_target(path, kind, force)
 
 
 @app.command("export")
@@ -562,10 +712,13 @@ def export_cmd(library: Annotated[Path, typer.Argument(help="library directory")
     from stir_core.library.format import LibraryError, ToolLibrary
     from stir_core.library.interop.export import export_library
 
-    _fresh_output(out, force)
+    _fresh_output(out, "export", force)
+    id_list = [x.strip() for x in ids.split(",") if x.strip()] if ids is not None else None
+    if id_list is not None and not id_list:
+        _fail(f"--ids {clip(ids)} names no tool id; give ids separated by commas, or leave --ids out for every "
+              f"entry of --kind")
     try:
         lib = ToolLibrary.load(library)
-        id_list = [x.strip() for x in ids.split(",") if x.strip()] if ids else None
         path, d = export_library(lib, format_, out, id_list, kind, combine, scale, model_hint)
     except (LibraryError, ValueError) as err:
         _fail(str(err))
@@ -581,10 +734,11 @@ def import_vector_cmd(file: Annotated[Path, typer.Argument(help="GGUF control ve
                       scale: float = 1.0, tool_id: Annotated[str | None, typer.Option("--id")] = None,
                       model: ModelOpt = "embedded", force: ForceOutOpt = False) -> None:
     """Make a one-entry library from an external vector, usable by the static baselines (`--methods static`)."""
+    from stir_core.io import outputs
     from stir_core.library.format import LibraryError
     from stir_core.library.interop.import_vector import import_vector, model_dims
 
-    _fresh_output(library_out, force)
+    outputs.check_library_target(library_out, force)  # only a library of ours, and only with --force
     try:
         lib = import_vector(file, model_dims(model), layer, scale, tool_id)
     except (LibraryError, ValueError) as err:
@@ -605,17 +759,18 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
               scales: str = "0,0.5,1,2,4", sweep_tokens: int = 48, force: ForceOutOpt = False,
               model: ModelOpt = "embedded", device: DeviceOpt = "auto", dtype: DtypeOpt = "auto") -> None:
     """One tool's dashboard (provenance, firings, lens, α-sweep, paired outcome, neighbours) as HTML or JSON."""
-    from stir_core.analysis import dashboard as dash
+    if out.suffix not in (".html", ".json"):
+        _fail(f"--out must end in .html or .json, got {out.name}")
+    _fresh_output(out, "dashboard", force)
+    _positive(sweep_tokens=sweep_tokens)
+    scale_list = _scales(scales)
+    from stir_core.analysis import dashboard as dash  # torch: after the cheap checks
     from stir_core.analysis.dashboard_html import render
     from stir_core.analysis.evaluate import load_results
     from stir_core.io import atomic
     from stir_core.runtime.engine import Engine
 
-    if out.suffix not in (".html", ".json"):
-        _fail(f"--out must end in .html or .json, got {out.name}")
-    _fresh_output(out, force)
     try:
-        scale_list = tuple(float(x) for x in scales.split(",") if x.strip())
         examples = load_results(run).examples if run is not None else None
     except ValueError as err:
         _fail(f"{err}")
@@ -631,6 +786,63 @@ def dashboard(library: Annotated[Path, typer.Argument(help="library directory")]
     typer.echo(f"wrote {out}")
 
 
+@app.command("cases")
+@guarded
+def cases_cmd(run: Annotated[Path, typer.Argument(help="a `stir eval --out` directory (or a `stir suite` dataset "
+                                                       "directory)")],
+              method: Annotated[str | None, typer.Option(help="the method studied (default: the first one that "
+                                                                  "is not the baseline)")] = None,
+              baseline: str = "vanilla",
+              top: Annotated[int, typer.Option(help="at most this many fixed and this many broken (0: all)")] = 5,
+              md: Annotated[Path | None, typer.Option(help="Markdown file (default RUN/cases-METHOD-vs-BASELINE.md)")] = None,
+              html: Annotated[Path | None, typer.Option(help="HTML file (default RUN/cases-METHOD-vs-BASELINE.html)")] = None,
+              force: ForceOutOpt = False) -> None:
+    """The problems a method fixed and broke against a baseline, with both traces and the gate's decisions."""
+    from stir_core.analysis.cases import find_cases, to_html, to_markdown
+    from stir_core.analysis.evaluate import load_results
+    from stir_core.io import atomic
+
+    if top < 0:
+        _fail(f"--top must be >= 0, got {top}")
+    if not run.is_dir():
+        _fail(f"{run}: not a directory (give a `stir eval --out` directory)")
+    res = load_results(run)
+    methods = list(dict.fromkeys(res.examples["method"]))
+    method = method or next((m for m in methods if m != baseline), None)
+    if method is None:
+        _fail(f"{run} has only the baseline {baseline!r}; there is nothing to compare")
+    stem = f"cases-{method}-vs-{baseline}"
+    md, html = md or run / f"{stem}.md", html or run / f"{stem}.html"
+    if md.suffix != ".md" or html.suffix != ".html":
+        _fail("--md must end in .md and --html in .html")
+    _fresh_output(md, "cases", force)
+    _fresh_output(html, "cases", force)
+    cases = find_cases(res, method, baseline, top or None)
+    atomic.write_text(md, to_markdown(cases))
+    atomic.write_text(html, to_html(cases))
+    typer.echo(f"{method} vs {baseline}: fixed {cases.n_fixed}, broke {cases.n_broken} of {cases.n}; "
+               f"wrote {md} and {html}")
+
+
+def _scales(spec: str) -> tuple[float, ...]:
+    """`--scales 0,0.5,1` -> finite α values within the knob schema's range (`config.MAX_SCALE`)."""
+    from stir_core.config import MAX_SCALE
+
+    parts = [x.strip() for x in spec.split(",") if x.strip()]
+    if not parts:
+        _fail(f"--scales {clip(spec)}: give at least one α, e.g. 0,1,2")
+    out = []
+    for x in parts:
+        try:
+            v = float(x)
+        except ValueError:
+            _fail(f"--scales: cannot read {clip(x)} as a number")
+        if not -MAX_SCALE <= v <= MAX_SCALE:  # also refuses nan and inf
+            _fail(f"--scales: {clip(x)} is not a finite α in [-{MAX_SCALE:g}, {MAX_SCALE:g}]")
+        out.append(v)
+    return tuple(out)
+
+
 @app.command("diff")
 @guarded
 def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[Path, typer.Argument(help="library B")],
@@ -640,14 +852,16 @@ def diff_cmd(a: Annotated[Path, typer.Argument(help="library A")], b: Annotated[
              force: ForceOutOpt = False) -> None:
     """Compare two libraries: cosine matrix, matched pairs, and what each has that the other lacks."""
     from stir_core.analysis.diff import diff_libraries, save_diff
+    from stir_core.io import outputs
     from stir_core.library.format import LibraryError, ToolLibrary
 
-    _fresh_output(out, force)
+    outputs.check_output_dir(out, "diff", force)  # a user's directory or a library: refused, even with --force
     try:
         la, lb = ToolLibrary.load(a), ToolLibrary.load(b)
         d = diff_libraries(la, lb, source, min_cos)
     except (LibraryError, ValueError) as err:
         _fail(str(err))
+    outputs.claim_output_dir(out, "diff", force)
     save_diff(d, out, a.name, b.name)
     typer.echo(f"{len(d.a_ids)} vs {len(d.b_ids)} {source}: {len(d.pairs)} matched (cos >= {min_cos:g}), "
                f"{len(d.only_a)} only in {a.name}, {len(d.only_b)} only in {b.name} -> {out}")

@@ -13,6 +13,10 @@ links, saved views).
 Adding a knob is a one-place change: add the field with `knob(...)` metadata; the CLI, the YAML loader,
 the app's knob editor and deep links pick it up. Every error is a `ConfigError` (a ValueError) whose
 message names the field.
+
+Every config dataclass lives here — `StirConfig` (online), `MineConfig` (Stage I), `SelectConfig`
+(Stage II) — with the one layer-spec parser (`parse_layer_spec`, `resolve_layer`). The module imports no
+torch (`stir --version` and the app's first paint read it), and sits below `runtime` in the layers.
 """
 
 from __future__ import annotations
@@ -22,16 +26,20 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
+from stir_core.io.bounded import clip
+
 NONE_WORDS = ("none", "null")
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
+INT_LIMIT = 2**63
+MAX_TEXT = 1000  # characters of a text knob
 
 
 class ConfigError(ValueError):
     """A config value that is unknown, of the wrong type or out of range; the message names the field."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Knob:
     """Schema of one field. `type`: int | float | str | bool | list (a list of layer specs).
     `optional`: None is allowed (and means "off"/"all"). `min`/`max`: inclusive bounds (`gt`: exclusive
@@ -69,7 +77,7 @@ class Knob:
 
 def knob(default: Any, type_: type, help: str, group: str, **kw: Any) -> Any:  # noqa: A002 - reads like the schema
     """A dataclass field with its schema (`Knob`) as metadata. List defaults are copied per instance."""
-    meta = {"knob": Knob(type_, help, group, **kw)}
+    meta = {"knob": Knob(type=type_, help=help, group=group, **kw)}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -88,15 +96,96 @@ def groups(cls: Any) -> dict[str, list[str]]:
     return out
 
 
+# --- layer specs: the one parser (torch-free; the model applies its depth) ---------------------------
+
+def parse_layer_spec(spec: int | float | str) -> int | float:
+    """The one layer-spec parser: an int (negative from the end) or a fraction in [0, 1], from an int, a
+    float, or text ("3", "-1", "0.6", "1/2"); the model's depth is applied by `resolve_layer`.
+
+    >>> parse_layer_spec(" -1"), parse_layer_spec("0.6"), parse_layer_spec("1/2"), parse_layer_spec(2)
+    (-1, 0.6, 0.5, 2)
+    """
+    original = spec
+    if isinstance(spec, str):
+        s = spec.strip()
+        if "/" in s:
+            a, b = s.split("/", 1)
+            try:
+                spec = int(a) / int(b)
+            except (ValueError, ZeroDivisionError) as err:
+                raise ValueError(f"bad layer spec {original!r}: expected 'a/b' with integers, b > 0") from err
+        else:
+            try:
+                spec = float(s) if any(c in s for c in ".eE") else int(s)
+            except ValueError as err:
+                raise ValueError(f"bad layer spec {original!r}: expected an int, a fraction or 'a/b'") from err
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+        raise ValueError(f"bad layer spec {original!r}: expected an int, a fraction in [0, 1] or 'a/b'")
+    if isinstance(spec, float) and not 0.0 <= spec <= 1.0:
+        raise ValueError(f"layer fraction {original!r} is outside [0, 1]")
+    return spec
+
+
+def parse_layer_specs(specs: Any) -> list[int | float | str]:
+    """A list of layer specs from a list, one spec, or comma-separated text ("2, 3", "0.5, -1"), each checked
+    by `parse_layer_spec`; text specs are kept as written ("1/2" stays "1/2", as configs record it).
+
+    >>> parse_layer_specs("2, -1 ,1/2")
+    [2, -1, '1/2']
+    """
+    if isinstance(specs, str):
+        specs = [p for p in (s.strip() for s in specs.split(",")) if p]
+    elif isinstance(specs, (int, float)) and not isinstance(specs, bool):
+        specs = [specs]
+    if not isinstance(specs, (list, tuple)):
+        raise ValueError(f"bad layer specs {specs!r}: expected a list of layer specs")
+    out: list[int | float | str] = []
+    for s in specs:
+        v = parse_layer_spec(s)
+        keep_text = isinstance(s, str) and "/" in s
+        out.append(s.strip() if keep_text else v)
+    return out
+
+
+def resolve_layer(spec: int | float | str, n_layers: int) -> int:
+    """Resolve one layer spec to a block index in [0, n_layers).
+
+    >>> resolve_layer(-1, 4), resolve_layer(0.6, 6), resolve_layer("1/2", 5)
+    (3, 3, 2)
+    """
+    original = spec
+    spec = parse_layer_spec(spec)
+    if isinstance(spec, float):
+        return int(round(spec * (n_layers - 1)))
+    if isinstance(spec, int):
+        layer = spec + n_layers if spec < 0 else spec
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {original!r} is out of range for a model with {n_layers} layers "
+                             f"(valid: 0..{n_layers - 1} or -{n_layers}..-1)")
+        return layer
+    raise ValueError(f"bad layer spec {original!r}")
+
+
+def resolve_layers(specs, n_layers: int) -> list[int]:
+    """Resolve a list (or one) of layer specs, keeping order and dropping duplicates."""
+    if isinstance(specs, (int, float, str)):
+        specs = [specs]
+    out: list[int] = []
+    for s in specs:
+        layer = resolve_layer(s, n_layers)
+        if layer not in out:
+            out.append(layer)
+    return out
+
+
 def _where(section: str | None, name: str) -> str:
+    name = name if len(name) <= 60 else clip(name, 60)  # a user's key may be megabytes long
     return f"{section}.{name}" if section else name
 
 
 def _layer_specs(v: Any, where: str) -> list[int | float | str]:
-    """Layer specs checked for form by the one parser (`model.parse_layer_specs`); the depth is checked
-    later, against the model."""
-    from stir_core.runtime.model import parse_layer_specs
-
+    """Layer specs checked for form by the one parser (`parse_layer_specs`); the depth is checked later,
+    against the model."""
     try:
         return parse_layer_specs(v)
     except ValueError as err:
@@ -109,7 +198,7 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
     ks = knobs(cls)
     where = _where(section, name)
     if name not in ks:
-        raise ConfigError(f"unknown field {where!r}; known: {', '.join(ks)}")
+        raise ConfigError(f"unknown field {clip(where)}; known: {', '.join(ks)}")
     k = ks[name]
     if isinstance(value, str) and k.type is not str:
         value = value.strip()
@@ -138,6 +227,9 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
                 value = int(value)
             elif not isinstance(value, int):
                 raise ValueError
+            if not -INT_LIMIT <= value < INT_LIMIT:  # seeds and counts go to numpy/torch/Parquet as int64
+                raise ConfigError(f"{where}: {clip(value)} is out of range; expected an integer that fits "
+                                  "in 64 bits")
         elif k.type is float:
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError
@@ -147,21 +239,24 @@ def cast_value(cls: Any, name: str, value: Any, section: str | None = None) -> A
         elif k.type is str:
             if not isinstance(value, str):
                 raise ValueError
+            if len(value) > MAX_TEXT:  # names, splits, delimiters: a megabyte of text is a mistake or an attack
+                raise ConfigError(f"{where}: {clip(value, 40)} is {len(value)} characters long; the limit is "
+                                  f"{MAX_TEXT}")
         elif k.type is list:
             specs = _layer_specs(value, where)
             if not specs:
-                raise ConfigError(f"{where}: expected {k.describe()}, at least one, got {value!r}")
+                raise ConfigError(f"{where}: expected {k.describe()}, at least one, got {clip(value)}")
             value = specs
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{where}: cannot read {value!r} as {k.describe()}") from None
+        raise ConfigError(f"{where}: cannot read {clip(value)} as {k.describe()}") from None
     if k.choices is not None and value not in k.choices:
-        raise ConfigError(f"{where}: {value!r} is not {k.describe()}")
+        raise ConfigError(f"{where}: {clip(value)} is not {k.describe()}")
     if k.type in (int, float) and (
             (k.min is not None and value < k.min) or (k.max is not None and value > k.max)
             or (k.gt is not None and value <= k.gt)):
-        raise ConfigError(f"{where}: {value!r} is out of range; expected {k.describe()}")
+        raise ConfigError(f"{where}: {clip(value)} is out of range; expected {k.describe()}")
     if k.type is str and k.choices is None and value == "":
         raise ConfigError(f"{where}: must not be empty")
     return value
@@ -179,11 +274,12 @@ def from_dict(cls: Any, d: dict | None, section: str | None = None, base: Any = 
     if d is None:
         d = {}
     if not isinstance(d, dict):
-        raise ConfigError(f"{section or cls.__name__}: expected a mapping of field: value, got {d!r}")
+        raise ConfigError(f"{section or cls.__name__}: expected a mapping of field: value, got {clip(d)}")
     ks = knobs(cls)
     unknown = [k for k in d if k not in ks]
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(_where(section, str(u)) for u in unknown)}; "
+        shown = ", ".join(_where(section, str(u)) for u in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+        raise ConfigError(f"unknown field(s) {shown}; "
                           f"known: {', '.join(ks)}")
     vals = {k: cast_value(cls, k, v, section) for k, v in d.items()}
     return replace(base, **vals) if base is not None else cls(**vals)
@@ -192,7 +288,7 @@ def from_dict(cls: Any, d: dict | None, section: str | None = None, base: Any = 
 def parse_assignment(cls: Any, spec: str, section: str | None = None) -> tuple[str, Any]:
     """`name=value` -> (name, typed value)."""
     if "=" not in spec:
-        raise ConfigError(f"{spec!r}: expected name=value")
+        raise ConfigError(f"{clip(spec)}: expected name=value")
     name, value = spec.split("=", 1)
     name = name.strip()
     return name, cast_value(cls, name, value, section)
@@ -201,7 +297,7 @@ def parse_assignment(cls: Any, spec: str, section: str | None = None) -> tuple[s
 def parse_values(cls: Any, spec: str, section: str | None = None) -> tuple[str, list]:
     """`name=v1,v2,...` -> (name, [typed values]) (a sweep)."""
     if "=" not in spec:
-        raise ConfigError(f"{spec!r}: expected name=v1,v2,...")
+        raise ConfigError(f"{clip(spec)}: expected name=v1,v2,...")
     name, values = spec.split("=", 1)
     name = name.strip()
     parts = [v for v in values.split(",") if v.strip()]
@@ -225,8 +321,6 @@ def check_layers(obj: Any, n_layers: int | None, library_layers: list[int] | Non
                  section: str | None = None) -> None:
     """Layer-valued fields against the model's depth and (when given) the layers a library holds, so a
     layer the library has no tools at is refused instead of silently decoding vanilla."""
-    from stir_core.runtime.model import resolve_layer
-
     for name, k in knobs(obj).items():
         v = getattr(obj, name)
         if v is None:
@@ -243,7 +337,7 @@ def check_layers(obj: Any, n_layers: int | None, library_layers: list[int] | Non
                 else:
                     layer = s
                 if k.layer and library_layers is not None and layer not in library_layers:
-                    raise ConfigError(f"{where}={s!r}: the library has no tools at that layer "
+                    raise ConfigError(f"{where}={clip(s)}: the library has no tools at that layer "
                                       f"(its layers: {sorted(library_layers)})")
 
 
@@ -253,11 +347,15 @@ def to_dict(obj: Any) -> dict:
 
 # --- the online knobs --------------------------------------------------------------------------------
 
+# Steering scales beyond this swamp any residual stream (library vectors have norms of ~10-100) and overflow
+# half precision; a decode that still goes non-finite is flagged in its trace (`online/health.py`).
+MAX_SCALE = 1e4
+
 ONLINE, GATE, RETRIEVAL, PREVIEW, STEER, BASELINE = (
     "decoding", "gate", "retrieval", "preview", "steering", "baselines")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StirConfig:
     """Every online knob, with the reference defaults (see STIR_SPEC.md, "Online"). Validated on creation."""
 
@@ -278,11 +376,11 @@ class StirConfig:
                                   GATE, optional=True, min=1)
     top_l: int = knob(4, int, "L: corrections previewed per control point", PREVIEW, min=1)
     probe_tokens: int = knob(4, int, "tokens decoded per preview (discarded, counted)", PREVIEW, min=1)
-    probe_scale: float = knob(1.0, float, "scale of the vector while previewing", PREVIEW, min=0.0)
+    probe_scale: float = knob(1.0, float, "scale of the vector while previewing", PREVIEW, min=0.0, max=MAX_SCALE)
     beta: float = knob(1.0, float, "β: weight of the value Â in the score", GATE, min=0.0)
     rho: float = knob(0.1, float, "ρ: weight of the probe gain in the score", GATE, min=0.0)
     tau_null: float = knob(0.0, float, "τ_null: commit only when the best score ≥ τ_null", GATE)
-    k_scale: float = knob(1.0, float, "α = k_scale · Score of the winner", STEER, min=0.0)
+    k_scale: float = knob(1.0, float, "α = k_scale · Score of the winner", STEER, min=0.0, max=MAX_SCALE)
     positions: str = knob("last", str, "where the committed vector is added", STEER,
                           choices=("last", "segment", "last+segment"))
     center_keys: bool = knob(False, bool, "subtract the library's mean key before the cosine", RETRIEVAL)
@@ -307,7 +405,7 @@ class StirConfig:
                                         PREVIEW, optional=True, min=0)
     layer: int | None = knob(None, int, "restrict to one library layer (none: every layer in the library)",
                              STEER, optional=True, min=0, layer=True)
-    static_scale: float = knob(1.0, float, "α of the static baselines", BASELINE, min=0.0)
+    static_scale: float = knob(1.0, float, "α of the static baselines", BASELINE, min=0.0, max=MAX_SCALE)
     seed: int = knob(0, int, "seed of the random ablations", ONLINE, min=0)
 
     def __post_init__(self) -> None:
@@ -350,3 +448,72 @@ def online_config(library: Any = None, overrides: dict[str, Any] | None = None) 
     if overrides:
         cfg = from_dict(StirConfig, overrides, base=cfg)
     return cfg
+
+
+# --- the offline knobs (Stage I mining, Stage II selection) ----------------------------------------
+
+@dataclass(kw_only=True)
+class MineConfig:
+    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted. Validated on creation."""
+
+    task: str = knob("planted", str, "task to mine (a registered task name)", "data")
+    split: str = knob("mine", str, "split to mine (never the evaluation split by default)", "data")
+    n_problems: int = knob(64, int, "problems mined", "data", min=1)
+    k_rollouts: int = knob(8, int, "K: sampled rollouts per problem", "rollouts", min=2)
+    temperature: float = knob(0.7, float, "sampling temperature of the rollouts", "rollouts", gt=0.0)
+    top_p: float = knob(0.95, float, "nucleus sampling mass", "rollouts", gt=0.0, max=1.0)
+    max_new_tokens: int = knob(256, int, "T_mine: tokens per rollout", "rollouts", min=1)
+    eta0: float = knob(0.01, float, "length penalty: R = 1[correct] - eta0 * len / T_mine", "rollouts", min=0.0)
+    layers: list = knob([0.6], list, "layers to mine (int, fraction in [0, 1], or 'a/b')", "contrast")
+    method: str = knob("contrastive", str, "contrastive, or random (ablation)", "contrast",
+                       choices=("contrastive", "random"))
+    require_correct_and_incorrect: bool = knob(True, bool, "mine a control point only when it has both",
+                                               "contrast")
+    k_pos: int = knob(4, int, "best correct prefixes averaged", "contrast", min=1)
+    k_neg: int = knob(4, int, "worst incorrect prefixes averaged", "contrast", min=1)
+    min_incorrect: int = knob(1, int, "incorrect rollouts needed at a control point", "contrast", min=0)
+    pos_source: str = knob("rollout", str, "where positive states come from", "contrast",
+                           choices=("rollout", "gold", "rollout_or_gold"))
+    # Reference-fidelity switches (STIR_SPEC.md, knob table); each default is what the authors' code does.
+    clean_prefixes: str = knob("off", str, "off (reference) | auto | on (ours): drop prefixes whose steps are "
+                               "already wrong", "contrast", choices=("off", "auto", "on"))
+    max_control_points: int | None = knob(8, int, "M: control points mined per problem (reference config 8; "
+                                          "none: all, ours)", "contrast", optional=True, min=1)
+    gold_reward: str = knob("penalised", str, "gold positive's reward: penalised (reference: 1[gold correct] - "
+                            "eta0*len/T_mine) | fixed (ours: 1.0)", "contrast", choices=("penalised", "fixed"))
+    drop_zero_delta: bool = knob(False, bool, "drop items with Δ = 0 (ours; the reference keeps them)", "contrast")
+    random_quality: str = knob("clamp", str, "method=random: clamp (reference: q = max(0, gap), every split "
+                               "kept) | drop (ours: drop q <= 0)", "contrast", choices=("clamp", "drop"))
+    # Without the correct/incorrect contrast (method=random, or require_correct_and_incorrect=False):
+    # reference = the first max(1, k_pos) of the shuffled / reward-ranked rollouts are positives and the next
+    # (random) or last (ranked) max(1, k_neg) negatives; disjoint (ours) = equal halves.
+    split_rule: str = knob("reference", str, "positives/negatives without the correct/incorrect contrast: "
+                           "reference (first k_pos, next/last k_neg) | disjoint (ours: halves)", "contrast",
+                           choices=("reference", "disjoint"))
+    top_c: int = knob(256, int, "C: items kept (by quality)", "contrast", min=1)
+    problems_per_batch: int = knob(8, int, "problems decoded together (and per checkpoint)", "rollouts", min=1)
+    capture: str = knob("decode", str, "decode (by tokens, one pass) | reprefill (by tokens, one forward per "
+                        "prefix) | retokenize (the reference's: the text cut at each delimiter, re-tokenized with "
+                        "the prompt, one forward each; offline/capture.py)", "rollouts",
+                        choices=("decode", "reprefill", "retokenize"))
+    seed: int = knob(0, int, "seed of the split sample and the rollouts", "data", min=0)
+
+    def __post_init__(self) -> None:
+        validate(self, "mine")
+
+
+@dataclass(kw_only=True)
+class SelectConfig:
+    """Stage II knobs (STIR_SPEC.md): budget B, method dpp|top|random, λ, ε, min_per_control_point, force_mode."""
+
+    budget: int = knob(256, int, "B: entries kept", "select", min=1)
+    method: str = knob("dpp", str, "quality-DPP, top quality, or random", "select", choices=("dpp", "top", "random"))
+    lam: float = knob(0.5, float, "λ: quality weight of the DPP kernel", "select", min=0.0)
+    eps: float = knob(1e-4, float, "ε: kernel diagonal jitter", "select", min=0.0)
+    min_per_control_point: int = knob(0, int, "entries kept per control point at least", "select", min=0)
+    force_mode: str = knob("reference", str, "with min_per_control_point: reference (the DPP on the rest, blind "
+                           "to the forced entries) | conditioned (ours: conditioned on them)", "select",
+                           choices=("reference", "conditioned"))
+
+    def __post_init__(self) -> None:
+        validate(self, "select")

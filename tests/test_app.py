@@ -6,12 +6,12 @@ from __future__ import annotations
 import html
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from fake_tasks import OneTask
+from helpers.app_library import PROMPT
+from helpers.app_pages import assert_ok, open_app
+from helpers.tasks import OneTask
 
 from stir_core.analysis import projection
 from stir_core.analysis.lens import lens_for_model
@@ -22,72 +22,6 @@ from stir_core.runtime.model import load_model
 from stir_core.tasks import Example
 
 REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "app" / "Home.py"
-sys.path.insert(0, str(REPO))  # the `app` package (not installed; `streamlit run` adds it the same way)
-PROMPT = "3+4=7\n\n"  # the tiny model answers with ".\n" repeated: newline-delimited segments
-LIB_PROMPTS = ["3+4=7\n\n", "a\n\n", "5+5\n\n\n", "x\n\n"]
-
-
-def build_test_library(model_dir: Path, out: Path, layer: int = 1) -> ToolLibrary:
-    """Keys: the model's states at its first three newline control points on a few prompts (anchors exactly,
-    corrections with a little noise); vectors: seeded random directions. Saved to `out`."""
-    model = load_model(str(model_dir), device="cpu")
-    res = Engine(model).generate(LIB_PROMPTS, 40, capture_layers=[layer], capture_at="\n")
-    g = torch.Generator().manual_seed(0)
-    keys, vectors, rows = [], [], []
-    for b, caps in enumerate(res.captures):
-        for m, cap in enumerate(caps[:3], start=1):
-            state = cap.states[0]
-            pid = f"p{b}m{m}"
-            keys += [state + 0.01 * torch.randn(model.d_model, generator=g), state]
-            vectors += [torch.randn(model.d_model, generator=g), torch.zeros(model.d_model)]
-            common = {
-                "layer": layer,
-                "control_point": m,
-                "task": "planted",
-                "example_id": f"ex{b}",
-                "pair_id": pid,
-            }
-            rows += [
-                {"id": f"{pid}c", "kind": "correction", "quality": 0.5 + 0.1 * b, **common},
-                {"id": f"{pid}a", "kind": "anchor", "quality": 0.05, **common},
-            ]
-    lib = ToolLibrary.from_records(
-        torch.stack(keys),
-        torch.stack(vectors),
-        rows,
-        {"model_id": str(model_dir), "n_layers": model.n_layers, "d_model": model.d_model},
-    )
-    lib.save(out)
-    return lib
-
-
-@pytest.fixture(scope="module")
-def app_env(tiny_model_dir, tmp_path_factory):
-    """Point the app at the tiny model, a test library and a temporary runs directory."""
-    root = tmp_path_factory.mktemp("app")
-    build_test_library(tiny_model_dir, root / "lib")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STIR_MODEL", str(tiny_model_dir))
-        mp.setenv("STIR_LIBRARY", str(root / "lib"))
-        mp.setenv("STIR_RUNS", str(root / "runs"))
-        mp.setenv(
-            "STIR_TORCH_THREADS", str(torch.get_num_threads())
-        )  # leave this test process's threads alone
-        yield {"model": tiny_model_dir, "library": root / "lib", "runs": root / "runs"}
-
-
-def _app(**query):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.query_params.update(query)
-    return at
-
-
-def _ok(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _column_texts(at) -> list[str]:
@@ -107,29 +41,29 @@ def _run_playground(at, tokens: int = 24):
     at.text_input(key="pg_delim").set_value("\\n")
     at.number_input(key="pg_tokens").set_value(tokens)
     at.button(key="x_run").click().run()
-    _ok(at)
+    assert_ok(at)
     return at
 
 
 def test_playground_defaults_load(app_env):
-    at = _app()
+    at = open_app()
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert [at.selectbox(key=f"pg_m{i}").value for i in range(3)] == ["vanilla", "static", "stir"]
     assert at.sidebar.radio(key="sb_model_src").value == "local path"
     assert any("parameters" in m.value for m in at.sidebar.markdown)
-    bare = _app()  # no library: vanilla and no_memory only, and the Library page says so
+    bare = open_app()  # no library: vanilla and no_memory only, and the Library page says so
     bare.session_state["sb_lib_src"] = "none"
     bare.run()
-    _ok(bare)
+    assert_ok(bare)
     assert bare.selectbox(key="pg_m0").options == ["vanilla", "no_memory"]
     bare.switch_page("views/library.py").run()
-    _ok(bare)
+    assert_ok(bare)
     assert any("No tool library is loaded" in i.value for i in bare.info)
 
 
 def test_side_by_side_generation_matches_the_core_and_shows_gate_cards(app_env):
-    at = _app()
+    at = open_app()
     at.run()
     _run_playground(at)
     texts = _column_texts(at)
@@ -157,7 +91,7 @@ def test_side_by_side_generation_matches_the_core_and_shows_gate_cards(app_env):
 
 
 def test_changing_knobs_changes_the_gate(app_env):
-    at = _app()
+    at = open_app()
     at.run()
     at.number_input(key="pg2_tau_null").set_value(100.0)
     _run_playground(at)
@@ -169,9 +103,9 @@ def test_changing_knobs_changes_the_gate(app_env):
 
 
 def test_deep_link_reopens_the_view(app_env):
-    at = _app(prompt=PROMPT, delim="\\n", tokens="16", c0="vanilla", c1="stir;k_scale=0.5;top_l=2", run="1")
+    at = open_app(prompt=PROMPT, delim="\\n", tokens="16", c0="vanilla", c1="stir;k_scale=0.5;top_l=2", run="1")
     at.run()
-    _ok(at)
+    assert_ok(at)
     assert at.text_area(key="pg_prompt").value == PROMPT
     assert at.number_input(key="pg_ncols").value == 2
     assert at.number_input(key="pg1_k_scale").value == 0.5 and at.number_input(key="pg1_top_l").value == 2
@@ -190,10 +124,10 @@ def _plotly_array(a):
 
 
 def test_library_page(app_env):
-    at = _app()
+    at = open_app()
     at.run()
     at.switch_page("views/library.py").run()
-    _ok(at)
+    assert_ok(at)
     lib = ToolLibrary.load(app_env["library"])
     # the scatter holds one point per entry (default: keys, PCA, 2-D) where an independent PCA puts it
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -206,7 +140,7 @@ def test_library_page(app_env):
     row = 2  # a correction
     assert lib.table["kind"].iloc[row] == "correction"
     at.selectbox(key="lib_tool").set_value(lib.table["id"].iloc[row]).run()
-    _ok(at)
+    assert_ok(at)
     frames = [d.value for d in at.dataframe]
     nb = next(f for f in frames if "cos" in f.columns)
     ref = projection.nearest_neighbors(lib.keys, row, 5)
@@ -216,9 +150,9 @@ def test_library_page(app_env):
     readout = lens_for_model(model, lib.vectors[row], k=10)
     assert lens["promoted"].tolist() == [repr(readout.texts[i]) for i, _ in readout.promoted]
     at.selectbox(key="lib_color").set_value("quality").run()
-    _ok(at)
+    assert_ok(at)
     at.segmented_control(key="lib_method").set_value("umap").run()  # a real UMAP (22 keys, cosine)
-    _ok(at)
+    assert_ok(at)
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert fig["layout"]["title"]["text"] == "UMAP of keys (22 points)"
 
@@ -238,19 +172,19 @@ def _wait_for_job(at, key: str, timeout: float = 120.0) -> None:
     assert job.status == "done", (job.status, job.error, job.detail)
     at.run()
     at.run()
-    _ok(at)
+    assert_ok(at)
 
 
 def test_evaluate_page_runs_and_opens_an_example(app_env):
-    at = _app()
+    at = open_app()
     at.run()
     at.switch_page("views/evaluate.py").run()
-    _ok(at)
+    assert_ok(at)
     at.number_input(key="ev_n").set_value(3)
     at.number_input(key="evk_max_new_tokens").set_value(16)
     at.multiselect(key="ev_methods").set_value(["vanilla", "stir"])
     at.button(key="x_ev_run").click().run()
-    _ok(at)
+    assert_ok(at)
     _wait_for_job(at, "ev_job")
     from stir_core.analysis.evaluate import load_results
 
@@ -258,7 +192,7 @@ def test_evaluate_page_runs_and_opens_an_example(app_env):
     assert set(res.summary) == {"vanilla", "stir"} and res.config["n"] == 3
     assert len(at.get("plotly_chart")) >= 1
     at.button(key="x_ev_to_pg").click().run()
-    _ok(at)
+    assert_ok(at)
     chosen = at.session_state["ev_example"]
     saved = res.examples[res.examples["example_id"].astype(str) == chosen]
     assert sorted(_column_texts(at)) == sorted(saved["completion"])
@@ -270,7 +204,7 @@ class EchoTask(OneTask):
     name = "echo"
 
     def load(self, split="mine", n=None, seed=0):
-        return [Example(f"e{i}", f"{i}+{i}=", "1") for i in range(12)][:n]
+        return [Example(id=f"e{i}", question=f"{i}+{i}=", answer="1") for i in range(12)][:n]
 
 
 def test_build_page_builds_a_library_that_the_picker_lists(app_env, monkeypatch):
@@ -278,10 +212,10 @@ def test_build_page_builds_a_library_that_the_picker_lists(app_env, monkeypatch)
 
     tasks.task_names()  # load the built-in tasks first: the registry loads them only when empty
     monkeypatch.setitem(tasks._REGISTRY, "echo", EchoTask)
-    at = _app()
+    at = open_app()
     at.run()
     at.switch_page("views/build.py").run()
-    _ok(at)
+    assert_ok(at)
     at.selectbox(key="bd_task").set_value("echo")
     at.number_input(key="bd_problems").set_value(4)
     at.number_input(key="bd_rollouts").set_value(8)  # > k_pos + k_neg: disjoint sides under the reference split
@@ -293,17 +227,17 @@ def test_build_page_builds_a_library_that_the_picker_lists(app_env, monkeypatch)
     out = app_env["runs"] / "build-test"
     at.text_input(key="x_bd_out").set_value(str(out))
     at.button(key="x_bd_run").click().run()
-    _ok(at)
+    assert_ok(at)
     _wait_for_job(at, "bd_job")
     lib = ToolLibrary.load(out / "library")
     assert 0 < len(lib) <= 16 and set(lib.table["task"]) == {"echo"}
     assert any("Built" in s.value for s in at.success)
     # A new session whose picker is on "run directory" (AppTest records the entry script's sidebar only on
     # a session's first run, so the choice is made through session state before it).
-    fresh = _app()
+    fresh = open_app()
     fresh.session_state["sb_lib_src"] = "run directory"
     fresh.run()
-    _ok(fresh)
+    assert_ok(fresh)
     assert str(out / "library") in fresh.sidebar.selectbox(key="sb_lib_run").options
 
 
@@ -350,10 +284,10 @@ def test_build_page_offers_file_tasks_with_files_per_split(app_env, tmp_path):
     rows = [{"question": "Tom has 3 pens and buys 4 more. How many pens?", "answer": "3+4=7\n#### 7"}]
     for name in ("mine.jsonl", "eval.jsonl"):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    at = _app()
+    at = open_app()
     at.run()
     at.switch_page("views/build.py").run()
-    _ok(at)
+    assert_ok(at)
     assert not [w for w in at.text_input if w.key == "bd_mine_file"]
     at.selectbox(key="bd_task").set_value("gsm8k").run()
     at.text_input(key="bd_mine_file").set_value(str(tmp_path / "mine.jsonl"))

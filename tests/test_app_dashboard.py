@@ -6,7 +6,7 @@ import html
 import re
 
 import pytest
-from test_app import _app, _ok, app_env  # noqa: F401 - app_env is a fixture
+from helpers.app_pages import assert_ok, open_app
 
 from stir_core.analysis import dashboard as dash
 from stir_core.analysis.dashboard import row_of
@@ -17,25 +17,25 @@ from stir_core.runtime.model import load_model
 pytestmark = pytest.mark.slow
 
 
-def test_dashboard_neighbour_navigation_export_and_diff(app_env):  # noqa: F811
-    at = _app()
+def test_dashboard_neighbour_navigation_export_and_diff(app_env):
+    at = open_app()
     at.run()
     at.switch_page("views/library.py").run()
-    _ok(at)
+    assert_ok(at)
     lib = ToolLibrary.load(app_env["library"])
     tool = lib.table["id"].iloc[2]
     at.selectbox(key="lib_tool").set_value(tool).run()
-    _ok(at)
+    assert_ok(at)
     # one click on a key neighbour opens its dashboard
     by_key = [n for n in dash.neighbours(lib, 2, 5) if n.by == "keys"]
     j = next(i for i, n in enumerate(by_key) if n.kind == "correction")  # anchors have no sweep
     first = by_key[j]
     at.button(key=f"x_nb_keys_{j}").click().run()
-    _ok(at)
+    assert_ok(at)
     assert at.selectbox(key="lib_tool").value == first.id
     # the α-sweep columns hold the same continuations as the core's sweep
     at.text_area(key="dash_prompt").set_value("3+4=7\n\n").run()
-    _ok(at)
+    assert_ok(at)
     htmls = [h.proto.body for h in at.html if "stir-sweep" in h.proto.body]
     model = load_model(str(app_env["model"]), device="cpu")
     ref = dash.alpha_sweep(Engine(model), model.format_prompt("3+4=7\n\n"), lib.vectors[row_of(lib, first.id)],
@@ -47,6 +47,6 @@ def test_dashboard_neighbour_navigation_export_and_diff(app_env):  # noqa: F811
     assert at.get("download_button")
     # diff against itself: everything matched, nothing lacking
     at.text_input(key="diff_other").set_value(str(app_env["library"])).run()
-    _ok(at)
+    assert_ok(at)
     n_corr = int((lib.table["kind"] == "correction").sum())
     assert any(f"{n_corr} matched, 0 only in A, 0 only in B" in c.value for c in at.caption)

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.app_library import build_test_library
+from helpers.server import free_port, wait_healthy
 
 from app import loading, state
-from stir_core.library.format import MANIFEST_FILE
-from stir_core.runtime.model import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,15 +26,8 @@ def test_loading_and_launcher_import_no_torch():
     assert out.stdout.strip() == "[]"
 
 
-def test_copied_constants_agree():
-    assert loading.MANIFEST_NAME == MANIFEST_FILE
-    assert loading.DEFAULT_MODEL_DIR == DEFAULT_MODEL_DIR
-
-
 @pytest.fixture(scope="module")
 def lib_dir(tiny_model_dir, tmp_path_factory):
-    from test_app import build_test_library
-
     out = tmp_path_factory.mktemp("start") / "lib"
     build_test_library(tiny_model_dir, out)
     return out
@@ -76,8 +69,6 @@ def test_model_cache_evicts_model_and_engine_together(tiny_model_dir):
 def test_launcher_loads_the_model_before_any_browser(tiny_model_dir, lib_dir, tmp_path):
     """`python -m app` loads the default model as the server starts: the ready line reaches the log with no
     page ever requested (only the health endpoint is polled)."""
-    from test_browser import free_port, wait_healthy
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("STIR_")}
     env.update(STIR_MODEL=str(tiny_model_dir), STIR_LIBRARY=str(lib_dir), STIR_RUNS=str(tmp_path / "runs"))
     port = free_port()

@@ -10,14 +10,12 @@ path); otherwise on the tiny test model and a test library (newline-delimited se
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.server import free_port, wait_healthy
 
 from stir_core.config import StirConfig, online_config, recommended
 from stir_core.library.format import ToolLibrary
@@ -51,12 +49,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -76,21 +68,6 @@ def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> float:
-    """Seconds until /_stcore/health answers "ok"."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return time.perf_counter() - t0
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"no health answer in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
     """(env for the server, prompt, delimiter, model dir, library dir)."""
@@ -99,7 +76,7 @@ def setup(tiny_model_dir, tmp_path_factory):
     env["STIR_RUNS"] = str(root / "runs")
     if (DEFAULT_MODEL_DIR / "config.json").is_file() and (DEMO_LIBRARY / "manifest.json").is_file():
         return env, "mod10 1+9-3+6-4\n", "\n\n", DEFAULT_MODEL_DIR, DEMO_LIBRARY
-    from test_app import PROMPT, build_test_library
+    from helpers.app_library import PROMPT, build_test_library
 
     build_test_library(tiny_model_dir, root / "lib")
     env.update(STIR_MODEL=str(tiny_model_dir), STIR_LIBRARY=str(root / "lib"))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import yaml
-from fake_tasks import OneTask
+from helpers.tasks import OneTask
 from typer.testing import CliRunner
 
 from stir_core.cli import app
@@ -26,12 +26,13 @@ class LineTask(OneTask):
         from stir_core.tasks import Example
 
         base = 0 if split == "mine" else 100
-        return [Example(f"{split}{i}", f"{base + i}+{i}=", "1") for i in range(n or 8)]
+        return [Example(id=f"{split}{i}", question=f"{base + i}+{i}=", answer="1") for i in range(n or 8)]
 
 
 register_task("line", LineTask)
 
 
+@pytest.mark.slow
 def test_eval_vanilla_writes_summary(tiny_model_dir, tmp_path):
     out = tmp_path / "ev"
     r = runner.invoke(app, ["eval", "--task", "line", "--methods", "vanilla,no_memory", "--n", "6",
@@ -47,6 +48,7 @@ def test_eval_vanilla_writes_summary(tiny_model_dir, tmp_path):
     assert "vanilla" in r.output
 
 
+@pytest.mark.slow
 def test_build_then_eval_with_library_and_sweep(tiny_model_dir, tmp_path):
     cfg = {"mine": {"task": "line", "n_problems": 6, "k_rollouts": 6, "temperature": 1.5, "top_p": 1.0,
                     "max_new_tokens": 30, "layers": [1], "require_correct_and_incorrect": False,

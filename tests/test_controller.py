@@ -4,35 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.gate_library import PROMPTS, make_library
 
 from stir_core.library.format import ToolLibrary
 from stir_core.online.gate import Reason
 from stir_core.online.methods import StirConfig, build_policy, run_method
 from stir_core.online.trace import Trace
 
-PROMPTS = ["12+3=", "7-2=45\n9", "a:b?", "3+4=7\n"]
 CFG = StirConfig(delimiter="\n", max_new_tokens=40)
-
-
-def make_library(d, layer=1, cps=(1, 2, 3), n_per=3, seed=0, anchors=True, q_corr=1.0, q_anchor=0.5,
-                 anchor_same_key=False, hook_point="blocks.{layer}.hook_resid_post") -> ToolLibrary:
-    g = torch.Generator().manual_seed(seed)
-    keys, vecs, rows = [], [], []
-    for m in cps:
-        for i in range(n_per):
-            k = torch.randn(d, generator=g)
-            v = torch.randn(d, generator=g) * 2
-            keys.append(k)
-            vecs.append(v)
-            rows.append({"id": f"m{m}/{i}/corr", "kind": "correction", "layer": layer, "control_point": m,
-                         "quality": q_corr * (1 + 0.1 * i)})
-            if anchors:
-                keys.append(k.clone() if anchor_same_key else torch.randn(d, generator=g))
-                vecs.append(torch.zeros(d))
-                rows.append({"id": f"m{m}/{i}/anchor", "kind": "anchor", "layer": layer, "control_point": m,
-                             "quality": q_anchor})
-    return ToolLibrary.from_records(torch.stack(keys), torch.stack(vecs), rows,
-                                    {"d_model": d, "n_layers": 3, "hook_point": hook_point})
 
 
 def reasons(traces: list[Trace]) -> set[str]:
@@ -187,6 +166,7 @@ def test_random_vector_matches_the_norm_of_what_stir_would_commit(engine, tiny):
     assert n_checked >= 1
 
 
+@pytest.mark.slow
 def test_batched_equals_per_problem(engine, tiny):
     lib = make_library(tiny.d_model)
     for method in ("stir", "random_choice", "static_cp"):

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from test_app import build_test_library
+from helpers.app_library import build_test_library
 
 from stir_core.analysis import dashboard as dash
 from stir_core.analysis import outcomes, projection, views
@@ -28,7 +28,8 @@ class NewlineTask:
     delimiter = "\n"
 
     def load(self, split="eval", n=None, seed=0):
-        return [Example(f"{split}{i}", ["3+4=7\n\n", "a\n\n", "5+5\n\n\n", "x\n\n"][i % 4] + str(i), "")
+        return [Example(id=f"{split}{i}",
+                        question=["3+4=7\n\n", "a\n\n", "5+5\n\n\n", "x\n\n"][i % 4] + str(i), answer="")
                 for i in range(n or 8)]
 
     def prompt(self, ex):

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -86,6 +85,7 @@ def _assert_same_library(a: Path, b: Path) -> None:
     assert "parallel" not in ma and mb["parallel"] == {"world_size": 2}  # the recorded world size
 
 
+@pytest.mark.slow
 def test_two_process_build_equals_one_process(config_path, reference, tmp_path):
     out = tmp_path / "run"
     r = _torchrun(["build", "--config", str(config_path), "--out", str(out)])
@@ -107,8 +107,8 @@ def test_two_process_build_equals_one_process(config_path, reference, tmp_path):
                                   "--force"])  # past the "already holds a library" refusal, to the shard check
     assert r1.exit_code == 2 and "written by 2 processes" in r1.output, r1.output
     # ... and a merge under another config or process count.
+    from stir_core.config import MineConfig
     from stir_core.offline.build import BuildConfig
-    from stir_core.offline.mine import MineConfig
     from stir_core.offline.shard_mine import merge_shards
     from stir_core.runtime.model import load_model
 
@@ -122,6 +122,7 @@ def test_two_process_build_equals_one_process(config_path, reference, tmp_path):
         merge_shards(out, model, cfg, 3)
 
 
+@pytest.mark.slow
 def test_kill_one_rank_then_resume(config_path, reference, tmp_path):
     out = tmp_path / "run"
     # Rank 1 is SIGKILLed while working on its second batch (problems 6-7), before checkpointing it.
@@ -138,6 +139,7 @@ def test_kill_one_rank_then_resume(config_path, reference, tmp_path):
     _assert_same_library(reference / "library", out / "library")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (BIN / "accelerate").exists(), reason="accelerate is not installed in this environment")
 def test_two_process_eval_under_accelerate_equals_one_process(tmp_path):
     from stir_core.analysis.evaluate import evaluate
@@ -173,6 +175,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,needle", [
     ("raise", "rank 1 failed: RuntimeError: boom"),
     ("kill", "rank 1 failed: stopped answering"),
@@ -188,7 +191,6 @@ def test_rank_zero_names_the_failed_rank_and_never_hangs(mode, needle):
         procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "control_plane_worker.py"), mode],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     rank1, rank0 = procs
-    t0 = time.perf_counter()
     try:
         out0, _ = rank0.communicate(timeout=90)
     finally:
@@ -196,8 +198,7 @@ def test_rank_zero_names_the_failed_rank_and_never_hangs(mode, needle):
             rank1.kill()  # the worker we started sleeps for an hour
         rank1.communicate(timeout=90)
     assert rank0.returncode == 3, out0
-    assert needle in out0, out0
-    assert time.perf_counter() - t0 < 60
+    assert needle in out0, out0  # never hangs: communicate(timeout=90) above raises if it did
     assert "rank 0 round 1: [{" in out0  # the first round went through
 
 
@@ -228,7 +229,7 @@ def test_sharded_eval_checkpoints_each_batch_and_resumes(tiny, tmp_path, monkeyp
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     engine = Engine(tiny)
-    examples = [Example(f"q{i}", f"{i}+{i}=", str(2 * i)) for i in range(7)]
+    examples = [Example(id=f"q{i}", question=f"{i}+{i}=", answer=str(2 * i)) for i in range(7)]
     prompts = [ex.question for ex in examples]
     cfg = StirConfig(max_new_tokens=8)
     one = Dist(0, 1, 0)
@@ -257,4 +258,4 @@ def test_sharded_eval_checkpoints_each_batch_and_resumes(tiny, tmp_path, monkeyp
             shard_eval.run_sharded(engine, examples, prompts, ["vanilla"], None, StirConfig(max_new_tokens=9), 3,
                                    one, **kw)
     finally:
-        distributed._destroy()
+        distributed.destroy()

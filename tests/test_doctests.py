@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["stir_core.runtime.model", "stir_core.runtime.backend", "stir_core.io.jsonio"]
+MODULES = ["stir_core.config", "stir_core.runtime.backend", "stir_core.io.jsonio"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -93,7 +93,8 @@ def test_paper_figure_drops_cell_text_when_cells_get_narrow():
     from stir_core.online.trace import TokenRecord, Trace
 
     def strip(n: int) -> go.Figure:
-        t = Trace("vanilla", "p", "x" * n, [TokenRecord(i, 5, "x", -0.1, 0) for i in range(n)])
+        tokens = [TokenRecord(index=i, token_id=5, text="x", logprob=-0.1, segment=0) for i in range(n)]
+        t = Trace(method="vanilla", prompt="p", completion="x" * n, tokens=tokens)
         return figures.token_strip([("vanilla", t)])
 
     def text_trace(fig: go.Figure):

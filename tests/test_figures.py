@@ -133,11 +133,11 @@ def _trace(method: str, ids: list[int], steer_at: int | None = None) -> Trace:
     for i, tid in enumerate(ids):
         toks.append(
             TokenRecord(
-                i,
-                tid,
-                "\n" if tid == 0 else chr(97 + tid % 26),
-                -0.05 * (i + 1),
-                seg,
+                index=i,
+                token_id=tid,
+                text="\n" if tid == 0 else chr(97 + tid % 26),
+                logprob=-0.05 * (i + 1),
+                segment=seg,
                 tool="a" if i == steer_at else None,
                 added_norm=2.0 if i == steer_at else 0.0,
                 is_delimiter=tid == 0,
@@ -148,11 +148,13 @@ def _trace(method: str, ids: list[int], steer_at: int | None = None) -> Trace:
     for t in toks:
         if t.is_delimiter:
             d = GateDecision(
-                t.segment + 1,
-                t.index,
-                [1],
-                [Candidate(0, "a", "correction", 1, 0.9, 0.5, 0.45, True, "x", -1.0, 0.1, 0.46)],
-                0.0,
+                m=t.segment + 1,
+                token_index=t.index,
+                query_layers=[1],
+                candidates=[Candidate(entry=0, tool_id="a", kind="correction", layer=1, sim=0.9, quality=0.5,
+                                      value=0.45, previewed=True, probe_text="x", probe_logprob=-1.0, gain=0.1,
+                                      score=0.46)],
+                null_value=0.0,
                 score_null=0.0,
             )
             if t.index == steer_at:
@@ -163,7 +165,8 @@ def _trace(method: str, ids: list[int], steer_at: int | None = None) -> Trace:
     bounds = [d.token_index for d in decisions] + [len(toks) - 1]
     for d, nxt in zip(decisions, bounds[1:], strict=True):
         d.commit_tokens = nxt - d.token_index
-    return Trace(method, "p", "".join(t.text for t in toks), toks, decisions if method != "vanilla" else [])
+    return Trace(method=method, prompt="p", completion="".join(t.text for t in toks), tokens=toks,
+                 decisions=decisions if method != "vanilla" else [])
 
 
 def test_token_strip_cells_boundaries_and_differences():
@@ -203,7 +206,8 @@ def test_tokens_html_spans_titles_and_highlights():
 
 
 def _trace_with_text(text: str) -> Trace:
-    return Trace("vanilla", "p", text, [TokenRecord(0, 1, text, -0.1, 0)])
+    tokens = [TokenRecord(index=0, token_id=1, text=text, logprob=-0.1, segment=0)]
+    return Trace(method="vanilla", prompt="p", completion=text, tokens=tokens)
 
 
 def test_score_heatmap_marks_the_chosen_cells():

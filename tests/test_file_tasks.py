@@ -383,6 +383,10 @@ def test_prompt_style_blank_lines_is_ours_and_reference_is_the_default(tmp_path)
     assert "separate the steps with a blank line" in ours.prompt(ex) and ours.system_prompt is None
     with pytest.raises(ValueError, match="prompt_style: 'fancy' is not one of reference, blank_lines"):
         get_task("svamp", path=path, prompt_style="fancy")
+    from stir_core.config import PromptConfig, knobs
+    from stir_core.tasks.files import PROMPT_STYLES
+
+    assert knobs(PromptConfig)["prompt_style"].choices == PROMPT_STYLES  # the knob schema and the tasks agree
 
 
 def test_the_system_message_goes_through_the_chat_template():

@@ -9,7 +9,7 @@ from stir_core.online.trace import Candidate
 
 
 def cand(entry, kind="correction", sim=0.9, q=1.0) -> Candidate:
-    return Candidate(entry, f"t{entry}", kind, 3, sim, q, sim * q)
+    return Candidate(entry=entry, tool_id=f"t{entry}", kind=kind, layer=3, sim=sim, quality=q, value=sim * q)
 
 
 KW = {"beta": 1.0, "rho": 0.1, "tau_null": 0.0, "k_scale": 1.0}
@@ -170,12 +170,12 @@ def test_min_tool_m_skips_early_control_points_before_any_preview():
 def test_min_tool_m_through_the_stir_policy(engine, tiny):
     """End to end: at m < min_tool_m the trace says `min_tool_m` and no preview token is spent; from
     min_tool_m on the gate decides as usual."""
-    from test_controller import CFG, PROMPTS, make_library
+    from helpers.gate_library import PROMPTS, make_library
 
-    from stir_core.online.methods import run_method
+    from stir_core.online.methods import StirConfig, run_method
 
     lib = make_library(tiny.d_model, anchors=False, cps=(1, 2, 3, 4, 5, 6))
-    traces = run_method(engine, PROMPTS, "stir", lib, CFG.with_overrides(min_tool_m=3))
+    traces = run_method(engine, PROMPTS, "stir", lib, StirConfig(delimiter="\n", max_new_tokens=40, min_tool_m=3))
     decisions = [d for t in traces for d in t.decisions if d.reason != "fused"]
     early = [d for d in decisions if d.m < 3]
     late = [d for d in decisions if d.m >= 3]

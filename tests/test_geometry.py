@@ -49,6 +49,7 @@ def test_pca_rank_deficient_says_so():
     np.testing.assert_allclose(np.abs(p.coords[:, 0]), np.abs(t[:, 0]) * math.sqrt(6), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_umap_separates_cosine_clusters_and_is_seeded():
     x, labels = _clusters()
     a = projection.umap_projection(x, 2, n_neighbors=8, seed=3)
@@ -158,11 +159,11 @@ def _trace() -> Trace:
     """Tokens 0..9; decisions at token 2 (commits tool a, 4 tokens), token 7 (null: anchor won)."""
     toks = [
         TokenRecord(
-            i,
-            10 + i,
-            "x\n" if i in (2, 7) else "x",
-            -0.1 * i,
-            int(i > 2) + int(i > 7),
+            index=i,
+            token_id=10 + i,
+            text="x\n" if i in (2, 7) else "x",
+            logprob=-0.1 * i,
+            segment=int(i > 2) + int(i > 7),
             tool="a" if i == 2 else None,
             added_norm=1.5 if i == 2 else 0.0,
             is_delimiter=i in (2, 7),
@@ -170,13 +171,15 @@ def _trace() -> Trace:
         for i in range(10)
     ]
     d1 = GateDecision(
-        1,
-        2,
-        [1],
-        [
-            Candidate(0, "a", "correction", 1, 0.9, 0.5, 0.45, True, "p", -1.0, 0.2, 0.47),
-            Candidate(1, "b", "correction", 1, 0.8, 0.5, 0.40, True, "q", -1.2, 0.0, 0.40),
-            Candidate(2, "z", "anchor", 1, 0.7, 0.1, 0.07),
+        m=1,
+        token_index=2,
+        query_layers=[1],
+        candidates=[
+            Candidate(entry=0, tool_id="a", kind="correction", layer=1, sim=0.9, quality=0.5, value=0.45,
+                      previewed=True, probe_text="p", probe_logprob=-1.0, gain=0.2, score=0.47),
+            Candidate(entry=1, tool_id="b", kind="correction", layer=1, sim=0.8, quality=0.5, value=0.40,
+                      previewed=True, probe_text="q", probe_logprob=-1.2, gain=0.0, score=0.40),
+            Candidate(entry=2, tool_id="z", kind="anchor", layer=1, sim=0.7, quality=0.1, value=0.07),
         ],
         null_value=0.07,
         score_null=0.07,
@@ -189,19 +192,21 @@ def _trace() -> Trace:
         commit_tokens=4,
     )
     d2 = GateDecision(
-        2,
-        7,
-        [1],
-        [
-            Candidate(1, "b", "correction", 1, 0.6, 0.5, 0.3, True, "q", -1.0, -0.5, 0.25),
-            Candidate(2, "z", "anchor", 1, 0.9, 0.4, 0.36),
+        m=2,
+        token_index=7,
+        query_layers=[1],
+        candidates=[
+            Candidate(entry=1, tool_id="b", kind="correction", layer=1, sim=0.6, quality=0.5, value=0.3,
+                      previewed=True, probe_text="q", probe_logprob=-1.0, gain=-0.5, score=0.25),
+            Candidate(entry=2, tool_id="z", kind="anchor", layer=1, sim=0.9, quality=0.4, value=0.36),
         ],
         null_value=0.36,
         score_null=0.36,
         reason="anchor_won",
         commit_tokens=2,
     )
-    return Trace("stir", "p", "x" * 10, toks, [d1, d2], probe_tokens=12)
+    return Trace(method="stir", prompt="p", completion="x" * 10, tokens=toks, decisions=[d1, d2],
+                 probe_tokens=12)
 
 
 def test_score_matrix_holds_every_score_once():

@@ -164,7 +164,7 @@ def test_steering_vectors_apply_equals_engine_steered_decode(tiny, engine):
     g = torch.Generator().manual_seed(3)
     layer = 1
     v = torch.randn(tiny.d_model, generator=g) * 2
-    sv = to_steering_vector(Directions({layer: v.numpy()}, tiny.d_model))
+    sv = to_steering_vector(Directions(directions={layer: v.numpy()}, d_model=tiny.d_model))
     assert set(sv.layer_activations) == {layer} and sv.layer_type == "decoder_block"
     prompt = "12+7=19\n\n3+4="
     steered = engine.generate([prompt], 16, steers=[Steer(layer, v, 1.0, "segment")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -415,3 +416,15 @@ def test_tools_are_the_rows_of_the_saved_files(saved):
     with pytest.raises(KeyError, match="no tool with id 'nope'"):
         loaded.tool("nope")
     assert ToolLibrary.empty(D).tools() == [] and ToolLibrary.empty(D).layers == []
+
+
+def test_manifest_records_the_backends_that_decide_correctness(saved):
+    """A saved library names the versions that wrote it, transformers and transformer-lens included (they
+    decide what a decode computes), each as the installed distribution's metadata says."""
+    from importlib import metadata
+
+    _, path = saved
+    recorded = json.loads((path / "manifest.json").read_text())["package_versions"]
+    for pkg in ("stir-workbench", "torch", "transformers", "transformer-lens", "safetensors", "pyarrow"):
+        assert recorded[pkg] == metadata.version(pkg), pkg
+    assert recorded["python"] == platform.python_version()

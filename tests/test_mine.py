@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from fake_tasks import OneTask
+from helpers.tasks import OneTask
 
-from stir_core.offline.mine import MineConfig, Rollout, contrast_problem, mine_candidates
+from stir_core.config import MineConfig
+from stir_core.offline.mine import Rollout, contrast_problem, mine_candidates
 from stir_core.tasks import Example
 
 
@@ -18,7 +19,7 @@ class EchoTask(OneTask):
     name = "echo"
 
     def load(self, split="mine", n=None, seed=0):
-        exs = [Example(f"e{i}", f"{i}+{i}=", "1") for i in range(12)]
+        exs = [Example(id=f"e{i}", question=f"{i}+{i}=", answer="1") for i in range(12)]
         return exs[:n]
 
 
@@ -69,7 +70,8 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path):
 
 
 def _rollout(k, correct, reward, states, prefixes):
-    return Rollout("x", k, "", 10, correct, reward, states, prefixes)
+    return Rollout(example_id="x", k=k, text="", n_tokens=10, correct=correct, reward=reward, states=states,
+                   prefixes=prefixes)
 
 
 class CheckTask(EchoTask):
@@ -79,7 +81,7 @@ class CheckTask(EchoTask):
 
 def test_contrast_rules_on_constructed_rollouts():
     d = 4
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     s = lambda v: torch.full((2, 1, d), float(v))  # noqa: E731  two control points, one layer
     rollouts = [
         _rollout(0, True, 0.9, s(1.0), ["a\n", "a\nb\n"]),
@@ -155,7 +157,7 @@ class GoldEngine:
     ("right", "fixed", 1.0),
 ])
 def test_gold_positive_reward(solution, mode, expect):
-    ex = Example("x", "q", "1", solution=solution)
+    ex = Example(id="x", question="q", answer="1", solution=solution)
     s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
     neg = [_rollout(0, False, -0.2, s(-1.0), ["a\n"])]
     cfg = MineConfig(task="echo", k_pos=1, k_neg=1, pos_source="gold", max_new_tokens=40, eta0=0.01,
@@ -173,7 +175,7 @@ def test_gold_positive_reward(solution, mode, expect):
 
 
 def test_random_mining_keeps_nonpositive_splits_at_zero_quality():
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
     rollouts = [_rollout(k, k % 2 == 0, r, s(k), ["a\n"]) for k, r in enumerate([0.9, -0.1, 0.8, -0.2])]
     base = MineConfig(task="echo", method="random", layers=[0], seed=0, k_pos=2, k_neg=2)
@@ -195,7 +197,7 @@ def test_random_mining_keeps_nonpositive_splits_at_zero_quality():
 
 
 def test_max_control_points_caps_mining():
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     s = lambda v: torch.full((10, 1, 4), float(v))  # noqa: E731  ten control points
     pre = [f"{'a' * (i + 1)}\n" for i in range(10)]
     rollouts = [_rollout(0, True, 0.9, s(1.0), pre), _rollout(1, False, -0.1, s(-1.0), pre)]
@@ -214,7 +216,7 @@ def _ids(it):
 
 @pytest.mark.parametrize("n", [1, 3, 5, 7])
 def test_split_rule_without_the_correct_incorrect_contrast(n):
-    ex = Example("x", "q", "1")
+    ex = Example(id="x", question="q", answer="1")
     s = lambda v: torch.full((1, 1, 4), float(v))  # noqa: E731
     rewards = [0.5, 0.9, 0.5, -0.1, 0.2, 0.9, -0.3][:n]  # ties: 0.5 (k=0, 2) and 0.9 (k=1, 5)
     rollouts = [_rollout(k, r > 0.4, r, s(k), ["a\n"]) for k, r in enumerate(rewards)]
@@ -258,3 +260,12 @@ def test_nothing_mined_gives_an_empty_library(tiny):
     lib = mine_candidates(tiny, _cfg(k_rollouts=4, k_pos=4, k_neg=4, n_problems=2), task=EchoTask(),
                           show_progress=False)
     assert len(lib) == 0 and lib.manifest["d_model"] == tiny.d_model
+
+
+def test_mine_candidates_refuses_a_launcher_instead_of_mining_every_problem_on_every_rank(monkeypatch):
+    """One process only: under torchrun/accelerate `stir build` runs `shard_mine.mine_sharded`; a direct
+    call says so before touching the model (None stands in for it)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="mine_sharded"):
+        mine_candidates(None, _cfg(), task=EchoTask(), show_progress=False)

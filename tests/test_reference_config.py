@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from stir_core.offline.build import BuildConfig, SelectConfig
-from stir_core.offline.mine import MineConfig
+from stir_core.config import MineConfig, SelectConfig
+from stir_core.offline.build import BuildConfig
 from stir_core.online.methods import StirConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -143,7 +143,8 @@ def test_reference_order_boxed_before_answer_line_before_hash():
 def test_file_tasks_score_through_the_grader_and_mining_uses_it():
     """`task.score` (accuracy) and mining's labels (`mine.gold_reward`, `sample_rollouts`) both call
     `grade`: a gold solution that ends "the answer is 7" without a box is a correct, positive text."""
-    from stir_core.offline.mine import MineConfig, gold_reward
+    from stir_core.config import MineConfig
+    from stir_core.offline.mine import gold_reward
 
     task = get_task("math500", paths={"eval": _write_math(tmpdir := _tmp())})
     ex = Example(id="x", question="q", answer="7", solution="Adding, the answer is 7", meta={"answer_raw": "7"})

@@ -20,8 +20,10 @@ def toy():
     return load_model(None, device="cpu")
 
 
+@pytest.mark.slow
 def test_mined_vectors_stand_above_label_shuffled_control(toy):
-    from stir_core.offline.mine import MineConfig, mine_candidates
+    from stir_core.config import MineConfig
+    from stir_core.offline.mine import mine_candidates
 
     cfg = MineConfig(n_problems=48, k_rollouts=8, max_new_tokens=96, layers=[2, 3], top_c=200, seed=5,
                      clean_prefixes="auto")  # our switch (reference: off), as the demo library uses
@@ -45,6 +47,7 @@ def test_demo_library_ships_and_fits_the_model(toy):
     assert (DEMO / "CARD.md").exists() and (DEMO / "build-config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_stir_beats_vanilla_and_random_vector_on_held_out_problems(toy):
     from stir_core.analysis.evaluate import evaluate
     from stir_core.library.format import ToolLibrary

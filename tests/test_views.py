@@ -13,15 +13,18 @@ from stir_core.online.trace import Candidate, GateDecision, TokenRecord, Trace
 
 
 def make_trace(method: str, text: str, committed: bool) -> Trace:
-    toks = [TokenRecord(i, 10 + i, ch, -0.1 * i, 0) for i, ch in enumerate(text)]
+    toks = [TokenRecord(index=i, token_id=10 + i, text=ch, logprob=-0.1 * i,
+                        segment=0) for i, ch in enumerate(text)]
     decs = []
     if method != "vanilla":
-        cands = [Candidate(0, "t0", "correction", 1, 0.9, 1.0, 0.9, True, "x", -0.5, 0.2, 0.3),
-                 Candidate(1, "a0", "anchor", 1, 0.5, 0.2, 0.1)]
-        decs = [GateDecision(1, 0, [1], cands, 0.1, chosen="t0" if committed else None,
+        cands = [Candidate(entry=0, tool_id="t0", kind="correction", layer=1, sim=0.9, quality=1.0, value=0.9,
+                           previewed=True, probe_text="x", probe_logprob=-0.5, gain=0.2, score=0.3),
+                 Candidate(entry=1, tool_id="a0", kind="anchor", layer=1, sim=0.5, quality=0.2, value=0.1)]
+        decs = [GateDecision(m=1, token_index=0, query_layers=[1], candidates=cands, null_value=0.1,
+                             chosen="t0" if committed else None,
                              reason="committed" if committed else "below_tau"),
-                GateDecision(2, 1, [1], [], reason="no_entries")]
-    return Trace(method, "p", text, toks, decs)
+                GateDecision(m=2, token_index=1, query_layers=[1], candidates=[], reason="no_entries")]
+    return Trace(method=method, prompt="p", completion=text, tokens=toks, decisions=decs)
 
 
 def make_result() -> EvalResult:

@@ -141,6 +141,12 @@ st.caption(page.header)
 summary = page.summary
 st.dataframe(summary, hide_index=True, width="stretch")
 ui.table_exports(summary, "eval-summary", "x_ev_sum_exp")
+diagnostics = res.diagnostics_table()
+st.markdown("**Diagnostics** (rates in [0, 1]; tokens and probe tokens per problem)")
+if len(diagnostics):
+    st.dataframe(diagnostics, hide_index=True, width="stretch")
+else:
+    st.caption("Not recorded in these results (written before diagnostics existed).")
 
 x_axis = (
     st.segmented_control(

@@ -195,7 +195,7 @@ if source_kind == "saved run":
         o2.caption("No saved evaluation runs (Evaluate page, or `stir eval --out DIR` under the runs directory).")
     else:
         source = o2.selectbox("Run", runs, key="dash_run", persist_state="session")
-        source_stamp = dstate._stamp(source)
+        source_stamp = dstate.run_stamp(source)
         examples = dstate.run_examples(source, source_stamp)
 elif source_kind == "on demand":
     st.session_state.setdefault("dash_n", 32)
@@ -238,7 +238,7 @@ for note in board.notes:
     st.caption(note)
 x1, x2 = st.columns([1, 5])
 with x1:
-    ui._export_menu(
+    ui.export_menu(
         f"tool-{tool.replace('/', '_')}",
         "x_dash_exp",
         [("HTML (one file)", "html", lambda: render_dashboard(board).encode()),

@@ -19,11 +19,11 @@ import torch
 
 from stir_core.analysis.lens import lens_for_model
 from stir_core.analysis.projection import nearest_neighbors
-from stir_core.analysis.views import diff_mask
 from stir_core.io import jsonio
 from stir_core.library.format import ToolLibrary
-from stir_core.online.trace import Trace
+from stir_core.online.trace import Trace, diff_mask
 from stir_core.runtime.engine import Engine, Steer
+from stir_core.runtime.locks import serialised
 
 SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 CONTEXT_CHARS = (80, 60)  # text shown before (up to and including the delimiter) / after a control point
@@ -42,7 +42,7 @@ class Contrast:
     prefix: str | None  # completion text up to the m-th delimiter; None when not stored
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Provenance:
     tool_id: str
     kind: str
@@ -131,16 +131,19 @@ def provenance(lib: ToolLibrary, row: int, with_problem: bool = True) -> Provena
     split_hint = ((lib.manifest.get("config") or {}).get("mine") or {}).get("split")
     problem = find_example(str(rec["task"]), str(rec["example_id"]), split_hint) \
         if with_problem and rec["task"] else None
-    return Provenance(str(rec["id"]), str(rec["kind"]), int(rec["layer"]), int(rec["control_point"]),
-                      str(rec["pair_id"]), str(rec["task"]), str(rec["example_id"]), float(rec["quality"]),
-                      norm, sh, ratio, pct, _num(rec["mean_reward_pos"]), _num(rec["mean_reward_neg"]),
-                      contrasts, any(c.prefix is not None for c in contrasts), problem)
+    return Provenance(tool_id=str(rec["id"]), kind=str(rec["kind"]), layer=int(rec["layer"]),
+                      control_point=int(rec["control_point"]), pair_id=str(rec["pair_id"]),
+                      task=str(rec["task"]), example_id=str(rec["example_id"]), quality=float(rec["quality"]),
+                      norm=norm, shuffled_norm=sh, norm_ratio=ratio, ratio_percentile=pct,
+                      mean_reward_pos=_num(rec["mean_reward_pos"]),
+                      mean_reward_neg=_num(rec["mean_reward_neg"]), contrasts=contrasts,
+                      prefixes_stored=any(c.prefix is not None for c in contrasts), problem=problem)
 
 
 # --- where it fires -------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Firing:
     """One control point of a run where the tool was retrieved (a row of "top-activating examples")."""
 
@@ -180,14 +183,16 @@ def firings(tool_id: str, examples: pd.DataFrame, methods: list[str] | None = No
                 before = "".join(text[: d.token_index + 1])[-CONTEXT_CHARS[0]:]
                 after = "".join(text[d.token_index + 1:])[: CONTEXT_CHARS[1]]
                 won = d.chosen == tool_id
-                out.append(Firing(str(r["example_id"]), str(r["method"]), d.m, d.token_index, c.sim, c.value,
-                                  c.gain, c.score, won, float(d.alpha) if won else 0.0, d.reason, before, after,
-                                  None if "correct" not in r else bool(r["correct"])))
+                out.append(Firing(example_id=str(r["example_id"]), method=str(r["method"]), m=d.m,
+                                  token_index=d.token_index, sim=c.sim, value=c.value, gain=c.gain,
+                                  score=c.score, committed=won, alpha=float(d.alpha) if won else 0.0,
+                                  reason=d.reason, before=before, after=after,
+                                  correct=None if "correct" not in r else bool(r["correct"])))
     out.sort(key=lambda f: (-f.sim, f.example_id, f.method, f.m))
     return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PairedOutcome:
     """Problems where `method` committed the tool, against `baseline` on the same problems."""
 
@@ -224,7 +229,8 @@ def paired_outcome(tool_id: str, examples: pd.DataFrame, method: str = "stir",
             right += 1
         else:
             wrong += 1
-    return PairedOutcome(method, baseline, n, fixed, broken, right, wrong)
+    return PairedOutcome(method=method, baseline=baseline, n_committed=n, fixed=fixed, broken=broken,
+                         both_right=right, both_wrong=wrong)
 
 
 # --- what it changes ------------------------------------------------------------------------------------
@@ -246,6 +252,7 @@ class AlphaSweep:
     rows: list[SweepRow]
 
 
+@serialised  # the engine is not safe for concurrent callers (stir_core/runtime/locks.py)
 def sweep_prompt(engine: Engine, prompt: str, m: int, delimiter: str = "\n\n", max_new_tokens: int = 128) -> str:
     """`prompt` (formatted) plus its greedy unsteered completion up to the m-th delimiter: the control point
     where a tool mined at m would act. The prompt alone when the completion has fewer delimiters."""
@@ -256,6 +263,7 @@ def sweep_prompt(engine: Engine, prompt: str, m: int, delimiter: str = "\n\n", m
     return prompt + delimiter.join(parts[:m]) + delimiter
 
 
+@serialised
 @torch.no_grad()
 def alpha_sweep(engine: Engine, prompt: str, vector: torch.Tensor, layer: int,
                 scales: tuple[float, ...] = SCALES, positions: str = "last", max_new_tokens: int = 48,
@@ -290,7 +298,7 @@ def lens(model: Any, vector: torch.Tensor, k: int = 10) -> Lens:
 # --- neighbours -----------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Neighbour:
     by: str  # "keys" | "vectors"
     id: str
@@ -312,15 +320,16 @@ def neighbours(lib: ToolLibrary, row: int, k: int = 5) -> list[Neighbour]:
             continue
         for j, s in nearest_neighbors(x, int(where[0]), k):
             i = int(rows[j])
-            out.append(Neighbour(by, str(t["id"].iat[i]), str(t["kind"].iat[i]), int(t["control_point"].iat[i]),
-                                 int(t["layer"].iat[i]), float(s)))
+            out.append(Neighbour(by=by, id=str(t["id"].iat[i]), kind=str(t["kind"].iat[i]),
+                                 m=int(t["control_point"].iat[i]), layer=int(t["layer"].iat[i]),
+                                 cos=float(s)))
     return out
 
 
 # --- the whole record -------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ToolDashboard:
     tool_id: str
     library: dict[str, Any]  # {"path", "content_hash", "model_id", "entries"}
@@ -350,10 +359,10 @@ def build(lib: ToolLibrary, tool_id: str, model: Any = None, engine: Engine | No
     `EvalResult.examples`) enables the firings and the paired outcome."""
     row = row_of(lib, tool_id)
     rec = lib.table.iloc[row]
-    d = ToolDashboard(tool_id, {"path": str(lib.path) if lib.path else None,
+    d = ToolDashboard(tool_id=tool_id, library={"path": str(lib.path) if lib.path else None,
                                 "content_hash": lib.manifest.get("content_hash"),
                                 "model_id": lib.manifest.get("model_id"), "entries": len(lib)},
-                      provenance(lib, row), neighbours(lib, row, k))
+                      provenance=provenance(lib, row), neighbours=neighbours(lib, row, k))
     if not d.provenance.prefixes_stored:
         d.notes.append("This library predates stored prefixes: rollout ids and mean rewards only "
                        "(libraries mined now store every contrasted prefix and its reward).")

@@ -24,7 +24,7 @@ from stir_core.library.format import ToolLibrary
 SOURCES = ("vectors", "keys")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LibraryDiff:
     a_rows: list[int]  # library rows compared (corrections for "vectors", all entries for "keys")
     b_rows: list[int]
@@ -82,8 +82,9 @@ def diff_libraries(a: ToolLibrary, b: ToolLibrary, source: str = "vectors", min_
 
     best_a = cos.max(1) if cos.shape[1] else np.full(len(ra), np.nan)
     best_b = cos.max(0) if cos.shape[0] else np.full(len(rb), np.nan)
-    return LibraryDiff(ra, rb, ids_a, ids_b, cos, pairs_df, lacking(ta, ra, ids_a, used_a, best_a),
-                       lacking(tb, rb, ids_b, used_b, best_b), source, min_cos)
+    return LibraryDiff(a_rows=ra, b_rows=rb, a_ids=ids_a, b_ids=ids_b, cos=cos, pairs=pairs_df,
+                       only_a=lacking(ta, ra, ids_a, used_a, best_a),
+                       only_b=lacking(tb, rb, ids_b, used_b, best_b), source=source, min_cos=min_cos)
 
 
 def diff_figure(d: LibraryDiff, name_a: str = "A", name_b: str = "B", max_side: int = 200) -> go.Figure:

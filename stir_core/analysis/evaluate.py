@@ -6,7 +6,6 @@ pairs: wins = steered right where vanilla was wrong, losses = the reverse).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -16,11 +15,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from stir_core import config as config_schema
+from stir_core.analysis.diagnostics import diagnose
 from stir_core.analysis.outcomes import mcnemar
 from stir_core.io import atomic, jsonio
+from stir_core.io.bounded import iter_jsonl, read_json
 from stir_core.io.versions import versions
 from stir_core.library.checks import check_prompts_fit
 from stir_core.library.format import ToolLibrary
+from stir_core.online import health
 from stir_core.online.methods import StirConfig, run_method
 from stir_core.online.trace import Trace
 from stir_core.runtime import distributed
@@ -41,18 +43,31 @@ class EvalResult:
         rows = []
         for method, s in self.summary.items():
             vs = s.get("vs_vanilla") if isinstance(s.get("vs_vanilla"), dict) else {}
-            rows.append({"method": method, **{k: v for k, v in s.items() if k != "vs_vanilla"},
+            rows.append({"method": method, **{k: v for k, v in s.items() if k not in ("vs_vanilla", "diagnostics")},
                          "wins": vs.get("wins"), "losses": vs.get("losses"), "p_value": vs.get("p_value")})
         return pd.DataFrame(rows)
 
+    def diagnostics_table(self) -> pd.DataFrame:
+        """One row per method with its diagnostics (`stir_core.analysis.diagnostics`); methods of results
+        written before diagnostics existed are left out (an empty frame when none has them)."""
+        rows = [{"method": m, **s["diagnostics"]} for m, s in self.summary.items()
+                if isinstance(s.get("diagnostics"), dict)]
+        return pd.DataFrame(rows)
 
-def summarise(traces: list[Trace], correct: list[bool], wall_s: float) -> dict:
+
+def summarise(traces: list[Trace], correct: list[bool], wall_s: float, answers: list[str | None] | None = None,
+              max_new_tokens: int | None = None, eos_token_id: int | None = None) -> dict:
+    """One method's summary; with `answers` and `max_new_tokens`, also its `diagnostics` (a dict)."""
     n = len(traces)
     tok = [t.n_tokens for t in traces]
     probe = [t.probe_tokens for t in traces]
-    return {"accuracy": sum(correct) / n if n else float("nan"), "n": n, "mean_tokens": sum(tok) / n,
-            "mean_probe_tokens": sum(probe) / n, "mean_total_tokens": (sum(tok) + sum(probe)) / n,
-            "interventions_per_problem": sum(t.interventions for t in traces) / n, "wall_s": wall_s}
+    out = {"accuracy": sum(correct) / n if n else float("nan"), "n": n, "mean_tokens": sum(tok) / n,
+           "mean_probe_tokens": sum(probe) / n, "mean_total_tokens": (sum(tok) + sum(probe)) / n,
+           "interventions_per_problem": sum(t.interventions for t in traces) / n, "wall_s": wall_s}
+    if answers is not None and max_new_tokens is not None:
+        out["diagnostics"] = diagnose(traces, answers, max_new_tokens=max_new_tokens,
+                                      eos_token_id=eos_token_id).to_dict()
+    return out
 
 
 def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLibrary | None = None,
@@ -88,12 +103,15 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
         for t in traces:
             t.warnings.extend(warnings)
         correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, examples, strict=True)]
+        answers = [task.extract(t.completion) for t in traces]
         correct_by[method] = correct
-        summary[method] = summarise(traces, correct, wall)
-        for t, ex, ok in zip(traces, examples, correct, strict=True):
+        summary[method] = summarise(traces, correct, wall, answers, config.max_new_tokens, model.eos_token_id)
+        if n_bad := health.flag(traces):  # non-finite or exploding activations: said, not hidden
+            summary[method]["non_finite_traces"] = n_bad
+        for t, ex, ok, answer in zip(traces, examples, correct, answers, strict=True):
             rows.append({"example_id": ex.id, "method": method, "correct": ok, "n_tokens": t.n_tokens,
                          "probe_tokens": t.probe_tokens, "interventions": t.interventions,
-                         "prompt": t.prompt, "completion": t.completion, "answer": task.extract(t.completion),
+                         "prompt": t.prompt, "completion": t.completion, "answer": answer,
                          "gold": ex.answer, "trace_json": t.to_json()})
 
     if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: batches shared by rank
@@ -149,8 +167,10 @@ def load_results(out_dir: str | Path) -> EvalResult:
     out = Path(out_dir)
     if not (out / "summary.json").is_file():
         raise ValueError(f"{out}: no summary.json (not an evaluation directory)")
-    s = json.loads((out / "summary.json").read_text())
-    rows = [json.loads(line) for line in (out / "examples.jsonl").read_text().splitlines() if line.strip()]
+    s = read_json(out / "summary.json", "summary")  # bounded: a damaged or hostile run names its file
+    if not isinstance(s, dict) or not {"methods", "config"} <= set(s):
+        raise ValueError(f"{out / 'summary.json'}: not an evaluation summary (no methods/config)")
+    rows = [r for _, r in iter_jsonl(out / "examples.jsonl", max_line_bytes=256 << 20, max_bytes=16 << 30)]
     return EvalResult(s["methods"], pd.DataFrame(rows), s["config"])
 
 

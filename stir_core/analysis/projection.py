@@ -20,7 +20,7 @@ UMAP_MIN_POINTS = 10  # below this UMAP's neighbour graph is meaningless: fall b
 PROJECTIONS = ("pca", "umap")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Projection:
     """Low-dimensional coordinates of N points. coords: [N, n_components] float64."""
 
@@ -65,7 +65,7 @@ def pca(x: Any, n_components: int = 2) -> Projection:
     note = None
     if k < n_components or (total > 0 and np.count_nonzero(s[:n_components] > 1e-12 * s[0]) < n_components):
         note = f"the data span fewer than {n_components} dimensions; the extra axes are (near) zero"
-    return Projection(coords, "pca", "pca", note, explained)
+    return Projection(coords=coords, method="pca", requested="pca", note=note, explained=explained)
 
 
 def umap_projection(
@@ -82,7 +82,8 @@ def umap_projection(
         raise ValueError(f"n_neighbors must be >= 2, got {n_neighbors}")
     n = a.shape[0]
     if n < UMAP_MIN_POINTS:
-        proj = pca(a, n_components) if n else Projection(np.zeros((0, n_components)), "pca", "umap")
+        proj = pca(a, n_components) if n else Projection(coords=np.zeros((0, n_components)), method="pca",
+                                                         requested="umap")
         proj.requested = "umap"
         proj.note = f"{n} points are too few for UMAP (needs {UMAP_MIN_POINTS}); showing PCA instead"
         return proj
@@ -116,7 +117,7 @@ def umap_projection(
             precomputed_knn=(knn, knn_dist, None),
         )
         coords = reducer.fit_transform(a.astype(np.float32)).astype(np.float64)
-    return Projection(coords, "umap", "umap")
+    return Projection(coords=coords, method="umap", requested="umap")
 
 
 def project(

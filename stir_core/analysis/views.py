@@ -1,6 +1,6 @@
 """View-models: what each app page draws, computed here so the pages only draw (and the CLI can reuse it).
 
-Trace helpers (`diff_mask`, `score_matrix`, `token_interventions`), the one builder of a Playground run's
+Trace helpers (`score_matrix`, `token_interventions`), the one builder of a Playground run's
 result (`playground_result` / `playground_column`, whether decoded live or opened from evaluation results:
 `eval_example_columns`), and one function per page: `playground_page` (with `gate_cards`) and
 `evaluate_page`. The Library page's numbers come from `projection`, `lens` and `dashboard` (one tool's
@@ -19,17 +19,13 @@ import numpy as np
 import pandas as pd
 
 from stir_core.analysis.outcomes import paired_outcomes
-from stir_core.online.trace import Trace
+
+# diff_mask lives with the trace records; re-exported here because app/figures.py imports it from views.
+from stir_core.online.trace import Trace, diff_mask  # noqa: F401
 
 if TYPE_CHECKING:  # evaluate.py and dashboard.py pull in the engine; the views only read their results
     from stir_core.analysis.dashboard import ToolDashboard
     from stir_core.analysis.evaluate import EvalResult
-
-
-def diff_mask(reference: list[int], tokens: list[int]) -> list[bool]:
-    """Per token of `tokens`: True where it differs from `reference` at the same position (or the
-    reference has ended)."""
-    return [i >= len(reference) or t != reference[i] for i, t in enumerate(tokens)]
 
 
 @dataclass
@@ -68,7 +64,7 @@ def score_matrix(trace: Any) -> ScoreMatrix:
     return ScoreMatrix(rows, cols, z, chosen)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenIntervention:
     """What acted on one generated token: the committed tool governing its segment (if any)."""
 
@@ -83,7 +79,8 @@ def token_interventions(trace: Any) -> list[TokenIntervention]:
     """Per token of a `Trace`: the governing commit. A decision at token t governs tokens t..t+commit_tokens
     (its delimiter, re-run with the vector under `positions=last`, and the segment decoded after it)."""
     out = [
-        TokenIntervention(t.tool, 0.0, t.tool is not None, float(t.added_norm), None) for t in trace.tokens
+        TokenIntervention(tool=t.tool, alpha=0.0, direct=t.tool is not None, added_norm=float(t.added_norm),
+                          m=None) for t in trace.tokens
     ]
     for d in trace.decisions:
         if d.chosen is None:
@@ -91,9 +88,8 @@ def token_interventions(trace: Any) -> list[TokenIntervention]:
         hi = min(len(out) - 1, d.token_index + d.commit_tokens)
         for i in range(max(0, d.token_index), hi + 1):
             rec = out[i]  # a direct add keeps its own tag (e.g. "random~<id>" for the random-vector ablation)
-            out[i] = TokenIntervention(
-                rec.tool if rec.direct else d.chosen, float(d.alpha), rec.direct, rec.added_norm, d.m
-            )
+            out[i] = TokenIntervention(tool=rec.tool if rec.direct else d.chosen, alpha=float(d.alpha),
+                                       direct=rec.direct, added_norm=rec.added_norm, m=d.m)
     return out
 
 
@@ -149,7 +145,7 @@ def gate_cards(trace: Trace, limit: int | None = None) -> list[GateCard]:
     return cards
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PlaygroundPage:
     """What the Playground draws for one result."""
 
@@ -174,9 +170,10 @@ def playground_page(result: dict) -> PlaygroundPage:
     header = (f"Traces opened from {result['source']} (as recorded there)." if result.get("source") else
               f"{len(traces)} columns in {result['total_s']:.2f} s (repeated runs come from the cache).")
     frames = [t.tokens_frame().assign(column=labels[i]) for i, t in enumerate(traces)]
-    return PlaygroundPage(traces, labels, captions, next((t for t in traces if t.method == "vanilla"), None),
-                          [i for i, t in enumerate(traces) if t.decisions], header,
-                          pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+    return PlaygroundPage(traces=traces, labels=labels, captions=captions,
+                          reference=next((t for t in traces if t.method == "vanilla"), None),
+                          steered=[i for i, t in enumerate(traces) if t.decisions], header=header,
+                          all_tokens=pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
 
 
 # --- the Evaluate page -----------------------------------------------------------------------------
@@ -220,7 +217,7 @@ def evaluate_page(res: EvalResult, method: str | None = None, outcome: str = "al
 DEFAULT_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ToolTables:
     """The tables the Library page shows (and exports) for one tool's dashboard."""
 
@@ -254,7 +251,8 @@ def tool_tables(board: ToolDashboard, entry: pd.Series) -> ToolTables:
         "suppressed": [repr(t) for t, _ in board.lens.suppressed], "logit −": [v for _, v in board.lens.suppressed],
     })
     neighbours = pd.DataFrame([asdict(n) for n in board.neighbours], columns=["by", "id", "kind", "m", "layer", "cos"])
-    return ToolTables(metadata, contrasts, firings, lens, neighbours)
+    return ToolTables(metadata=metadata, contrasts=contrasts, firings=firings, lens=lens,
+                      neighbours=neighbours)
 
 
 def similarity_labels(table: pd.DataFrame, rows: Sequence[int]) -> list[str]:

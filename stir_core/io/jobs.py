@@ -5,7 +5,7 @@ show progress and offer Cancel while it runs.
     job.status, job.done, job.total, job.text   # poll from any thread
     job.cancel()                                # the next progress report raises `Cancelled`
 
-Jobs live in a process-wide registry (`get_job(id)`, `jobs(kind)`), so they survive page reruns and
+Jobs live in a process-wide registry (`get_job(id)`), so they survive page reruns and
 browser reconnects. Cancellation is cooperative: it takes effect at the job's next progress report (one
 batch), and what the job already wrote stays (evaluations write per method, mining checkpoints per batch).
 """
@@ -18,21 +18,31 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
-STATES = ("running", "done", "failed", "cancelled")
+
+class JobState(str, Enum):
+    """Where a job is. A `str` enum, so a state also compares equal to its value ("done")."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class Cancelled(Exception):
     """Raised inside a job at its next progress report after `cancel()`."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Job:
+    """One background job: its state and progress (written by the job's thread, read by any)."""
+
     kind: str
     label: str = ""
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    status: str = "running"
+    status: JobState = JobState.RUNNING
     done: int = 0
     total: int = 0
     text: str = ""
@@ -46,7 +56,7 @@ class Job:
 
     @property
     def active(self) -> bool:
-        return self.status == "running"
+        return self.status is JobState.RUNNING
 
     @property
     def fraction(self) -> float:
@@ -75,15 +85,15 @@ MAX_FINISHED = 32
 def start_job(kind: str, fn: Callable[[Job], Any], label: str = "") -> Job:
     """Run `fn(job)` in a daemon thread; its return value becomes `job.result`. User errors (ValueError,
     OSError) become `job.error` as one line; anything else also keeps its traceback in `job.detail`."""
-    job = Job(kind, label)
+    job = Job(kind=kind, label=label)
 
     def run() -> None:
-        status = "failed"  # the status is set last: a poller that sees it finished sees everything else
+        status = JobState.FAILED  # the status is set last: a poller that sees it finished sees everything else
         try:
             job.result = fn(job)
-            status = "done"
+            status = JobState.DONE
         except Cancelled as err:
-            status, job.error = "cancelled", str(err)
+            status, job.error = JobState.CANCELLED, str(err)
         except (ValueError, OSError) as err:
             job.error = str(err)
         except Exception as err:  # noqa: BLE001 - a job must never take the server down; keep the details
@@ -104,8 +114,3 @@ def start_job(kind: str, fn: Callable[[Job], Any], label: str = "") -> Job:
 
 def get_job(job_id: str | None) -> Job | None:
     return _JOBS.get(job_id) if job_id else None
-
-
-def jobs(kind: str | None = None) -> list[Job]:
-    """Jobs of a kind (all kinds: None), newest first."""
-    return sorted((j for j in _JOBS.values() if kind is None or j.kind == kind), key=lambda j: -j.started)

@@ -7,18 +7,20 @@ silently broke KV-cached decoding through TransformerLens 4.3), so every place t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import metadata
 
 PACKAGES = ("stir-workbench", "torch", "transformers", "transformer-lens")
 
 
-def versions() -> dict[str, str]:
-    """`{distribution: version}` for the package and its backends ('not installed' when absent).
+def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
+    """`{distribution: version}` for the package and its backends, or for `packages` ('not installed' when
+    absent).
 
     Read from installed metadata, so it costs no heavy import.
     """
     out = {}
-    for name in PACKAGES:
+    for name in packages:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -29,7 +29,6 @@ import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,13 @@ import pandas as pd
 import safetensors.torch
 import torch
 
-from stir_core.io import atomic, jsonio, outputs
+from stir_core.io import atomic, jsonio, outputs, versions
+from stir_core.io.layout import MANIFEST_FILE
 from stir_core.runtime.backend import DEFAULT_HOOK_POINT
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tools.safetensors"
 TABLE_FILE = "tools.parquet"
-MANIFEST_FILE = "manifest.json"
 HOOK_POINT = DEFAULT_HOOK_POINT  # where the tools were mined and are steered (backend.hook_name)
 KINDS = ("correction", "anchor")
 
@@ -126,14 +125,13 @@ def compute_counts(table: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+FORMAT_PACKAGES = ("numpy", "pandas", "pyarrow", "safetensors")  # what reads and writes the files
+
+
 def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("stir-workbench", "torch", "numpy", "pandas", "pyarrow", "safetensors"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    """The manifest's `package_versions`: Python, the package and its backends (`io.versions.PACKAGES`:
+    torch, transformers and transformer-lens, which decide what a decode computes), and the file formats'."""
+    return {"python": platform.python_version(), **versions.versions(versions.PACKAGES + FORMAT_PACKAGES)}
 
 
 def _normalise_table(table: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -316,7 +314,7 @@ def validate_for_model(lib: ToolLibrary, d_model: int | None, n_layers: int | No
 # --- the library ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)  # tensors have no truth value: compare fields, not records
+@dataclass(frozen=True, eq=False, kw_only=True)  # tensors have no truth value: compare fields, not records
 class Tool:
     """One library entry as a record: row `entry` of the table and of both tensors.
 
@@ -337,7 +335,7 @@ class Tool:
 
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ToolLibrary:
     """Aligned tensors + table + manifest. keys/vectors: [N, d_model] float32; table: N rows."""
 
@@ -379,8 +377,9 @@ class ToolLibrary:
 
     def _tool(self, i: int, r: dict) -> Tool:
         prov = {k: _plain(v) for k, v in r.items() if k not in REQUIRED_ROW_FIELDS}
-        return Tool(i, str(r["id"]), str(r["kind"]), int(r["layer"]), int(r["control_point"]),
-                    float(r["quality"]), self.keys[i], self.vectors[i], prov)
+        return Tool(entry=i, id=str(r["id"]), kind=str(r["kind"]), layer=int(r["layer"]),
+                    control_point=int(r["control_point"]), quality=float(r["quality"]), key=self.keys[i],
+                    vector=self.vectors[i], provenance=prov)
 
     def validate(self) -> None:
         """Run every content check on the in-memory library (as `load` does)."""
@@ -393,7 +392,7 @@ class ToolLibrary:
         h = content_hashes(self.keys, self.vectors, self.table)
         m["content_hash"] = h["content"]
         m["part_hashes"] = {"tensors": h["tensors"], "table": h["table"]}
-        return ToolLibrary(self.keys, self.vectors, self.table, m)
+        return ToolLibrary(keys=self.keys, vectors=self.vectors, table=self.table, manifest=m)
 
     def subset(self, indices: Sequence[int]) -> ToolLibrary:
         """Entries `indices` (in that order); manifest kept, counts and hash recomputed."""
@@ -407,9 +406,8 @@ class ToolLibrary:
             raise ValueError("subset: indices must be unique")
         t = torch.as_tensor(idx, dtype=torch.long)
         table = self.table.iloc[idx].reset_index(drop=True)
-        return ToolLibrary(
-            self.keys[t].contiguous(), self.vectors[t].contiguous(), table, self.manifest
-        )._refreshed()
+        return ToolLibrary(keys=self.keys[t].contiguous(), vectors=self.vectors[t].contiguous(), table=table,
+                           manifest=self.manifest)._refreshed()
 
     def save(self, path: str | Path, *, overwrite: bool = True) -> Path:
         """Write the library directory atomically (replacing a previous library only when `overwrite`).
@@ -447,15 +445,12 @@ class ToolLibrary:
                 raise LibraryError(f"{path / f}: missing file")
         w_t, w_p, w_m = (str(path / f) for f in (TENSORS_FILE, TABLE_FILE, MANIFEST_FILE))
 
-        def no_constant(c: str) -> Any:
-            raise ValueError(f"non-JSON constant {c}")
+        from stir_core.io.bounded import InputError, read_json
 
-        try:
-            manifest = json.loads(
-                (path / MANIFEST_FILE).read_text(encoding="utf-8"), parse_constant=no_constant
-            )
-        except (ValueError, UnicodeDecodeError) as e:
-            raise LibraryError(f"{w_m}: not valid JSON ({e})") from e
+        try:  # size- and depth-capped (a manifest nested 200k deep used to overflow the stack)
+            manifest = read_json(path / MANIFEST_FILE, "manifest", max_bytes=64 << 20)
+        except InputError as e:
+            raise LibraryError(str(e)) from None
         _check_manifest(manifest, w_m)
         try:
             tensors = safetensors.torch.load_file(str(path / TENSORS_FILE))
@@ -473,7 +468,7 @@ class ToolLibrary:
         if n >= 0 and len(table) != n:
             raise LibraryError(f"{w_p}: has {len(table)} rows but {TENSORS_FILE} has {n} entries")
         table = _normalise_table(table, w_p)
-        lib = cls(tensors["keys"], tensors["vectors"], table, manifest, path=path)
+        lib = cls(keys=tensors["keys"], vectors=tensors["vectors"], table=table, manifest=manifest, path=path)
         _check_contents(lib, path)
         if d_model is not None or n_layers is not None:
             validate_for_model(lib, d_model, n_layers)
@@ -573,6 +568,6 @@ class ToolLibrary:
             records.append(rec)
         table = pd.DataFrame(records, columns=list(dict.fromkeys([*COLUMNS, *(k for r in rows for k in r)])))
         table = _normalise_table(table, _where(None, TABLE_FILE))
-        lib = cls(keys, vectors, table, m)._refreshed()
+        lib = cls(keys=keys, vectors=vectors, table=table, manifest=m)._refreshed()
         _check_contents(lib, None)
         return lib

@@ -36,7 +36,7 @@ def l2_normalize(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class IndexGroup:
     entries: torch.Tensor  # [G] int64, entry indices into the library, ascending
     scan: torch.Tensor  # [G, d_model] the unit rows: float16, float32 up to SMALL_GROUP, float64 up to EXACT_GROUP
@@ -77,7 +77,7 @@ class ToolIndex:
             low = unit.to(dtype)
             scan[start : start + len(c)], norms[start : start + len(c)] = low, n
             err = max(err, torch.linalg.vector_norm(unit - low.double(), dim=1).max().item())
-        return IndexGroup(entries, scan, norms, err, mean)
+        return IndexGroup(entries=entries, scan=scan, norms=norms, err=err, mean=mean)
 
     def __len__(self) -> int:
         return len(self.lib)

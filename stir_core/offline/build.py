@@ -18,16 +18,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from stir_core import config
-from stir_core.config import ConfigError, knob, validate
+from stir_core.config import ConfigError, MineConfig, SelectConfig
 from stir_core.io import atomic, jsonio, outputs
+from stir_core.io.bounded import clip, read_json
 from stir_core.library.format import ToolLibrary
 from stir_core.library.index import ToolIndex
 from stir_core.library.report import library_card
-from stir_core.offline.mine import MineConfig, discard_checkpoint, mine_candidates
+from stir_core.offline.checkpoint import discard_checkpoint
+from stir_core.offline.mine import mine_candidates
 from stir_core.offline.select import select_library
+from stir_core.offline.shard_mine import mine_sharded
+from stir_core.runtime import distributed
 from stir_core.runtime.model import LoadedModel
 from stir_core.tasks import Task, get_task, step_checker_of
 
@@ -85,24 +87,7 @@ class TaskSpec:
         return out
 
 
-@dataclass
-class SelectConfig:
-    """Stage II knobs (STIR_SPEC.md): budget B, method dpp|top|random, λ, ε, min_per_control_point, force_mode."""
-
-    budget: int = knob(256, int, "B: entries kept", "select", min=1)
-    method: str = knob("dpp", str, "quality-DPP, top quality, or random", "select", choices=("dpp", "top", "random"))
-    lam: float = knob(0.5, float, "λ: quality weight of the DPP kernel", "select", min=0.0)
-    eps: float = knob(1e-4, float, "ε: kernel diagonal jitter", "select", min=0.0)
-    min_per_control_point: int = knob(0, int, "entries kept per control point at least", "select", min=0)
-    force_mode: str = knob("reference", str, "with min_per_control_point: reference (the DPP on the rest, blind "
-                           "to the forced entries) | conditioned (ours: conditioned on them)", "select",
-                           choices=("reference", "conditioned"))
-
-    def __post_init__(self) -> None:
-        validate(self, "select")
-
-
-@dataclass
+@dataclass(kw_only=True)
 class BuildConfig:
     model: str | None = None  # None: the embedded testbed model
     mine: MineConfig = field(default_factory=MineConfig)
@@ -149,14 +134,14 @@ class BuildConfig:
         if d is None:
             d = {}
         if not isinstance(d, dict):
-            raise ConfigError(f"build config: expected a mapping with sections model, mine, select; got {d!r}")
+            raise ConfigError(f"build config: expected a mapping with sections model, mine, select; got {clip(d)}")
         unknown = set(d) - {"model", "mine", "select", "task", "online"}
         if unknown:
-            raise ConfigError(f"build config: unknown section(s) {sorted(unknown)}; expected model, task, mine, "
+            raise ConfigError(f"build config: unknown section(s) {clip(sorted(map(str, unknown)))}; expected model, task, mine, "
                               "select, online")
         model = d.get("model")
         if model is not None and (not isinstance(model, str) or not model.strip()):
-            raise ConfigError(f"build config: model must be a hub id or a path, got {model!r}")
+            raise ConfigError(f"build config: model must be a hub id or a path, got {clip(model)}")
         mine = d.get("mine")
         mine = dict(mine) if isinstance(mine, dict) else mine
         if isinstance(mine, dict) and isinstance(mine.get("clean_prefixes"), bool):
@@ -166,7 +151,7 @@ class BuildConfig:
             spec = _task_spec({"name": spec} if isinstance(spec, str) else spec)
             mine = dict(mine or {})
             if mine.get("task", spec.name) != spec.name:
-                raise ConfigError(f"build config: task.name is {spec.name!r} but mine.task is {mine['task']!r}; "
+                raise ConfigError(f"build config: task.name is {spec.name!r} but mine.task is {clip(mine['task'])}; "
                                   "give the task once, in the task section")
             mine["task"] = spec.name
         online = d.get("online") or {}
@@ -177,17 +162,15 @@ class BuildConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BuildConfig:
+        from stir_core.io.bounded import InputError, load_yaml
+
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"build config {p}: not found" + (" (it is a directory)" if p.is_dir() else ""))
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"build config {p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"build config {p}: not valid YAML ({' '.join(str(err).split())})") from None
+        try:  # no aliases, no duplicate keys, size-capped: the error names the file and the line
+            data = load_yaml(p)
+        except InputError as err:
+            raise ConfigError(f"build config {err}") from None
         try:
             return cls.from_dict(data or {})
         except ConfigError as err:
@@ -199,7 +182,7 @@ class BuildConfig:
 
 def _task_spec(d) -> TaskSpec:
     if not isinstance(d, dict):
-        raise ConfigError(f"build config [task]: expected a name or a mapping, got {d!r}")
+        raise ConfigError(f"build config [task]: expected a name or a mapping, got {clip(d)}")
     names = {f.name for f in fields(TaskSpec)}
     unknown = set(d) - names
     if unknown:
@@ -208,7 +191,7 @@ def _task_spec(d) -> TaskSpec:
         if d.get(key) is not None and not isinstance(d[key], dict):
             raise ConfigError(f"build config [task]: {key} must be a mapping, got {type(d[key]).__name__}")
     if not isinstance(d.get("name", "planted"), str):
-        raise ConfigError(f"build config [task]: name must be text, got {d['name']!r}")
+        raise ConfigError(f"build config [task]: name must be text, got {clip(d['name'])}")
     return TaskSpec(**d)
 
 
@@ -217,7 +200,7 @@ def check_task_stamp(out: str | Path, config: BuildConfig, task: Task) -> dict:
     (cheap: no model). Returns the description."""
     described = {**config.task_spec().describe(task), "clean_prefixes": config.effective_clean_prefixes(task)}
     stamp = Path(out) / "task.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != json.loads(jsonio.dumps(described)):
+    if stamp.exists() and read_json(stamp, "task stamp") != json.loads(jsonio.dumps(described)):
         raise ValueError(f"{out} was mined with a different task or different files ({stamp}); "
                          "use another run directory")
     return described
@@ -231,8 +214,11 @@ def mine_run(model: LoadedModel, config: BuildConfig, out: Path, task: Task | No
     out.mkdir(parents=True, exist_ok=True)
     described = check_task_stamp(out, config, task)
     atomic.write_json(out / "task.json", described, indent=1)
-    candidates = mine_candidates(model, config.mine, run_dir=out, progress=progress, task=task,
-                                 show_progress=show_progress)
+    if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: this rank's shard
+        candidates = mine_sharded(model, config.mine, out, dist, progress, task, show_progress)
+    else:
+        candidates = mine_candidates(model, config.mine, run_dir=out, progress=progress, task=task,
+                                     show_progress=show_progress)
     if candidates is None:
         return None
     candidates.manifest["task"] = described

@@ -12,78 +12,30 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
-from stir_core.config import knob, validate
-from stir_core.io import atomic, jsonio
+from stir_core.config import MineConfig, resolve_layers
+from stir_core.io import jsonio
 from stir_core.library.format import ToolLibrary
 from stir_core.offline.capture import retokenized_states
+from stir_core.offline.checkpoint import CHECKPOINT, check_run_dir, load_checkpoint, save_checkpoint
+from stir_core.offline.item import Item
+from stir_core.runtime import distributed
 from stir_core.runtime.engine import Engine, Sampling
 from stir_core.runtime.locks import serialised
-from stir_core.runtime.model import LoadedModel, resolve_layers
+from stir_core.runtime.model import LoadedModel
 from stir_core.runtime.segment import segment_ends
 from stir_core.tasks import Example, Task, get_task, render_prompt, step_checker_of
 
-CHECKPOINT = "mine_checkpoint"
 
-
-@dataclass
-class MineConfig:
-    """Stage I knobs; defaults follow the reference (STIR_SPEC.md) unless noted. Validated on creation."""
-
-    task: str = knob("planted", str, "task to mine (a registered task name)", "data")
-    split: str = knob("mine", str, "split to mine (never the evaluation split by default)", "data")
-    n_problems: int = knob(64, int, "problems mined", "data", min=1)
-    k_rollouts: int = knob(8, int, "K: sampled rollouts per problem", "rollouts", min=2)
-    temperature: float = knob(0.7, float, "sampling temperature of the rollouts", "rollouts", gt=0.0)
-    top_p: float = knob(0.95, float, "nucleus sampling mass", "rollouts", gt=0.0, max=1.0)
-    max_new_tokens: int = knob(256, int, "T_mine: tokens per rollout", "rollouts", min=1)
-    eta0: float = knob(0.01, float, "length penalty: R = 1[correct] - eta0 * len / T_mine", "rollouts", min=0.0)
-    layers: list = knob([0.6], list, "layers to mine (int, fraction in [0, 1], or 'a/b')", "contrast")
-    method: str = knob("contrastive", str, "contrastive, or random (ablation)", "contrast",
-                       choices=("contrastive", "random"))
-    require_correct_and_incorrect: bool = knob(True, bool, "mine a control point only when it has both",
-                                               "contrast")
-    k_pos: int = knob(4, int, "best correct prefixes averaged", "contrast", min=1)
-    k_neg: int = knob(4, int, "worst incorrect prefixes averaged", "contrast", min=1)
-    min_incorrect: int = knob(1, int, "incorrect rollouts needed at a control point", "contrast", min=0)
-    pos_source: str = knob("rollout", str, "where positive states come from", "contrast",
-                           choices=("rollout", "gold", "rollout_or_gold"))
-    # Reference-fidelity switches (STIR_SPEC.md, knob table); each default is what the authors' code does.
-    clean_prefixes: str = knob("off", str, "off (reference) | auto | on (ours): drop prefixes whose steps are "
-                               "already wrong", "contrast", choices=("off", "auto", "on"))
-    max_control_points: int | None = knob(8, int, "M: control points mined per problem (reference config 8; "
-                                          "none: all, ours)", "contrast", optional=True, min=1)
-    gold_reward: str = knob("penalised", str, "gold positive's reward: penalised (reference: 1[gold correct] - "
-                            "eta0*len/T_mine) | fixed (ours: 1.0)", "contrast", choices=("penalised", "fixed"))
-    drop_zero_delta: bool = knob(False, bool, "drop items with Δ = 0 (ours; the reference keeps them)", "contrast")
-    random_quality: str = knob("clamp", str, "method=random: clamp (reference: q = max(0, gap), every split "
-                               "kept) | drop (ours: drop q <= 0)", "contrast", choices=("clamp", "drop"))
-    # Without the correct/incorrect contrast (method=random, or require_correct_and_incorrect=False):
-    # reference = the first max(1, k_pos) of the shuffled / reward-ranked rollouts are positives and the next
-    # (random) or last (ranked) max(1, k_neg) negatives; disjoint (ours) = equal halves.
-    split_rule: str = knob("reference", str, "positives/negatives without the correct/incorrect contrast: "
-                           "reference (first k_pos, next/last k_neg) | disjoint (ours: halves)", "contrast",
-                           choices=("reference", "disjoint"))
-    top_c: int = knob(256, int, "C: items kept (by quality)", "contrast", min=1)
-    problems_per_batch: int = knob(8, int, "problems decoded together (and per checkpoint)", "rollouts", min=1)
-    capture: str = knob("decode", str, "decode (by tokens, one pass) | reprefill (by tokens, one forward per "
-                        "prefix) | retokenize (the reference's: the text cut at each delimiter, re-tokenized with "
-                        "the prompt, one forward each; offline/capture.py)", "rollouts",
-                        choices=("decode", "reprefill", "retokenize"))
-    seed: int = knob(0, int, "seed of the split sample and the rollouts", "data", min=0)
-
-    def __post_init__(self) -> None:
-        validate(self, "mine")
-
-
-@dataclass
+@dataclass(kw_only=True)
 class Rollout:
+    """One sampled completion of a problem, with its reward and its states at every control point."""
+
     example_id: str
     k: int
     text: str
@@ -92,34 +44,6 @@ class Rollout:
     reward: float
     states: torch.Tensor  # [n_control_points, n_layers, d_model]: state after segment m at index m-1
     prefixes: list[str]  # completion text up to and including the m-th delimiter
-
-
-@dataclass
-class Item:
-    """One mined (problem, control point, layer) contrast."""
-
-    example_id: str
-    m: int
-    layer: int
-    mu_pos: torch.Tensor  # [d_model]
-    mu_neg: torch.Tensor
-    shuffled_norm: float
-    quality: float
-    mean_reward_pos: float
-    mean_reward_neg: float
-    pos_ids: list[str]
-    neg_ids: list[str]
-    order: int  # global discovery order: deterministic tie-break
-    # Provenance for the tool dashboard: each contrasted prefix (completion text up to the m-th delimiter)
-    # and its rollout's reward, aligned with pos_ids / neg_ids ("" for a gold positive).
-    pos_prefixes: list[str] = field(default_factory=list)
-    neg_prefixes: list[str] = field(default_factory=list)
-    pos_rewards: list[float] = field(default_factory=list)
-    neg_rewards: list[float] = field(default_factory=list)
-
-    @property
-    def key(self) -> tuple:
-        return (self.quality, -self.order)
 
 
 def _seed(seed: int, example_id: str, k: int) -> int:
@@ -174,7 +98,8 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
         else:  # by tokens, one forward per prefix (kept for tests and benchmarks)
             states = torch.stack([engine.forward_states([row.prompt + row.tokens[: t + 1]], layers)[0][-1]
                                   for t in ends]) if ends else torch.zeros(0, len(layers), model.d_model)
-        out[i].append(Rollout(ex.id, b % cfg.k_rollouts, text, len(row.tokens), correct, reward, states, prefixes))
+        out[i].append(Rollout(example_id=ex.id, k=b % cfg.k_rollouts, text=text, n_tokens=len(row.tokens),
+                              correct=correct, reward=reward, states=states, prefixes=prefixes))
     return out
 
 
@@ -204,9 +129,157 @@ def gold_reward(task: Task, ex: Example, n_tokens: int, cfg: MineConfig) -> floa
     return float(bool(task.score(ex.solution, ex))) - cfg.eta0 * n_tokens / cfg.max_new_tokens
 
 
+# ---- Stage I's contrast, one named step per rule ------------------------------------------------------
+# The reference is the authors' `stir/offline/stage1.py` (commit 77f5d9c); each step names the lines it
+# follows, or says it is ours (a switch in STIR_SPEC.md's knob table, reference value by default).
+# tests/test_stage1_rules.py checks each step against those lines.
+
+Split = tuple[list[Rollout], list[Rollout]]  # (positives, negatives)
+
+
+def clean_rollouts(checker: Callable[[Example, str], bool], ex: Example, valid: list[Rollout],
+                   m: int) -> list[Rollout]:
+    """Ours (`clean_prefixes` on/auto; the reference keeps every prefix): the rollouts whose first m
+    segments the task's step checker accepts."""
+    return [r for r in valid if checker(ex, r.prefixes[m - 1])]
+
+
+def split_random(valid: list[Rollout], cfg: MineConfig, rng: random.Random) -> Split | None:
+    """method=random: the rollouts shuffled (ordered by k first, so the shuffle alone decides), then
+    split_rule=reference (stage1.py:67-86 `_select_pos_neg_random`): the first max(1, k_pos) are positives
+    and the next max(1, k_neg) negatives, or the positives again when none are left (Δ = 0);
+    split_rule=disjoint (ours): equal halves. None (nothing mined, no draw made) with too few rollouts."""
+    if len(valid) < (1 if cfg.split_rule == "reference" else 2):
+        return None
+    shuffled = sorted(valid, key=lambda r: r.k)
+    rng.shuffle(shuffled)
+    if cfg.split_rule == "reference":
+        n_pos = min(max(1, cfg.k_pos), len(shuffled))
+        rest = shuffled[n_pos:] or shuffled  # one valid rollout: it is both sides (Δ = 0)
+        return shuffled[:n_pos], rest[: max(1, cfg.k_neg)]
+    half = len(shuffled) // 2
+    return shuffled[:half], shuffled[half:]
+
+
+def contrast_negatives(valid: list[Rollout], cfg: MineConfig) -> list[Rollout] | None:
+    """require_correct_and_incorrect (stage1.py:477): the k_neg incorrect rollouts of lowest reward (ties by
+    k); None (counted `skipped_no_neg`) when fewer than max(1, min_incorrect) are taken (stage1.py:474 counts
+    all incorrect rollouts instead; the two agree while min_incorrect <= k_neg, as in every config here)."""
+    neg = sorted((r for r in valid if not r.correct), key=lambda r: (r.reward, r.k))[: cfg.k_neg]
+    return neg if len(neg) >= max(1, cfg.min_incorrect) else None
+
+
+def contrast_positives(valid: list[Rollout], cfg: MineConfig) -> list[Rollout]:
+    """require_correct_and_incorrect (stage1.py:482): the k_pos correct rollouts of highest reward (ties by
+    k); may be empty."""
+    return sorted((r for r in valid if r.correct), key=lambda r: (-r.reward, r.k))[: cfg.k_pos]
+
+
+def uses_gold(pos: list[Rollout], cfg: MineConfig) -> bool:
+    """Whether the gold solution is the positive (stage1.py:479-480): always for pos_source=gold, and for
+    rollout_or_gold when no rollout positive exists."""
+    return cfg.pos_source == "gold" or (not pos and cfg.pos_source == "rollout_or_gold")
+
+
+def split_ranked(valid: list[Rollout], cfg: MineConfig) -> Split | None:
+    """Without the correct/incorrect contrast, by reward (ties by k). split_rule=reference (stage1.py:59-64
+    `_select_pos_neg`): the best max(1, k_pos) and the worst max(1, k_neg), which may overlap;
+    split_rule=disjoint (ours): the best and worst min(k_pos, k_neg, n // 2). None with too few rollouts."""
+    ranked = sorted(valid, key=lambda r: (-r.reward, r.k))
+    if cfg.split_rule == "reference":
+        if not ranked:
+            return None
+        return ranked[: max(1, cfg.k_pos)], ranked[::-1][: max(1, cfg.k_neg)]
+    if len(ranked) < 2:
+        return None
+    k = min(cfg.k_pos, cfg.k_neg, len(ranked) // 2)
+    return ranked[:k], ranked[-k:]
+
+
+def contrast_quality(r_pos: float, r_neg: float, cfg: MineConfig) -> float | None:
+    """q = mean positive reward - mean negative reward (stage1.py:514). A gap <= 0 is dropped (None,
+    stage1.py:520), except under method=random with random_quality=clamp, where it becomes 0
+    (stage1.py:518-519): dropping there would turn the ablation back into a reward-selected contrast;
+    random_quality=drop (ours) drops it too."""
+    quality = r_pos - r_neg
+    if quality > 0:
+        return quality
+    if cfg.method == "random" and cfg.random_quality == "clamp":
+        return 0.0
+    return None
+
+
+def is_zero_delta(mu_pos: torch.Tensor, mu_neg: torch.Tensor) -> bool:
+    """Δ = μ⁺ - μ⁻ is zero up to float noise (identical prefixes, e.g. a first segment every rollout
+    shares): |Δ| <= 1e-5 · max(1, |μ⁻|). The reference keeps such items (stage1.py:623-625 drops only a
+    non-finite Δ); `drop_zero_delta` (ours) drops them. Shapes: [d_model] each."""
+    return float((mu_pos - mu_neg).norm()) <= 1e-5 * max(1.0, float(mu_neg.norm()))
+
+
+def shuffled_control_norms(pos_states: torch.Tensor, neg_states: torch.Tensor, rng: random.Random) -> list[float]:
+    """Ours (no reference line: a diagnostic the library records as `shuffled_norm`): the label-shuffled
+    control, |mean of the first n_pos - mean of the rest| per layer after one permutation of the pooled
+    states. pos_states [n_pos, n_layers, d_model], neg_states [n_neg, n_layers, d_model] -> [n_layers]."""
+    both = torch.cat([pos_states, neg_states])
+    perm = list(range(len(both)))
+    rng.shuffle(perm)
+    sh = both[perm]
+    n_pos = len(pos_states)
+    return [float((sh[:n_pos, j].mean(0) - sh[n_pos:, j].mean(0)).norm()) for j in range(both.shape[1])]
+
+
+class GoldPositive:
+    """The gold solution as the positive (stage1.py:481-493): its states at each control point, computed
+    once per problem on first use, and its reward (`gold_reward`)."""
+
+    def __init__(self, engine: Engine, task: Task, ex: Example, layers: list[int], cfg: MineConfig) -> None:
+        self._args, self._cfg = (engine, task, ex, layers), cfg
+        self._states: torch.Tensor | None = None
+        self.reward = 1.0
+
+    def states_at(self, m: int) -> torch.Tensor | None:
+        """[1, n_layers, d_model] at control point m, or None when the gold has fewer than m segments."""
+        if self._states is None:
+            engine, task, ex, layers = self._args
+            self._states, n_gold = _gold_states(engine, task, ex, layers, self._cfg.capture)
+            self.reward = gold_reward(task, ex, n_gold, self._cfg)
+        return self._states[m - 1][None] if len(self._states) >= m else None
+
+
+def pick_pos_neg(valid: list[Rollout], m: int, cfg: MineConfig, rng: random.Random, gold: GoldPositive,
+                 stats: dict) -> tuple[list[Rollout], list[Rollout], torch.Tensor | None] | None:
+    """Positives, negatives and (gold positive only) the positive states at control point m, by the rule
+    the config names (stage1.py:464-509); None when nothing is mined there (counted in `stats`)."""
+    if cfg.method == "random":
+        split = split_random(valid, cfg, rng)
+        return None if split is None else (*split, None)
+    if not cfg.require_correct_and_incorrect:
+        split = split_ranked(valid, cfg)
+        return None if split is None else (*split, None)
+    neg = contrast_negatives(valid, cfg)
+    if neg is None:
+        stats["skipped_no_neg"] += 1
+        return None
+    pos = contrast_positives(valid, cfg)
+    if not pos and cfg.pos_source == "rollout":
+        stats["skipped_no_pos"] += 1
+        return None
+    if uses_gold(pos, cfg):
+        if (states := gold.states_at(m)) is None:
+            stats["skipped_no_pos"] += 1
+            return None
+        return [], neg, states
+    return pos, neg, None
+
+
 def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rollout], cfg: MineConfig,
                      layers: list[int], order_start: int) -> tuple[list[Item], dict]:
-    """The items of one problem (one per mined control point and layer) and its counts."""
+    """The items of one problem (one per mined control point and layer) and its counts.
+
+    At each control point m = 1..min(longest rollout's count, M): the rollouts reaching m
+    (stage1.py:460), optionally cleaned (`clean_rollouts`), split by `pick_pos_neg`, scored by
+    `contrast_quality`, given a label-shuffled control (`shuffled_control_norms`), then one item per layer,
+    `is_zero_delta` ones counted (and dropped with `drop_zero_delta`)."""
     checker = step_checker_of(task) if cfg.clean_prefixes != "off" else None
     if cfg.clean_prefixes == "on" and checker is None:
         raise ValueError(f"clean_prefixes='on' but task {task.name!r} has no step checker")
@@ -214,90 +287,46 @@ def contrast_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rol
     n_cp = max((len(r.prefixes) for r in rollouts), default=0)
     if cfg.max_control_points is not None:
         n_cp = min(n_cp, cfg.max_control_points)
-    gold, r_gold = None, 1.0
-    items, stats = [], {"control_points": 0, "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0,
-                        "zero_delta": 0, "nonpositive_quality": 0}
+    gold = GoldPositive(engine, task, ex, layers, cfg)
+    items: list[Item] = []
+    stats = {"control_points": 0, "skipped_no_neg": 0, "skipped_no_pos": 0, "dropped_unclean": 0,
+             "zero_delta": 0, "nonpositive_quality": 0}
     for m in range(1, n_cp + 1):
         valid = [r for r in rollouts if len(r.prefixes) >= m]
         if checker is not None:
-            clean = [r for r in valid if checker(ex, r.prefixes[m - 1])]
+            clean = clean_rollouts(checker, ex, valid, m)
             stats["dropped_unclean"] += len(valid) - len(clean)
             valid = clean
-        pos_states = None
-        if cfg.method == "random":
-            if len(valid) < (1 if cfg.split_rule == "reference" else 2):
-                continue
-            shuffled = sorted(valid, key=lambda r: r.k)
-            rng.shuffle(shuffled)
-            if cfg.split_rule == "reference":  # stage1.py `_select_pos_neg_random`
-                n_pos = min(max(1, cfg.k_pos), len(shuffled))
-                rest = shuffled[n_pos:] or shuffled  # one valid rollout: it is both sides (Δ = 0)
-                pos, neg = shuffled[:n_pos], rest[: max(1, cfg.k_neg)]
-            else:
-                half = len(shuffled) // 2
-                pos, neg = shuffled[:half], shuffled[half:]
-        elif cfg.require_correct_and_incorrect:
-            neg = sorted((r for r in valid if not r.correct), key=lambda r: (r.reward, r.k))[: cfg.k_neg]
-            if len(neg) < max(1, cfg.min_incorrect):
-                stats["skipped_no_neg"] += 1
-                continue
-            pos = sorted((r for r in valid if r.correct), key=lambda r: (-r.reward, r.k))[: cfg.k_pos]
-            if not pos and cfg.pos_source == "rollout":
-                stats["skipped_no_pos"] += 1
-                continue
-            if cfg.pos_source == "gold" or (not pos and cfg.pos_source == "rollout_or_gold"):
-                if gold is None:
-                    gold, n_gold = _gold_states(engine, task, ex, layers, cfg.capture)
-                    r_gold = gold_reward(task, ex, n_gold, cfg)
-                if len(gold) < m:
-                    stats["skipped_no_pos"] += 1
-                    continue
-                pos, pos_states = [], gold[m - 1][None]
-        else:
-            ranked = sorted(valid, key=lambda r: (-r.reward, r.k))
-            if cfg.split_rule == "reference":  # stage1.py `_select_pos_neg`: best K_pos, worst K_neg (may overlap)
-                if not ranked:
-                    continue
-                pos, neg = ranked[: max(1, cfg.k_pos)], ranked[::-1][: max(1, cfg.k_neg)]
-            else:
-                if len(ranked) < 2:
-                    continue
-                k = min(cfg.k_pos, cfg.k_neg, len(ranked) // 2)
-                pos, neg = ranked[:k], ranked[-k:]
+        picked = pick_pos_neg(valid, m, cfg, rng, gold, stats)
+        if picked is None:
+            continue
+        pos, neg, pos_states = picked
         if pos_states is None:
             pos_states = torch.stack([r.states[m - 1] for r in pos])
         neg_states = torch.stack([r.states[m - 1] for r in neg])  # [n_neg, n_layers, d]
-        r_pos = sum(r.reward for r in pos) / len(pos) if pos else r_gold  # no rollout positives: the gold
+        r_pos = sum(r.reward for r in pos) / len(pos) if pos else gold.reward  # no rollout positives: the gold
         r_neg = sum(r.reward for r in neg) / len(neg)
-        quality = r_pos - r_neg
-        if quality <= 0:
-            # The random ablation keeps every split at q = max(0, gap) (reference); dropping q <= 0 there would
-            # turn it back into a reward-selected contrast. Everything else needs a positive gap.
-            if cfg.method == "random" and cfg.random_quality == "clamp":
-                quality = 0.0
-            else:
-                stats["nonpositive_quality"] += 1
-                continue
-        # Label-shuffled control: the same states, positive/negative labels permuted within the problem.
-        both = torch.cat([pos_states, neg_states])
-        perm = list(range(len(both)))
-        rng.shuffle(perm)
-        sh = both[perm]
+        quality = contrast_quality(r_pos, r_neg, cfg)
+        if quality is None:
+            stats["nonpositive_quality"] += 1
+            continue
+        shuffled = shuffled_control_norms(pos_states, neg_states, rng)
+        n_before = len(items)
         for j, layer in enumerate(layers):
             mu_pos, mu_neg = pos_states[:, j].mean(0), neg_states[:, j].mean(0)
-            # Identical prefixes (e.g. a first segment every rollout shares) give Δ = 0: no action to take.
-            # The reference keeps such items (counted here either way); `drop_zero_delta` (ours) drops them.
-            if float((mu_pos - mu_neg).norm()) <= 1e-5 * max(1.0, float(mu_neg.norm())):
+            if is_zero_delta(mu_pos, mu_neg):
                 stats["zero_delta"] += 1
                 if cfg.drop_zero_delta:
                     continue
-            shuffled = float((sh[: len(pos_states), j].mean(0) - sh[len(pos_states):, j].mean(0)).norm())
-            items.append(Item(ex.id, m, layer, mu_pos, mu_neg, shuffled, quality, r_pos, r_neg,
-                              [f"{ex.id}:{r.k}" for r in pos] or [f"{ex.id}:gold"],
-                              [f"{ex.id}:{r.k}" for r in neg], order_start + len(items),
-                              [r.prefixes[m - 1] for r in pos] or [""], [r.prefixes[m - 1] for r in neg],
-                              [r.reward for r in pos] or [r_pos], [r.reward for r in neg]))
-        stats["control_points"] += any(it.m == m for it in items)
+            items.append(Item(
+                example_id=ex.id, m=m, layer=layer, mu_pos=mu_pos, mu_neg=mu_neg, shuffled_norm=shuffled[j],
+                quality=quality, mean_reward_pos=r_pos, mean_reward_neg=r_neg,
+                pos_ids=[f"{ex.id}:{r.k}" for r in pos] or [f"{ex.id}:gold"],
+                neg_ids=[f"{ex.id}:{r.k}" for r in neg], order=order_start + len(items),
+                pos_prefixes=[r.prefixes[m - 1] for r in pos] or [""],
+                neg_prefixes=[r.prefixes[m - 1] for r in neg],
+                pos_rewards=[r.reward for r in pos] or [r_pos], neg_rewards=[r.reward for r in neg]))
+        stats["control_points"] += len(items) > n_before
     return items, stats
 
 
@@ -328,86 +357,20 @@ def items_to_library(items: list[Item], model: LoadedModel, cfg: MineConfig, ext
     return ToolLibrary.from_records(torch.stack(keys).float(), torch.stack(vectors).float(), rows, manifest)
 
 
-# ---- checkpointing ---------------------------------------------------------------------------------
-def _save_checkpoint(path: Path, items: list[Item], next_problem: int, stats: dict, cfg: MineConfig,
-                     shard: dict | None = None) -> None:
-    """`shard` (rank, world size; sharded runs only) is recorded so that a shard is never resumed or
-    merged by a run with another layout."""
-    tensors = {}
-    meta = []
-    for i, it in enumerate(items):
-        tensors[f"pos.{i}"], tensors[f"neg.{i}"] = it.mu_pos.contiguous(), it.mu_neg.contiguous()
-        meta.append({k: v for k, v in asdict(it).items() if k not in ("mu_pos", "mu_neg")})
-    with atomic.atomic_dir(path) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp / "items.safetensors"))
-        (tmp / "state.json").write_text(jsonio.dumps({"next_problem": next_problem, "stats": stats,
-                                                      "config": asdict(cfg), "items": meta,
-                                                      **({"shard": shard} if shard else {})}))
-
-
-class CheckpointError(ValueError):
-    """A mining checkpoint that cannot be resumed; the message names the file and how to recover."""
-
-
-def _load_checkpoint(path: Path, cfg: MineConfig, shard: dict | None = None) -> tuple[list[Item], int, dict] | None:
-    if not (path / "state.json").exists():
-        return None
-    recover = "rerun with --restart to discard it and mine from the start"
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        next_problem, stats, metas, saved_cfg = state["next_problem"], state["stats"], state["items"], state["config"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path / 'state.json'}: damaged checkpoint ({type(err).__name__}: {err}); "
-                              f"{recover}") from None
-    if saved_cfg != json.loads(json.dumps(asdict(cfg))):
-        raise CheckpointError(f"{path}: checkpoint was written with a different mining config; "
-                              f"{recover}, or use another run directory")
-    if state.get("shard") != shard:
-        raise CheckpointError(f"{path}: checkpoint was written as shard {state.get('shard')} but is read as "
-                              f"{shard}; rerun with the process count that wrote it, or use another run directory")
-    try:
-        tensors = safetensors.torch.load_file(str(path / "items.safetensors"))
-        items = [Item(**m, mu_pos=tensors[f"pos.{i}"], mu_neg=tensors[f"neg.{i}"]) for i, m in enumerate(metas)]
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own types for truncated files
-        raise CheckpointError(f"{path / 'items.safetensors'}: damaged checkpoint ({type(err).__name__}: "
-                              f"{' '.join(str(err).split())[:200]}); {recover}") from None
-    return items, next_problem, stats
-
-
-def check_checkpoint(run_dir: str | Path, cfg: MineConfig) -> int | None:
-    """Read a run directory's mining checkpoint without a model (so a damaged one is reported before any
-    model loads): the problem it resumes at, or None when there is none. Raises `CheckpointError`."""
-    loaded = _load_checkpoint(Path(run_dir) / CHECKPOINT, cfg)
-    return None if loaded is None else loaded[1]
-
-
-def discard_checkpoint(run_dir: str | Path) -> bool:
-    """Delete a run directory's mining checkpoint (`--restart`); True when there was one."""
-    import shutil
-
-    ckpt = Path(run_dir) / CHECKPOINT
-    if not ckpt.is_dir():
-        return False
-    shutil.rmtree(ckpt)
-    return True
-
-
 def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | None = None,
                     progress: Callable[[int, int, dict], None] | None = None,
-                    task: Task | None = None, show_progress: bool = True) -> ToolLibrary | None:
+                    task: Task | None = None, show_progress: bool = True) -> ToolLibrary:
     """Stage I over `cfg.n_problems` problems of `cfg.split`; resumes from `run_dir`'s checkpoint.
 
-    Returns the candidate set (2 entries per kept item, top `cfg.top_c` items by quality). Under a launcher
-    (torchrun, accelerate launch) each rank mines its shard and rank 0 returns the merged set; the other
-    ranks return None (see `shard_mine`).
+    Returns the candidate set (2 entries per kept item, top `cfg.top_c` items by quality). One process
+    only: under a launcher (torchrun, accelerate launch) `shard_mine.mine_sharded` mines each rank's shard
+    (`build.mine_run` picks), and this refuses rather than have every rank mine every problem.
     """
-    from stir_core.offline import shard_mine
-    from stir_core.runtime import distributed
-
-    if (dist := distributed.from_env()) is not None:  # under torchrun / accelerate: this rank's shard
-        return shard_mine.mine_sharded(model, cfg, run_dir, dist, progress, task, show_progress)
+    if distributed.from_env() is not None:
+        raise ValueError("mine_candidates runs in one process; under a launcher use "
+                         "stir_core.offline.shard_mine.mine_sharded (stir build picks it)")
     if run_dir is not None:
-        shard_mine.check_run_dir(Path(run_dir), world_size=1)
+        check_run_dir(Path(run_dir), world_size=1)
     task = task or get_task(cfg.task)
     layers = resolve_layers(cfg.layers, model.n_layers)
     examples = task.load(cfg.split, cfg.n_problems, cfg.seed)
@@ -415,7 +378,7 @@ def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | N
     ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     items: list[Item] = []
     start, stats = 0, new_stats()
-    if ckpt is not None and (loaded := _load_checkpoint(ckpt, cfg)) is not None:
+    if ckpt is not None and (loaded := load_checkpoint(ckpt, cfg)) is not None:
         items, start, stats = loaded
     bar = tqdm(total=len(examples), initial=start, desc="mine", unit="problem", disable=not show_progress)
     order = max((it.order for it in items), default=-1) + 1
@@ -423,7 +386,7 @@ def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | N
         batch = examples[lo: lo + cfg.problems_per_batch]
         items, order = mine_batch(engine, task, batch, cfg, layers, items, stats, order)
         if ckpt is not None:
-            _save_checkpoint(ckpt, items, lo + len(batch), stats, cfg)
+            save_checkpoint(ckpt, items, lo + len(batch), stats, cfg)
         bar.update(len(batch))
         bar.set_postfix(candidates=2 * len(items))
         if progress is not None:

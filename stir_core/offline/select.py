@@ -46,7 +46,7 @@ TIE_TOL = 1e-9
 GRAM_CACHE_BYTES = 256 * 2**20  # precompute the float64 Gram matrix up to N = 5,792 candidates
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SelectionResult:
     indices: list[int]  # chosen candidates in pick order
     logdet: float  # log det(K_S + eps I) of the chosen set
@@ -185,7 +185,8 @@ def select_tools(
         picks = forced + [int(i) for i in order if int(i) not in taken][: budget - len(forced)]
         logdet = gram_logdet(x, picks, eps)
     objective = float(np.log1p(q[picks]).sum()) + lam * logdet
-    return SelectionResult(picks, logdet, objective, n, n - len(picks), len(forced))
+    return SelectionResult(indices=picks, logdet=logdet, objective=objective, n_candidates=n,
+                           n_dropped=n - len(picks), n_forced=len(forced))
 
 
 def _greedy_dpp(x: torch.Tensor, q: np.ndarray, budget: int, lam: float, eps: float,

@@ -23,52 +23,20 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from stir_core.config import MineConfig, resolve_layers
 from stir_core.library.format import ToolLibrary
-from stir_core.offline.mine import (
-    CHECKPOINT,
-    Item,
-    MineConfig,
-    _load_checkpoint,
-    _save_checkpoint,
-    finish_candidates,
-    mine_batch,
-    new_stats,
-)
+from stir_core.offline.checkpoint import check_run_dir, load_checkpoint, save_checkpoint, shard_dir
+from stir_core.offline.item import Item
+from stir_core.offline.mine import finish_candidates, mine_batch, new_stats
 from stir_core.runtime import distributed
 from stir_core.runtime.distributed import ControlPlane, Dist, DistributedError
 from stir_core.runtime.engine import Engine
-from stir_core.runtime.model import LoadedModel, resolve_layers
+from stir_core.runtime.model import LoadedModel
 from stir_core.tasks import Task, get_task
-
-SHARDS = "shards"
-
-
-def shard_dir(run_dir: Path, rank: int, world_size: int) -> Path:
-    return Path(run_dir) / SHARDS / f"mine-{rank:03d}-of-{world_size:03d}"
 
 
 def _shard_info(rank: int, world_size: int, n_problems: int) -> dict:
     return {"rank": rank, "world_size": world_size, "n_problems": n_problems}
-
-
-def check_run_dir(run_dir: Path, world_size: int) -> None:
-    """Refuse a run directory holding mining state of another process count (a one-process checkpoint is
-    world size 1): it would be neither resumed nor merged correctly."""
-    worlds = set()
-    for p in (run_dir / SHARDS).glob("mine-*-of-*"):
-        try:
-            worlds.add(int(p.name.rsplit("-", 1)[1]))
-        except ValueError:
-            continue
-    if (run_dir / CHECKPOINT).exists():
-        worlds.add(1)
-    other = sorted(worlds - {world_size})
-    if other:
-        what = " and ".join("one process" if w == 1 else f"{w} processes" for w in other)
-        hint = "without a launcher" if other == [1] else f"with --nproc_per_node {other[0]}"
-        raise ValueError(f"{run_dir} holds mining state written by {what}; this run has "
-                         f"{'one process' if world_size == 1 else f'{world_size} processes'}. "
-                         f"Resume it {hint}, or use another --out")
 
 
 def _fmt_rate(n: int, secs: float) -> str:
@@ -98,7 +66,7 @@ def mine_sharded(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | None
     with ControlPlane(dist, model.device) as plane:
         try:
             check_run_dir(run_dir, dist.world_size)
-            if (loaded := _load_checkpoint(ckpt, cfg, shard=info)) is not None:
+            if (loaded := load_checkpoint(ckpt, cfg, shard=info)) is not None:
                 items, next_problem, stats = loaded
         except Exception as err:  # noqa: BLE001 - reported to rank 0 in the first round, which names us
             error = distributed.error_text(err)
@@ -115,7 +83,7 @@ def mine_sharded(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | None
                     t0 = time.perf_counter()
                     items, order = mine_batch(engine, task, examples[lo:hi], cfg, layers, items, stats, order)
                     distributed.maybe_inject_fault(dist, j)
-                    _save_checkpoint(ckpt, items, hi, stats, cfg, shard=info)
+                    save_checkpoint(ckpt, items, hi, stats, cfg, shard=info)
                     next_problem = hi
                     work_s += time.perf_counter() - t0
                 except Exception as err:  # noqa: BLE001
@@ -170,7 +138,7 @@ def merge_shards(run_dir: str | Path, model: LoadedModel, cfg: MineConfig, world
     for r in range(world_size):
         path = shard_dir(Path(run_dir), r, world_size)
         try:
-            loaded = _load_checkpoint(path, cfg, shard=_shard_info(r, world_size, len(examples)))
+            loaded = load_checkpoint(path, cfg, shard=_shard_info(r, world_size, len(examples)))
         except ValueError as err:
             raise DistributedError(f"refusing to merge shard {r}: {err}") from None
         mine = distributed.shard(all_batches, Dist(r, world_size, r))

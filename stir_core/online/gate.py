@@ -46,7 +46,7 @@ class Shortlist:
     reason: Reason | None = None  # set when nothing can be committed whatever the previews say
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Outcome:
     reason: Reason
     chosen: Candidate | None  # the committed correction (scored), None for the null action
@@ -92,7 +92,7 @@ def decide(short: Shortlist, gains: Mapping[int, float] | None, beta: float, rho
     """
     score_null = beta * short.null_value
     if short.reason is not None:
-        return Outcome(short.reason, None, 0.0, score_null, ())
+        return Outcome(reason=short.reason, chosen=None, alpha=0.0, score_null=score_null, scored=())
     scored = tuple(
         replace(c, gain=None if gains is None else gains[c.entry],
                 score=beta * c.value + (0.0 if gains is None else rho * gains[c.entry]))
@@ -106,14 +106,16 @@ def decide(short: Shortlist, gains: Mapping[int, float] | None, beta: float, rho
     previewed = gains is not None
     if pick is None or pick_beats_null:
         if best.score < score_null:
-            return Outcome(Reason.ANCHOR_WON, None, 0.0, score_null, scored)
+            return Outcome(reason=Reason.ANCHOR_WON, chosen=None, alpha=0.0, score_null=score_null,
+                           scored=scored)
         if best.score == score_null:
-            return Outcome(Reason.TIE, None, 0.0, score_null, scored)
+            return Outcome(reason=Reason.TIE, chosen=None, alpha=0.0, score_null=score_null, scored=scored)
     if previewed and abs(best.score - score_null) <= TIE_EPS:
-        return Outcome(Reason.TIE, None, 0.0, score_null, scored)
+        return Outcome(reason=Reason.TIE, chosen=None, alpha=0.0, score_null=score_null, scored=scored)
     if best.score < tau_null:
-        return Outcome(Reason.BELOW_TAU, None, 0.0, score_null, scored)
+        return Outcome(reason=Reason.BELOW_TAU, chosen=None, alpha=0.0, score_null=score_null, scored=scored)
     alpha = k_scale * best.score
     if not alpha > 0:
-        return Outcome(Reason.NONPOSITIVE_ALPHA, None, 0.0, score_null, scored)
-    return Outcome(Reason.COMMITTED, best, alpha, score_null, scored)
+        return Outcome(reason=Reason.NONPOSITIVE_ALPHA, chosen=None, alpha=0.0, score_null=score_null,
+                       scored=scored)
+    return Outcome(reason=Reason.COMMITTED, chosen=best, alpha=alpha, score_null=score_null, scored=scored)

@@ -1,9 +1,10 @@
 """Online STIR — retrieve, preview, commit — and the baselines that share its decoding loop.
 
-Every method is a `Policy` for `Engine.generate_segmented` (vanilla is plain greedy decoding). At a control
-point the STIR policy retrieves tools by the delimiter state, previews the top-L corrections and the null
-action as L+1 rows of one batched decode over a forked KV cache, scores them, and commits the winner
-(scaled by its score) or nothing. Every decision is recorded as a `GateDecision`.
+Every method is a `Policy` for the decoding loop `replay` runs: `scheduler.run_continuous` (per-row
+scheduling, the default) or `segmented.run_segmented` (schedule=sync); vanilla is plain greedy decoding.
+At a control point the STIR policy retrieves tools by the delimiter state, previews the top-L corrections
+and the null action as L+1 rows of one batched decode over a forked KV cache, scores them, and commits the
+winner (scaled by its score) or nothing. Every decision is recorded as a `GateDecision`.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class StaticPolicy(Policy):
 
     def plan(self, point, prompt):
         vec = self.vectors.get(point.m) if self.per_cp else self.vectors[None]
-        dec = GateDecision(point.m, point.token_index, [self.layer], positions=self.config.positions)
+        dec = GateDecision(m=point.m, token_index=point.token_index, query_layers=[self.layer],
+                           positions=self.config.positions)
         steer = None
         if vec is None:
             dec.reason = Reason.NO_ENTRIES.value
@@ -122,13 +124,15 @@ class StirPolicy(Policy):
                 continue
             sims, idx = self.index.search(query, layer=layer, control_point=point.m, k=self.config.k_retrieve)
             for s, i in zip(sims[0].tolist(), idx[0].tolist(), strict=True):
-                found.append(Candidate(i, self._ids[i], self._kinds[i], self._layer[i], s, self._q[i], s * self._q[i]))
+                found.append(Candidate(entry=i, tool_id=self._ids[i], kind=self._kinds[i],
+                                       layer=self._layer[i], sim=s, quality=self._q[i], value=s * self._q[i]))
         found.sort(key=lambda c: (-c.sim, c.entry))
         return found[: self.config.k_retrieve]
 
     def plan(self, point: ControlPoint, prompt: Sequence[int]) -> Plan:
         cfg = self.config
-        dec = GateDecision(point.m, point.token_index, list(self.layers), positions=cfg.positions)
+        dec = GateDecision(m=point.m, token_index=point.token_index, query_layers=list(self.layers),
+                           positions=cfg.positions)
         group = None
         if cfg.min_entries_count == "group":  # the reference counts the library's whole group at m
             sizes = self.index.group_sizes()
@@ -256,10 +260,12 @@ def make_trace(method: str, prompt: str, row, decisions: list[GateDecision], pro
     tokens, segment = [], 0
     for i, (tok, piece, lp, added, ends) in enumerate(zip(row.tokens, row.pieces, row.logprobs, row.added,
                                                           row.stream.boundaries, strict=True)):
-        tokens.append(TokenRecord(i, tok, piece, lp, segment, added[0] if added else None,
-                                  added[1] if added else 0.0, ends > 0))
+        tokens.append(TokenRecord(index=i, token_id=tok, text=piece, logprob=lp, segment=segment,
+                                  tool=added[0] if added else None, added_norm=added[1] if added else 0.0,
+                                  is_delimiter=ends > 0))
         segment += ends
     bounds = [d.token_index for d in decisions] + [len(tokens) - 1]
     for d, nxt in zip(decisions, bounds[1:], strict=True):
         d.commit_tokens = max(0, nxt - d.token_index)
-    return Trace(method, prompt, row.text, tokens, decisions, probe_tokens, example_id)
+    return Trace(method=method, prompt=prompt, completion=row.text, tokens=tokens, decisions=decisions,
+                 probe_tokens=probe_tokens, example_id=example_id)

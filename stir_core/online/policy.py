@@ -62,8 +62,8 @@ class Policy:
     def note(self, point: ControlPoint, reason: Reason) -> None:
         """Record a control point the policy was not asked about (fused delimiter, past the limit)."""
         self.log(point.row).decisions.append(
-            GateDecision(point.m, point.token_index, list(self.capture_layers), reason=reason.value,
-                         positions=self.positions))
+            GateDecision(m=point.m, token_index=point.token_index, query_layers=list(self.capture_layers),
+                         reason=reason.value, positions=self.positions))
 
     def plan(self, point: ControlPoint, prompt: Sequence[int]) -> Plan:
         raise NotImplementedError
@@ -82,7 +82,8 @@ class NullPolicy(Policy):
     """`no_memory`: segmented decoding that records every control point and never steers."""
 
     def plan(self, point, prompt):
-        return Plan(point, GateDecision(point.m, point.token_index, [], reason=Reason.NO_ENTRIES.value))
+        return Plan(point, GateDecision(m=point.m, token_index=point.token_index, query_layers=[],
+                                        reason=Reason.NO_ENTRIES.value))
 
     def resolve(self, plan, null, probes):
         return self._record(plan, None)
@@ -98,7 +99,7 @@ class FunctionPolicy(Policy):
 
     def plan(self, point, prompt):
         steer = self.fn(point.row, point.m, point.text, point.states)
-        dec = GateDecision(point.m, point.token_index, list(self.capture_layers),
+        dec = GateDecision(m=point.m, token_index=point.token_index, query_layers=list(self.capture_layers),
                            reason=(Reason.COMMITTED if steer is not None else Reason.NO_CANDIDATES).value)
         if steer is not None:
             dec.chosen, dec.alpha, dec.layer, dec.added_norm = steer.tag, steer.scale, steer.layer, steer.added_norm

@@ -14,7 +14,7 @@ import pandas as pd
 from stir_core.io import jsonio
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Candidate:
     """One retrieved library entry at a control point (an anchor or a correction)."""
 
@@ -32,7 +32,7 @@ class Candidate:
     score: float | None = None  # beta * value + rho * gain
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GateDecision:
     """The decision at control point m (after the m-th segment) of one row."""
 
@@ -59,7 +59,7 @@ class GateDecision:
         return self.chosen is not None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenRecord:
     """One generated token: what it is, its log-prob, its segment, what was added at it."""
 
@@ -73,7 +73,7 @@ class TokenRecord:
     is_delimiter: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trace:
     """Everything one method did on one prompt."""
 
@@ -132,3 +132,9 @@ class Trace:
                  "won": c.tool_id == d.chosen, **asdict(c)} for d in self.decisions for c in d.candidates]
         cols = ["m", "token_index", "score_null", "reason", "won"] + [f.name for f in fields(Candidate)]
         return pd.DataFrame(rows, columns=cols)
+
+
+def diff_mask(reference: list[int], tokens: list[int]) -> list[bool]:
+    """Per token of `tokens`: True where it differs from `reference` at the same position (or the
+    reference has ended)."""
+    return [i >= len(reference) or t != reference[i] for i, t in enumerate(tokens)]

@@ -137,7 +137,8 @@ def error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _destroy() -> None:
+def destroy() -> None:
+    """Tear down the process group, if one is up (at exit; tests call it between launches)."""
     import torch.distributed as tdist
 
     if tdist.is_initialized():
@@ -174,7 +175,7 @@ class ControlPlane:
                                        f"({error_text(err)})") from err
             # One group per process, kept for later stages (a `stir eval --sweep` runs several) and torn
             # down at exit; re-joining a torchrun rendezvous after destroying the group is not supported.
-            atexit.register(_destroy)
+            atexit.register(destroy)
         return self
 
     def __exit__(self, *exc) -> None:

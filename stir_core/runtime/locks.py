@@ -2,8 +2,12 @@
 
 The engine is NOT safe for concurrent callers: a forward attaches hooks to the one shared bridge (steering,
 capture), and two threads decoding at once would see each other's hooks and KV-cache rows (measured before
-this lock: 2 of 3 threads raised IndexError, one completion changed). So every decode in `stir_core`
-(`controller.run_method`, each mining batch) holds `model_lock(model)`, a FIFO lock per loaded model:
+this lock: 2 of 3 threads raised IndexError, one completion changed). So every function in `stir_core`
+that decodes holds `model_lock(model)`, a FIFO lock per loaded model, through `@serialised`:
+`methods.run_method`, each mining batch (`mine.sample_rollouts`, `mine._gold_states`), the dashboard's
+`sweep_prompt` and `alpha_sweep`, and the toy control's `oracle_accuracy` and `evaluate_task`. The `Engine`
+methods themselves do not lock: a caller of `Engine.generate`/`decode` directly takes the lock itself
+(the app's `loading.generation` does):
 
     with model_lock(model).turn(on_wait=lambda pos: print("position", pos)):
         ...  # decode; reentrant, so run_method inside takes it again for free

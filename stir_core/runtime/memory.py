@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 GiB = 1024**3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Shape:
     name: str
     n_params: float
@@ -37,10 +37,14 @@ class Shape:
 
 # Published configs of the Qwen2.5 instruct models (config.json on the hub).
 QWEN25 = {
-    "0.5B": Shape("Qwen2.5-0.5B", 0.494e9, 24, 896, 2, 64, 151_936),
-    "1.5B": Shape("Qwen2.5-1.5B", 1.544e9, 28, 1536, 2, 128, 151_936),
-    "3B": Shape("Qwen2.5-3B", 3.086e9, 36, 2048, 2, 128, 151_936),
-    "7B": Shape("Qwen2.5-7B", 7.616e9, 28, 3584, 4, 128, 152_064),
+    "0.5B": Shape(name="Qwen2.5-0.5B", n_params=0.494e9, n_layers=24, d_model=896, n_kv_heads=2, head_dim=64,
+                  vocab=151_936),
+    "1.5B": Shape(name="Qwen2.5-1.5B", n_params=1.544e9, n_layers=28, d_model=1536, n_kv_heads=2,
+                  head_dim=128, vocab=151_936),
+    "3B": Shape(name="Qwen2.5-3B", n_params=3.086e9, n_layers=36, d_model=2048, n_kv_heads=2, head_dim=128,
+                vocab=151_936),
+    "7B": Shape(name="Qwen2.5-7B", n_params=7.616e9, n_layers=28, d_model=3584, n_kv_heads=4, head_dim=128,
+                vocab=152_064),
 }
 
 

@@ -2,7 +2,8 @@
 
 `load_model()` with no name gives the embedded testbed model in `assets/toy-reasoner`; any hub id or
 local directory works the same way (`TransformerBridge.boot_transformers`). Layer specs follow the spec:
-an int (negative from the end), a fraction in [0, 1] meaning `round(f * (n_layers - 1))`, or "a/b".
+an int (negative from the end), a fraction in [0, 1] meaning `round(f * (n_layers - 1))`, or "a/b"
+(parsed by `stir_core.config.parse_layer_spec`, which is torch-free).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 import torch
 
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
-DEFAULT_MODEL_DIR = ASSETS_DIR / "toy-reasoner"
+from stir_core.config import resolve_layer
+from stir_core.io.layout import DEFAULT_MODEL_DIR
+
 DEFAULT_MODEL = "embedded"  # alias for DEFAULT_MODEL_DIR
 EMBEDDED_ID = "embedded:toy-reasoner"
 
@@ -29,7 +31,7 @@ class ModelLoadError(ValueError):
     """The model could not be found or loaded; the message says which and why."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoadedModel:
     """A bridge plus the facts every stage needs. `bridge` owns the weights; nothing else is global."""
 
@@ -102,86 +104,6 @@ class LoadedModel:
 
     def resolve_layer(self, spec: int | float | str) -> int:
         return resolve_layer(spec, self.n_layers)
-
-
-def parse_layer_spec(spec: int | float | str) -> int | float:
-    """The one layer-spec parser: an int (negative from the end) or a fraction in [0, 1], from an int, a
-    float, or text ("3", "-1", "0.6", "1/2"); the model's depth is applied by `resolve_layer`.
-
-    >>> parse_layer_spec(" -1"), parse_layer_spec("0.6"), parse_layer_spec("1/2"), parse_layer_spec(2)
-    (-1, 0.6, 0.5, 2)
-    """
-    original = spec
-    if isinstance(spec, str):
-        s = spec.strip()
-        if "/" in s:
-            a, b = s.split("/", 1)
-            try:
-                spec = int(a) / int(b)
-            except (ValueError, ZeroDivisionError) as err:
-                raise ValueError(f"bad layer spec {original!r}: expected 'a/b' with integers, b > 0") from err
-        else:
-            try:
-                spec = float(s) if any(c in s for c in ".eE") else int(s)
-            except ValueError as err:
-                raise ValueError(f"bad layer spec {original!r}: expected an int, a fraction or 'a/b'") from err
-    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
-        raise ValueError(f"bad layer spec {original!r}: expected an int, a fraction in [0, 1] or 'a/b'")
-    if isinstance(spec, float) and not 0.0 <= spec <= 1.0:
-        raise ValueError(f"layer fraction {original!r} is outside [0, 1]")
-    return spec
-
-
-def parse_layer_specs(specs: Any) -> list[int | float | str]:
-    """A list of layer specs from a list, one spec, or comma-separated text ("2, 3", "0.5, -1"), each checked
-    by `parse_layer_spec`; text specs are kept as written ("1/2" stays "1/2", as configs record it).
-
-    >>> parse_layer_specs("2, -1 ,1/2")
-    [2, -1, '1/2']
-    """
-    if isinstance(specs, str):
-        specs = [p for p in (s.strip() for s in specs.split(",")) if p]
-    elif isinstance(specs, (int, float)) and not isinstance(specs, bool):
-        specs = [specs]
-    if not isinstance(specs, (list, tuple)):
-        raise ValueError(f"bad layer specs {specs!r}: expected a list of layer specs")
-    out: list[int | float | str] = []
-    for s in specs:
-        v = parse_layer_spec(s)
-        keep_text = isinstance(s, str) and "/" in s
-        out.append(s.strip() if keep_text else v)
-    return out
-
-
-def resolve_layer(spec: int | float | str, n_layers: int) -> int:
-    """Resolve one layer spec to a block index in [0, n_layers).
-
-    >>> resolve_layer(-1, 4), resolve_layer(0.6, 6), resolve_layer("1/2", 5)
-    (3, 3, 2)
-    """
-    original = spec
-    spec = parse_layer_spec(spec)
-    if isinstance(spec, float):
-        return int(round(spec * (n_layers - 1)))
-    if isinstance(spec, int):
-        layer = spec + n_layers if spec < 0 else spec
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"layer {original!r} is out of range for a model with {n_layers} layers "
-                             f"(valid: 0..{n_layers - 1} or -{n_layers}..-1)")
-        return layer
-    raise ValueError(f"bad layer spec {original!r}")
-
-
-def resolve_layers(specs, n_layers: int) -> list[int]:
-    """Resolve a list (or one) of layer specs, keeping order and dropping duplicates."""
-    if isinstance(specs, (int, float, str)):
-        specs = [specs]
-    out: list[int] = []
-    for s in specs:
-        layer = resolve_layer(s, n_layers)
-        if layer not in out:
-            out.append(layer)
-    return out
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -112,7 +112,7 @@ class Segmenter:
         return Segmenter(self.delimiter, self.count, self._tail, self._chars)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TextStream:
     """A row's generated text: pieces per token and control points, kept in step with its tokens.
 
@@ -128,7 +128,7 @@ class TextStream:
 
     @classmethod
     def new(cls, tokenizer: Any, delimiter: str, cache: dict | None = None) -> TextStream:
-        return cls(Detokenizer(tokenizer, cache), Segmenter(delimiter))
+        return cls(detok=Detokenizer(tokenizer, cache), segmenter=Segmenter(delimiter))
 
     def push(self, token: int) -> int:
         """Add one token; returns the number of delimiter occurrences it completed."""
@@ -156,8 +156,8 @@ class TextStream:
         return "".join(self.pieces)
 
     def copy(self) -> TextStream:
-        return TextStream(self.detok.copy(), self.segmenter.copy(), list(self.pieces), list(self.boundaries),
-                          self.text_len)
+        return TextStream(detok=self.detok.copy(), segmenter=self.segmenter.copy(), pieces=list(self.pieces),
+                          boundaries=list(self.boundaries), text_len=self.text_len)
 
 
 def segment_ends(tokenizer: Any, ids: Sequence[int], delimiter: str) -> list[int]:

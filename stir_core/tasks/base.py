@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 SPLITS = ("train", "mine", "val", "eval")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Example:
     """One problem.
 

@@ -7,7 +7,6 @@ alternatives) are in `docs/tasks.md`. Bad files fail loudly, naming the file, th
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -17,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from stir_core.io.bounded import clip
 from stir_core.tasks import register_task
 from stir_core.tasks.base import SPLITS, Example
 from stir_core.tasks.extract import extract_boxed, normalize_latex, normalize_number
@@ -129,7 +129,11 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    from stir_core.io.bounded import check_size, iter_jsonl, read_text
+    from stir_core.io.bounded import loads as json_loads
+
     rows: list[tuple[str, dict[str, Any]]] = []
+    check_size(path, "task")  # refused by its size before a byte is read (a 1 GiB file is not parsed)
     if suffix in (".parquet", ".pq"):
         import pandas as pd
 
@@ -140,22 +144,13 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         for i, rec in enumerate(frame.to_dict("records"), start=1):
             rows.append((f"{path.name} row {i}", {str(k): _plain(v) for k, v in rec.items()}))
     else:
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".json" and text.lstrip().startswith("["):
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+        if suffix == ".json" and head.startswith(b"["):
+            items = json_loads(read_text(path, "task"), str(path))
             located = [(f"{path.name} item {i}", r) for i, r in enumerate(items, start=1)]
-        else:
-            located = []
-            for i, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    located.append((f"{path.name} line {i}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path.name} line {i}: not valid JSON ({e.msg})") from e
+        else:  # JSON Lines, streamed one bounded line at a time (binary garbage names the file and line)
+            located = [(f"{path.name} line {i}", rec) for i, rec in iter_jsonl(path)]
         for where, rec in located:
             if not isinstance(rec, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
@@ -173,7 +168,7 @@ def _get(rec: dict[str, Any], names: Sequence[str], where: str, required: bool =
     if not required:
         return None
     also = f" (also accepted: {', '.join(names[1:])})" if len(names) > 1 else ""
-    raise ValueError(f"{where}: missing field {names[0]!r}{also}; the row has {sorted(rec)}")
+    raise ValueError(f"{where}: missing field {names[0]!r}{also}; the row has {clip(sorted(rec), 200)}")
 
 
 def _text(rec: dict[str, Any], names: Sequence[str], where: str, required: bool = True) -> str | None:
@@ -214,11 +209,12 @@ def parse_gsm8k(rec: dict[str, Any], where: str, name: str, index: int) -> Examp
     raw = final.strip() if sep else answer
     gold = normalize_number(raw)
     if gold is None:
-        raise ValueError(f"{where}: field 'answer': final answer {raw!r} is not a number")
+        raise ValueError(f"{where}: field 'answer': final answer {clip(raw)} is not a number")
     worked = body if sep else _text(rec, SOLUTION_FIELDS, where, required=False)
     steps = _steps(worked) if worked else []
     solution = "\n\n".join([*steps, f"#### {raw}"]) if steps else None
-    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+    return Example(id=_row_id(rec, name, index), question=question, answer=gold, solution=solution,
+                   meta=_meta(rec, answer_raw=raw))
 
 
 def parse_math(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
@@ -230,12 +226,13 @@ def parse_math(rec: dict[str, Any], where: str, name: str, index: int) -> Exampl
     if raw is None:
         raise ValueError(
             f"{where}: missing field 'answer' (also accepted: {', '.join(NUMBER_ANSWER_FIELDS[1:])}, "
-            f"or a 'solution' with a \\boxed{{}} answer); the row has {sorted(rec)}"
+            f"or a 'solution' with a \\boxed{{}} answer); the row has {clip(sorted(rec), 200)}"
         )
     gold = normalize_latex(raw)
     if not gold:
-        raise ValueError(f"{where}: field 'answer' {raw!r} is empty after normalisation")
-    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+        raise ValueError(f"{where}: field 'answer' {clip(raw)} is empty after normalisation")
+    return Example(id=_row_id(rec, name, index), question=question, answer=gold, solution=solution,
+                   meta=_meta(rec, answer_raw=raw))
 
 
 def parse_integer(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
@@ -243,9 +240,10 @@ def parse_integer(rec: dict[str, Any], where: str, name: str, index: int) -> Exa
     raw = _text(rec, NUMBER_ANSWER_FIELDS, where)
     gold = normalize_number(raw)
     if gold is None or not re.fullmatch(r"-?\d+", gold):
-        raise ValueError(f"{where}: field 'answer' {raw!r} is not an integer ({name} answers are integers)")
+        raise ValueError(f"{where}: field 'answer' {clip(raw)} is not an integer ({name} answers are integers)")
     solution = _text(rec, SOLUTION_FIELDS, where, required=False)
-    return Example(_row_id(rec, name, index), question, gold, solution, _meta(rec, answer_raw=raw))
+    return Example(id=_row_id(rec, name, index), question=question, answer=gold, solution=solution,
+                   meta=_meta(rec, answer_raw=raw))
 
 
 def _choices(value: Any, where: str) -> tuple[list[str], list[str]]:
@@ -298,10 +296,11 @@ def parse_choice(rec: dict[str, Any], where: str, name: str, index: int) -> Exam
     elif str(key).strip() in labels:
         pos = labels.index(str(key).strip())
     else:
-        raise ValueError(f"{where}: field 'answerKey' {key!r} is not one of the option labels {labels}")
+        raise ValueError(f"{where}: field 'answerKey' {clip(key)} is not one of the option labels {labels}")
     letters = list(CHOICE_LETTERS[: len(texts)])
     meta = _meta(rec, choices=texts, letters=letters, labels_raw=labels, answer_raw=key)
-    return Example(_row_id(rec, name, index), question, letters[pos], None, meta)
+    return Example(id=_row_id(rec, name, index), question=question, answer=letters[pos], solution=None,
+                   meta=meta)
 
 
 def parse_svamp(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
@@ -316,10 +315,10 @@ def parse_svamp(rec: dict[str, Any], where: str, name: str, index: int) -> Examp
     raw = _text(rec, ("Answer", "answer"), where)
     gold = normalize_number(raw)
     if gold is None:
-        raise ValueError(f"{where}: field 'Answer' {raw!r} is not a number")
+        raise ValueError(f"{where}: field 'Answer' {clip(raw)} is not a number")
     meta = _meta(rec, answer_raw=raw) | {k: rec[k] for k in ("Equation", "Type") if rec.get(k) is not None}
-    return Example(_row_id(rec, name, index) if rec.get("ID") is None else str(rec["ID"]), question, gold,
-                   None, meta)
+    ex_id = _row_id(rec, name, index) if rec.get("ID") is None else str(rec["ID"])
+    return Example(id=ex_id, question=question, answer=gold, solution=None, meta=meta)
 
 
 _YES, _NO = ("yes", "true", "1"), ("no", "false", "0")
@@ -333,7 +332,7 @@ def parse_yesno(rec: dict[str, Any], where: str, name: str, index: int) -> Examp
     raw = _get(rec, ("answer", "Answer", "label"), where)
     word = str(raw).strip().lower()
     if word not in _YES + _NO:
-        raise ValueError(f"{where}: field 'answer' {raw!r} is not a yes/no answer (true/false, yes/no)")
+        raise ValueError(f"{where}: field 'answer' {clip(raw)} is not a yes/no answer (true/false, yes/no)")
     gold = "Yes" if word in _YES else "No"
     facts = rec.get("facts")
     steps = [str(f).strip() for f in facts] if isinstance(facts, list) else _steps(str(facts or ""))
@@ -341,13 +340,13 @@ def parse_yesno(rec: dict[str, Any], where: str, name: str, index: int) -> Examp
     solution = "\n\n".join([*steps, f"#### {gold}"]) if steps else None
     qid = rec.get("qid")
     ex_id = str(qid) if qid is not None else _row_id(rec, name, index)
-    return Example(ex_id, question, gold, solution, _meta(rec, answer_raw=raw))
+    return Example(id=ex_id, question=question, answer=gold, solution=solution, meta=_meta(rec, answer_raw=raw))
 
 
 # --- the task -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FileFormat:
     """What differs between file tasks: how a row becomes an Example, the prompts, the answer kind."""
 
@@ -366,15 +365,24 @@ class FileFormat:
 FORMATS = {
     f.name: f
     for f in (
-        FileFormat("gsm8k", "number", parse_gsm8k, _REF_NUMBER, GSM8K_TEMPLATE),
-        FileFormat("svamp", "number", parse_svamp, _REF_NUMBER, GSM8K_TEMPLATE),
-        FileFormat("math500", "latex", parse_math, _REF_MATH, MATH_TEMPLATE),
-        FileFormat("aime", "number", parse_integer, _REF_NUMBER, INTEGER_TEMPLATE),
-        FileFormat("amc", "number", parse_integer, _REF_NUMBER, INTEGER_TEMPLATE),
-        FileFormat("arc-challenge", "choice", parse_choice, _REF_CHOICE, CHOICE_TEMPLATE),
-        FileFormat("openbookqa", "choice", parse_choice, _REF_CHOICE, CHOICE_TEMPLATE),
-        FileFormat("commonsenseqa", "choice", parse_choice, _REF_CHOICE, CHOICE_TEMPLATE),
-        FileFormat("strategyqa", "yesno", parse_yesno, _REF_YESNO, YESNO_TEMPLATE),
+        FileFormat(name="gsm8k", kind="number", parse=parse_gsm8k, template=_REF_NUMBER,
+                   blank_lines_template=GSM8K_TEMPLATE),
+        FileFormat(name="svamp", kind="number", parse=parse_svamp, template=_REF_NUMBER,
+                   blank_lines_template=GSM8K_TEMPLATE),
+        FileFormat(name="math500", kind="latex", parse=parse_math, template=_REF_MATH,
+                   blank_lines_template=MATH_TEMPLATE),
+        FileFormat(name="aime", kind="number", parse=parse_integer, template=_REF_NUMBER,
+                   blank_lines_template=INTEGER_TEMPLATE),
+        FileFormat(name="amc", kind="number", parse=parse_integer, template=_REF_NUMBER,
+                   blank_lines_template=INTEGER_TEMPLATE),
+        FileFormat(name="arc-challenge", kind="choice", parse=parse_choice, template=_REF_CHOICE,
+                   blank_lines_template=CHOICE_TEMPLATE),
+        FileFormat(name="openbookqa", kind="choice", parse=parse_choice, template=_REF_CHOICE,
+                   blank_lines_template=CHOICE_TEMPLATE),
+        FileFormat(name="commonsenseqa", kind="choice", parse=parse_choice, template=_REF_CHOICE,
+                   blank_lines_template=CHOICE_TEMPLATE),
+        FileFormat(name="strategyqa", kind="yesno", parse=parse_yesno, template=_REF_YESNO,
+                   blank_lines_template=YESNO_TEMPLATE),
     )
 }
 
@@ -426,9 +434,11 @@ class FileTask:
             if p.suffix.lower() not in SUFFIXES:
                 raise ValueError(f"task {fmt.name!r}: {p} has type {p.suffix!r}; expected one of {SUFFIXES}")
             self.paths[split] = p
-        from stir_core.config import PromptConfig, cast_value
-
-        self.prompt_style = cast_value(PromptConfig, "prompt_style", prompt_style)
+        # The knob is declared in config.py (`PromptConfig`), which tasks may not import (same layer);
+        # tests/test_file_tasks.py checks that the two lists of styles agree.
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style: {prompt_style!r} is not one of {', '.join(PROMPT_STYLES)}")
+        self.prompt_style = prompt_style
         # The reference sends this system message through the chat template (stir/online/stir.py:293–297,
         # stir/offline/stage1.py:320–323); `Model.format_prompt(text, system=...)` applies it.
         # "default": the reference's message under prompt_style "reference", none under "blank_lines".
@@ -456,7 +466,7 @@ class FileTask:
         for role, column in self.fields.items():
             if column not in rec:
                 raise ValueError(f"{where}: no column {column!r} (mapped to {role!r} by fields); "
-                                 f"the row has {sorted(rec)}")
+                                 f"the row has {clip(sorted(rec), 200)}")
             out[FIELD_ROLES[role]] = rec[column]
         return out
 
@@ -465,7 +475,7 @@ class FileTask:
         for i, (where, rec) in enumerate(read_records(self.paths[split])):
             ex = self.format.parse(self._rename(rec, where), where, self.name, i)
             if ex.id in seen:
-                raise ValueError(f"{where}: duplicate id {ex.id!r} (first at {seen[ex.id]})")
+                raise ValueError(f"{where}: duplicate id {clip(ex.id)} (first at {seen[ex.id]})")
             seen[ex.id] = where
             rows.append(ex)
         return rows
@@ -489,7 +499,7 @@ class FileTask:
                     first = hashes[a][min(shared)]
                     raise ValueError(
                         f"task {self.name!r}: {len(shared)} problem(s) of the {a} file {self.paths[a].name!r} "
-                        f"also appear in the {b} file {self.paths[b].name!r} (e.g. id {first!r}); splits must "
+                        f"also appear in the {b} file {self.paths[b].name!r} (e.g. id {clip(first)}); splits must "
                         "not share problems, so mining never sees an evaluation problem"
                     )
         self._checked = True

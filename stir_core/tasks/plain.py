@@ -52,7 +52,8 @@ class PlainTask:
         gold = [f"{totals[j]}{s}{b}={totals[j + 1]}" for j, (s, b) in enumerate(ops)] + [f"#### {totals[-1]}"]
         digest = hashlib.blake2b(question.encode(), digest_size=5).hexdigest()
         meta = {"start": start, "ops": [[s, b] for s, b in ops], "totals": totals}
-        return Example(f"plain-{digest}", question, str(totals[-1]), DELIM.join(gold), meta)
+        return Example(id=f"plain-{digest}", question=question, answer=str(totals[-1]),
+                       solution=DELIM.join(gold), meta=meta)
 
     def load(self, split: str = "eval", n: int | None = None, seed: int = 0) -> list[Example]:
         """Up to `n` distinct problems of `split` (default size per split as for `planted`), seeded."""

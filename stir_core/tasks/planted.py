@@ -53,7 +53,7 @@ _RE_SHORT = re.compile(r"(\d)([+-])(\d)([+-])(\d)=(\d+)")
 _RE_FINAL = re.compile(r"#### (\d+)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Planting:
     """The writer's probabilities (the recipe's mode strengths)."""
 
@@ -83,7 +83,7 @@ class TraceSegment:
     boundary: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SegmentInfo:
     """One parsed segment of a completion.
 
@@ -114,14 +114,39 @@ def split_of(key: str) -> str:
     return next(s for s, (lo, hi) in _SPLIT_BOUNDS.items() if lo <= h < hi)
 
 
+# Generated tasks draw at most this many problems per call: beyond it the draw loop (up to 200 draws a
+# problem) runs for minutes before it can even tell whether the task has that many distinct problems.
+MAX_GENERATED = 1_000_000
+
+
+def split_share(split: str) -> float:
+    """The fraction of all questions that hash into `split`."""
+    if split not in _SPLIT_BOUNDS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    lo, hi = _SPLIT_BOUNDS[split]
+    return (hi - lo) / 100
+
+
+def split_capacity(split: str, n_questions: int) -> int:
+    """An upper bound on the distinct problems of `split` among `n_questions` distinct questions: the
+    split's hash share with 10% slack (the hash spreads questions evenly; a few % off at these counts)."""
+    return min(MAX_GENERATED, int(n_questions * split_share(split) * 1.1) + 100)
+
+
 def draw_split(split: str, n: int | None, rng_seed: str, key_prefix: str,
-               draw: Callable[[random.Random], Example]) -> list[Example]:
-    """`n` distinct problems from `draw` that hash into `split` (so splits never share a question)."""
+               draw: Callable[[random.Random], Example], capacity: int | None = None) -> list[Example]:
+    """`n` distinct problems from `draw` that hash into `split` (so splits never share a question).
+    `capacity`: at most this many exist in the split (default `MAX_GENERATED`); a larger `n` is refused
+    at once instead of after 200·n draws."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     n = DEFAULT_SIZES[split] if n is None else n
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    cap = MAX_GENERATED if capacity is None else capacity
+    if n > cap:
+        raise ValueError(f"asked for {n} distinct {split!r} problems; this task can produce at most about "
+                         f"{cap} in that split (lower --n / n_problems)")
     rng = random.Random(rng_seed)
     seen: set[str] = set()
     out: list[Example] = []
@@ -216,12 +241,21 @@ class PlantedTask:
             "classes": classes,
             "favoured": favoured_forms(classes),
         }
-        return Example(f"planted-{digest}", question, str(totals[-1]), DELIM.join(gold), meta)
+        return Example(id=f"planted-{digest}", question=question, answer=str(totals[-1]),
+                       solution=DELIM.join(gold), meta=meta)
 
     def load(self, split: str = "eval", n: int | None = None, seed: int = 0) -> list[Example]:
         """Up to `n` distinct problems of `split` (default size per split: DEFAULT_SIZES), seeded."""
         return draw_split(split, n, f"planted/{split}/{seed}", "",
-                          lambda rng: self.make_example(*self._sample_problem(rng)[:2]))
+                          lambda rng: self.make_example(*self._sample_problem(rng)[:2]),
+                          capacity=self.capacity(split))
+
+    @staticmethod
+    def capacity(split: str) -> int:
+        """An upper bound on the distinct problems of `split`: 4 or 5 operations of ±(2..8), at most one of
+        them a trigger ±1 or ±9, from 10 start digits, times the split's share."""
+        questions = 10 * sum(14**k + k * 4 * 14 ** (k - 1) for k in (4, 5))
+        return split_capacity(split, questions)
 
     # --- text -----------------------------------------------------------------------------------------
     def prompt(self, example: Example) -> str:
@@ -311,7 +345,8 @@ class PlantedTask:
                 form, ok = "other", False
             done = min(j - 1, n)
             correct = (form == "final" and ok) or (form != "final" and form != "other" and w == totals[done])
-            out.append(SegmentInfo(k, text, form, cls, used, ok, correct))
+            out.append(SegmentInfo(index=k, text=text, form=form, boundary=cls, ops=used, ok=ok,
+                                   correct=correct))
         return out
 
     def boundary_of(self, example: Example, prefix: str) -> str:

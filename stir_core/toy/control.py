@@ -30,6 +30,7 @@ from stir_core.io import atomic
 from stir_core.online.segmented import generate_segmented
 from stir_core.runtime.backend import hook_name, run_with_states
 from stir_core.runtime.engine import Engine, Sampling, Steer
+from stir_core.runtime.locks import serialised
 from stir_core.runtime.model import LoadedModel, load_model
 from stir_core.tasks.base import Example
 from stir_core.tasks.plain import PlainTask
@@ -42,7 +43,7 @@ MAX_NEW_TOKENS = 256  # as `stir eval` (StirConfig.max_new_tokens)
 EVAL_SEED = 123  # as `stir eval`
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModeContrast:
     """One mode's contrast at its damage boundary. `direction` is [n_layers, d_model]."""
 
@@ -153,6 +154,7 @@ def oracle_policy(
     return policy
 
 
+@serialised  # the engine is not safe for concurrent callers (stir_core/runtime/locks.py)
 def oracle_accuracy(
     engine: Engine,
     task: PlantedTask,
@@ -180,6 +182,7 @@ def oracle_accuracy(
     return sum(correct) / len(correct)
 
 
+@serialised
 def evaluate_task(engine: Engine, task, n: int, seed: int = EVAL_SEED, sampled_n: int = 300) -> dict:
     """Greedy (the `stir eval --methods vanilla` path) and T=0.7 sampled accuracy on the eval split."""
     from stir_core.analysis.evaluate import evaluate

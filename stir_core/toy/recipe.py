@@ -11,7 +11,7 @@ from stir_core.tasks.planted import Planting
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "assets" / "toy-reasoner"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     """Everything that determines the trained weights (with the seed)."""
 

@@ -28,7 +28,7 @@ from stir_core.toy.recipe import DEFAULT_OUT, Recipe
 from stir_core.toy.tokenizer import BOS, EOS, PAD, VOCAB, encode, save_tokenizer
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     out_dir: str
     wall_s: float
@@ -134,7 +134,8 @@ def train_toy(
         bar.set_postfix(loss=f"{ema:.4f}")
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     n_params = sum(p.numel() for p in model.parameters())
-    result = TrainResult(str(out_dir), wall, cpu, float(ema or 0.0), n_params, torch.get_num_threads())
+    result = TrainResult(out_dir=str(out_dir), wall_s=wall, cpu_s=cpu, final_loss=float(ema or 0.0),
+                         n_params=n_params, threads=torch.get_num_threads())
     train_info = {k: v for k, v in asdict(result).items() if k != "out_dir"}
     card = {"recipe": asdict(recipe), "train": train_info, "torch": torch.__version__}
     save_model(model.eval(), out_dir, card)

@@ -56,7 +56,7 @@ def read_vector_file(path: str | Path) -> tuple[Directions, dict]:
         cv = read_control_vector(path)
         width = next(iter(cv.directions.values())).shape[0]
         meta = {"format": "gguf", "model_hint": cv.model_hint, "architecture": cv.arch}
-        return Directions(cv.directions, width), meta
+        return Directions(directions=cv.directions, d_model=width), meta
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: not a GGUF file (no GGUF magic) and not a .safetensors file")
     from safetensors import safe_open
@@ -80,7 +80,7 @@ def read_vector_file(path: str | Path) -> tuple[Directions, dict]:
     widths = {v.shape[0] for v in directions.values()}
     if len(widths) != 1:
         raise ValueError(f"{path}: vectors have different widths {sorted(widths)}")
-    return Directions(directions, widths.pop()), {"format": "safetensors", **meta}
+    return Directions(directions=directions, d_model=widths.pop()), {"format": "safetensors", **meta}
 
 
 def import_vector(path: str | Path, dims: ModelDims, layer: int | None = None, scale: float = 1.0,

@@ -21,7 +21,7 @@ RULES = ("mean", "quality_mean", "sum")
 KIND_FILTERS = ("correction", "anchor", "all")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Directions:
     """One direction per layer, ready to export. `directions[layer]` is float32 [d_model]."""
 
@@ -77,4 +77,5 @@ def combine(lib: ToolLibrary, rows: Sequence[int], rule: str = "mean", scale: fl
         else:
             d = v.mean(0)
         out[layer] = (scale * d).astype(np.float32)
-    return Directions(out, lib.d_model, [str(table["id"].iloc[i]) for i in corr], rule, scale)
+    return Directions(directions=out, d_model=lib.d_model, tool_ids=[str(table["id"].iloc[i]) for i in corr],
+                      rule=rule, scale=scale)
