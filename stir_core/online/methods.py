@@ -136,7 +136,8 @@ class StirPolicy(Policy):
         if cfg.min_entries_count == "group":  # the reference counts the library's whole group at m
             sizes = self.index.group_sizes()
             group = sum(sizes.get((layer, point.m), 0) for layer in self.layers)
-        short = gate.shortlist(self.retrieve(point), cfg.top_l, cfg.min_entries, cfg.min_sim, group)
+        short = gate.shortlist(self.retrieve(point), cfg.top_l, cfg.min_entries, cfg.min_sim, group,
+                               m=point.m, min_tool_m=cfg.min_tool_m)
         dec.candidates = list(short.candidates)
         dec.null_value = short.null_value
         dec.score_null = cfg.beta * short.null_value
