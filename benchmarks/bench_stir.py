@@ -1,10 +1,10 @@
-"""STIR vs vanilla: wall time, sequential steps, and token identity of the two schedulers.
+"""STIR vs vanilla: wall time, sequential steps, and token identity of the scheduler and its test oracle.
 
 On the embedded model with the demo library (M=8, L=4, probe_tokens=4, the library's recommended gate
 settings), one run, ratios:
 - wall time of a batched run (all problems in one batch, as `stir eval` runs them): vanilla, STIR with the
-  continuous scheduler (default), STIR segment-synchronous (`schedule=sync`, the straightforward path);
-- the two STIR schedulers' completions and decisions must be identical (greedy): checked, not assumed;
+  product's one scheduler, STIR segment-synchronous (the test oracle `tests/oracle/segmented.py`);
+- the scheduler's and the oracle's completions and decisions must be identical (greedy): checked;
 - sequential steps per problem at batch 1 (model forwards): vanilla, continuous STIR, and the floor —
   the tokens STIR commits, plus per commit one delimiter re-run and the discarded probe tokens of the
   rolled-back null row (a null win costs no step: the null row is vanilla's own continuation).
@@ -15,6 +15,7 @@ settings), one run, ratios:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -29,10 +30,10 @@ from stir_core.tasks import get_task
 GATE = {"layer": 3, "tau_null": 0.5, "min_sim": 0.9}
 
 
-def timed(engine, prompts, method, lib, cfg):
+def timed(engine, prompts, method, lib, cfg, run=run_method):
     engine.forwards = engine.row_positions = 0
     t = time.perf_counter()
-    traces = run_method(engine, prompts, method, lib, cfg)
+    traces = run(engine, prompts, method, lib, cfg)
     return time.perf_counter() - t, engine.forwards, traces, engine.row_positions
 
 
@@ -53,10 +54,13 @@ def main() -> None:
     run_method(engine, prompts[:8], "stir", lib, cfg)  # warm-up
     lines = [f"model {model.model_id}; library {args.library} ({len(lib)} entries); {args.n} val problems "
              f"(seed {args.seed}); M=8 L=4 probe_tokens=4; gate {GATE}; scope {cfg.scope}"]
+    sys.path.insert(0, str(REPO / "tests"))
+    from oracle.segmented import oracle_method  # the test oracle: benchmarks may, the product may not
+
     runs = {}
-    for name, method, c in [("vanilla", "vanilla", cfg), ("stir continuous", "stir", cfg),
-                            ("stir sync", "stir", cfg.with_overrides(schedule="sync"))]:
-        runs[name] = timed(engine, prompts, method, lib, c)
+    for name, method, run in [("vanilla", "vanilla", run_method), ("stir continuous", "stir", run_method),
+                              ("stir sync", "stir", oracle_method)]:
+        runs[name] = timed(engine, prompts, method, lib, cfg, run)
         t, fw, traces, rp = runs[name]
         lines.append(f"{name:16s} {t:7.2f} s  {fw:6d} forwards  {rp:6d} row positions  committed "
                      f"{sum(x.n_tokens for x in traces):6d}  probe {sum(x.probe_tokens for x in traces):6d}  "
@@ -66,7 +70,7 @@ def main() -> None:
     same_dec = all([(d.m, d.reason, d.chosen) for d in x.decisions] == [(d.m, d.reason, d.chosen)
                                                                        for d in y.decisions] for x, y in zip(a, b, strict=False))
     v = runs["vanilla"][0]
-    lines.append(f"continuous == sync: tokens {same_tokens}, decisions {same_dec}")
+    lines.append(f"scheduler == oracle (sync): tokens {same_tokens}, decisions {same_dec}")
     lines.append(f"stir continuous / vanilla = {runs['stir continuous'][0] / v:.2f}x wall time (goal <= 1.3x)")
     lines.append(f"stir sync / vanilla       = {runs['stir sync'][0] / v:.2f}x wall time")
     # On a CPU every row of a batch costs compute, so the floor of the wall-time ratio is the ratio of row

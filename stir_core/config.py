@@ -371,6 +371,9 @@ class StirConfig:
                                   RETRIEVAL, choices=("group", "retrieved"))
     min_sim: float | None = knob(None, float, "null when the best key similarity is below this (none: off)",
                                  RETRIEVAL, optional=True, min=-1.0)
+    min_tool_m: int | None = knob(None, int, "no tool and no previews at control points m below this (the "
+                                  "reference's online.min_tool_m; none: off). Its max_tool_m is max_control_points",
+                                  GATE, optional=True, min=1)
     top_l: int = knob(4, int, "L: corrections previewed per control point", PREVIEW, min=1)
     probe_tokens: int = knob(4, int, "tokens decoded per preview (discarded, counted)", PREVIEW, min=1)
     probe_scale: float = knob(1.0, float, "scale of the vector while previewing", PREVIEW, min=0.0, max=MAX_SCALE)
@@ -389,15 +392,15 @@ class StirConfig:
     probe_stop: str = knob("delimiter", str, "delimiter (reference): a probe ends at the delimiter; none (ours): "
                            "it runs its full length", PREVIEW, choices=("delimiter", "none"))
     random_choice_gate: str = knob("none", str, "random_choice ablation: none (reference) commits the random "
-                                   "pick; null (ours) makes it beat the null score too", BASELINE,
+                                   "pick unless it ties Score_null, is under τ or has α ≤ 0; null (ours) makes "
+                                   "it beat the null score too", BASELINE,
                                    choices=("none", "null"))
-    schedule: str = knob("continuous", str, "continuous: per-row scheduling, null previews kept as progress; "
-                         "sync: the segment-synchronous reference path (same outputs, slower)", ONLINE,
+    schedule: str = knob("continuous", str, "accepted for old configs: both values run the one scheduler, whose "
+                         "tokens and decisions equal the segment-synchronous algorithm's (a test oracle)", ONLINE,
                          choices=("continuous", "sync"))
-    max_preview_rows: int | None = knob(None, int, "continuous: most extra rows (probes, drivers) in flight; "
-                                        "none or 0: no cap. Timing only, never results. Not a memory saver: "
-                                        "it serialises previews and the cache widens with the extra forwards "
-                                        "(measured on a GPU: more steps and a higher peak); leave it off",
+    max_preview_rows: int | None = knob(None, int, "most extra slots (probes, drivers) in flight; none or 0: no "
+                                        "cap. Never changes results. Bounds the slot pool's preview slots at "
+                                        "max(N, top_l) but serialises previews (more steps)",
                                         PREVIEW, optional=True, min=0)
     layer: int | None = knob(None, int, "restrict to one library layer (none: every layer in the library)",
                              STEER, optional=True, min=0, layer=True)
@@ -410,6 +413,19 @@ class StirConfig:
     def with_overrides(self, **kw: Any) -> StirConfig:
         """A copy with some fields changed (each cast and checked like `--set`)."""
         return from_dict(StirConfig, kw, base=self)
+
+
+@dataclass
+class PromptConfig:
+    """How file tasks prompt (STIR_SPEC.md, "Prompts and scoring"). The embedded testbed keeps its own format."""
+
+    prompt_style: str = knob("reference", str, "reference: the authors' templates (stir/data/prompts.py) with "
+                             "their system message; blank_lines (ours): ask for steps separated by blank "
+                             "lines, so control points fall between steps", "prompt",
+                             choices=("reference", "blank_lines"))
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 RECOMMENDED_KEY = "recommended_online"
@@ -477,8 +493,10 @@ class MineConfig:
                            choices=("reference", "disjoint"))
     top_c: int = knob(256, int, "C: items kept (by quality)", "contrast", min=1)
     problems_per_batch: int = knob(8, int, "problems decoded together (and per checkpoint)", "rollouts", min=1)
-    capture: str = knob("decode", str, "decode (one pass) | reprefill (one forward per prefix, the reference's)",
-                        "rollouts", choices=("decode", "reprefill"))
+    capture: str = knob("decode", str, "decode (by tokens, one pass) | reprefill (by tokens, one forward per "
+                        "prefix) | retokenize (the reference's: the text cut at each delimiter, re-tokenized with "
+                        "the prompt, one forward each; offline/capture.py)", "rollouts",
+                        choices=("decode", "reprefill", "retokenize"))
     seed: int = knob(0, int, "seed of the split sample and the rollouts", "data", min=0)
 
     def __post_init__(self) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from stir_core.runtime.engine import Sampling, Steer
+from stir_core.runtime.engine import Engine, Sampling, Steer
+from stir_core.runtime.steering import foreign_hooks
 
 PROMPTS = ["12+3=", "7-2=45\n\n9", "1", "a:b?"]
 
@@ -160,18 +161,42 @@ def test_stop_strings_and_budgets_per_row(engine):
 
 def test_segmented_with_null_policy_equals_vanilla(engine, tiny):
     vanilla = engine.generate(PROMPTS, 40)
-    from stir_core.online.segmented import generate_segmented
+    from stir_core.online.scheduler import generate_segmented
 
     seg, decisions = generate_segmented(engine, PROMPTS, lambda *a: None, 40, delimiter="\n")
     assert seg.tokens == vanilla.tokens
     assert any(decisions), "the tiny model emits newlines, so there are control points"
 
 
-def test_hooks_never_stay_attached(engine, tiny):
+def test_hooks_are_installed_once_and_inert_outside_the_engine(engine, tiny):
+    """One engine hook per hook point used, however many decodes; outside an engine forward they change
+    nothing: a bridge forward then equals the same forward with every engine hook detached."""
     vec = torch.randn(tiny.d_model)
+    ids = torch.tensor([tiny.encode(PROMPTS[1])])
+
+    def hooks_per_point():
+        return {id(hp): len(hp._forward_hooks) for hp in tiny.bridge.hook_dict.values()}
+
     engine.generate(PROMPTS, 5, steers=[Steer(1, vec, 1.0, "segment")] * len(PROMPTS), capture_layers=[0])
-    for name, hp in tiny.bridge.hook_dict.items():
-        assert not hp._forward_hooks, f"hook left on {name}"
+    first = hooks_per_point()
+    for _ in range(2):
+        engine.generate(PROMPTS, 5, steers=[Steer(1, vec, 2.0, "segment")] * len(PROMPTS), capture_layers=[0])
+    assert hooks_per_point() == first
+    assert sum(first.values()) >= 1
+    Engine(tiny).generate(PROMPTS[:1], 3, steers=[Steer(1, vec, 1.0, "segment")], capture_layers=[0])
+    assert hooks_per_point() == first, "a second engine on the same model shares the installed hooks"
+    assert not foreign_hooks(tiny.bridge)
+    with torch.no_grad():
+        with_hooks = tiny.bridge(ids, return_type="logits")
+        saved = {id(hp): dict(hp._forward_hooks) for hp in tiny.bridge.hook_dict.values()}
+        for hp in tiny.bridge.hook_dict.values():
+            hp._forward_hooks.clear()
+        try:
+            bare = tiny.bridge(ids, return_type="logits")
+        finally:
+            for hp in tiny.bridge.hook_dict.values():
+                hp._forward_hooks.update(saved[id(hp)])
+    assert torch.equal(with_hooks, bare)
 
 
 def test_bad_inputs(engine):

@@ -111,12 +111,13 @@ def test_math500_fixture():
     assert coin.id == "math500-3" and coin.meta["answer_raw"] == "\\dfrac{1}{2}"
     assert task.score("\\boxed{\\textbf{(C)}}", choice)
     assert task.score("First \\boxed{5}, no: \\boxed{\\text{(C)}}", choice)  # the last box wins
-    assert not task.score("The answer is 0.5", coin)  # no box and no marker: no answer
+    assert task.score("The answer is 0.5", coin)  # no box: the inline "answer is" (extractors.py:128-130)
+    assert not task.score("I am not sure which it is.", coin)  # the last line is no answer
     assert task.score("#### 1/2", coin)  # the marker fallback
     for ex in examples:  # gold solutions, where present, score against their own answers
         if ex.solution:
             assert task.score(ex.solution, ex)
-        assert "\\boxed{}" in task.prompt(ex) and ex.question in task.prompt(ex)
+        assert "\\boxed{<final answer>}" in task.prompt(ex) and ex.question in task.prompt(ex)
 
 
 def test_aime_fixture_and_amc_parquet(tmp_path):
@@ -152,7 +153,7 @@ def test_arc_fixture():
     assert mass.meta["letters"] == ["A", "B", "C", "D", "E"]
     assert renewable.question == "Which of these is a renewable resource?"  # the nested ARC layout
     prompt = task.prompt(day)
-    assert "B. Earth spinning on its axis" in prompt and prompt.index("A. ") < prompt.index("D. ")
+    assert "(B) Earth spinning on its axis" in prompt and prompt.index("(A) ") < prompt.index("(D) ")
     assert task.score("Plants use CO2 for photosynthesis.\n\n#### C", plants)
     assert task.score("The answer is (B).", day)
     assert not task.score("The answer is (A).", day)
@@ -163,8 +164,8 @@ def test_openbookqa_fixture_and_parquet(tmp_path):
     task = get_task("openbookqa", path=FIXTURES / "openbookqa_sample.jsonl")
     magnet, ice, light = task.load()
     assert [magnet.answer, ice.answer, light.answer] == ["B", "D", "A"]  # letter, {label,text}, 0-based int
-    assert task.prompt(magnet).startswith("Answer the following multiple-choice question.")
-    assert "Question: A magnet will stick to\nA. a wooden spoon\nB. an iron nail" in task.prompt(magnet)
+    assert task.prompt(magnet).startswith("Solve the following problem step by step.")
+    assert "Question:\nA magnet will stick to\n\nOptions:\n(A) a wooden spoon\n(B) an iron nail" in task.prompt(magnet)
 
     path = tmp_path / "obqa.parquet"
     pd.DataFrame(_rows(FIXTURES / "openbookqa_sample.jsonl")[:1]).to_parquet(path)
@@ -285,3 +286,120 @@ def test_json_array_and_mmlu_columns(tmp_path):
     first, second = get_task("arc-challenge", path=path).load()
     assert (first.answer, first.meta["choices"]) == ("B", ["3", "4", "5", "22"])
     assert (second.answer, second.meta["letters"]) == ("B", ["A", "B", "C"])
+
+
+# --- SVAMP, StrategyQA, CommonsenseQA (the formats their public exports use) ------------------------------
+
+SVAMP_ROWS = [  # the ChilleD/SVAMP export: Body + Question, a float Answer
+    {"ID": "chal-1", "Body": "Each pack of dvds costs 76 dollars. If there is a discount of 25 dollars on each pack",
+     "Question": "How much do you have to pay to buy each pack?", "Equation": "( 76.0 - 25.0 )", "Answer": 51.0,
+     "Type": "Subtraction"},
+    {"ID": "chal-2", "Body": "Dan had $ 3 left with him after he bought a candy bar. If he had a total of $ 4 at "
+     "the start", "Question": "How much did the candy bar cost?", "Equation": "( 4.0 - 3.0 )", "Answer": 1.0,
+     "Type": "Subtraction"},
+]
+
+
+def test_svamp_rows_prompt_and_score(tmp_path):
+    task = get_task("svamp", path=_write_jsonl(tmp_path / "svamp.jsonl", SVAMP_ROWS))
+    dvd, candy = task.load()
+    # the reference joins Body and Question with a newline (stir/data/loaders.py:108)
+    assert dvd.question == SVAMP_ROWS[0]["Body"] + "\n" + SVAMP_ROWS[0]["Question"]
+    assert (dvd.id, dvd.answer, candy.answer, dvd.meta["Type"]) == ("chal-1", "51", "1", "Subtraction")
+    assert task.prompt(dvd).startswith("Solve the following problem step by step.")
+    assert "#### <answer>" in task.prompt(dvd) and "Problem:\n" + dvd.question in task.prompt(dvd)
+    assert task.score("76 - 25 = 51\n\n#### 51", dvd) and not task.score("#### 50", dvd)
+    assert task.score("So the candy bar cost $1.", candy)
+    with pytest.raises(ValueError, match="svamp.jsonl line 1: field 'Answer' 'many' is not a number"):
+        get_task("svamp", path=_write_jsonl(tmp_path / "svamp.jsonl", [{**SVAMP_ROWS[0], "Answer": "many"}])).load()
+
+
+STRATEGYQA_ROWS = [  # the original strategyqa_train.json: a JSON array, boolean answers, facts as a list
+    {"qid": "b8677742616fef051f00", "term": "Genghis Khan", "description": "founder and first Great Khan",
+     "question": "Are more people today related to Genghis Khan than Julius Caesar?", "answer": True,
+     "facts": ["Julius Caesar had three children.", "Genghis Khan had sixteen children."],
+     "decomposition": ["How many kids did Julius Caesar have?", "How many kids did Genghis Khan have?"]},
+    {"qid": "4668264df84fb7c25b39", "term": "Aristotle", "description": "Ancient Greek philosopher",
+     "question": "Could Aristotle have used a laptop?", "answer": False,
+     "facts": ["Aristotle died in 322 BC.", "The first laptop was made in 1981."]},
+]
+
+
+def test_strategyqa_json_array_and_chilled_jsonl(tmp_path):
+    path = tmp_path / "strategyqa_train.json"
+    path.write_text(json.dumps(STRATEGYQA_ROWS))
+    task = get_task("strategyqa", path=path)
+    khan, aristotle = task.load()
+    assert (khan.id, khan.answer, aristotle.answer) == ("b8677742616fef051f00", "Yes", "No")  # loaders.py:371-375
+    assert khan.solution == "Julius Caesar had three children.\n\nGenghis Khan had sixteen children.\n\n#### Yes"
+    assert task.prompt(aristotle).endswith("#### <Yes/No>\n\nQuestion:\nCould Aristotle have used a laptop?\n")
+    assert task.score("Aristotle died long before 1981.\n\n#### No", aristotle)
+    assert not task.score("#### Yes", aristotle) and task.score(khan.solution, khan)
+    # the ChilleD/StrategyQA export: JSONL, facts as one text, "true"/"false" strings accepted too
+    rows = [{"qid": "q1", "question": "Is water wet?", "answer": "true", "facts": "Water makes things wet."}]
+    (ex,) = get_task("strategyqa", path=_write_jsonl(tmp_path / "s.jsonl", rows)).load()
+    assert (ex.answer, ex.solution) == ("Yes", "Water makes things wet.\n\n#### Yes")
+    with pytest.raises(ValueError, match="s.jsonl line 1: field 'answer' 'maybe' is not a yes/no answer"):
+        get_task("strategyqa", path=_write_jsonl(tmp_path / "s.jsonl", [{**rows[0], "answer": "maybe"}])).load()
+
+
+CSQA_ORIGINAL = {  # the original train_rand_split.jsonl layout: question = {stem, choices, concept}
+    "answerKey": "A", "id": "075e483d21c29a511267ef62bedc0461",
+    "question": {"question_concept": "punishing", "stem": "The sanctions against the school were a punishing "
+                 "blow, and they seemed to what the efforts the school had made to change?",
+                 "choices": [{"label": "A", "text": "ignore"}, {"label": "B", "text": "enforce"},
+                             {"label": "C", "text": "authoritarian"}, {"label": "D", "text": "yell at"},
+                             {"label": "E", "text": "avoid"}]}}
+CSQA_HF = {  # the tau/commonsense_qa export (Parquet): choices as {"label": [...], "text": [...]}
+    "id": "61fe6e879ff18686d7552425a36344c8", "question": "Sammy wanted to go to where the people were. "
+    "Where might he go?", "question_concept": "people",
+    "choices": {"label": ["A", "B", "C", "D", "E"],
+                "text": ["race track", "populated areas", "the desert", "apartment", "roadblock"]},
+    "answerKey": "B"}
+
+
+def test_commonsenseqa_original_jsonl_and_hf_parquet(tmp_path):
+    task = get_task("commonsenseqa", path=_write_jsonl(tmp_path / "csqa.jsonl", [CSQA_ORIGINAL]))
+    (ex,) = task.load()
+    assert (ex.answer, ex.meta["letters"], ex.meta["choices"][0]) == ("A", list("ABCDE"), "ignore")
+    assert "Options:\n(A) ignore\n(B) enforce\n(C) authoritarian\n(D) yell at\n(E) avoid\n" in task.prompt(ex)
+    assert task.score("Sanctions would undo the effort.\n\n#### A", ex) and not task.score("#### E", ex)
+    path = tmp_path / "csqa.parquet"
+    pd.DataFrame([CSQA_HF]).to_parquet(path)
+    (hf,) = get_task("commonsenseqa", path=path).load()  # dict-of-lists comes back as numpy arrays
+    assert (hf.id, hf.answer, hf.meta["choices"][1]) == (CSQA_HF["id"], "B", "populated areas")
+    assert get_task("commonsenseqa", path=path).score("People are in populated areas. The answer is (B).", hf)
+
+
+def test_prompt_style_blank_lines_is_ours_and_reference_is_the_default(tmp_path):
+    path = _write_jsonl(tmp_path / "svamp.jsonl", SVAMP_ROWS)
+    ref, ours = get_task("svamp", path=path), get_task("svamp", path=path, prompt_style="blank_lines")
+    ex = ref.load()[0]
+    # stir/data/prompts.py:13-19 (gsm8k_0shot / svamp_0shot), word for word
+    assert ref.prompt(ex) == ("Solve the following problem step by step.\nYou should show intermediate steps.\n"
+                              "Return the final numeric answer on the last line in the format:\n#### <answer>\n\n"
+                              f"Problem:\n{ex.question}\n")
+    assert ref.system_prompt == "You are a helpful assistant. Follow the user's instructions carefully."
+    assert "separate the steps with a blank line" in ours.prompt(ex) and ours.system_prompt is None
+    with pytest.raises(ValueError, match="prompt_style: 'fancy' is not one of reference, blank_lines"):
+        get_task("svamp", path=path, prompt_style="fancy")
+    from stir_core.config import PromptConfig, knobs
+    from stir_core.tasks.files import PROMPT_STYLES
+
+    assert knobs(PromptConfig)["prompt_style"].choices == PROMPT_STYLES  # the knob schema and the tasks agree
+
+
+def test_the_system_message_goes_through_the_chat_template():
+    from stir_core.tasks import render_prompt
+
+    class Model:
+        calls: list = []
+
+        def format_prompt(self, text, system=None):
+            self.calls.append((text, system))
+            return f"<sys>{system}</sys><user>{text}</user>" if system else f"<user>{text}</user>"
+
+    task = get_task("math500", path=FIXTURES / "math500_sample.jsonl")
+    ex = task.load()[0]
+    assert render_prompt(Model(), task, ex) == f"<sys>{task.system_prompt}</sys><user>{task.prompt(ex)}</user>"
+    assert render_prompt(Model(), get_task("planted"), get_task("planted").load("eval", 1)[0]).startswith("<user>")

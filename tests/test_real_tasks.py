@@ -132,6 +132,8 @@ def test_split_files_sharing_a_problem_are_refused_before_the_model_loads(tmp_pa
     ({"name": "gsm8k", "files": {"mine": "nope.jsonl"}}, {}, "does not exist"),
     ({"name": "gsm8k", "files": {"mine": "E"}, "fields": {"query": "q"}}, {}, "unknown field role"),
     ({"name": "gsm8k", "files": {"mine": "E"}}, {"task": "math500"}, "give the task once"),
+    ({"name": "gsm8k", "files": {"mine": "E"}, "prompt_style": "fancy"}, {}, "prompt_style: 'fancy' is not one of"),
+    ({"name": "planted", "prompt_style": "blank_lines"}, {}, "task.prompt_style apply only to file tasks"),
 ])
 def test_bad_task_configs_give_one_line_errors(tmp_path, task, mine, needle):
     e = write_jsonl(tmp_path / "e.jsonl", [{"question": "What is 1 + 1?", "answer": "#### 2"}])
@@ -170,6 +172,19 @@ def test_generate_applies_a_file_tasks_template_without_files(tiny_model_dir, tm
                             str(tiny_model_dir), "--device", "cpu", "--max-new-tokens", "4", "--json", str(out)])
     assert r.exit_code == 0, r.output
     prompt = json.loads(out.read_text())["vanilla"]["prompt"]
-    assert prompt.startswith("Solve the following math problem.") and "Problem: What is 2 + 3?" in prompt
+    assert prompt.startswith("Solve the following problem step by step.") and "Problem:\nWhat is 2 + 3?" in prompt
     r = runner.invoke(app, ["generate", "Which?", "--task", "arc-challenge", "--model", str(tiny_model_dir)])
     assert r.exit_code == 2 and "--raw" in r.output
+
+
+def test_build_config_prompt_style_reaches_the_task(tmp_path):
+    from stir_core.offline.build import BuildConfig
+
+    e = write_jsonl(tmp_path / "e.jsonl", [{"question": "What is 1 + 1?", "answer": "#### 2"}])
+    p = tmp_path / "b.yaml"
+    p.write_text(f"task:\n  name: gsm8k\n  files: {{mine: {e}}}\n  prompt_style: blank_lines\n")
+    task = BuildConfig.from_yaml(p).task_spec().make()
+    assert task.prompt_style == "blank_lines" and "separate the steps with a blank line" in task.template
+    p.write_text(f"task:\n  name: gsm8k\n  files: {{mine: {e}}}\n")
+    task = BuildConfig.from_yaml(p).task_spec().make()
+    assert task.prompt_style == "reference" and task.template.startswith("Solve the following problem step by step.")

@@ -1,6 +1,6 @@
-"""The continuous scheduler equals the segment-synchronous path, token for token and decision for decision.
+"""The one scheduler equals the segment-synchronous oracle, token for token and decision for decision.
 
-The sync path (`schedule="sync"`) is the straightforward reference: every row waits at its control point,
+The oracle (`tests/oracle/segmented.py`, test code only) is the straightforward reference: every row waits at its control point,
 previews run as a forked batch, commits re-run the delimiter, and scope `segment` re-feeds the committed
 segment unsteered. The continuous path reuses the null row, shadows committed segments and lets rows run
 ahead; under greedy decoding nothing it outputs may differ.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracle.segmented import oracle_method
 from test_controller import PROMPTS, make_library
 
 from stir_core.library.format import ToolLibrary
@@ -26,6 +27,7 @@ VARIANTS = [
     {"positions": "segment"},
     {"positions": "last+segment", "scope": "persist"},
     {"max_control_points": 2},
+    {"preview": "reprefill"},  # the authors' way: probe slots recomputed from their tokens
 ]
 
 
@@ -48,7 +50,7 @@ def same(a, b) -> None:
 def test_continuous_equals_sync_on_a_random_model(engine, tiny, method, variant):
     lib = make_library(tiny.d_model)
     cfg = StirConfig(delimiter="\n", max_new_tokens=40).with_overrides(**variant)
-    sync = run_method(engine, PROMPTS, method, lib, cfg.with_overrides(schedule="sync"))
+    sync = oracle_method(engine, PROMPTS, method, lib, cfg)
     cont = run_method(engine, PROMPTS, method, lib, cfg)
     same(cont, sync)
     # every variant must compare real gate work, not two empty decision lists
@@ -73,7 +75,7 @@ def test_continuous_equals_sync_on_the_embedded_model(toy, variant):
     task = get_task("planted")
     prompts = [toy.format_prompt(task.prompt(ex)) for ex in task.load("val", 48, seed=11)]
     cfg = StirConfig(layer=3, tau_null=0.5, min_sim=0.9, max_new_tokens=128).with_overrides(**variant)
-    sync = run_method(engine, prompts, "stir", lib, cfg.with_overrides(schedule="sync"))
+    sync = oracle_method(engine, prompts, "stir", lib, cfg)
     cont = run_method(engine, prompts, "stir", lib, cfg)
     same(cont, sync)
     assert sum(t.interventions for t in sync) >= 5

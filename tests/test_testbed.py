@@ -313,7 +313,7 @@ def test_card_positive_control_reproduces(toy, planted):
 def test_oracle_gate_repairs_planted_failures(toy, planted):
     from safetensors.torch import load_file
 
-    from stir_core.online.segmented import generate_segmented
+    from stir_core.online.scheduler import generate_segmented
     from stir_core.runtime.engine import Engine
     from stir_core.toy.control import oracle_policy
 

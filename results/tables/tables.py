@@ -19,7 +19,7 @@ ROWS = [  # (run, method, label)
 VARIANTS = [("main", "stir", "`stir`, reference (scope segment, probes stop at the delimiter)"),
             ("persist", "stir", "`stir`, scope persist (ours)"),
             ("probe_none", "stir", "`stir`, probes run on past the delimiter (ours)"),
-            ("main", "random_choice", "`random_choice`, reference (commits the random pick)"),
+            ("main", "random_choice", "`random_choice`, reference (the random pick need not beat the null score; τ and ties apply)"),
             ("random_choice_null", "random_choice", "`random_choice`, must beat the null score (ours)")]
 HEAD = ("| method | accuracy | Δ vs vanilla | wins / losses | McNemar p | committed tokens | probe tokens "
         "| interventions / problem |\n|---|---|---|---|---|---|---|---|")

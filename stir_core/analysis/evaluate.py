@@ -27,7 +27,7 @@ from stir_core.online.methods import StirConfig, run_method
 from stir_core.online.trace import Trace
 from stir_core.runtime import distributed
 from stir_core.runtime.engine import Engine
-from stir_core.tasks import Task
+from stir_core.tasks import Task, render_prompt
 
 
 @dataclass
@@ -91,7 +91,7 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
         raise ValueError(f"the library was mined on split {split!r}; evaluate on another split")
     examples = task.load(split, n, seed)
     model = engine.model
-    prompts = [model.format_prompt(task.prompt(ex)) for ex in examples]
+    prompts = [render_prompt(model, task, ex) for ex in examples]
     check_prompts_fit(model, prompts, config.max_new_tokens, [ex.id for ex in examples])
     cfg = {"task": task.name, "split": split, "n": len(examples), "seed": seed, "methods": list(methods),
            "library": str(library.path) if library is not None and library.path else None,

@@ -39,12 +39,14 @@ class TaskSpec:
     """Which task to mine and evaluate. File tasks (`gsm8k`, `math500`, ...) need `files`: one file per split
     (`mine`, `eval`, `train`, `val`; paths relative to the working directory). `fields` maps roles
     (question, answer, solution, id, choices, answer_key) to the file's own column names; `template`
-    overrides the prompt (`{question}` is replaced)."""
+    overrides the prompt (`{question}` is replaced); `prompt_style` is `reference` (the authors' prompts) or
+    `blank_lines` (ours; `PromptConfig` in config.py)."""
 
     name: str = "planted"
     files: dict[str, str] | None = None
     fields: dict[str, str] | None = None
     template: str | None = None
+    prompt_style: str = "reference"
 
     def make(self) -> Task:
         """The task, its split files parsed and checked pairwise disjoint; a ValueError names any problem."""
@@ -55,14 +57,15 @@ class TaskSpec:
                 raise ValueError(f"task {self.name!r} reads local files: give task.files, e.g. "
                                  "{mine: train.jsonl, eval: test.jsonl}")
             try:
-                task = get_task(self.name, paths=dict(self.files), fields=self.fields, template=self.template)
+                task = get_task(self.name, paths=dict(self.files), fields=self.fields, template=self.template,
+                                prompt_style=self.prompt_style)
                 task.check_disjoint()
             except FileNotFoundError as err:
                 raise ValueError(str(err)) from err
             return task
-        if self.files or self.fields or self.template:
-            raise ValueError(f"task {self.name!r} is built in (generated, not read from files); "
-                             "task.files, task.fields and task.template apply only to file tasks")
+        if self.files or self.fields or self.template or self.prompt_style != "reference":
+            raise ValueError(f"task {self.name!r} is built in (generated, not read from files); task.files, "
+                             "task.fields, task.template and task.prompt_style apply only to file tasks")
         return get_task(self.name)
 
     def describe(self, task: Task) -> dict:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from stir_core.config import MineConfig, resolve_layers
 from stir_core.io import jsonio
 from stir_core.library.format import ToolLibrary
+from stir_core.offline.capture import retokenized_states
 from stir_core.offline.checkpoint import CHECKPOINT, check_run_dir, load_checkpoint, save_checkpoint
 from stir_core.offline.item import Item
 from stir_core.runtime import distributed
@@ -28,7 +29,7 @@ from stir_core.runtime.engine import Engine, Sampling
 from stir_core.runtime.locks import serialised
 from stir_core.runtime.model import LoadedModel
 from stir_core.runtime.segment import segment_ends
-from stir_core.tasks import Example, Task, get_task, step_checker_of
+from stir_core.tasks import Example, Task, get_task, render_prompt, step_checker_of
 
 
 @dataclass(kw_only=True)
@@ -60,9 +61,10 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
                     layers: list[int]) -> list[list[Rollout]]:
     """K seeded rollouts per example, one batched decode; states at every control point per rollout."""
     model = engine.model
-    prompts = [model.encode(model.format_prompt(task.prompt(ex))) for ex in examples]
+    prompt_texts = [render_prompt(model, task, ex) for ex in examples]
+    prompts = [model.encode(p) for p in prompt_texts]
     state = engine.prefill(prompts, capture_layers=layers if cfg.capture == "decode" else (),
-                           delimiter=task.delimiter)
+                           delimiter=task.delimiter, capacity=max(map(len, prompts)) + cfg.max_new_tokens + 1)
     rows = [i for i in range(len(examples)) for _ in range(cfg.k_rollouts)]
     state = engine.fork(state, rows)  # the prompt is prefilled once per problem, then forked K times
     for b, i in enumerate(rows):
@@ -88,7 +90,12 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
             # One capture per control point (a token ending two has two, with the same state).
             states = (torch.stack([c.states for c in row.captures]) if row.captures
                       else torch.zeros(0, len(layers), model.d_model))
-        else:  # the reference's way: one forward per prefix (kept for tests and benchmarks)
+        elif cfg.capture == "retokenize":  # the reference's text cut and re-tokenized (stage1.py:466-507)
+            states = retokenized_states(engine, prompt_texts[i], text, delim, layers)
+            if len(states) != len(ends):
+                raise RuntimeError(f"retokenize: {len(states)} delimiter offsets in the text but {len(ends)} "
+                                   f"control points in the token stream (problem {ex.id!r})")
+        else:  # by tokens, one forward per prefix (kept for tests and benchmarks)
             states = torch.stack([engine.forward_states([row.prompt + row.tokens[: t + 1]], layers)[0][-1]
                                   for t in ends]) if ends else torch.zeros(0, len(layers), model.d_model)
         out[i].append(Rollout(example_id=ex.id, k=b % cfg.k_rollouts, text=text, n_tokens=len(row.tokens),
@@ -97,13 +104,17 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
 
 
 @serialised
-def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int]) -> tuple[torch.Tensor, int]:
+def _gold_states(engine: Engine, task: Task, ex: Example, layers: list[int],
+                 capture: str = "decode") -> tuple[torch.Tensor, int]:
     """States of the gold solution at each of its control points [n_cp, n_layers, d_model], and its length
     in tokens."""
     if not ex.solution:
         return torch.zeros(0), 0
     model = engine.model
-    prompt = model.encode(model.format_prompt(task.prompt(ex)))
+    if capture == "retokenize":  # prompt and gold tokenized together (stage1.py:492-493)
+        sol = model.tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
+        return retokenized_states(engine, render_prompt(model, task, ex), ex.solution, task.delimiter, layers), len(sol)
+    prompt = model.encode(render_prompt(model, task, ex))
     sol = model.tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
     states = engine.forward_states([prompt + sol], layers)[0][len(prompt):]
     ends = segment_ends(model.tokenizer, sol, task.delimiter)
@@ -230,7 +241,7 @@ class GoldPositive:
         """[1, n_layers, d_model] at control point m, or None when the gold has fewer than m segments."""
         if self._states is None:
             engine, task, ex, layers = self._args
-            self._states, n_gold = _gold_states(engine, task, ex, layers)
+            self._states, n_gold = _gold_states(engine, task, ex, layers, self._cfg.capture)
             self.reward = gold_reward(task, ex, n_gold, self._cfg)
         return self._states[m - 1][None] if len(self._states) >= m else None
 

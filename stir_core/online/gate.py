@@ -18,6 +18,8 @@ from enum import Enum
 
 from stir_core.online.trace import Candidate
 
+TIE_EPS = 1e-12  # |Score − Score_null| at or under this is a tie, with previews (stir/online/stir.py:693–694)
+
 
 class Reason(str, Enum):
     """Why a control point committed a tool or nothing. Values are what traces store."""
@@ -28,9 +30,10 @@ class Reason(str, Enum):
     LOW_SIM = "low_sim"  # the best similarity is under `min_sim`
     NO_CANDIDATES = "no_candidates"  # only anchors were retrieved
     ANCHOR_WON = "anchor_won"  # S_best < S_null
-    TIE = "tie"  # S_best == S_null: the null action wins ties
+    TIE = "tie"  # S_best == S_null (within TIE_EPS after previews): the null action wins ties
     BELOW_TAU = "below_tau"  # S_best < tau_null
     NONPOSITIVE_ALPHA = "nonpositive_alpha"  # α = k_scale · S_best <= 0
+    BEFORE_MIN_M = "min_tool_m"  # m < min_tool_m: no tool and no previews here (the reference's knob)
     FUSED = "fused"  # another delimiter completes in the same token: the gate acts at the last one
     SKIPPED = "skipped"  # `GateDecision`'s default: a decision that was never resolved
 
@@ -53,16 +56,22 @@ class Outcome:
 
 
 def shortlist(candidates: Sequence[Candidate], top_l: int, min_entries: int = 1,
-              min_sim: float | None = None, group_size: int | None = None) -> Shortlist:
+              min_sim: float | None = None, group_size: int | None = None,
+              m: int | None = None, min_tool_m: int | None = None) -> Shortlist:
     """Split retrieved entries into the null value and the corrections worth previewing.
 
     `min_entries` counts the retrieved hits, or, when `group_size` is given, the library entries of the
-    queried (layer, control point) group (the reference's reading).
+    queried (layer, control point) group (the reference's reading). At a control point `m` below
+    `min_tool_m` nothing is previewed or committed (stir/online/stir.py:384–398, :976–990).
     """
     cands = tuple(candidates)
     null_value = max(0.0, max((c.value for c in cands if c.kind == "anchor"), default=0.0))
+    if min_tool_m is not None and m is not None and m < min_tool_m:
+        return Shortlist(cands, (), null_value, Reason.BEFORE_MIN_M)
+    # The reference's order: (Â, sim, q) descending, ties kept in retrieval order (a stable sort;
+    # stir/online/stir.py:503–504). `candidates` arrive in retrieval order (similarity, then entry).
     corrections = tuple(sorted((c for c in cands if c.kind == "correction"),
-                               key=lambda c: (-c.value, c.entry))[:top_l])
+                               key=lambda c: (-c.value, -c.sim, -c.quality))[:top_l])
     available = len(cands) if group_size is None else group_size
     if not cands or available < max(1, min_entries):
         return Shortlist(cands, (), null_value, Reason.NO_ENTRIES)
@@ -78,7 +87,8 @@ def decide(short: Shortlist, gains: Mapping[int, float] | None, beta: float, rho
     """The gate. `gains[entry]` are the previews' gains (None: no previews, gain 0).
 
     `pick` forces the i-th shortlisted correction (the `random_choice` ablation); with
-    `pick_beats_null=False` it is committed without facing the null score (the reference's ablation).
+    `pick_beats_null=False` (the reference's ablation) it need not beat the null score, but the tie (with
+    previews), τ and α > 0 checks still apply, as in stir/online/stir.py:684–721.
     """
     score_null = beta * short.null_value
     if short.reason is not None:
@@ -88,16 +98,22 @@ def decide(short: Shortlist, gains: Mapping[int, float] | None, beta: float, rho
                 score=beta * c.value + (0.0 if gains is None else rho * gains[c.entry]))
         for c in short.corrections
     )
-    best = scored[pick] if pick is not None else max(scored, key=lambda c: (c.score, -c.entry))
+    # max() keeps the first of equal scores: the reference replaces its best only on a strictly higher one.
+    best = scored[pick] if pick is not None else max(scored, key=lambda c: c.score)
+    # The reference (stir/online/stir.py): the best stays null unless a score is strictly above Score_null
+    # (:679, :533); with previews, a pick within TIE_EPS of Score_null is null (:693–697); then τ (:699–702,
+    # :544–547); then α > 0 (:706–721). A `random_choice` pick skips only the first check (:684–691).
+    previewed = gains is not None
     if pick is None or pick_beats_null:
         if best.score < score_null:
             return Outcome(reason=Reason.ANCHOR_WON, chosen=None, alpha=0.0, score_null=score_null,
                            scored=scored)
         if best.score == score_null:
             return Outcome(reason=Reason.TIE, chosen=None, alpha=0.0, score_null=score_null, scored=scored)
-        if best.score < tau_null:
-            return Outcome(reason=Reason.BELOW_TAU, chosen=None, alpha=0.0, score_null=score_null,
-                           scored=scored)
+    if previewed and abs(best.score - score_null) <= TIE_EPS:
+        return Outcome(reason=Reason.TIE, chosen=None, alpha=0.0, score_null=score_null, scored=scored)
+    if best.score < tau_null:
+        return Outcome(reason=Reason.BELOW_TAU, chosen=None, alpha=0.0, score_null=score_null, scored=scored)
     alpha = k_scale * best.score
     if not alpha > 0:
         return Outcome(reason=Reason.NONPOSITIVE_ALPHA, chosen=None, alpha=0.0, score_null=score_null,

@@ -1,10 +1,9 @@
 """Online STIR — retrieve, preview, commit — and the baselines that share its decoding loop.
 
-Every method is a `Policy` for the decoding loop `replay` runs: `scheduler.run_continuous` (per-row
-scheduling, the default) or `segmented.run_segmented` (schedule=sync); vanilla is plain greedy decoding.
-At a control point the STIR policy retrieves tools by the delimiter state, previews the top-L corrections
-and the null action as L+1 rows of one batched decode over a forked KV cache, scores them, and commits the
-winner (scaled by its score) or nothing. Every decision is recorded as a `GateDecision`.
+Every method is a `Policy` for the one scheduler (`scheduler.run_continuous`; vanilla is the policy None). At a control
+point the STIR policy retrieves tools by the delimiter state, previews the top-L corrections and the null
+action as L+1 rows of one batched decode over a forked KV cache, scores them, and commits the winner
+(scaled by its score) or nothing. Every decision is recorded as a `GateDecision`.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from stir_core.library.index import ToolIndex
 from stir_core.online import gate
 from stir_core.online.gate import Reason
 from stir_core.online.policy import NullPolicy, Plan, Policy, Probe
-from stir_core.online.segmented import Schedule, run_segmented
+from stir_core.online.scheduler import Schedule, run_continuous
 from stir_core.online.trace import Candidate, GateDecision, TokenRecord, Trace
 from stir_core.runtime.engine import ControlPoint, Engine, Steer
 from stir_core.runtime.locks import serialised
@@ -137,7 +136,8 @@ class StirPolicy(Policy):
         if cfg.min_entries_count == "group":  # the reference counts the library's whole group at m
             sizes = self.index.group_sizes()
             group = sum(sizes.get((layer, point.m), 0) for layer in self.layers)
-        short = gate.shortlist(self.retrieve(point), cfg.top_l, cfg.min_entries, cfg.min_sim, group)
+        short = gate.shortlist(self.retrieve(point), cfg.top_l, cfg.min_entries, cfg.min_sim, group,
+                               m=point.m, min_tool_m=cfg.min_tool_m)
         dec.candidates = list(short.candidates)
         dec.null_value = short.null_value
         dec.score_null = cfg.beta * short.null_value
@@ -231,24 +231,15 @@ def schedule_of(config: StirConfig) -> Schedule:
 def replay(engine: Engine, prompts: Sequence[str], policy: Policy | None, config: StirConfig) -> list:
     """Greedy decoding of formatted prompts with `policy` at the control points (None: vanilla); the rows.
 
-    Continuous scheduling by default (finished rows leave the batch); `schedule=sync` runs the
-    segment-synchronous reference path (vanilla: `Engine.generate`).
+    One scheduler for every method (`stir_core/online/scheduler.py`); the segment-synchronous algorithm it
+    must equal lives in `tests/oracle/` as a test oracle. `schedule` is accepted for old configs: both
+    values run the scheduler, whose tokens and decisions equal the segment-synchronous path's.
     """
     for i, p in enumerate(prompts):
         if not p or not p.strip():
             raise ValueError(f"prompt {i} is empty")
     ids = [engine.model.encode(p) for p in prompts]
-    sched = schedule_of(config)
-    if config.schedule == "continuous" and config.preview == "fork":
-        from stir_core.online.scheduler import run_continuous
-
-        rows = run_continuous(engine, ids, policy, sched, config.delimiter, config.max_preview_rows)
-    elif policy is None:
-        return engine.generate(prompts, config.max_new_tokens, capture_at=config.delimiter).rows
-    else:
-        state = engine.prefill(ids, policy.capture_layers, delimiter=config.delimiter)
-        run_segmented(engine, state, policy, sched)
-        rows = state.rows
+    rows = run_continuous(engine, ids, policy, schedule_of(config), config.delimiter, config.max_preview_rows)
     engine.finish(rows)
     return rows
 

@@ -1,7 +1,7 @@
 """What a method decides at a control point, separated from how the decoding is scheduled.
 
-A `Policy` answers in two steps, so the schedulers (`segmented.py`, the straightforward reference, and
-`scheduler.py`, the continuous one) can run previews however they like:
+A `Policy` answers in two steps, so the scheduler (`scheduler.py`; its oracle, the segment-synchronous
+algorithm, lives in `tests/oracle/segmented.py`) can run previews however it likes:
 
 1. `plan(point, prompt)` — no model: retrieval and the shortlist; returns the decision record being
    filled and the steers to preview (none: decide at once);
@@ -79,7 +79,7 @@ class Policy:
 
 
 class NullPolicy(Policy):
-    """`no_memory`: segmented decoding that records every control point and never steers."""
+    """`no_memory`: decoding that records every control point and never steers."""
 
     def plan(self, point, prompt):
         return Plan(point, GateDecision(m=point.m, token_index=point.token_index, query_layers=[],

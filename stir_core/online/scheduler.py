@@ -7,50 +7,78 @@ action's probe: it keeps decoding, greedily, exactly as vanilla would. When ever
 
 - the null action wins (most control points): the main lane's probe tokens are kept as real progress, so
   the null action cost no step at all;
-- a correction wins: the main lane rolls back to the control point (its probe slots are masked, its
-  records truncated) and re-runs the delimiter with α·v; when the commit persists and α equals the probe
-  scale, the winner's probe lane simply becomes the main lane;
+- a correction wins: the main lane rolls back to the control point (its slot's length set back, its
+  records truncated) and re-runs the delimiter with α·v (the winner's probe lane is not reused: α is the
+  gate's score-scaled value, which almost never equals the probe scale, so that branch never ran);
 - commit scope `segment` (the reference): the committed segment is decoded by a `driver` lane with the
   vector while the main lane *shadows* it, fed the same tokens without the vector. When the segment closes
   the driver leaves and the main lane holds the unsteered cache: the reference's re-prefill, for free.
 
-Lanes that finish leave the batch; previews join it (one gather of the cache per change). Tokens and
-decisions equal the segment-synchronous path's (`segmented.py`) under greedy decoding: parity tests.
+Lanes that finish free their slot; previews take free slots (a copy of one slot's filled range), and the
+pool is rebuilt only when spawns outnumber free slots or free slots pile up.
+
+This is the product's one policy-driven decode (`run_continuous`, `generate_segmented`; vanilla is the
+policy None). Tokens and decisions equal the segment-synchronous oracle's (`tests/oracle/segmented.py`,
+test code only) under greedy decoding: parity tests. `preview="reprefill"` (the authors' way) recomputes
+a probe's slot from its tokens instead of keeping the copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
 from stir_core.online.gate import Reason
 from stir_core.online.policy import Plan, Policy, Probe
-from stir_core.online.segmented import Schedule
-from stir_core.runtime.engine import Capture, ControlPoint, Engine, Row, Steer
+from stir_core.runtime.engine import Capture, ControlPoint, Engine, GenerateResult, Row, Steer
+from stir_core.runtime.memory import pool_positions
 from stir_core.runtime.segment import TextStream
 
 
-@dataclass
+@dataclass(frozen=True)
+class Schedule:
+    """How a policy's decisions are carried out (the knobs that are not the gate's)."""
+
+    max_new_tokens: int
+    max_control_points: int | None = None
+    probe_tokens: int = 4
+    top_l: int = 4
+    probe_stop: bool = True  # a probe ends at the delimiter (the reference)
+    scope: str = "segment"  # segment | persist
+    preview: str = "fork"  # fork | reprefill
+
+
+class Role(Enum):
+    """What a lane (one slot of the pool) is doing."""
+
+    MAIN = "main"  # a prompt's own row: exactly one per unfinished prompt
+    PROBE = "probe"  # a candidate's preview
+    DRIVER = "driver"  # scope `segment`: decodes the committed segment with the vector
+    FREE = "free"  # a slot no lane uses, until a spawn takes it or the pool is rebuilt
+
+
+@dataclass(kw_only=True)
 class Snapshot:
     """Where a main lane can roll back to: its records' length, text stream, logits and cache width."""
 
     n_tokens: int
     stream: TextStream
     logits: torch.Tensor  # [d_vocab]
-    width: int  # cache slots then; later slots of the lane are masked on roll-back
+    length: int  # the lane's slot length then; a roll-back sets it back
     finished: bool
     n_captures: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Lane:
     seq: int  # the prompt this lane works for
-    role: str = "main"  # main | probe | driver | dead (a row no longer used, until the next gather)
+    role: Role = Role.MAIN
     steer: Steer | None = None  # added at generated tokens when its positions include `segment`
     refeed: Steer | None = None  # next step: re-run the last token with this steer added (`last`)
-    pending_token: int | None = None  # next step: feed this already-recorded token (a reused probe's last)
+    pending_token: int | None = None  # next step: feed this already-recorded token (picked, not yet fed)
     start: int = 0  # first probe token's index (probe lanes, and a main lane in its null probe)
     made: int = 0
     done: bool = False  # probe finished / driver's segment closed
@@ -58,9 +86,10 @@ class Lane:
     queue: list[int] = field(default_factory=list)
     shadow_state: torch.Tensor | None = None  # [n_capture_layers, d_model] at the last fed token
     rollback_to: Snapshot | None = None  # a late probe copy: roll back to its control point once copied
+    fresh: bool = False  # preview "reprefill": recompute this probe's slot from its tokens once copied
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Pending:
     """A control point whose previews are in flight."""
 
@@ -72,12 +101,16 @@ class Pending:
 
 
 class _Run:
-    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy, sched: Schedule,
-                 delimiter: str, max_preview_rows: int | None):
+    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
+                 delimiter: str, max_preview_rows: int | None, capture_layers: Sequence[int] | None = None):
         self.engine, self.policy, self.sched = engine, policy, sched
-        layers = policy.capture_layers if policy is not None else ()
-        self.state = engine.prefill(prompts, layers, delimiter=delimiter)
-        self.lanes = [Lane(i) for i in range(len(prompts))]
+        layers = capture_layers if capture_layers is not None else (policy.capture_layers if policy else ())
+        # Positions per slot (`memory.pool_positions`): the longest prompt, the budget, and a null probe's
+        # run past it under a policy.
+        capacity = pool_positions(max(len(p) for p in prompts), sched.max_new_tokens, sched.probe_tokens,
+                                  "vanilla" if policy is None else "policy")
+        self.state = engine.prefill(prompts, layers, delimiter=delimiter, capacity=capacity)
+        self.lanes = [Lane(seq=i) for i in range(len(prompts))]
         self.done_rows: list[Row | None] = [None] * len(prompts)
         self.handled = [0] * len(prompts)
         self.pending: dict[int, Pending] = {}
@@ -97,15 +130,15 @@ class _Run:
         return self.state.rows[self.idx(lane)]
 
     def main(self, seq: int) -> Lane:
-        return next(ln for ln in self.lanes if ln.seq == seq and ln.role == "main")
+        return next(ln for ln in self.lanes if ln.seq == seq and ln.role is Role.MAIN)
 
     def extra_rows(self) -> int:
         """Rows beyond one per prompt: probes in flight and drivers (queued spawns included)."""
-        rows = sum(1 for ln in self.lanes if ln.role in ("probe", "driver"))
-        return rows + sum(1 for _, new in self.spawns if new.role in ("probe", "driver"))
+        rows = sum(1 for ln in self.lanes if ln.role in (Role.PROBE, Role.DRIVER))
+        return rows + sum(1 for _, new in self.spawns if new.role in (Role.PROBE, Role.DRIVER))
 
     def live(self) -> bool:
-        return any(ln.role != "dead" for ln in self.lanes)
+        return any(ln.role is not Role.FREE for ln in self.lanes)
 
     def regroup(self) -> None:
         """Apply queued spawns, and drop dead rows when they are many.
@@ -114,7 +147,7 @@ class _Run:
         one row. The whole cache is gathered only when spawns outnumber dead rows or dead rows pass a
         quarter of the batch (then they leave, and so do cache slots no row attends).
         """
-        dead = [i for i, ln in enumerate(self.lanes) if ln.role == "dead"]
+        dead = [i for i, ln in enumerate(self.lanes) if ln.role is Role.FREE]
         if self.spawns and len(self.spawns) <= len(dead):
             src = [self.idx(s) for s, _ in self.spawns]
             dst = dead[: len(self.spawns)]
@@ -125,36 +158,40 @@ class _Run:
         if not self.spawns and len(dead) <= max(4, len(self.lanes) // 4):
             self.late_rollbacks()
             return
-        keep = [i for i, ln in enumerate(self.lanes) if ln.role != "dead"]
+        keep = [i for i, ln in enumerate(self.lanes) if ln.role is not Role.FREE]
         order = keep + [self.idx(src) for src, _ in self.spawns]
         lanes = [self.lanes[i] for i in keep] + [new for _, new in self.spawns]
         self.spawns = []
         if order:
-            kept = self.engine.regroup(self.state, order)
-            if kept is not None:  # slots moved: snapshots count slots, so map their widths
-                for pend in self.pending.values():
-                    for snap in (pend.snapshot, pend.keep):
-                        if snap is not None:
-                            snap.width = int((kept < snap.width).sum())
+            self.engine.regroup(self.state, order)
         self.lanes = lanes
         self.late_rollbacks()
 
     def late_rollbacks(self) -> None:
+        """Roll late probe copies back to their control point; then (preview "reprefill") recompute the
+        new probes' slots from their tokens, as a fresh prefill would, in one forward."""
+        fresh = {}
         for ln in self.lanes:
             if ln.rollback_to is not None:
                 self.rollback(ln, ln.rollback_to)
                 ln.rollback_to = None
+            if ln.fresh:
+                b, row = self.idx(ln), self.row(ln)
+                self.engine.rollback(self.state, b, 0)
+                fresh[b] = row.prompt + row.tokens
+                ln.fresh = False
+        if fresh:
+            self.engine.feed_many(self.state, fresh)
 
     def snapshot(self, lane: Lane) -> Snapshot:
         b = self.idx(lane)
         row = self.state.rows[b]
-        return Snapshot(len(row.tokens), row.stream.copy(), self.state.logits[b].clone(), self.state.mask.shape[1],
-                        row.finished, len(row.captures))
+        return Snapshot(n_tokens=len(row.tokens), stream=row.stream.copy(), logits=self.state.logits[b].clone(),
+                        length=int(self.state.lengths[b]), finished=row.finished, n_captures=len(row.captures))
 
     def rollback(self, lane: Lane, snap: Snapshot) -> None:
         b = self.idx(lane)
-        self.state.mask = self.state.mask.clone()
-        self.state.mask[b, snap.width:] = 0
+        self.engine.rollback(self.state, b, snap.length)
         self.state.logits[b] = snap.logits
         row = self.state.rows[b]
         row.truncate(snap.n_tokens, snap.stream.copy())
@@ -177,9 +214,9 @@ class _Run:
             states = dict(zip(self.state.capture_layers, row.captures[-1].states, strict=True))
         text = row.text
         for m in range(handled + 1, act):
-            self.policy.note(ControlPoint(lane.seq, m, t, text, states), Reason.FUSED)
+            self.policy.note(ControlPoint(row=lane.seq, m=m, token_index=t, text=text, states=states), Reason.FUSED)
         self.handled[lane.seq] = last
-        return ControlPoint(lane.seq, act, t, text, states)
+        return ControlPoint(row=lane.seq, m=act, token_index=t, text=text, states=states)
 
     def start(self, lane: Lane, point: ControlPoint) -> None:
         """Plan at a control point: decide at once, or queue the probe lanes (capacity permitting)."""
@@ -188,7 +225,7 @@ class _Run:
             self.commit(lane, self.policy.resolve(plan, None, None))
             return
         n = len(self.row(lane).tokens)
-        pend = Pending(plan, self.snapshot(lane), [])
+        pend = Pending(plan=plan, snapshot=self.snapshot(lane), probes=[])
         self.pending[lane.seq] = pend
         lane.start, lane.made, lane.done = n, 0, False  # the null probe starts now, whatever the capacity
         busy = self.extra_rows()
@@ -203,7 +240,8 @@ class _Run:
         pend, lane = self.pending[seq], self.main(seq)
         pend.deferred = False
         for s in pend.plan.probes:
-            probe = Lane(seq, "probe", steer=s, refeed=s if s.at_last else None, start=pend.snapshot.n_tokens)
+            probe = Lane(seq=seq, role=Role.PROBE, steer=s, refeed=s if s.at_last else None, start=pend.snapshot.n_tokens,
+                         fresh=self.sched.preview == "reprefill")
             if len(self.row(lane).tokens) > pend.snapshot.n_tokens:
                 probe.rollback_to = pend.snapshot  # the main lane has run on as the null probe meanwhile
             pend.probes.append(probe)
@@ -217,7 +255,7 @@ class _Run:
         if self.sched.scope == "persist":
             lane.steer, lane.refeed = steer, steer if steer.at_last else None
             return
-        driver = Lane(lane.seq, "driver", steer=steer, refeed=steer if steer.at_last else None)
+        driver = Lane(seq=lane.seq, role=Role.DRIVER, steer=steer, refeed=steer if steer.at_last else None)
         lane.shadow, lane.queue, lane.shadow_state = True, [], None
         self.spawns.append((lane, driver))
 
@@ -236,17 +274,11 @@ class _Run:
             steer = self.policy.resolve(pend.plan, null, probes)
             lane.done, lane.made = False, 0
             for pr in pend.probes:
-                pr.role = "dead"
+                pr.role = Role.FREE
             if steer is None:
                 if pend.keep is not None and len(self.row(lane).tokens) > pend.keep.n_tokens:
                     self.rollback(lane, pend.keep)  # what ran past the delimiter or the budget was probe only
                 self.after_progress(lane)
-                continue
-            win = self.reusable(pend, steer)
-            if win is not None:
-                lane.role = "dead"
-                win.role, win.done, win.start, win.made = "main", False, 0, 0
-                win.pending_token = self.row(win).tokens[-1]  # scored but never fed
                 continue
             self.rollback(lane, pend.snapshot)
             self.commit(lane, steer)
@@ -261,18 +293,6 @@ class _Run:
                                 <= self.max_preview):
             self.open(self.waiting.pop(0))
 
-    def reusable(self, pend: Pending, steer: Steer) -> Lane | None:
-        """The winner's probe lane, when continuing it is exactly the commit (scope persist, same α)."""
-        if self.sched.scope != "persist":
-            return None
-        for probe, s in zip(pend.probes, pend.plan.probes, strict=True):
-            same = (s.vector is steer.vector and s.scale == steer.scale and s.positions == steer.positions
-                    and s.layer == steer.layer)
-            if same:
-                row = self.row(probe)
-                return probe if len(row.tokens) <= self.sched.max_new_tokens else None
-        return None
-
     def after_progress(self, lane: Lane) -> None:
         """A main lane whose last token completed a delimiter stands at a control point: act on it."""
         row = self.row(lane)
@@ -283,7 +303,7 @@ class _Run:
 
     def handover(self) -> None:
         """Scope `segment`: a driver whose segment closed, once its shadow has caught up, hands over."""
-        for drv in [ln for ln in self.lanes if ln.role == "driver" and ln.done]:
+        for drv in [ln for ln in self.lanes if ln.role is Role.DRIVER and ln.done]:
             lane = self.main(drv.seq)
             if lane.queue:
                 continue
@@ -292,42 +312,43 @@ class _Run:
             captures = list(mrow.captures)
             if drow.stream.boundaries and drow.stream.boundaries[-1] and lane.shadow_state is not None:
                 captures += [Capture(len(drow.tokens) - 1, lane.shadow_state)] * drow.stream.boundaries[-1]
-            self.state.rows[b] = Row(mrow.prompt, drow.stream, drow.tokens, drow.logprobs, drow.added, captures,
-                                     drow.finished, mrow.generator)
+            self.state.rows[b] = Row(prompt=mrow.prompt, stream=drow.stream, tokens=drow.tokens,
+                                     logprobs=drow.logprobs, added=drow.added, captures=captures,
+                                     finished=drow.finished, generator=mrow.generator)
             lane.shadow, lane.shadow_state = False, None
-            drv.role = "dead"
+            drv.role = Role.FREE
             self.after_progress(lane)
 
     def retire(self) -> None:
         """Main lanes that are finished leave the batch."""
         for lane in self.lanes:
-            if lane.role != "main" or lane.seq in self.pending or lane.refeed or lane.shadow:
+            if lane.role is not Role.MAIN or lane.seq in self.pending or lane.refeed or lane.shadow:
                 continue
             if lane.pending_token is not None:
                 continue
             row = self.row(lane)
             if row.finished or len(row.tokens) >= self.sched.max_new_tokens:
                 self.done_rows[lane.seq] = row
-                lane.role = "dead"
+                lane.role = Role.FREE
 
     # ---- one step ----------------------------------------------------------------------------------
     def decodes(self, lane: Lane, row: Row) -> bool:
         if lane.refeed is not None or lane.pending_token is not None or lane.shadow or row.finished:
             return False
-        pend = self.pending.get(lane.seq) if lane.role == "main" else None
+        pend = self.pending.get(lane.seq) if lane.role is Role.MAIN else None
         if pend is not None:
             # The null probe may run past the budget (what does is rolled back); once it is scored the lane
             # runs on, speculatively, up to its next delimiter or the budget: kept if the null action wins.
             return not lane.done or pend.keep is None
         if lane.done:
             return False
-        return lane.role == "probe" or len(row.tokens) < self.sched.max_new_tokens
+        return lane.role is Role.PROBE or len(row.tokens) < self.sched.max_new_tokens
 
     def pick(self, probes_only: bool = False) -> None:
         """Choose and record the next token of every lane that decodes; it is fed by the next forward
         (`pending_token`), except a probe's last one, which only needs scoring."""
         st = self.state
-        want = torch.tensor([ln.role != "dead" and (ln.role == "probe" or not probes_only)
+        want = torch.tensor([ln.role is not Role.FREE and (ln.role is Role.PROBE or not probes_only)
                              and self.decodes(ln, st.rows[k]) for k, ln in enumerate(self.lanes)], dtype=torch.bool)
         if not bool(want.any()):
             return
@@ -338,12 +359,12 @@ class _Run:
             ends = row.push(tok, float(lps[k]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
             if self.eos is not None and tok == self.eos:
                 row.finished = True
-            if ln.role == "probe":
+            if ln.role is Role.PROBE:
                 ln.made += 1
                 if ln.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
                     ln.done = True  # scored; its last token need not be fed
                     continue
-            elif ln.role == "driver":
+            elif ln.role is Role.DRIVER:
                 self.main(ln.seq).queue.append(tok)
                 if ends or row.finished or len(row.tokens) >= self.sched.max_new_tokens:
                     ln.done = True  # the shadow feeds the closing token; the driver is done
@@ -361,7 +382,7 @@ class _Run:
         at_seg = torch.zeros(n, dtype=torch.bool)
         for k, ln in enumerate(self.lanes):
             row = st.rows[k]
-            if ln.role == "dead":
+            if ln.role is Role.FREE:
                 continue
             if ln.refeed is not None:
                 tokens[k] = row.tokens[-1] if row.tokens else row.prompt[-1]
@@ -373,11 +394,11 @@ class _Run:
                 tokens[k], feed[k] = ln.queue.pop(0), True
         if not bool(feed.any()):
             return False
-        last = [ln.refeed if replace[k] else None for k, ln in enumerate(self.lanes)]
-        seg = [ln.steer if at_seg[k] else None for k, ln in enumerate(self.lanes)]
-        adds = _merge(self.engine.add_tables(last, lambda s: s.at_last, replace),
-                      self.engine.add_tables(seg, lambda s: s.at_segment, at_seg))
-        captured = self.engine.step(st, tokens, feed, adds, replace_last=replace)
+        # A lane's slot carries its re-run steer or its segment steer (the same Steer for every lane that
+        # has both); the step adds it where the lane re-runs its delimiter or decodes a steered segment.
+        self.engine.set_steers(st, [ln.refeed if replace[k] else ln.steer if at_seg[k] else None
+                                    for k, ln in enumerate(self.lanes)])
+        captured = self.engine.step(st, tokens, feed, live=replace | at_seg, replace_last=replace)
         for k, ln in enumerate(self.lanes):
             if feed[k]:
                 self.after_feed(ln, st.rows[k], bool(replace[k]), captured, k)
@@ -396,7 +417,7 @@ class _Run:
                 lane.shadow_state = torch.stack([captured[layer][k, -1].cpu() for layer in layers])
             return
         lane.pending_token = None
-        if lane.role != "main":
+        if lane.role is not Role.MAIN:
             return
         ends = row.stream.boundaries[-1]
         if ends:
@@ -417,8 +438,17 @@ class _Run:
             if lane.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
                 lane.done = True
 
+    def check(self) -> None:
+        """Invariant: every prompt not yet done has exactly one main lane (queued spawns are never main)."""
+        mains = [ln.seq for ln in self.lanes if ln.role is Role.MAIN]
+        for seq, row in enumerate(self.done_rows):
+            n = mains.count(seq)
+            if n != (0 if row is not None else 1):
+                raise AssertionError(f"prompt {seq}: {n} main lanes ({'done' if row is not None else 'running'})")
+
     def run(self) -> list[Row]:
         while self.live():
+            self.check()
             self.resolve_ready()
             self.handover()
             self.retire()
@@ -429,7 +459,10 @@ class _Run:
             if not self.step() and not self.ready():  # a step may only finish probes (nothing to feed)
                 raise RuntimeError("scheduler stalled: no lane can make progress")  # a bug, never user error
             self.regroup()
-        return [r for r in self.done_rows if r is not None]
+        missing = [seq for seq, r in enumerate(self.done_rows) if r is None]
+        if missing:  # a bug, never user error: name the prompts left without a result
+            raise RuntimeError(f"scheduler ended without a result for prompt(s) {missing}")
+        return list(self.done_rows)
 
 
 def _probe(row: Row, start: int, made: int) -> Probe:
@@ -437,17 +470,32 @@ def _probe(row: Row, start: int, made: int) -> Probe:
     return Probe("".join(row.pieces[start:start + made]), sum(lps) / len(lps) if lps else 0.0, made)
 
 
-def _merge(a: dict | None, b: dict | None) -> dict | None:
-    if not a or not b:
-        return a or b
-    out = dict(a)
-    for layer, t in b.items():
-        out[layer] = out[layer] + t if layer in out else t
-    return out
-
-
 def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
-                   delimiter: str, max_preview_rows: int | None = None) -> list[Row]:
+                   delimiter: str, max_preview_rows: int | None = None,
+                   capture_layers: Sequence[int] | None = None) -> list[Row]:
     """Greedy segmented decoding of token-id prompts with `policy` (None: vanilla, no control point acted
-    on); the finished rows, in prompt order."""
-    return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows).run()
+    on); the finished rows, in prompt order. `capture_layers` default to the policy's."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("the scheduler needs at least one non-empty prompt")
+    return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows, capture_layers).run()
+
+
+def generate_segmented(engine: Engine, prompts: Sequence[str], policy: Policy | Callable | None,
+                       max_new_tokens: int, delimiter: str = "\n\n", max_control_points: int | None = None,
+                       capture_layers: Sequence[int] | None = None) -> tuple[GenerateResult, list[list]]:
+    """Greedy segmented decoding of text prompts with `policy` (or `fn(row, m, text, states)`) deciding at
+    every control point, commits persisting. Returns (GenerateResult, decisions per row)."""
+    from stir_core.online.policy import FunctionPolicy
+
+    if policy is not None and not isinstance(policy, Policy):
+        layers = capture_layers if capture_layers is not None else range(engine.model.n_layers)
+        policy = FunctionPolicy(policy, layers)
+    for i, p in enumerate(prompts):
+        if not p or not p.strip():
+            raise ValueError(f"prompt {i} is empty")
+    ids = [engine.model.encode(p) for p in prompts]
+    rows = run_continuous(engine, ids, policy, Schedule(max_new_tokens, max_control_points, scope="persist"),
+                          delimiter, capture_layers=capture_layers)
+    engine.finish(rows)
+    decisions = [policy.logs[b].decisions if policy and b in policy.logs else [] for b in range(len(prompts))]
+    return GenerateResult.of(rows), decisions

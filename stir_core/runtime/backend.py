@@ -3,8 +3,8 @@
 Everything the engine, mining and the controller need from the model goes through `Backend`:
 
 - `hook_name(layer, point)` — the TransformerLens hook name of a residual-stream point;
-- `new_cache()` / `select_rows(cache, idx)` / `cache_length(cache)` — Hugging Face's KV cache;
-- `forward(ids, mask, positions, cache, hooks, keep)` — one forward with the cache extended in place;
+- `new_cache(n_slots, capacity)` — the static slot pool (`stir_core/runtime/slots.py`);
+- `forward(ids, qpos, cache, hooks, keep)` — one forward writing the new K/V at their positions in place;
 - `run_with_states(bridge, ids, names)` — a whole-sequence forward that returns named hook activations;
 - `unembedding(bridge)` — the unembedding matrix and the final norm, for the logit lens.
 
@@ -24,26 +24,18 @@ under the old name (`_install_cache_shim`). Both spellings live in this file alo
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
+
+from stir_core.runtime.slots import SlotCache, attention_masks, layer_windows
 
 HOOK_POINTS = ("hook_resid_post", "hook_resid_pre", "hook_resid_mid")
 DEFAULT_HOOK_POINT = "blocks.{layer}.hook_resid_post"
 
 Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]
-
-
-class KVCache(Protocol):
-    """What we rely on in a Hugging Face cache (`DynamicCache`): per-layer `keys`/`values`
-    `[batch, kv_heads, slots, head_dim]`, updated in place by every forward."""
-
-    layers: list
-
-    def get_seq_length(self) -> int: ...
 
 
 def hook_name(layer: int, point: str = DEFAULT_HOOK_POINT) -> str:
@@ -118,11 +110,10 @@ def unembedding(bridge: Any) -> tuple[torch.Tensor, torch.Tensor | None, str | N
 
 
 class Backend:
-    """A TransformerLens 4 `TransformerBridge` driven one forward at a time with a Hugging Face KV cache.
+    """A TransformerLens 4 `TransformerBridge` driven one forward at a time over a static slot pool.
 
-    Shapes: `ids` `[batch, t]` long; `mask` `[batch, slots]` long over every physical cache slot plus the
-    `t` new ones (0 = a hole: padding or a replaced slot); `positions` `[batch, t]` long; logits
-    `[batch, t or 1, d_vocab]` in the model's dtype; hooks see `[batch, t, d_model]`.
+    Shapes: `ids` `[batch, t]` long; `qpos` `[batch, t]` long (the positions written; -1 for nothing);
+    logits `[batch, t or 1, d_vocab]` in the model's dtype; hooks see `[batch, t, d_model]`.
     """
 
     def __init__(self, bridge: Any):
@@ -135,79 +126,47 @@ class Backend:
         # `logits_to_keep` avoids materialising [batch, t, vocab] logits at prefill (15 GB at 64 x 400 x 152k
         # in fp32); every architecture we support takes it, an old custom one may not.
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.hf_model.forward).parameters
+        self.windows, self.mask_mapping = layer_windows(self.config)
+        if len({w for w in self.windows if w is not None}) > 1:
+            raise ValueError("layers with different sliding windows are not supported by the slot cache")
+        param = next(self.hf_model.parameters())
+        self.device, self.dtype = param.device, param.dtype
 
-    def new_cache(self) -> KVCache:
-        """An empty KV cache; each forward appends `[batch, kv_heads, t, head_dim]` per layer."""
-        from transformers import DynamicCache
-
-        # With the config, layers get their real kinds (sliding-window layers for Gemma 2/3, Mistral).
-        return DynamicCache(config=self.config)
-
-    @staticmethod
-    def cache_length(cache: KVCache) -> int:
-        """Physical slots in the cache (holes included): the `slots` of `mask` `[batch, slots]`."""
-        return int(cache.get_seq_length())
-
-    @staticmethod
-    def select_rows(cache: KVCache, idx: torch.Tensor) -> KVCache:
-        """A new cache holding rows `idx` `[n]` long (repeats allowed): `[n, kv_heads, slots, head_dim]`
-        per layer; the original is left untouched.
-
-        Only the key/value tensors are gathered (`index_select` copies just those rows); every other field
-        of a layer (sliding-window bookkeeping, dtype, device) is shared by a shallow copy.
-        """
-        new = copy.copy(cache)
-        new.layers = []
-        for layer in cache.layers:
-            lay = copy.copy(layer)
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                i = idx.to(layer.keys.device)
-                lay.keys = layer.keys.index_select(0, i)
-                lay.values = layer.values.index_select(0, i)
-            new.layers.append(lay)
-        return new
-
-    @staticmethod
-    def copy_rows(cache: KVCache, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Overwrite rows `dst` `[n]` with rows `src` `[n]` (long), in place: a fork into rows that are no longer used, which
-        copies only those rows instead of gathering the whole cache."""
-        for layer in cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                s, d = src.to(layer.keys.device), dst.to(layer.keys.device)
-                layer.keys.index_copy_(0, d, layer.keys.index_select(0, s))
-                layer.values.index_copy_(0, d, layer.values.index_select(0, s))
-
-    @staticmethod
-    def select_slots(cache: KVCache, keep: torch.Tensor) -> bool:
-        """Keep only the slots `keep` `[n_kept]` long of every layer (`[batch, kv_heads, n_kept, head_dim]`
-        after), in place; False (and nothing done) when a layer keeps
-        a sliding window, whose own bookkeeping counts slots."""
-        if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
-            return False
-        for layer in cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                i = keep.to(layer.keys.device)
-                layer.keys = layer.keys.index_select(-2, i)
-                layer.values = layer.values.index_select(-2, i)
-        return True
+    def new_cache(self, n_slots: int, capacity: int) -> SlotCache:
+        """An empty static pool of `n_slots` slots of `capacity` positions (`stir_core/runtime/slots.py`)."""
+        return SlotCache(n_slots, capacity)
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                hooks: Sequence[Hook] = (), keep: str = "last") -> torch.Tensor:
-        """Run `ids` `[batch, t]` after the cached slots, extending `cache` in place by `t` slots.
+    def forward(self, ids: torch.Tensor, qpos: torch.Tensor, cache: SlotCache, keep: str = "last",
+                rows: torch.Tensor | None = None, grow: bool = True) -> torch.Tensor | None:
+        """Run `ids` `[batch, t]` at query positions `qpos` `[batch, t]` (-1: nothing fed there; its K/V go to
+        the scratch column), writing the K/V in place. Batch row b is slot `rows[b]` of `cache` (`rows`
+        `[batch]` long; None: every slot in order). `grow=False` (a captured step): no capacity check, which
+        would read `qpos` back to the host.
 
-        `mask` `[batch, slots + t]`, `positions` `[batch, t]`; each hook `(name, fn)` is attached for this
-        forward only and `fn(x [batch, t, d_model], hook)` may return a replacement.
-
-        `keep="last"` returns logits `[batch, 1, d_vocab]` for the last position only (prefill, steps);
-        `keep="all"` returns `[batch, t, d_vocab]`; `keep="none"` returns None (capture-only forwards).
+        Hooks are the engine's, installed once (`stir_core/runtime/steering.py`). `keep="last"` returns logits `[batch, 1, d_vocab]` for the last position only
+        (prefill, steps); `keep="all"` returns `[batch, t, d_vocab]`; `keep="none"` returns None.
         """
-        kwargs: dict[str, Any] = {"attention_mask": mask, "position_ids": positions, "use_cache": True,
+        view = None
+        if grow:  # eager: attend over the longest filled range only
+            view = needed = max(int(qpos.max()) + 1, 1)
+            if needed > cache.capacity:
+                cache.grow(max(needed, 2 * cache.capacity))
+        cache.rows, cache.view = rows, view
+        cache.write = torch.where(qpos >= 0, qpos, cache.scratch).to(self.device)
+        q = qpos.to(self.device)
+        full, slide = attention_masks(q, cache.capacity, {w for w in self.windows if w is not None}, self.dtype,
+                                      n_keys=view)
+        mask: Any = full
+        if slide and all(self.windows):  # every layer slides with one window (Mistral): one plain mask
+            mask = next(iter(slide.values()))
+        if self.mask_mapping:
+            mask = {"full_attention": full, "sliding_attention": slide[next(iter(slide))]}
+        kwargs: dict[str, Any] = {"attention_mask": mask, "position_ids": q.clamp(min=0), "use_cache": True,
                                   self.cache_kw: cache}
         if keep in ("last", "none") and self._keeps_logits:
             kwargs["logits_to_keep"] = 1
-        with self.bridge.hooks(fwd_hooks=list(hooks)):
-            logits = self.bridge(ids, return_type="logits", **kwargs)
+        logits = self.bridge(ids, return_type="logits", **kwargs)
         if keep == "none":
             return None
         return logits[:, -1:] if keep == "last" else logits

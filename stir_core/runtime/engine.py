@@ -1,19 +1,22 @@
 """One decoding engine for every stage: mining rollouts, previews, commits and baselines.
 
-Batched incremental decoding over a `TransformerBridge` with Hugging Face's KV cache. Rows are left-padded
-and may have holes: every forward feeds one token per row (a pad with mask 0 for idle rows), and position
-ids come from the cumulative attention mask, so rows advance independently inside one physical cache.
+Batched incremental decoding over a `TransformerBridge` and a static slot pool (`stir_core/runtime/slots.py`):
+each row of a `DecodeState` is one slot with its own length; every forward feeds one token per row (rows
+fed nothing write to the pool's scratch column), at the row's own position, so rows advance independently
+and a position is never left as a masked hole.
 
 Vocabulary (per row b):
 - a **steer** adds `scale * vector` at its hook point (resid_post of `layer` unless its library's manifest
   says otherwise: `Steer.hook`), at the last prefix token (`last`:
-  the delimiter is re-run with the vector, its old cache slot masked out), at every token generated in the
-  segment (`segment`), or both;
+  the delimiter is re-run with the vector, overwriting its own position in place), at every token generated
+  in the segment (`segment`), or both;
 - a **capture** records resid_post at chosen layers whenever a generated token completes `capture_at`
   (the segment delimiter): the control-point states, taken from the decode itself, no extra forward;
-- a **fork** copies rows (repeats allowed) into an independent state, to preview continuations.
+- a **fork** copies rows' filled ranges (repeats allowed) into an independent state, to preview
+  continuations; a **rollback** sets a row's length.
 
-Hooks are attached for one forward at a time through `bridge.hooks(...)`, so none stay attached.
+Steering and capture are data (`stir_core/runtime/steering.py`): each state carries per-slot steer buffers
+and each forward says which slots' buffers are live; one hook per hook point, installed once, reads them.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stir_core.runtime.backend import DEFAULT_HOOK_POINT, Backend, KVCache, hook_name
+from stir_core.runtime.backend import DEFAULT_HOOK_POINT, Backend, hook_name
+from stir_core.runtime.graphs import GraphStep, bucket_for, positions_for
 from stir_core.runtime.model import LoadedModel
 from stir_core.runtime.segment import TextStream
+from stir_core.runtime.slots import SlotCache
+from stir_core.runtime.steering import HookSet, Live, SteerSlots
 
 DELIMITER = "\n\n"
 
@@ -48,11 +54,6 @@ class Steer:
         if self.positions not in POSITIONS:
             raise ValueError(f"unknown steer positions {self.positions!r}; use one of {POSITIONS}")
         hook_name(self.layer, self.hook)  # a bad template fails here, not mid-decode
-
-    @property
-    def add_key(self) -> int | str:
-        """Key of this steer's add table: the layer at the default hook point, else the hook name."""
-        return self.layer if self.hook == DEFAULT_HOOK_POINT else hook_name(self.layer, self.hook)
 
     @property
     def at_last(self) -> bool:
@@ -89,7 +90,7 @@ class Capture:
     states: torch.Tensor  # [n_capture_layers, d_model], float32, on CPU
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Row:
     """Everything one row has generated. `added[i]` is (tag, norm) of what was added at generated token i.
 
@@ -123,8 +124,9 @@ class Row:
         if self.generator is not None:
             gen = torch.Generator(device=self.generator.device)
             gen.set_state(self.generator.get_state())
-        return Row(self.prompt, self.stream.copy(), list(self.tokens), list(self.logprobs), list(self.added),
-                   list(self.captures), self.finished, gen)
+        return Row(prompt=self.prompt, stream=self.stream.copy(), tokens=list(self.tokens),
+                   logprobs=list(self.logprobs), added=list(self.added), captures=list(self.captures),
+                   finished=self.finished, generator=gen)
 
     def push(self, token: int, logprob: float, added: tuple[str, float] | None) -> int:
         """Record one generated token; returns how many delimiter occurrences it completed."""
@@ -141,26 +143,32 @@ class Row:
         self.finished = False
 
 
-@dataclass
-class DecodeState:
-    """A batch in flight: KV cache, attention mask over physical slots, next-token logits, rows.
+# Positions a new pool gets beyond its longest prompt; it grows (a copy) only past them.
+HEADROOM = 64
 
-    `mask` `[batch, slots]` long (0 = a hole: left padding, a re-run token's old slot, a rolled-back
-    token); `logits` `[batch, d_vocab]` float32, each row's next-token logits.
+
+@dataclass(kw_only=True)
+class DecodeState:
+    """A batch in flight: one slot per row in a static pool, each slot's length, next-token logits, rows.
+
+    `lengths` `[batch]` long on CPU: positions `[0, length)` of the row's slot hold its prompt and fed
+    tokens; `logits` `[batch, d_vocab]` float32, each row's next-token logits.
     """
 
-    cache: KVCache
-    mask: torch.Tensor
+    cache: SlotCache
+    lengths: torch.Tensor
     logits: torch.Tensor
     rows: list[Row]
+    steer: SteerSlots
     capture_layers: tuple[int, ...] = ()
     delimiter: str = DELIMITER
+    graph: bool = False  # the pool is a bucketed graph pool (`Engine.graphs`): steps run a `GraphStep`
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GenerateResult:
     texts: list[str]
     tokens: list[list[int]]
@@ -170,11 +178,11 @@ class GenerateResult:
 
     @classmethod
     def of(cls, rows: list[Row]) -> GenerateResult:
-        return cls([r.text for r in rows], [r.tokens for r in rows], [r.logprobs for r in rows],
-                   [r.captures for r in rows], rows)
+        return cls(texts=[r.text for r in rows], tokens=[r.tokens for r in rows],
+                   logprobs=[r.logprobs for r in rows], captures=[r.captures for r in rows], rows=rows)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ControlPoint:
     """A row that just completed its m-th segment. `states[layer]` is resid_post at the delimiter [d_model]."""
 
@@ -195,9 +203,19 @@ class Engine:
         self._decode_cache: dict = {}  # id windows -> text, shared by every row's detokenizer
         self.forwards = 0  # model forwards run (sequential steps): what the benchmarks count
         self.row_positions = 0  # rows x new positions computed, pads and idle rows included: a CPU's work
+        # The largest slot pool a forward ran over (slots, positions): what bounds the KV memory.
+        self.peak_pool_rows = self.peak_pool_positions = 0
         # benchmarks/bench_scale.py only: materialise prefill logits for every position, as the engine did
         # before (to measure what keeping only the last position saves).
         self.legacy_prefill_logits = False
+        self.hooks = HookSet.for_bridge(model.bridge)
+        # Static-shape steps (`stir_core/runtime/graphs.py`): "cuda" captures a CUDA graph per bucket (the
+        # default on CUDA), "eager" runs the same step function eagerly (CPU tests), "off" the plain step.
+        self.graphs = "cuda" if torch.device(self.device).type == "cuda" else "off"
+        self._graph_pools: dict[tuple[int, int], SlotCache] = {}
+        self._graph_steers: dict[tuple[int, int], SteerSlots] = {}  # a graph reads these very buffers
+        self._graph_steps: dict[tuple, GraphStep] = {}
+        self.graph_log: list[str] = []  # one line per capture: bucket, positions, seconds
 
     # ---- rows and text -----------------------------------------------------------------------------
     def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
@@ -217,62 +235,78 @@ class Engine:
 
     # ---- low level -------------------------------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, state: DecodeState | None, input_ids: torch.Tensor, new_mask: torch.Tensor,
-                 adds: dict[int, torch.Tensor] | None, capture_layers: Sequence[int], keep: str = "last"):
-        """Feed `input_ids` [batch, t] after the cached slots.
+    def _forward(self, cache: SlotCache, input_ids: torch.Tensor, qpos: torch.Tensor,
+                 steer: SteerSlots | None, live: torch.Tensor | None, capture_layers: Sequence[int],
+                 keep: str = "last"):
+        """Feed `input_ids` `[batch, t]` at positions `qpos` `[batch, t]` (-1: nothing fed) of `cache`'s slots.
 
-        `adds[layer]` is [batch, t, d_model] (or [batch, 1, d_model] for t == 1) added to resid_post;
-        `adds[name]` (a hook name, `Steer.add_key`) adds at that hook instead.
+        Rows with `live[b]` get their slot's steer (`steer`) added at its hook point at every fed position.
         Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
-        None for keep="none" —, cache, mask, {layer: resid_post [batch, t, d_model]}).
+        None for keep="none" —, {layer: resid_post [batch, t, d_model]}).
         """
-        mask = new_mask if state is None else torch.cat([state.mask, new_mask], dim=1)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
-        captured: dict[int, torch.Tensor] = {}
-        hooks = []
-        for layer in sorted(set(capture_layers) | {k for k in adds or {} if isinstance(k, int)}):
-            add = None if adds is None else adds.get(layer)
-
-            def fn(x, hook, add=add, layer=layer):
-                if add is not None:
-                    x = x + add.to(x.device, x.dtype)
-                if layer in capture_layers:
-                    captured[layer] = x.detach().float()
-                return x
-
-            hooks.append((hook_name(layer), fn))
-        for name, add in (adds or {}).items():
-            if isinstance(name, str):  # a steer at another hook point than resid_post (its manifest's)
-                hooks.append((name, lambda x, hook, add=add: x + add.to(x.device, x.dtype)))
-        cache = self.backend.new_cache() if state is None else state.cache
+        ctx = Live(capture={hook_name(layer): layer for layer in capture_layers})
+        names = list(ctx.capture)
+        if steer is not None and live is not None and bool(live.any()):
+            ctx.steer, ctx.gain = steer, steer.scales * live.to(steer.scales.device, torch.float32)
+            names += list(steer.vectors)
+        self.hooks.need(names)
         self.forwards += 1
         self.row_positions += input_ids.numel()
-        logits = self.backend.forward(input_ids, mask, pos, cache, hooks, keep=keep)
-        return (None if logits is None else logits.float()), cache, mask, captured
+        rows = None if cache.n_slots == input_ids.shape[0] else torch.arange(input_ids.shape[0])
+        self.hooks.live = ctx
+        try:
+            logits = self.backend.forward(input_ids, qpos, cache, keep=keep, rows=rows)
+        finally:
+            self.hooks.live = None
+        self.peak_pool_rows = max(self.peak_pool_rows, cache.n_slots)
+        self.peak_pool_positions = max(self.peak_pool_positions, cache.capacity)
+        return (None if logits is None else logits.float()), ctx.captured
 
     def _padded(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids and mask `[batch, width]` on the model's device."""
+        """Left-padded ids `[batch, width]` on the model's device and their positions `[batch, width]`
+        (0.. for each sequence's tokens, -1 for padding)."""
         width = max(len(p) for p in seqs)
         ids = torch.full((len(seqs), width), self.model.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        qpos = torch.full((len(seqs), width), -1, dtype=torch.long)
         for b, p in enumerate(seqs):
             ids[b, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[b, width - len(p):] = 1
-        return ids.to(self.device), mask.to(self.device)
+            qpos[b, width - len(p):] = torch.arange(len(p))
+        return ids.to(self.device), qpos
+
+    def new_pool(self, n_slots: int, longest: int) -> SlotCache:
+        return self.backend.new_cache(n_slots, longest + HEADROOM)
 
     def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
-                seeds: Sequence[int] | None = None, delimiter: str = DELIMITER) -> DecodeState:
-        """Left-pad and run the prompts (token ids) in one forward; returns the state ready to decode.
+                seeds: Sequence[int] | None = None, delimiter: str = DELIMITER,
+                capacity: int | None = None, graph: bool = False) -> DecodeState:
+        """Run the prompts (token ids) in one forward, one slot each; returns the state ready to decode.
 
-        Only the last position's logits are computed (`[batch, d_vocab]`), never `[batch, pos, d_vocab]`.
+        `capacity`: positions per slot (the longest prompt plus the budget; default: `HEADROOM` past the
+        longest prompt, growing by a copy when exceeded). Only the last position's logits are computed
+        (`[batch, d_vocab]`), never `[batch, pos, d_vocab]`.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prefill needs at least one non-empty prompt")
-        ids, mask = self._padded(prompts)
+        ids, qpos = self._padded(prompts)
+        graph = graph and self.graphs != "off"
+        if graph:  # a persistent pool per (bucket, positions): its captured step is reused across requests
+            key = (bucket_for(len(prompts)), positions_for(max(int(capacity or 0), ids.shape[1])))
+            if key not in self._graph_pools:
+                self._graph_pools[key] = self.backend.new_cache(*key)
+                self._graph_steers[key] = SteerSlots(key[0], self.model.d_model, self.device)
+            cache, steer = self._graph_pools[key], self._graph_steers[key]
+            for b in range(cache.n_slots):
+                steer.set(b, None)
+        else:
+            cache = (self.new_pool(len(prompts), ids.shape[1]) if capacity is None
+                     else self.backend.new_cache(len(prompts), max(int(capacity), ids.shape[1])))
+            steer = SteerSlots(len(prompts), self.model.d_model, self.device)
         keep = "all" if self.legacy_prefill_logits else "last"
-        logits, cache, mask, _ = self._forward(None, ids, mask, None, (), keep=keep)
+        logits, _ = self._forward(cache, ids, qpos, None, None, (), keep=keep)
         rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
-        return DecodeState(cache, mask, logits[:, -1], rows, tuple(capture_layers), delimiter)
+        return DecodeState(cache=cache, lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
+                           logits=logits[:, -1], rows=rows, steer=steer,
+                           capture_layers=tuple(capture_layers), delimiter=delimiter, graph=graph)
 
     @torch.no_grad()
     def forward_states(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
@@ -280,96 +314,153 @@ class Engine:
 
         Returns per sequence a tensor [len(seq), len(layers), d_model] of resid_post (float32, CPU).
         """
-        ids, mask = self._padded(sequences)
+        ids, qpos = self._padded(sequences)
         width = ids.shape[1]
-        _, _, _, cap = self._forward(None, ids, mask, None, tuple(layers), keep="none")
+        _, cap = self._forward(self.new_pool(len(sequences), width), ids, qpos, None, None, tuple(layers),
+                               keep="none")
         stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
 
     def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
-        """An independent state with the given rows (repeats allowed), e.g. one prefix into L+1 previews."""
-        idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
-        return DecodeState(self.backend.select_rows(state.cache, idx), state.mask.index_select(0, idx),
-                           state.logits.index_select(0, idx), [state.rows[i].clone() for i in rows],
-                           state.capture_layers, state.delimiter)
+        """An independent state with the given rows (repeats allowed), e.g. one prefix into L+1 previews:
+        a new pool holding copies of those slots' filled ranges."""
+        idx = torch.tensor(list(rows), dtype=torch.long)
+        lengths = state.lengths.index_select(0, idx)
+        return DecodeState(cache=state.cache.select(idx, int(lengths.max())), lengths=lengths,
+                           logits=state.logits.index_select(0, idx.to(state.logits.device)),
+                           rows=[state.rows[i].clone() for i in rows], steer=state.steer.select(list(rows)),
+                           capture_layers=state.capture_layers, delimiter=state.delimiter)
 
-    def regroup(self, state: DecodeState, rows: Sequence[int]) -> torch.Tensor | None:
-        """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped).
-
-        How previews join the batch and finished rows leave it: one gather of the cache's rows. Returns the
-        slots kept when slots no row attends were dropped (old indices, ascending), else None.
-        """
-        idx = torch.tensor(list(rows), dtype=torch.long, device=state.mask.device)
+    def regroup(self, state: DecodeState, rows: Sequence[int]) -> None:
+        """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped):
+        a new pool of those slots' filled ranges."""
+        idx = torch.tensor(list(rows), dtype=torch.long)
         seen: set[int] = set()
         new_rows = []
         for i in rows:
             new_rows.append(state.rows[i].clone() if i in seen else state.rows[i])
             seen.add(i)
-        state.cache = self.backend.select_rows(state.cache, idx)
-        state.mask = state.mask.index_select(0, idx)
-        state.logits = state.logits.index_select(0, idx)
+        state.lengths = state.lengths.index_select(0, idx)
+        state.cache = state.cache.select(idx, int(state.lengths.max()))
+        state.logits = state.logits.index_select(0, idx.to(state.logits.device))
+        state.steer = state.steer.select(list(rows))
         state.rows = new_rows
-        return self.drop_empty_slots(state)
+        state.graph = False  # a new pool of exactly these rows: plain steps
 
     def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
-        """Make rows `dst` copies of rows `src`, in place (cache, mask, logits, records)."""
-        s = torch.tensor(list(src), dtype=torch.long, device=state.mask.device)
-        d = torch.tensor(list(dst), dtype=torch.long, device=state.mask.device)
-        self.backend.copy_rows(state.cache, s, d)
-        state.mask = state.mask.clone()
-        state.mask[d] = state.mask[s]
+        """Make rows `dst` copies of rows `src`, in place (their slots' filled ranges, lengths, logits,
+        records): a fork into free slots, no gather of the pool."""
+        s = torch.tensor(list(src), dtype=torch.long)
+        d = torch.tensor(list(dst), dtype=torch.long)
+        state.cache.copy_slots(s, d, int(state.lengths[s].max()))
+        state.lengths[d] = state.lengths[s]
         state.logits[d.to(state.logits.device)] = state.logits[s.to(state.logits.device)]
+        state.steer.copy(src, dst)
         for i, j in zip(src, dst, strict=True):
             state.rows[j] = state.rows[i].clone()
 
-    @staticmethod
-    def drop_empty_slots(state: DecodeState) -> torch.Tensor | None:
-        """Remove cache slots that no row attends (holes shared by every row), e.g. after rows left.
-        Returns the kept slots' old indices, or None when nothing was dropped."""
-        live = state.mask.any(0)
-        if bool(live.all()):
-            return None
-        keep = torch.nonzero(live).flatten()
-        if not Backend.select_slots(state.cache, keep):
-            return None
-        state.mask = state.mask.index_select(1, keep)
-        return keep
-
     def step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
-             adds: dict[int, torch.Tensor] | None = None, replace_last: torch.Tensor | None = None
+             live: torch.Tensor | None = None, replace_last: torch.Tensor | None = None
              ) -> dict[int, torch.Tensor]:
-        """Feed one token per row (`feed[b]` False: a masked pad) and update cache, mask and logits.
+        """Feed one token per row (`feed[b]` False: nothing, the row's slot is untouched) and update
+        lengths and logits.
 
-        `replace_last[b]`: the row's last attended slot is masked out first, so the fed token takes its
-        position (a re-run of the delimiter with a vector added). Returns the captured states
-        `{layer: [batch, 1, d_model]}`.
+        `live[b]`: the row's slot steer (`set_steers`) is added this step. `replace_last[b]`: the fed token
+        overwrites the row's last position in place (a re-run of the delimiter with a vector added).
+        Returns the captured states `{layer: [batch, 1, d_model]}`.
         """
         if replace_last is not None and bool(replace_last.any()):
-            state.mask = state.mask.clone()
-            rows = torch.nonzero(replace_last).flatten().to(state.mask.device)
-            slots = state.mask.shape[1] - 1 - state.mask.flip(1).argmax(1)  # last attended slot per row
-            state.mask[rows, slots[rows]] = 0
+            state.lengths = state.lengths - replace_last.long()
         ids = torch.where(feed, tokens, torch.full_like(tokens, self.model.pad_token_id))
-        logits, cache, mask, captured = self._forward(
-            state, ids[:, None].to(self.device), feed.long()[:, None].to(self.device), adds, state.capture_layers
-        )
-        state.cache, state.mask = cache, mask
+        qpos = torch.where(feed, state.lengths, torch.full_like(state.lengths, -1))
+        if state.graph:
+            logits, captured = self._graph_step(state, ids, qpos, live)
+        else:
+            logits, captured = self._forward(state.cache, ids[:, None].to(self.device), qpos[:, None],
+                                             state.steer, live, state.capture_layers)
+        state.lengths = state.lengths + feed.long()
         keep = feed.to(state.logits.device)[:, None]
         state.logits = torch.where(keep, logits[:, -1], state.logits)
         return captured
 
-    def add_tables(self, steers: Sequence[Steer | None], use: Callable[[Steer], bool],
-                   feed: torch.Tensor) -> dict[int | str, torch.Tensor] | None:
-        """Per-layer (or per-hook, `Steer.add_key`) add tables [batch, 1, d_model] for rows whose steer
-        applies at this step."""
-        tables: dict[int | str, torch.Tensor] = {}
+    def _graph_step(self, state: DecodeState, ids: torch.Tensor, qpos: torch.Tensor, live: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """One step of a graph-pool state through its bucket's `GraphStep` (captured on first use):
+        inputs padded to the bucket's slots; returns (logits `[rows, 1, d_vocab]`, {layer: `[rows, 1, d]`})."""
+        cache, steer, n = state.cache, state.steer, len(state.rows)
+        if int(qpos.max()) >= cache.capacity:  # a graph pool is sized from the budget and cannot grow
+            raise RuntimeError(f"graph pool of {cache.capacity} positions overrun (row at {int(qpos.max())})")
+        key = (id(cache), cache.n_slots, cache.capacity, tuple(sorted(steer.vectors)), state.capture_layers)
+        step = self._graph_steps.get(key)
+        if step is None:
+            step = GraphStep(self._static_forward(cache, steer, state.capture_layers), cache.n_slots,
+                             torch.device(self.device), self.graphs)
+            self._graph_steps[key] = step
+            if step.capture_s:
+                self.graph_log.append(f"captured decode step: bucket {cache.n_slots} slots x {cache.capacity} "
+                                      f"positions in {step.capture_s:.2f} s")
+        s = cache.n_slots
+        ids_s = torch.full((s, 1), self.model.pad_token_id, dtype=torch.long)
+        qpos_s = torch.full((s, 1), -1, dtype=torch.long)
+        ids_s[:n, 0], qpos_s[:n, 0] = ids, qpos
+        gain = torch.zeros(s, device=steer.scales.device)
+        if live is not None:
+            gain[:n] = steer.scales[:n] * live.to(gain.device, torch.float32)
+        self.forwards += 1
+        self.row_positions += s
+        logits, cap = step.run(ids_s.to(self.device), qpos_s.to(self.device), gain)
+        return logits[:n, None], {layer: x[:n, None] for layer, x in cap.items()}
+
+    def _static_forward(self, cache: SlotCache, steer: SteerSlots, capture_layers: Sequence[int]):
+        """The step function a `GraphStep` runs: fixed pool, steer buffers and capture layers; only the
+        tensors it is given (ids, positions, gain) and the buffers' contents change between calls."""
+        capture = {hook_name(layer): layer for layer in capture_layers}
+        self.hooks.need(list(capture) + list(steer.vectors))
+
+        def forward(ids: torch.Tensor, qpos: torch.Tensor, gain: torch.Tensor):
+            ctx = Live(capture=capture, steer=steer if steer.vectors else None,
+                       gain=gain if steer.vectors else None)
+            self.hooks.live = ctx
+            try:
+                logits = self.backend.forward(ids, qpos, cache, keep="last", grow=False)
+            finally:
+                self.hooks.live = None
+            return logits[:, -1].float(), {layer: x[:, -1] for layer, x in ctx.captured.items()}
+
+        return forward
+
+    def feed_many(self, state: DecodeState, seqs: dict[int, list[int]]) -> dict[int, torch.Tensor]:
+        """Feed several tokens to some rows in one forward, each at its slot's next positions (other rows
+        get nothing); updates lengths and the fed rows' logits. Returns the captured states at each fed
+        row's last token `{layer: [batch, d_model]}`."""
+        seqs = {b: t for b, t in seqs.items() if t}
+        if not seqs:
+            return {}
+        width = max(len(t) for t in seqs.values())
+        n = len(state.rows)
+        ids = torch.full((n, width), self.model.pad_token_id, dtype=torch.long)
+        qpos = torch.full((n, width), -1, dtype=torch.long)
+        for b, toks in seqs.items():
+            ids[b, width - len(toks):] = torch.tensor(toks)
+            qpos[b, width - len(toks):] = int(state.lengths[b]) + torch.arange(len(toks))
+        logits, captured = self._forward(state.cache, ids.to(self.device), qpos, None, None, state.capture_layers)
+        fed = torch.zeros(n, dtype=torch.bool)
+        fed[list(seqs)] = True
+        for b, toks in seqs.items():
+            state.lengths[b] += len(toks)
+        state.logits = torch.where(fed.to(state.logits.device)[:, None], logits[:, -1], state.logits)
+        return {layer: x[:, -1] for layer, x in captured.items()}
+
+    @staticmethod
+    def rollback(state: DecodeState, b: int, length: int) -> None:
+        """Row `b`'s slot keeps its first `length` positions (later ones are overwritten by the next feeds)."""
+        state.lengths[b] = int(length)
+
+    @staticmethod
+    def set_steers(state: DecodeState, steers: Sequence[Steer | None]) -> None:
+        """Each row's slot carries `steers[b]` (None: no steer); a step adds it where its `live` says."""
         for b, s in enumerate(steers):
-            if s is None or not use(s) or not bool(feed[b]):
-                continue
-            if s.add_key not in tables:
-                tables[s.add_key] = torch.zeros(len(steers), 1, self.model.d_model, device=self.device)
-            tables[s.add_key][b, 0] += s.scale * s.vector.to(self.device, torch.float32)
-        return tables or None
+            state.steer.set(b, s)
 
     def refeed_last(self, state: DecodeState, steers: Sequence[Steer | None]) -> None:
         """Re-run the last token of every row whose steer acts at `last`, with the vector added there.
@@ -381,7 +472,8 @@ class Engine:
         if not bool(feed.any()):
             return
         tokens = torch.tensor([(r.tokens[-1] if r.tokens else r.prompt[-1]) for r in state.rows])
-        self.step(state, tokens, feed, self.add_tables(steers, lambda s: s.at_last, feed), replace_last=feed)
+        self.set_steers(state, steers)
+        self.step(state, tokens, feed, live=feed, replace_last=feed)
         for b, s in enumerate(steers):
             if feed[b] and state.rows[b].added:
                 state.rows[b].added[-1] = (s.tag, s.added_norm)
@@ -434,10 +526,11 @@ class Engine:
             raise ValueError("sampling needs seeded rows: pass seeds= to prefill")
         made = [0] * n
         eos = self.model.eos_token_id
+        self.set_steers(state, steers)
+        at_segment = torch.tensor([s is not None and s.at_segment for s in steers], dtype=torch.bool)
         while bool(live.any()):
             tokens, lp = self.choose(state, live, sampling)
-            adds = self.add_tables(steers, lambda s: s.at_segment, live)
-            captured = self.step(state, tokens, live, adds)
+            captured = self.step(state, tokens, live, live=live & at_segment)
             for b in torch.nonzero(live).flatten().tolist():
                 row, tok, s = state.rows[b], int(tokens[b]), steers[b]
                 ends = row.push(tok, float(lp[b]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
@@ -469,7 +562,9 @@ class Engine:
         if sampling is not None and seeds is None:
             seeds = [seed * 1_000_003 + b for b in range(len(prompts))]
         delimiter = stop or capture_at or DELIMITER
-        state = self.prefill(ids, capture_layers, seeds, delimiter)
+        budget = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens, default=0)
+        state = self.prefill(ids, capture_layers, seeds, delimiter, capacity=max(map(len, ids)) + budget + 1,
+                             graph=True)
         self.decode(state, max_new_tokens, stop=stop, sampling=sampling, steers=steers,
                     capture_at=capture_at if capture_layers else None)
         self.finish(state.rows)

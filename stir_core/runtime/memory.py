@@ -5,16 +5,19 @@ checks it against peak RSS measured on a random-init model of Qwen2.5-0.5B's sha
 
 What is counted (the engine's own tensors; allocator slack and framework buffers are not):
 - weights: parameters × dtype size;
-- KV cache: 2 (K, V) × layers × kv heads × head dim × rows × slots × dtype size, where slots = prompt +
-  generated tokens (+ the holes a row leaves: re-runs and rolled-back probes, ~5% for STIR); HF's cache
-  grows by concatenation, so one layer's K and V exist twice during a step;
+- KV cache: the static slot pool (`stir_core/runtime/slots.py`): 2 (K, V) × layers × kv heads × head dim ×
+  S slots × (T + 1) positions × dtype size, allocated once per decode. T = the longest prompt + the budget
+  (+ `probe_tokens` + 1 under a policy: a null preview may run past the budget before it is rolled back);
+  S = `pool_rows(...)`: the prompts, plus for STIR at most L probe rows per prompt (a driver replaces the
+  probes of its prompt), fewer under `max_preview_rows` (see `pool_rows`). Nothing widens with the
+  number of forwards: a re-run overwrites its position, a rollback sets a length;
 - logits: float32 `[rows, vocab]` for the next token (the engine never keeps `[rows, positions, vocab]`;
   `legacy_prefill_logits=True` estimates the old prefill that did);
 - previews: STIR's extra rows — L probe copies per previewed prompt, one driver per committed segment —
-  each holding a full row of cache. `max_preview_rows` caps the rows but serialises the previews, and every
-  forward gives every row a slot (idle rows too), so the cache widens with the forwards: measured on an H200
-  at 1.5B's shapes it raised the peak (results/bench_gpu_capped.txt). `estimate` counts the rows only, so
-  with a cap it is no bound; the README's table shows no capped column.
+  each a slot of the pool. `max_preview_rows` caps the extra rows, so with the slot pool it bounds memory
+  (before the pool, each forward widened every row's cache and a cap raised the peak: H200,
+  results/bench_gpu_capped.txt). When the scheduler rebuilds a smaller pool (free slots piling up) the old
+  and the new pool exist together for a moment; `estimate` counts one pool.
 """
 
 from __future__ import annotations
@@ -53,28 +56,46 @@ def kv_bytes_per_slot(shape: Shape, dtype_bytes: int) -> int:
     return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * dtype_bytes
 
 
+def pool_rows(batch: int, method: str = "vanilla", top_l: int = 4, max_preview_rows: int | None = None,
+              scope: str = "segment") -> int:
+    """Most slots the one scheduler's pool holds for `batch` prompts: one main row per prompt, plus STIR's
+    extra rows. Uncapped: L probe rows per prompt, or one driver (scope `segment`) after its probes left.
+    With `max_preview_rows` = c: at most max(c, L) probe rows (one control point's L probes are always
+    admitted when no extra row is in flight), plus, in scope `segment`, up to one driver per prompt (a
+    commit's driver is never deferred)."""
+    if method == "vanilla":
+        return batch
+    most = batch * max(top_l, 1)
+    if not max_preview_rows:
+        return batch + most
+    return batch + min(most, max(max_preview_rows, top_l) + (batch if scope == "segment" else 0))
+
+
+def pool_positions(prompt_tokens: int, new_tokens: int, probe_tokens: int = 4, method: str = "vanilla") -> int:
+    """Positions T per slot: prompt + budget (+ a null preview's run past the budget, under a policy)."""
+    return prompt_tokens + new_tokens + (probe_tokens + 1 if method != "vanilla" else 1)
+
+
+def pool_bytes(shape: Shape, rows: int, positions: int, dtype_bytes: int = 2) -> int:
+    """K and V of a slot pool of `rows` slots × `positions` (+ 1 scratch) positions, every layer."""
+    return rows * (positions + 1) * kv_bytes_per_slot(shape, dtype_bytes)
+
+
 def estimate(shape: Shape, batch: int, prompt_tokens: int, new_tokens: int, dtype_bytes: int = 2,
              method: str = "vanilla", top_l: int = 4, max_preview_rows: int | None = None,
-             hole_fraction: float = 0.05, legacy_prefill_logits: bool = False) -> dict[str, float]:
+             hole_fraction: float = 0.05, legacy_prefill_logits: bool = False,
+             scope: str = "segment") -> dict[str, float]:
     """Peak bytes by part for one batched decode; `total` adds them up.
 
     STIR's previews: at worst every prompt previews at once (L copies each) unless `max_preview_rows` caps
-    the extra rows; the legacy path (`schedule=sync`) forked L + 1 copies of every previewed row.
+    the extra rows (`pool_rows`). `hole_fraction` is kept for old callers and ignored: the slot pool has no
+    holes. `legacy_prefill_logits` counts the old all-position prefill logits.
     """
-    slots = prompt_tokens + new_tokens
-    per_slot = kv_bytes_per_slot(shape, dtype_bytes)
     weights = shape.n_params * dtype_bytes
-    if method == "vanilla":
-        kv_rows, slot_factor = batch, 1.0
-    else:
-        extra = batch * top_l if max_preview_rows is None else min(batch * top_l, max_preview_rows)
-        if legacy_prefill_logits:  # the sync path's fork: L + 1 copies next to the originals
-            extra = batch * (top_l + 1)
-        kv_rows, slot_factor = batch + extra, 1.0 + hole_fraction
-    kv = kv_rows * slots * slot_factor * per_slot
-    kv_step = kv / shape.n_layers  # one layer's K, V concatenated anew during a step
+    rows = pool_rows(batch, method, top_l, max_preview_rows, scope)
+    kv = pool_bytes(shape, rows, pool_positions(prompt_tokens, new_tokens, method=method), dtype_bytes)
     logits = batch * shape.vocab * 4 * (prompt_tokens if legacy_prefill_logits else 1)
-    parts = {"weights": weights, "kv_cache": kv + kv_step, "logits": logits}
+    parts = {"weights": weights, "kv_cache": kv, "logits": logits}
     parts["total"] = sum(parts.values())
     return parts
 

@@ -74,12 +74,21 @@ class LoadedModel:
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
-    def format_prompt(self, text: str) -> str:
-        """Apply the tokenizer's chat template when it has one; otherwise return the text unchanged."""
+    def format_prompt(self, text: str, system: str | None = None) -> str:
+        """Apply the tokenizer's chat template when it has one (with `system` as a system message, as the
+        reference sends its tasks: stir/online/stir.py:293–297); otherwise return the text unchanged. A
+        template that refuses a system role (Gemma's) gets it at the head of the user message."""
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
+            msgs = [{"role": "user", "content": text}]
+            if system:
+                msgs.insert(0, {"role": "system", "content": system})
+            try:
+                return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            except Exception:  # noqa: BLE001 - jinja raises TemplateError for "system role not supported"
+                if not system:
+                    raise
+                msgs = [{"role": "user", "content": f"{system}\n\n{text}"}]
+                return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return text
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stir_core.tasks.base import SPLITS, Example, StepChecker, Task, step_checker_of
+from stir_core.tasks.base import (
+    SPLITS,
+    Example,
+    StepChecker,
+    Task,
+    render_prompt,
+    step_checker_of,
+    system_prompt_of,
+)
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 _BUILTINS_LOADED = False
@@ -36,4 +44,5 @@ def _load_builtin() -> None:
     from stir_core.tasks import files, plain, planted  # noqa: F401  (they register themselves)
 
 
-__all__ = ["SPLITS", "Example", "StepChecker", "Task", "get_task", "register_task", "step_checker_of", "task_names"]
+__all__ = ["SPLITS", "Example", "StepChecker", "Task", "get_task", "register_task", "render_prompt",
+           "step_checker_of", "system_prompt_of", "task_names"]

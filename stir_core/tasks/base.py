@@ -59,3 +59,16 @@ def step_checker_of(task: Task) -> StepChecker | None:
     """The task's step checker, if it has one (`task.check_prefix(example, prefix) -> bool`)."""
     fn = getattr(task, "check_prefix", None)
     return fn if callable(fn) else None
+
+
+def system_prompt_of(task: Task) -> str | None:
+    """The system message a task sends through the chat template (file tasks: the reference's), if any."""
+    value = getattr(task, "system_prompt", None)
+    return value if isinstance(value, str) and value else None
+
+
+def render_prompt(model: Any, task: Task, example: Example) -> str:
+    """The prompt text a model decodes from: the task's user message through the model's chat template,
+    with the task's system message when it has one (`model.format_prompt(text, system=...)`)."""
+    text, system = task.prompt(example), system_prompt_of(task)
+    return model.format_prompt(text, system=system) if system else model.format_prompt(text)

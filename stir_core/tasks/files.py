@@ -1,5 +1,5 @@
-"""Benchmark tasks read from local JSONL or Parquet files: gsm8k, math500, aime, amc, arc-challenge,
-openbookqa. No network: the user passes `path=` (the eval split) or `paths={"eval": ..., "mine": ...}`.
+"""Benchmark tasks read from local JSONL or Parquet files: gsm8k, svamp, math500, aime, amc, arc-challenge,
+openbookqa, commonsenseqa, strategyqa. No network: the user passes `path=` (the eval split) or `paths={"eval": ..., "mine": ...}`.
 
 Each file is one split. Rows are parsed into `Example`s once per split; field names (and the accepted
 alternatives) are in `docs/tasks.md`. Bad files fail loudly, naming the file, the line and the field.
@@ -19,15 +19,8 @@ from typing import Any
 from stir_core.io.bounded import clip
 from stir_core.tasks import register_task
 from stir_core.tasks.base import SPLITS, Example
-from stir_core.tasks.extract import (
-    answers_equal,
-    extract_boxed,
-    extract_choice,
-    extract_number,
-    last_hash_answer,
-    normalize_latex,
-    normalize_number,
-)
+from stir_core.tasks.extract import extract_boxed, normalize_latex, normalize_number
+from stir_core.tasks.grade import Grade, find_answer, grade
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".pq")
 CHOICE_LETTERS = "ABCDE"
@@ -45,6 +38,53 @@ META_FIELDS = ("level", "subject", "type", "year", "url", "source")
 FIELD_ROLES = {"question": "question", "answer": "answer", "solution": "solution", "id": "id",
                "choices": "choices", "answer_key": "answerKey"}
 
+# --- prompts ------------------------------------------------------------------------------------------
+# `reference` (the default): the authors' templates, word for word (stir/data/prompts.py at 77f5d9c):
+# gsm8k_0shot / svamp_0shot :11–19, math_0shot :32–39, arc_0shot :41–70 (options "(A) text"),
+# strategyqa_0shot :72–81. AIME/AMC have no template of their own there: the reference's default template
+# is gsm8k_0shot (stir/config.py:43) and its extractor reads `####` for them (stir/eval/extractors.py:70–88).
+# `blank_lines` (ours): our earlier templates, which ask for steps separated by blank lines (the segment
+# delimiter), so control points fall between steps; declared in docs/STIR_SPEC.md.
+
+REFERENCE_SYSTEM_PROMPT = "You are a helpful assistant. Follow the user's instructions carefully."  # prompts.py:6
+PROMPT_STYLES = ("reference", "blank_lines")
+
+_REF_NUMBER = (
+    "Solve the following problem step by step.\n"
+    "You should show intermediate steps.\n"
+    "Return the final numeric answer on the last line in the format:\n"
+    "#### <answer>\n\n"
+    "Problem:\n"
+    "{question}\n"
+)
+_REF_MATH = (
+    "Solve the following problem step by step.\n"
+    "You should show intermediate steps.\n"
+    "Put the final answer in \\boxed{<final answer>} on the last line.\n\n"
+    "Problem:\n"
+    "{question}\n"
+)
+_REF_CHOICE = (
+    "Solve the following problem step by step.\n"
+    "You MUST explain your reasoning before giving the final choice.\n"
+    "After the reasoning, choose the correct option (A, B, C, D, or E).\n"
+    "Put only the chosen letter on the last line in the format:\n"
+    "#### <A/B/C/D/E>\n\n"
+    "Question:\n"
+    "{question}\n\n"
+    "Options:\n"
+    "{choices}\n"
+)
+_REF_YESNO = (
+    "Solve the following problem step by step.\n"
+    "You MUST show intermediate steps.\n"
+    "After the reasoning, answer the question with Yes or No.\n"
+    "Put only the final label on the last line in the format:\n"
+    "#### <Yes/No>\n\n"
+    "Question:\n"
+    "{question}\n"
+)
+
 _STEPS = "Reason step by step, and separate the steps with a blank line."
 GSM8K_TEMPLATE = (
     f"Solve the following math problem. {_STEPS} "
@@ -60,6 +100,11 @@ CHOICE_TEMPLATE = (
     f"Answer the following multiple-choice question. {_STEPS} "
     'Finish with the letter of the correct option on its own line in the form "#### <letter>".\n\n'
     "Question: {question}\n{choices}\n"
+)
+YESNO_TEMPLATE = (
+    f"Answer the following yes/no question. {_STEPS} "
+    'Finish with the answer on its own line in the form "#### <Yes/No>".\n\n'
+    "Question: {question}\n"
 )
 
 # --- reading files --------------------------------------------------------------------------------
@@ -258,53 +303,86 @@ def parse_choice(rec: dict[str, Any], where: str, name: str, index: int) -> Exam
                    meta=meta)
 
 
+def parse_svamp(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
+    """SVAMP (`ChilleD/SVAMP` export, or the original JSON): the question is `Body` + newline + `Question`,
+    as the reference builds it (stir/data/loaders.py:108); `Answer` a number (`27.0`). Rows without `Body`
+    fall back to the gsm8k field names."""
+    body = _text(rec, ("Body", "body"), where, required=False)
+    q = _text(rec, ("Question",), where, required=False)
+    if q is None:
+        return parse_gsm8k(rec, where, name, index)
+    question = f"{body}\n{q}".strip() if body else q
+    raw = _text(rec, ("Answer", "answer"), where)
+    gold = normalize_number(raw)
+    if gold is None:
+        raise ValueError(f"{where}: field 'Answer' {clip(raw)} is not a number")
+    meta = _meta(rec, answer_raw=raw) | {k: rec[k] for k in ("Equation", "Type") if rec.get(k) is not None}
+    ex_id = _row_id(rec, name, index) if rec.get("ID") is None else str(rec["ID"])
+    return Example(id=ex_id, question=question, answer=gold, solution=None, meta=meta)
+
+
+_YES, _NO = ("yes", "true", "1"), ("no", "false", "0")
+
+
+def parse_yesno(rec: dict[str, Any], where: str, name: str, index: int) -> Example:
+    """StrategyQA (`ChilleD/StrategyQA` export, or the original `strategyqa_train.json` array): `question`,
+    `answer` a boolean (or "yes"/"no", "true"/"false"); gold "Yes"/"No" as in stir/data/loaders.py:371–375.
+    `facts` (a list or text), when present, become the gold solution's steps."""
+    question = _text(rec, QUESTION_FIELDS, where)
+    raw = _get(rec, ("answer", "Answer", "label"), where)
+    word = str(raw).strip().lower()
+    if word not in _YES + _NO:
+        raise ValueError(f"{where}: field 'answer' {clip(raw)} is not a yes/no answer (true/false, yes/no)")
+    gold = "Yes" if word in _YES else "No"
+    facts = rec.get("facts")
+    steps = [str(f).strip() for f in facts] if isinstance(facts, list) else _steps(str(facts or ""))
+    steps = [f for f in steps if f]
+    solution = "\n\n".join([*steps, f"#### {gold}"]) if steps else None
+    qid = rec.get("qid")
+    ex_id = str(qid) if qid is not None else _row_id(rec, name, index)
+    return Example(id=ex_id, question=question, answer=gold, solution=solution, meta=_meta(rec, answer_raw=raw))
+
+
 # --- the task -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
 class FileFormat:
-    """What differs between file tasks: how a row becomes an Example, the prompt, how answers compare."""
+    """What differs between file tasks: how a row becomes an Example, the prompts, the answer kind."""
 
     name: str
-    kind: str  # "number" | "latex" | "choice" (see stir_core.tasks.extract)
+    kind: str  # "number" | "latex" | "choice" | "yesno" (see stir_core.tasks.grade)
     parse: Callable[[dict[str, Any], str, str, int], Example]
-    template: str
-    extract: Callable[[str], str | None]
+    template: str  # the reference's prompt (prompt_style "reference")
+    blank_lines_template: str  # ours (prompt_style "blank_lines")
 
-
-def extract_math(completion: str) -> str | None:
-    """MATH-style answer: last `\\boxed{}`, else the last `#### <answer>` line; LaTeX-normalised. No
-    last-number fallback: a stray number is not a LaTeX answer."""
-    answer = extract_boxed(completion)
-    if answer is None:
-        answer = last_hash_answer(completion)
-    return None if answer is None else normalize_latex(answer) or None
-
-
-def extract_integer(completion: str) -> str | None:
-    """AIME/AMC answer: last `\\boxed{}` read as a number (after LaTeX normalisation, so
-    `\\boxed{042}` and `\\boxed{42^\\circ}` give 42); without a box, `extract_number`."""
-    boxed = extract_boxed(completion)
-    if boxed is not None:
-        return normalize_number(normalize_latex(boxed))
-    return extract_number(completion)
+    def template_for(self, style: str) -> str:
+        if style not in PROMPT_STYLES:
+            raise ValueError(f"unknown prompt_style {style!r}; expected one of {PROMPT_STYLES}")
+        return self.template if style == "reference" else self.blank_lines_template
 
 
 FORMATS = {
     f.name: f
     for f in (
-        FileFormat(name="gsm8k", kind="number", parse=parse_gsm8k, template=GSM8K_TEMPLATE,
-                   extract=extract_number),
-        FileFormat(name="math500", kind="latex", parse=parse_math, template=MATH_TEMPLATE,
-                   extract=extract_math),
-        FileFormat(name="aime", kind="number", parse=parse_integer, template=INTEGER_TEMPLATE,
-                   extract=extract_integer),
-        FileFormat(name="amc", kind="number", parse=parse_integer, template=INTEGER_TEMPLATE,
-                   extract=extract_integer),
-        FileFormat(name="arc-challenge", kind="choice", parse=parse_choice, template=CHOICE_TEMPLATE,
-                   extract=extract_choice),
-        FileFormat(name="openbookqa", kind="choice", parse=parse_choice, template=CHOICE_TEMPLATE,
-                   extract=extract_choice),
+        FileFormat(name="gsm8k", kind="number", parse=parse_gsm8k, template=_REF_NUMBER,
+                   blank_lines_template=GSM8K_TEMPLATE),
+        FileFormat(name="svamp", kind="number", parse=parse_svamp, template=_REF_NUMBER,
+                   blank_lines_template=GSM8K_TEMPLATE),
+        FileFormat(name="math500", kind="latex", parse=parse_math, template=_REF_MATH,
+                   blank_lines_template=MATH_TEMPLATE),
+        FileFormat(name="aime", kind="number", parse=parse_integer, template=_REF_NUMBER,
+                   blank_lines_template=INTEGER_TEMPLATE),
+        FileFormat(name="amc", kind="number", parse=parse_integer, template=_REF_NUMBER,
+                   blank_lines_template=INTEGER_TEMPLATE),
+        FileFormat(name="arc-challenge", kind="choice", parse=parse_choice, template=_REF_CHOICE,
+                   blank_lines_template=CHOICE_TEMPLATE),
+        FileFormat(name="openbookqa", kind="choice", parse=parse_choice, template=_REF_CHOICE,
+                   blank_lines_template=CHOICE_TEMPLATE),
+        FileFormat(name="commonsenseqa", kind="choice", parse=parse_choice, template=_REF_CHOICE,
+                   blank_lines_template=CHOICE_TEMPLATE),
+        FileFormat(name="strategyqa", kind="yesno", parse=parse_yesno, template=_REF_YESNO,
+                   blank_lines_template=YESNO_TEMPLATE),
     )
 }
 
@@ -332,6 +410,8 @@ class FileTask:
         paths: dict[str, str | Path] | None = None,
         template: str | None = None,
         fields: dict[str, str] | None = None,
+        prompt_style: str = "reference",
+        system_prompt: str | None = "default",
     ):
         self.format, self.name, self.kind = fmt, fmt.name, fmt.kind
         if path is not None and paths is not None:
@@ -354,7 +434,18 @@ class FileTask:
             if p.suffix.lower() not in SUFFIXES:
                 raise ValueError(f"task {fmt.name!r}: {p} has type {p.suffix!r}; expected one of {SUFFIXES}")
             self.paths[split] = p
-        self.template = template if template is not None else fmt.template
+        # The knob is declared in config.py (`PromptConfig`), which tasks may not import (same layer);
+        # tests/test_file_tasks.py checks that the two lists of styles agree.
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style: {prompt_style!r} is not one of {', '.join(PROMPT_STYLES)}")
+        self.prompt_style = prompt_style
+        # The reference sends this system message through the chat template (stir/online/stir.py:293–297,
+        # stir/offline/stage1.py:320–323); `Model.format_prompt(text, system=...)` applies it.
+        # "default": the reference's message under prompt_style "reference", none under "blank_lines".
+        if system_prompt == "default":
+            system_prompt = REFERENCE_SYSTEM_PROMPT if self.prompt_style == "reference" else None
+        self.system_prompt = system_prompt
+        self.template = template if template is not None else fmt.template_for(self.prompt_style)
         needed = ("{question}", "{choices}") if fmt.kind == "choice" else ("{question}",)
         for slot in needed:
             if slot not in self.template:
@@ -436,19 +527,39 @@ class FileTask:
         return [rows[i] for i in keep]
 
     def prompt(self, example: Example) -> str:
+        """The user message. Options are listed "(A) text" as the reference does (prompts.py:45–50), always
+        lettered A, B, C, ... (the reference lists only options labelled A–E, so ARC's rows labelled 1–4
+        would show none; we relabel them)."""
         text = self.template.replace("{question}", example.question)
         if self.kind == "choice":
+            fmt = "({k}) {t}" if self.prompt_style == "reference" else "{k}. {t}"
             options = "\n".join(
-                f"{k}. {t}" for k, t in zip(example.meta["letters"], example.meta["choices"], strict=True)
+                fmt.format(k=k, t=t) for k, t in zip(example.meta["letters"], example.meta["choices"], strict=True)
             )
             text = text.replace("{choices}", options)
         return text
 
+    def gold(self, example: Example) -> str:
+        """The gold answer the grader compares with: as written for LaTeX answers (math-verify reads the
+        original better than our normalised string), else the normalised one."""
+        return str(example.meta.get("answer_raw", example.answer)) if self.kind == "latex" else example.answer
+
+    def grade(self, completion: str, example: Example) -> Grade:
+        """The verdict with its answer, source and reason (`stir_core.tasks.grade`)."""
+        return grade(completion, self.gold(example), self.kind)
+
     def extract(self, completion: str) -> str | None:
-        return self.format.extract(completion)
+        """The answer read from a completion (numbers canonical, LaTeX normalised), or None."""
+        pred, _ = find_answer(completion, self.kind)
+        if pred is None:
+            return None
+        if self.kind == "number":
+            return normalize_number(pred) or normalize_number(normalize_latex(pred)) or pred
+        return normalize_latex(pred) if self.kind == "latex" else pred
 
     def score(self, completion: str, example: Example) -> bool:
-        return answers_equal(self.extract(completion), example.answer, self.kind)
+        """Accuracy and mining labels both come from here."""
+        return self.grade(completion, example).correct
 
 
 for _fmt in FORMATS.values():

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from stir_core.io import atomic
-from stir_core.online.segmented import generate_segmented
+from stir_core.online.scheduler import generate_segmented
 from stir_core.runtime.backend import hook_name, run_with_states
 from stir_core.runtime.engine import Engine, Sampling, Steer
 from stir_core.runtime.locks import serialised

@@ -1,4 +1,6 @@
-"""Segment-synchronous decoding with a policy: the straightforward reference for the continuous scheduler.
+"""TEST ORACLE (not product code): segment-synchronous decoding with a policy, the straightforward reference
+that the product's one scheduler (`stir_core/online/scheduler.py`) must equal token for token and decision
+for decision under greedy float32 decoding. Nothing under `stir_core/` imports it.
 
 Every row decodes to its next control point; the policy plans for all rows at once; previews run as a
 forked batch (or by fresh prefills, `preview="reprefill"`, the authors' way); commits re-run the delimiter
@@ -14,26 +16,13 @@ re-prefilling the text at every segment.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from stir_core.online.gate import Reason
 from stir_core.online.policy import Plan, Policy, Probe
+from stir_core.online.scheduler import Schedule
 from stir_core.runtime.engine import Capture, ControlPoint, DecodeState, Engine, GenerateResult, Steer
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How a policy's decisions are carried out (the knobs that are not the gate's)."""
-
-    max_new_tokens: int
-    max_control_points: int | None = None
-    probe_tokens: int = 4
-    top_l: int = 4
-    probe_stop: bool = True  # a probe ends at the delimiter (the reference)
-    scope: str = "segment"  # segment | persist
-    preview: str = "fork"  # fork | reprefill
 
 
 def control_points(engine: Engine, state: DecodeState, b: int, handled: int, limit: int | None,
@@ -56,8 +45,8 @@ def control_points(engine: Engine, state: DecodeState, b: int, handled: int, lim
         states = dict(zip(state.capture_layers, row.captures[-1].states, strict=True))
     text = row.text
     for m in range(handled + 1, act):
-        policy.note(ControlPoint(b, m, t, text, states), Reason.FUSED)
-    return ControlPoint(b, act, t, text, states)
+        policy.note(ControlPoint(row=b, m=m, token_index=t, text=text, states=states), Reason.FUSED)
+    return ControlPoint(row=b, m=act, token_index=t, text=text, states=states)
 
 
 def probe_result(row, start: int, made: int) -> Probe:
@@ -107,47 +96,20 @@ def preview(engine: Engine, state: DecodeState, plans: Sequence[Plan], sched: Sc
     return out
 
 
-def feed_many(engine: Engine, state: DecodeState, seqs: dict[int, list[int]]) -> dict[int, torch.Tensor]:
-    """Feed several tokens to some rows in one forward (right-aligned; other rows get masked pads).
-
-    Updates the cache, mask and the fed rows' logits; returns captured states at each fed row's last token
-    `{layer: [batch, d_model]}`.
-    """
-    width = max(len(t) for t in seqs.values())
-    n = len(state.rows)
-    ids = torch.full((n, width), engine.model.pad_token_id, dtype=torch.long)
-    new_mask = torch.zeros((n, width), dtype=torch.long)
-    for b, toks in seqs.items():
-        if toks:
-            ids[b, width - len(toks):] = torch.tensor(toks)
-            new_mask[b, width - len(toks):] = 1
-    logits, cache, mask, captured = engine._forward(state, ids.to(engine.device), new_mask.to(engine.device),
-                                                    None, state.capture_layers)
-    state.cache, state.mask = cache, mask
-    fed = torch.zeros(n, dtype=torch.bool)
-    fed[list(seqs)] = True
-    state.logits = torch.where(fed.to(state.logits.device)[:, None], logits[:, -1], state.logits)
-    return {layer: x[:, -1] for layer, x in captured.items()}
-
-
-def unsteer(engine: Engine, state: DecodeState, commits: dict[int, tuple[int, int, int]]) -> None:
+def unsteer(engine: Engine, state: DecodeState, commits: dict[int, tuple[int, int]]) -> None:
     """Scope `segment`: re-run committed segments unsteered from the cache before the commit.
 
-    `commits[b] = (orig_slot, refeed_slot, token_index)`: the delimiter's own (unsteered) slot, the slot of
-    its steered re-run, and the delimiter's index among the row's tokens. Later slots of the row are the
-    segment's; they are masked out and the segment's tokens fed again without any vector.
+    `commits[b] = (position, token_index)`: the delimiter's position in the row's slot and its index among
+    the row's tokens. The slot is rolled back to the delimiter and the delimiter and the segment's tokens
+    are fed again without any vector.
     """
     seqs = {}
-    state.mask = state.mask.clone()
-    for b, (orig, refeed, t0) in commits.items():
-        state.mask[b, refeed:] = 0
-        state.mask[b, orig] = 1
-        seqs[b] = state.rows[b].tokens[t0 + 1:]
-    captured = feed_many(engine, state, {b: t for b, t in seqs.items() if t})
-    for b, toks in seqs.items():
+    for b, (pos, t0) in commits.items():
+        engine.rollback(state, b, pos)
+        seqs[b] = state.rows[b].tokens[t0:]
+    captured = engine.feed_many(state, seqs)
+    for b in seqs:
         row = state.rows[b]
-        if not toks:
-            continue
         t = len(row.tokens) - 1
         if captured and row.captures and row.captures[-1].token_index == t:
             states = torch.stack([captured[layer][b].cpu() for layer in state.capture_layers])
@@ -181,10 +143,9 @@ def run_segmented(engine: Engine, state: DecodeState, policy: Policy | None, sch
             steers[plan.point.row] = policy.resolve(plan, null, cands)
         commits = {}
         if sched.scope == "segment":
-            last_slot = state.mask.shape[1] - 1 - state.mask.flip(1).argmax(1)
             for b, s in enumerate(steers):
                 if s is not None:
-                    commits[b] = (int(last_slot[b]), state.mask.shape[1], len(state.rows[b].tokens) - 1)
+                    commits[b] = (int(state.lengths[b]) - 1, len(state.rows[b].tokens) - 1)
         engine.refeed_last(state, steers)
         active = [False] * n
         for p in points:
@@ -196,6 +157,32 @@ def run_segmented(engine: Engine, state: DecodeState, policy: Policy | None, sch
             if live:
                 unsteer(engine, state, live)
     engine.decode(state, left(), stop=None, capture_at=cap)
+
+
+def run_oracle(engine: Engine, prompts: Sequence[str], policy: Policy | None, config) -> list:
+    """The oracle's `replay`: greedy decoding of formatted prompts with `policy` (None: vanilla); the rows."""
+    sched = Schedule(config.max_new_tokens, config.max_control_points, config.probe_tokens, config.top_l,
+                     config.probe_stop == "delimiter", config.scope, config.preview)
+    ids = [engine.model.encode(p) for p in prompts]
+    state = engine.prefill(ids, policy.capture_layers if policy is not None else (), delimiter=config.delimiter)
+    if policy is None:
+        engine.decode(state, config.max_new_tokens)
+    else:
+        run_segmented(engine, state, policy, sched)
+    engine.finish(state.rows)
+    return state.rows
+
+
+def oracle_method(engine: Engine, prompts: Sequence[str], method: str, library=None, config=None) -> list:
+    """`run_method` with the oracle's decoding in place of the scheduler: Traces to compare with."""
+    from stir_core.online.methods import StirConfig, build_policy, make_trace
+
+    config = config or StirConfig()
+    policy = build_policy(method, library, config)
+    rows = run_oracle(engine, prompts, policy, config)
+    logs = policy.logs if policy is not None else {}
+    return [make_trace(method, prompts[b], row, logs[b].decisions if b in logs else [],
+                       logs[b].probe_tokens if b in logs else 0) for b, row in enumerate(rows)]
 
 
 def generate_segmented(engine: Engine, prompts: Sequence[str], policy: Policy | Callable | None,

@@ -1,0 +1,41 @@
+"""CPU-time A/B of bench_stir's runs (process time, best of 3: less sensitive to other jobs than wall time on a
+shared machine). Run it under two checkouts and compare, e.g.
+
+    (cd OLD && PYTHONPATH=OLD python NEW/benchmarks/ab_cpu_time.py); PYTHONPATH=. python benchmarks/ab_cpu_time.py
+
+Prints best process seconds for: vanilla and STIR on 64 `val` problems in one batch, and on 8 problems one
+at a time (the embedded model, demo library, bench_stir's gate settings).
+"""
+import sys
+import time
+
+sys.path.insert(0, "benchmarks")
+from _common import REPO, load_bench_model
+
+from stir_core.library.format import ToolLibrary
+from stir_core.online.methods import StirConfig, run_method
+from stir_core.runtime.engine import Engine
+from stir_core.tasks import get_task
+
+GATE = {"layer": 3, "tau_null": 0.5, "min_sim": 0.9}
+model = load_bench_model()
+lib = ToolLibrary.load(str(REPO / "assets" / "demo-library"), d_model=model.d_model, n_layers=model.n_layers)
+task = get_task("planted")
+prompts = [model.format_prompt(task.prompt(ex)) for ex in task.load("val", 64, 7)]
+engine = Engine(model)
+cfg = StirConfig(max_new_tokens=128, max_control_points=8, top_l=4, probe_tokens=4, **GATE)
+run_method(engine, prompts[:8], "stir", lib, cfg)
+out = {}
+for name, ps in (("vanilla64", prompts), ("stir64", prompts), ("vanilla1x8", prompts[:8]), ("stir1x8", prompts[:8])):
+    method = name.rstrip("0123456789x").replace("1", "")
+    best = 1e9
+    for _ in range(3):
+        t = time.process_time()
+        if name.endswith("1x8"):
+            for p in ps:
+                run_method(engine, [p], method, lib, cfg)
+        else:
+            run_method(engine, ps, method, lib, cfg)
+        best = min(best, time.process_time() - t)
+    out[name] = best
+print(" ".join(f"{k}={v:.2f}" for k, v in out.items()))
