@@ -36,7 +36,7 @@ from streamlit.delta_generator import DeltaGenerator  # noqa: E402
 
 from app import state  # noqa: E402
 from app.export import SavedView  # noqa: E402
-from app.ui import md_text  # noqa: E402
+from app.ui import md_code, md_text  # noqa: E402
 from stir_core.io.versions import versions  # noqa: E402
 from stir_core.library.format import LibraryError  # noqa: E402
 from stir_core.runtime.model import ModelLoadError  # noqa: E402
@@ -203,7 +203,7 @@ def model_facts(ctx: state.Context, slot: DeltaGenerator) -> None:
             st.warning(md_text(w))
         with st.expander("Model facts", expanded=False):
             st.markdown(
-                f"- **model**: `{model.model_id}`\n- **layers**: {model.n_layers}\n- **d_model**: {model.d_model}\n"
+                f"- **model**: {md_code(model.model_id)}\n- **layers**: {model.n_layers}\n- **d_model**: {model.d_model}\n"
                 f"- **parameters**: {model.n_params:,}\n- **device / dtype**: {model.device} / "
                 f"{str(model.dtype).removeprefix('torch.')}\n"
                 + "\n".join(f"- **{name}**: {ver}" for name, ver in versions().items())

@@ -41,6 +41,15 @@ def md_text(text: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
+def md_code(text: object) -> str:
+    """`text` as one inline code span that it cannot leave: the fence is one backtick longer than the longest
+    run of backticks inside (CommonMark), so a library's `id` holding a backtick stays code, and nothing in a
+    code span is read as Markdown or HTML (an `![x](url)` or `<img>` stays text; tests/test_browser.py)."""
+    text = str(text).replace("\n", " ")
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
 def export_menu(
     name: str, key: str, items: list[tuple[str, str, Callable[[], bytes]]], note: str | None = None
 ) -> None:

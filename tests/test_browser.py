@@ -342,3 +342,53 @@ def test_why_on_the_token_and_a_sweep_end_to_end(setup, tmp_path):
         WHY_SHOT.parent.mkdir(parents=True, exist_ok=True)
         WHY_SHOT.write_bytes(why_shot.read_bytes())
         SWEEP_SHOT.write_bytes(sweep_shot.read_bytes())
+
+
+def test_library_strings_cannot_inject_markup(setup, tmp_path):
+    """A shared library is untrusted input (issue #24): a tool id and a pair id that try to leave a Markdown
+    code span (a backtick, then a Markdown image and an <img> naming a URL) must be shown as text. Checked in
+    a real browser: the dashboard shows the strings literally, no element carries the URL, and the page asks
+    for nothing at it. The URL is a closed loopback port, so a failure sends no traffic off this machine."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright (Python package) is not installed"
+    )
+    from urllib.parse import quote, urlsplit
+
+    env, _, _, _, lib_dir = setup
+    trap_port = free_port()
+    trap = f"http://127.0.0.1:{trap_port}/stir-injection.png"
+    lib = ToolLibrary.load(lib_dir)
+    table = lib.table.copy()
+    evil_id = f"evil`![x]({trap}?md) <img src=\"{trap}?html\">`/corr"
+    table.loc[0, "id"] = evil_id
+    table.loc[0, "pair_id"] = f"pair`![x]({trap}?pair) <img src=\"{trap}?pairhtml\">`"
+    evil_lib = tmp_path / "evil-lib"
+    ToolLibrary(keys=lib.keys, vectors=lib.vectors, table=table, manifest=dict(lib.manifest)).save(evil_lib)
+    env = {**env, "STIR_LIBRARY": str(evil_lib)}
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    proc = start_server(port, env, log)
+    asked: list[str] = []
+    try:
+        wait_healthy(port, proc, log)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 2600})
+            page.on("request", lambda r: asked.append(r.url))
+            page.goto(f"http://127.0.0.1:{port}/library?tool={quote(evil_id, safe='')}",
+                      wait_until="domcontentloaded")
+            page.get_by_text("Tool dashboard").wait_for(timeout=120_000)
+            # Shown as text: the URL is visible characters on the page, not an attribute of an element.
+            page.get_by_text("stir-injection.png?pair", exact=False).first.wait_for(timeout=120_000)
+            page.wait_for_timeout(2_000)  # let any late image load start before counting requests
+            tagged = page.locator(f"[src*='{trap_port}'], [href*='{trap_port}']").count()
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert tagged == 0
+    origins = {(s.hostname, s.port) for s in map(urlsplit, asked) if s.scheme in ("http", "https")}
+    assert origins == {("127.0.0.1", port)}, origins  # nothing at the trap, nothing anywhere else

@@ -531,3 +531,17 @@ def test_allowed_roots_refuse_paths_outside_and_links_out(tmp_path, monkeypatch)
     assert paths.is_loopback("127.0.0.1") and paths.is_loopback("localhost") and paths.is_loopback("::1")
     assert not paths.is_loopback("0.0.0.0") and not paths.is_loopback("") and not paths.is_loopback(None)
     assert paths.is_path_like("/models/x") and paths.is_path_like("./m") and not paths.is_path_like("Qwen/Qwen2.5")
+
+
+@pytest.mark.parametrize("text", ["plain", "a`b", "``x``", "`lead", "trail`", "e`![x](http://127.0.0.1:9/p.png)`",
+                                  "<img src='http://127.0.0.1:9/p.png'>", "__init__.py", "two\nlines"])
+def test_md_code_is_one_code_span_a_commonmark_parser_cannot_leave(text):
+    """app.ui.md_code against markdown-it (a CommonMark parser): exactly one <code> element holding the
+    text (newlines as spaces), and no image, link or raw HTML outside it."""
+    from markdown_it import MarkdownIt
+
+    from app.ui import md_code
+
+    tokens = MarkdownIt("commonmark").parseInline(f"pair {md_code(text)} end")[0].children
+    assert [t.type for t in tokens] == ["text", "code_inline", "text"]
+    assert tokens[1].content == text.replace("\n", " ")

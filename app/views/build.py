@@ -40,7 +40,7 @@ for k, v in defaults.items():
     st.session_state.setdefault(k, v)
 
 st.caption(
-    f"Mines tools from `{ctx.model_name}`'s own rollouts (Stage I), selects a diverse library with the "
+    f"Mines tools from {ui.md_code(ctx.model_name)}'s own rollouts (Stage I), selects a diverse library with the "
     "quality-weighted DPP (Stage II) and indexes it (Stage III). Defaults: `BuildConfig.small()`."
 )
 names = task_names()
@@ -191,5 +191,5 @@ if st.session_state.get("bd_last"):
         st.session_state["sb_lib_path"] = st.session_state["bd_last"]
 
     c1, c2 = st.columns([3, 1], vertical_alignment="center")
-    c1.caption(f"Last build: `{st.session_state['bd_last']}`")
+    c1.caption(f"Last build: {ui.md_code(st.session_state['bd_last'])}")
     c2.button("Use this library", on_click=_use_last, key="x_bd_use")

@@ -32,8 +32,9 @@ path, stamp = ctx.library_key
 table = lib.table
 m = lib.manifest
 st.caption(
-    f"`{ctx.library_path}` · {len(lib)} entries · model `{m.get('model_id', '?')}` · d_model {lib.d_model} · "
-    f"created {m.get('created_at', '?')} · {m.get('content_hash', '')[:19]}…"
+    f"{ui.md_code(ctx.library_path)} · {len(lib)} entries · model {ui.md_code(m.get('model_id', '?'))} · "
+    f"d_model {lib.d_model} · created {ui.md_text(m.get('created_at', '?'))} · "
+    f"{ui.md_text(str(m.get('content_hash', ''))[:19])}…"
 )
 
 defaults = {
@@ -267,7 +268,8 @@ if board is not None:
         left, right = st.columns(2)
         with left:
             st.markdown(
-                f"pair `{prov.pair_id}` · task `{prov.task or '?'}` · example `{prov.example_id or '?'}` · "
+                f"pair {ui.md_code(prov.pair_id)} · task {ui.md_code(prov.task or '?')} · "
+                f"example {ui.md_code(prov.example_id or '?')} · "
                 f"mean reward + {prov.mean_reward_pos if prov.mean_reward_pos is not None else '—'} / − "
                 f"{prov.mean_reward_neg if prov.mean_reward_neg is not None else '—'}"
             )
@@ -281,7 +283,7 @@ if board is not None:
                 st.caption("problem text not available")
             else:
                 p = prov.problem
-                st.markdown(f"split `{p['split']}` · gold **{p['answer']}**")
+                st.markdown(f"split {ui.md_code(p['split'])} · gold **{ui.md_text(p['answer'])}**")
                 st.code(p["prompt"] + (("\n" + p["solution"]) if p.get("solution") else ""), language=None)
             st.markdown("**Metadata**")
             st.dataframe(tables.metadata, hide_index=True, width="stretch", height=260)
@@ -393,7 +395,7 @@ if target:
     except (ValueError, OSError) as err:  # LibraryError is a ValueError
         st.warning(str(err))
     else:
-        st.caption(f"A = this library ({len(ld.a_ids)} {dsource}), B = `{target}` ({len(ld.b_ids)}): "
+        st.caption(f"A = this library ({len(ld.a_ids)} {dsource}), B = {ui.md_code(target)} ({len(ld.b_ids)}): "
                    f"{len(ld.pairs)} matched, {len(ld.only_a)} only in A, {len(ld.only_b)} only in B")
         dfig = library_diff.diff_figure(ld, "A", "B")
         st.plotly_chart(dfig, theme=None, key="x_diff_chart", config={"displaylogo": False})
