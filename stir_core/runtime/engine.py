@@ -237,25 +237,25 @@ class Engine:
     @torch.no_grad()
     def _forward(self, cache: SlotCache, input_ids: torch.Tensor, qpos: torch.Tensor,
                  steer: SteerSlots | None, live: torch.Tensor | None, capture_layers: Sequence[int],
-                 keep: str = "last"):
+                 keep: str = "last", slots: torch.Tensor | None = None):
         """Feed `input_ids` `[batch, t]` at positions `qpos` `[batch, t]` (-1: nothing fed) of `cache`'s slots.
 
-        Rows with `live[b]` get their slot's steer (`steer`) added at its hook point at every fed position.
+        Batch row b is slot `slots[b]` (None: the pool's first `batch` slots, read as a view). Rows with
+        `live[b]` get their slot's steer (`steer`) added at its hook point at every fed position.
         Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
         None for keep="none" —, {layer: resid_post [batch, t, d_model]}).
         """
         ctx = Live(capture={hook_name(layer): layer for layer in capture_layers})
         names = list(ctx.capture)
         if steer is not None and live is not None and bool(live.any()):
-            ctx.steer, ctx.gain = steer, steer.scales * live.to(steer.scales.device, torch.float32)
+            ctx.steer, ctx.gain = steer, steer.scales[: len(live)] * live.to(steer.scales.device, torch.float32)
             names += list(steer.vectors)
         self.hooks.need(names)
         self.forwards += 1
         self.row_positions += input_ids.numel()
-        rows = None if cache.n_slots == input_ids.shape[0] else torch.arange(input_ids.shape[0])
         self.hooks.live = ctx
         try:
-            logits = self.backend.forward(input_ids, qpos, cache, keep=keep, rows=rows)
+            logits = self.backend.forward(input_ids, qpos, cache, keep=keep, rows=slots)
         finally:
             self.hooks.live = None
         self.peak_pool_rows = max(self.peak_pool_rows, cache.n_slots)
@@ -358,6 +358,69 @@ class Engine:
         state.steer.copy(src, dst)
         for i, j in zip(src, dst, strict=True):
             state.rows[j] = state.rows[i].clone()
+
+    # ---- a fixed pool: rows are its occupied prefix ---------------------------------------------------
+    def empty_state(self, n_slots: int, capacity: int, capture_layers: Sequence[int] = (),
+                    delimiter: str = DELIMITER) -> DecodeState:
+        """A state with no rows over a fixed pool of `n_slots` slots × `capacity` positions: rows join with
+        `add_rows` / `append_copies` and leave with `compact`; the pool is never rebuilt (memory S × T)."""
+        return DecodeState(cache=self.backend.new_cache(n_slots, capacity), lengths=torch.zeros(0, dtype=torch.long),
+                           logits=torch.zeros(0, 0), rows=[], steer=SteerSlots(n_slots, self.model.d_model, self.device),
+                           capture_layers=tuple(capture_layers), delimiter=delimiter)
+
+    def _append(self, state: DecodeState, lengths: torch.Tensor, logits: torch.Tensor, rows: Sequence[Row]) -> None:
+        if len(state.rows) + len(rows) > state.cache.n_slots:
+            raise RuntimeError(f"{len(state.rows)} + {len(rows)} rows overrun a pool of {state.cache.n_slots} slots")
+        state.lengths = torch.cat([state.lengths, lengths])
+        state.logits = logits if not state.rows else torch.cat([state.logits, logits.to(state.logits.device)])
+        state.rows.extend(rows)
+
+    def add_rows(self, state: DecodeState, prompts: Sequence[Sequence[int]],
+                 seeds: Sequence[int] | None = None) -> None:
+        """Prefill `prompts` (token ids) into the next free slots of `state`'s fixed pool, in one forward over
+        those slots only (continuous batching: a waiting prompt takes a slot a finished row left)."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("add_rows needs at least one non-empty prompt")
+        n = len(state.rows)
+        slots = torch.arange(n, n + len(prompts))
+        if n + len(prompts) > state.cache.n_slots:
+            raise RuntimeError(f"{n} + {len(prompts)} rows overrun a pool of {state.cache.n_slots} slots")
+        for b in slots.tolist():
+            state.steer.set(b, None)
+        ids, qpos = self._padded(prompts)
+        logits, _ = self._forward(state.cache, ids, qpos, None, None, (), slots=slots)
+        rows = [self.new_row(p, state.delimiter, None if seeds is None else seeds[i]) for i, p in enumerate(prompts)]
+        self._append(state, torch.tensor([len(p) for p in prompts], dtype=torch.long), logits[:, -1], rows)
+
+    def append_copies(self, state: DecodeState, src: Sequence[int]) -> list[int]:
+        """New rows at the next free slots, copies of rows `src` (their slots' filled ranges, lengths, logits,
+        steers, records): a fork into free slots of the fixed pool. Returns the new rows' indices."""
+        n = len(state.rows)
+        dst = list(range(n, n + len(src)))
+        s = torch.tensor(list(src), dtype=torch.long)
+        if n + len(src) > state.cache.n_slots:
+            raise RuntimeError(f"{n} + {len(src)} rows overrun a pool of {state.cache.n_slots} slots")
+        state.cache.copy_slots(s, torch.tensor(dst, dtype=torch.long), int(state.lengths[s].max()))
+        state.steer.copy(src, dst)
+        self._append(state, state.lengths[s], state.logits[s.to(state.logits.device)],
+                     [state.rows[i].clone() for i in src])
+        return dst
+
+    def compact(self, state: DecodeState, order: Sequence[int]) -> None:
+        """Keep rows `order` (distinct), row j becoming the old row `order[j]`: only rows that change slot
+        move (their filled range, in one gather); the freed slots past the new prefix take newcomers."""
+        moved = [(i, j) for j, i in enumerate(order) if i != j]
+        if moved:
+            s = torch.tensor([i for i, _ in moved], dtype=torch.long)
+            d = torch.tensor([j for _, j in moved], dtype=torch.long)
+            state.cache.copy_slots(s, d, int(state.lengths[s].max()))
+            held = [state.steer.held[i] for i, _ in moved]  # read all before writing any
+            for (_, j), steer in zip(moved, held, strict=True):
+                state.steer.set(j, steer)
+        idx = torch.tensor(list(order), dtype=torch.long)
+        state.lengths = state.lengths.index_select(0, idx)
+        state.logits = state.logits.index_select(0, idx.to(state.logits.device))
+        state.rows = [state.rows[i] for i in order]
 
     def step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
              live: torch.Tensor | None = None, replace_last: torch.Tensor | None = None

@@ -27,7 +27,7 @@ class SlotCache:
     """Per-layer K/V `[S, kv_heads, T + 1, head_dim]`, allocated on the first write of each layer.
 
     Before each forward the caller sets `rows` (`[batch]` long: the slot of each batch row, or None when
-    the batch is the whole pool in slot order) and `write` (`[batch, t]` long: the position each new
+    the batch is the pool's first `batch` slots in order: the occupied prefix of a fixed pool) and `write` (`[batch, t]` long: the position each new
     token's K/V goes to; `T` for the scratch column). `update` writes there and returns the keys and values
     the batch's rows attend over (the whole pool's tensors, no copy, when `rows` is None).
     """
@@ -70,15 +70,15 @@ class SlotCache:
             self._alloc(layer_idx, key_states, value_states)
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         write = self.write.to(keys.device)
-        rows = (torch.arange(write.shape[0], device=keys.device) if self.rows is None
-                else self.rows.to(keys.device))
+        batch = write.shape[0]
+        rows = torch.arange(batch, device=keys.device) if self.rows is None else self.rows.to(keys.device)
         # [batch, t, kv_heads, head_dim] at (rows[b], :, write[b, i]): advanced indices around a slice
         keys[rows[:, None], :, write] = key_states.transpose(1, 2).to(keys.dtype)
         values[rows[:, None], :, write] = value_states.transpose(1, 2).to(values.dtype)
         if self.view is not None:
             keys, values = keys[:, :, : self.view], values[:, :, : self.view]
-        if self.rows is None:
-            return keys, values
+        if self.rows is None:  # the batch is the pool's first `batch` slots: a view, no copy
+            return keys[:batch], values[:batch]
         return keys.index_select(0, rows), values.index_select(0, rows)
 
     # ---- slot operations ---------------------------------------------------------------------------
