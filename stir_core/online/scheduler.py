@@ -379,10 +379,8 @@ class _Run:
         chosen, lps = self.engine.choose(st, want, None)
         for k in torch.nonzero(want).flatten().tolist():
             ln, row = self.lanes[k], st.rows[k]
-            tok, s = int(chosen[k]), ln.steer
-            ends = row.push(tok, float(lps[k]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
-            if self.eos is not None and tok == self.eos:
-                row.finished = True
+            tok = int(chosen[k])
+            ends = row.accept(tok, float(lps[k]), ln.steer, self.eos)  # its capture once fed (`after_feed`)
             if ln.role is Role.PROBE:
                 ln.made += 1
                 if ln.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
@@ -446,9 +444,7 @@ class _Run:
         ends = row.stream.boundaries[-1]
         if ends:
             lane.steer = None  # a committed segment ends at its delimiter
-        if captured and ends:  # one capture per control point the token completes
-            states = torch.stack([captured[layer][k, -1].cpu() for layer in layers])
-            row.captures += [Capture(len(row.tokens) - 1, states)] * ends
+        row.capture(ends, captured, k, layers)
         pend = self.pending.get(lane.seq)
         if pend is None:
             if ends:

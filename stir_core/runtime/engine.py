@@ -15,6 +15,10 @@ Vocabulary (per row b):
 - a **fork** copies rows' filled ranges (repeats allowed) into an independent state, to preview
   continuations; a **rollback** sets a row's length.
 
+The per-token protocol (record the chosen token, EOS ends the row, one capture per delimiter the token
+completes, from the forward that fed it) is written once, `Row.accept` and `Row.capture`; `Engine.decode`
+(mining's rollouts, `generate`) and the scheduler (every method) call it and differ only in when a row stops.
+
 Steering and capture are data (`stir_core/runtime/steering.py`): each state carries per-slot steer buffers
 and each forward says which slots' buffers are live; one hook per hook point, installed once, reads them.
 """
@@ -134,6 +138,24 @@ class Row:
         self.logprobs.append(logprob)
         self.added.append(added)
         return self.stream.push(token)
+
+    # ---- the per-token protocol, written once: every decode loop (`Engine.decode`, the scheduler) calls these
+    def accept(self, token: int, logprob: float, steer: Steer | None, eos: int | None) -> int:
+        """Record a chosen token (with what `steer` adds there when it acts at generated tokens); EOS ends
+        the row. Returns how many delimiter occurrences it completed (its control points)."""
+        ends = self.push(token, logprob, (steer.tag, steer.added_norm) if steer is not None and steer.at_segment
+                         else None)
+        if eos is not None and token == eos:
+            self.finished = True
+        return ends
+
+    def capture(self, ends: int, captured: dict[int, torch.Tensor], b: int, layers: Sequence[int]) -> None:
+        """Once the last accepted token has been fed (batch row `b` of the forward that returned `captured`
+        `{layer: [batch, t, d_model]}`): one capture per delimiter it completed (a token holding two
+        delimiters gives two), resid_post at `layers`."""
+        if ends and captured:
+            states = torch.stack([captured[layer][b, -1].cpu() for layer in layers])
+            self.captures += [Capture(len(self.tokens) - 1, states)] * ends
 
     def truncate(self, n_tokens: int, stream: TextStream) -> None:
         """Roll the row back to its first `n_tokens` tokens (`stream` is a snapshot taken there)."""
@@ -330,34 +352,6 @@ class Engine:
                            logits=state.logits.index_select(0, idx.to(state.logits.device)),
                            rows=[state.rows[i].clone() for i in rows], steer=state.steer.select(list(rows)),
                            capture_layers=state.capture_layers, delimiter=state.delimiter)
-
-    def regroup(self, state: DecodeState, rows: Sequence[int]) -> None:
-        """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped):
-        a new pool of those slots' filled ranges."""
-        idx = torch.tensor(list(rows), dtype=torch.long)
-        seen: set[int] = set()
-        new_rows = []
-        for i in rows:
-            new_rows.append(state.rows[i].clone() if i in seen else state.rows[i])
-            seen.add(i)
-        state.lengths = state.lengths.index_select(0, idx)
-        state.cache = state.cache.select(idx, int(state.lengths.max()))
-        state.logits = state.logits.index_select(0, idx.to(state.logits.device))
-        state.steer = state.steer.select(list(rows))
-        state.rows = new_rows
-        state.graph = False  # a new pool of exactly these rows: plain steps
-
-    def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
-        """Make rows `dst` copies of rows `src`, in place (their slots' filled ranges, lengths, logits,
-        records): a fork into free slots, no gather of the pool."""
-        s = torch.tensor(list(src), dtype=torch.long)
-        d = torch.tensor(list(dst), dtype=torch.long)
-        state.cache.copy_slots(s, d, int(state.lengths[s].max()))
-        state.lengths[d] = state.lengths[s]
-        state.logits[d.to(state.logits.device)] = state.logits[s.to(state.logits.device)]
-        state.steer.copy(src, dst)
-        for i, j in zip(src, dst, strict=True):
-            state.rows[j] = state.rows[i].clone()
 
     # ---- a fixed pool: rows are its occupied prefix ---------------------------------------------------
     def empty_state(self, n_slots: int, capacity: int, capture_layers: Sequence[int] = (),
@@ -595,14 +589,11 @@ class Engine:
             tokens, lp = self.choose(state, live, sampling)
             captured = self.step(state, tokens, live, live=live & at_segment)
             for b in torch.nonzero(live).flatten().tolist():
-                row, tok, s = state.rows[b], int(tokens[b]), steers[b]
-                ends = row.push(tok, float(lp[b]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
+                row = state.rows[b]
+                ends = row.accept(int(tokens[b]), float(lp[b]), steers[b], eos)
                 made[b] += 1
-                if capture_at and captured and ends:  # one capture per control point: a fused "\n\n\n\n" gives two
-                    states = torch.stack([captured[layer][b, -1].cpu() for layer in state.capture_layers])
-                    row.captures += [Capture(len(row.tokens) - 1, states)] * ends
-                if eos is not None and tok == eos:
-                    row.finished = True
+                if capture_at:
+                    row.capture(ends, captured, b, state.capture_layers)
                 if row.finished or made[b] >= budgets[b] or (stop and ends):
                     live[b] = False
             if on_step is not None:
