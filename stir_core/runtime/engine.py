@@ -259,10 +259,10 @@ class Engine:
     @torch.no_grad()
     def _forward(self, cache: SlotCache, input_ids: torch.Tensor, qpos: torch.Tensor,
                  steer: SteerSlots | None, live: torch.Tensor | None, capture_layers: Sequence[int],
-                 keep: str = "last", slots: torch.Tensor | None = None):
+                 keep: str = "last", offset: int = 0):
         """Feed `input_ids` `[batch, t]` at positions `qpos` `[batch, t]` (-1: nothing fed) of `cache`'s slots.
 
-        Batch row b is slot `slots[b]` (None: the pool's first `batch` slots, read as a view). Rows with
+        Batch row b is slot `offset + b` (the pool's slots are read as a view, no gather). Rows with
         `live[b]` get their slot's steer (`steer`) added at its hook point at every fed position.
         Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
         None for keep="none" —, {layer: resid_post [batch, t, d_model]}).
@@ -277,7 +277,7 @@ class Engine:
         self.row_positions += input_ids.numel()
         self.hooks.live = ctx
         try:
-            logits = self.backend.forward(input_ids, qpos, cache, keep=keep, rows=slots)
+            logits = self.backend.forward(input_ids, qpos, cache, keep=keep, offset=offset)
         finally:
             self.hooks.live = None
         self.peak_pool_rows = max(self.peak_pool_rows, cache.n_slots)
@@ -358,7 +358,7 @@ class Engine:
                     delimiter: str = DELIMITER) -> DecodeState:
         """A state with no rows over a fixed pool of `n_slots` slots × `capacity` positions: rows join with
         `add_rows` / `append_copies` and leave with `compact`; the pool is never rebuilt (memory S × T)."""
-        return DecodeState(cache=self.backend.new_cache(n_slots, capacity), lengths=torch.zeros(0, dtype=torch.long),
+        return DecodeState(cache=self.backend.new_cache(n_slots, capacity, lazy_zero=True), lengths=torch.zeros(0, dtype=torch.long),
                            logits=torch.zeros(0, 0), rows=[], steer=SteerSlots(n_slots, self.model.d_model, self.device),
                            capture_layers=tuple(capture_layers), delimiter=delimiter)
 
@@ -376,13 +376,12 @@ class Engine:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("add_rows needs at least one non-empty prompt")
         n = len(state.rows)
-        slots = torch.arange(n, n + len(prompts))
         if n + len(prompts) > state.cache.n_slots:
             raise RuntimeError(f"{n} + {len(prompts)} rows overrun a pool of {state.cache.n_slots} slots")
-        for b in slots.tolist():
+        for b in range(n, n + len(prompts)):
             state.steer.set(b, None)
         ids, qpos = self._padded(prompts)
-        logits, _ = self._forward(state.cache, ids, qpos, None, None, (), slots=slots)
+        logits, _ = self._forward(state.cache, ids, qpos, None, None, (), offset=n)  # the new slots only
         rows = [self.new_row(p, state.delimiter, None if seeds is None else seeds[i]) for i, p in enumerate(prompts)]
         self._append(state, torch.tensor([len(p) for p in prompts], dtype=torch.long), logits[:, -1], rows)
 
