@@ -121,6 +121,7 @@ class _Run:
         self.prompts = [list(p) for p in prompts]
         self.admitted = 0  # prompts [0, admitted) have had a main lane
         self.lanes: list[Lane] = []
+        self._pos: dict[int, int] = {}  # id(lane) -> its row (`idx`)
         self.done_rows: list[Row | None] = [None] * len(prompts)
         self.handled = [0] * len(prompts)
         self.pending: dict[int, Pending] = {}
@@ -135,7 +136,13 @@ class _Run:
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
     def idx(self, lane: Lane) -> int:
-        return next(i for i, ln in enumerate(self.lanes) if ln is lane)
+        """The lane's row in the batch (a cached position, rebuilt when lanes moved: a scan per call cost
+        O(batch) each time, thousands of calls a run)."""
+        i = self._pos.get(id(lane))
+        if i is None or i >= len(self.lanes) or self.lanes[i] is not lane:
+            self._pos = {id(ln): k for k, ln in enumerate(self.lanes)}
+            i = self._pos[id(lane)]
+        return i
 
     def row(self, lane: Lane) -> Row:
         return self.state.rows[self.idx(lane)]
