@@ -168,6 +168,23 @@ def test_segmented_with_null_policy_equals_vanilla(engine, tiny):
     assert any(decisions), "the tiny model emits newlines, so there are control points"
 
 
+def test_scheduler_and_decode_share_the_per_token_protocol(engine, tiny):
+    """The scheduler (policy None, fewer slots than prompts) and `Engine.generate` record the same tokens,
+    EOS ends and captures (one per delimiter, same token index, same states) for every row."""
+    from stir_core.online.scheduler import Schedule, run_continuous
+
+    prompts = [p + "\n" for p in PROMPTS]
+    ref = engine.generate(prompts, 40, capture_layers=[0, 2], capture_at="\n")
+    rows = run_continuous(engine, [tiny.encode(p) for p in prompts], None, Schedule(40), "\n",
+                          capture_layers=[0, 2], batch=2)
+    assert sum(len(c) for c in ref.captures) > 0
+    for row, toks, caps in zip(rows, ref.tokens, ref.captures, strict=True):
+        assert row.tokens == toks
+        assert [c.token_index for c in row.captures] == [c.token_index for c in caps]
+        for a, b in zip(row.captures, caps, strict=True):
+            torch.testing.assert_close(a.states, b.states, atol=1e-5, rtol=1e-5)
+
+
 def test_hooks_are_installed_once_and_inert_outside_the_engine(engine, tiny):
     """One engine hook per hook point used, however many decodes; outside an engine forward they change
     nothing: a bridge forward then equals the same forward with every engine hook detached."""

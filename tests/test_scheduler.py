@@ -128,3 +128,55 @@ def test_segment_scope_equals_reprefilling_the_text_unsteered(engine, tiny, scop
             results.append(text == d.null_probe_text and abs(lp - d.null_probe_logprob) < 1e-4)
     assert results, "no previewed control point after a commit: the check would be empty"
     assert all(results) if scope == "segment" else not all(results)
+
+
+# ---- continuous batching: more prompts than slots ----------------------------------------------------------
+
+MANY = PROMPTS + ["5*5=", "9-1=8\n2+2", "x:y:z?", "1\n1\n1\n", "40/8=", "b?"]
+
+
+def spy_admissions(engine, monkeypatch) -> list[int]:
+    """Rows already running each time waiting prompts were prefilled into the pool."""
+    seen: list[int] = []
+    add_rows = engine.add_rows
+
+    def spy(state, prompts, seeds=None):
+        seen.append(len(state.rows))
+        return add_rows(state, prompts, seeds)
+
+    monkeypatch.setattr(engine, "add_rows", spy)
+    return seen
+
+
+@pytest.mark.parametrize("variant", [{}, {"scope": "persist"}, {"positions": "segment"}],
+                         ids=["reference", "persist", "segment-positions"])
+@pytest.mark.parametrize("method", ["vanilla", "stir"])
+def test_more_prompts_than_slots_equals_the_oracle_on_all_prompts(engine, tiny, method, variant, monkeypatch):
+    """A run over N > batch prompts in a fixed pool (waiting prompts take the slots finished rows leave)
+    gives the oracle's tokens and decisions, the oracle decoding all N prompts at once."""
+    lib = make_library(tiny.d_model)
+    cfg = StirConfig(delimiter="\n", max_new_tokens=40).with_overrides(**variant)
+    sync = oracle_method(engine, MANY, method, lib if method == "stir" else None, cfg)
+    seen = spy_admissions(engine, monkeypatch)
+    cont = run_method(engine, MANY, method, lib if method == "stir" else None, cfg, batch=3)
+    same(cont, sync)
+    assert len(seen) > 1 and any(n > 0 for n in seen[1:]), f"no prompt joined a running batch: {seen}"
+    if method == "stir":
+        assert sum(len(t.decisions) for t in sync) > 0 and sum(t.probe_tokens for t in sync) > 0
+
+
+@pytest.mark.parametrize("method", ["vanilla", "stir"])
+def test_continuous_batching_on_the_embedded_model_equals_the_oracle(toy, method, monkeypatch):
+    """Rows end at EOS at different steps on the embedded model: newcomers join beside running rows."""
+    engine = Engine(toy)
+    lib = ToolLibrary.load(DEFAULT_MODEL_DIR.parent / "demo-library")
+    task = get_task("planted")
+    prompts = [toy.format_prompt(task.prompt(ex)) for ex in task.load("val", 12, seed=5)]
+    cfg = StirConfig(layer=3, tau_null=0.5, min_sim=0.9, max_new_tokens=96)
+    sync = oracle_method(engine, prompts, method, lib if method == "stir" else None, cfg)
+    seen = spy_admissions(engine, monkeypatch)
+    cont = run_method(engine, prompts, method, lib if method == "stir" else None, cfg, batch=4)
+    same(cont, sync)
+    assert sum(n > 0 for n in seen[1:]) >= 2, f"prompts did not join running rows: {seen}"
+    if method == "stir":
+        assert sum(t.interventions for t in sync) > 0, "the comparison must include commits"

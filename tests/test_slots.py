@@ -103,3 +103,50 @@ def test_static_graph_step_run_eagerly_equals_the_plain_step(tiny):
     static.generate(prompts[:3], 24, steers=[Steer(1, vec, 1.0, "segment")] * 3, capture_layers=[0, 2],
                     capture_at="\n")
     assert len(static._graph_steps) == before, "a request in a bucket already seen reuses its step"
+
+
+@pytest.mark.parametrize(("method", "scope", "cap"), [("vanilla", "segment", None), ("stir", "segment", None),
+                                                      ("stir", "persist", 2), ("stir", "segment", 3)])
+def test_fixed_pool_of_s_slots_whatever_the_number_of_prompts(engine, tiny, method, scope, cap, monkeypatch):
+    """N > batch prompts: exactly one pool is allocated, of S = `pool_rows(batch)` slots × `pool_positions`
+    (no second pool beside it), and no forward runs over more slots."""
+    prompts = PROMPTS * 3  # 12 prompts
+    batch = 3
+    made = []
+    new_cache = engine.backend.new_cache
+
+    def spy(n_slots, capacity, **kw):
+        made.append((n_slots, capacity))
+        return new_cache(n_slots, capacity, **kw)
+
+    monkeypatch.setattr(engine.backend, "new_cache", spy)
+    cfg = StirConfig(delimiter="\n", max_new_tokens=40, scope=scope, tau_null=-1.0, max_preview_rows=cap)
+    engine.peak_pool_rows = engine.peak_pool_positions = 0
+    traces = run_method(engine, prompts, method, make_library(tiny.d_model) if method == "stir" else None, cfg,
+                        batch=batch)
+    assert len(traces) == len(prompts) and all(t.tokens for t in traces)
+    if method == "stir":
+        assert sum(t.probe_tokens for t in traces) > 0 and sum(t.interventions for t in traces) > 0
+    longest = max(len(tiny.encode(p)) for p in prompts)
+    bound = pool_rows(batch, method, cfg.top_l, cap, scope)
+    assert made == [(bound, pool_positions(longest, 40, cfg.probe_tokens, method))]
+    assert engine.peak_pool_rows == bound < pool_rows(len(prompts), method, cfg.top_l, cap, scope)
+
+
+def test_lazy_pool_zeroes_slots_when_a_batch_first_reaches_them():
+    """A fixed pool starts uninitialised (here: NaN planted in slots no batch has reached); a batch's slots
+    read back finite wherever nothing was written, and a copy into a new slot leaves no garbage past the
+    copied range (attention multiplies masked keys by a zero weight, so they must be finite)."""
+    pool = SlotCache(4, 5, lazy_zero=True)
+    pool.write = torch.tensor([[0]])
+    k = torch.ones(1, 1, 1, 2)
+    pool.update(k, k, 0)
+    pool.keys[0][1:] = float("nan")
+    pool.values[0][1:] = float("nan")
+    pool.write = torch.tensor([[1], [0], [0]])
+    keys, values = pool.update(torch.ones(3, 1, 1, 2), torch.ones(3, 1, 1, 2), 0)
+    assert keys.shape[0] == 3 and torch.isfinite(keys).all() and torch.isfinite(values).all()
+    assert keys[1, :, 1:].abs().sum() == 0
+    pool.copy_slots(torch.tensor([0]), torch.tensor([3]), 2)
+    assert torch.isfinite(pool.keys[0][3]).all() and torch.equal(pool.keys[0][3, :, :2], pool.keys[0][0, :, :2])
+    assert pool.keys[0][3, :, 2:].abs().sum() == 0

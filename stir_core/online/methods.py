@@ -206,14 +206,16 @@ def build_policy(method: str, library: ToolLibrary | None, config: StirConfig) -
 
 @serialised  # the engine is not safe for concurrent callers (stir_core/runtime/locks.py)
 def run_method(engine: Engine, prompts: Sequence[str], method: str, library: ToolLibrary | None = None,
-               config: StirConfig | None = None, example_ids: Sequence[str] | None = None) -> list[Trace]:
-    """Decode `prompts` (already formatted) with one method, batched; returns one Trace per prompt."""
+               config: StirConfig | None = None, example_ids: Sequence[str] | None = None,
+               batch: int | None = None) -> list[Trace]:
+    """Decode `prompts` (already formatted) with one method, batched; returns one Trace per prompt. `batch`:
+    most prompts decoding at once in a fixed pool (None: all); the rest join as rows finish."""
     config = config or StirConfig()
     if library is not None and len(library) and library.vectors.shape[1] != engine.model.d_model:
         raise ValueError(f"library vectors have width {library.vectors.shape[1]} but the model's d_model is "
                          f"{engine.model.d_model}")
     policy = build_policy(method, library, config)
-    rows = replay(engine, prompts, policy, config)
+    rows = replay(engine, prompts, policy, config, batch)
     logs = policy.logs if policy is not None else {}
     traces = []
     for b, row in enumerate(rows):
@@ -228,7 +230,8 @@ def schedule_of(config: StirConfig) -> Schedule:
                     config.probe_stop == "delimiter", config.scope, config.preview)
 
 
-def replay(engine: Engine, prompts: Sequence[str], policy: Policy | None, config: StirConfig) -> list:
+def replay(engine: Engine, prompts: Sequence[str], policy: Policy | None, config: StirConfig,
+           batch: int | None = None) -> list:
     """Greedy decoding of formatted prompts with `policy` at the control points (None: vanilla); the rows.
 
     One scheduler for every method (`stir_core/online/scheduler.py`); the segment-synchronous algorithm it
@@ -239,7 +242,8 @@ def replay(engine: Engine, prompts: Sequence[str], policy: Policy | None, config
         if not p or not p.strip():
             raise ValueError(f"prompt {i} is empty")
     ids = [engine.model.encode(p) for p in prompts]
-    rows = run_continuous(engine, ids, policy, schedule_of(config), config.delimiter, config.max_preview_rows)
+    rows = run_continuous(engine, ids, policy, schedule_of(config), config.delimiter, config.max_preview_rows,
+                          batch=batch)
     engine.finish(rows)
     return rows
 

@@ -14,8 +14,10 @@ action's probe: it keeps decoding, greedily, exactly as vanilla would. When ever
   vector while the main lane *shadows* it, fed the same tokens without the vector. When the segment closes
   the driver leaves and the main lane holds the unsteered cache: the reference's re-prefill, for free.
 
-Lanes that finish free their slot; previews take free slots (a copy of one slot's filled range), and the
-pool is rebuilt only when spawns outnumber free slots or free slots pile up.
+The pool is fixed (S = `memory.pool_rows(batch, ...)` slots, allocated once, never rebuilt) and the batch
+is its occupied prefix. Lanes that finish free their slot (the last lane's filled range moves into the
+hole); previews and drivers take free slots (a copy of one slot's filled range); then waiting prompts do,
+prefilled into their slot (continuous batching: N prompts, at most `batch` decoding at once).
 
 This is the product's one policy-driven decode (`run_continuous`, `generate_segmented`; vanilla is the
 policy None). Tokens and decisions equal the segment-synchronous oracle's (`tests/oracle/segmented.py`,
@@ -34,7 +36,7 @@ import torch
 from stir_core.online.gate import Reason
 from stir_core.online.policy import Plan, Policy, Probe
 from stir_core.runtime.engine import Capture, ControlPoint, Engine, GenerateResult, Row, Steer
-from stir_core.runtime.memory import pool_positions
+from stir_core.runtime.memory import pool_positions, pool_rows
 from stir_core.runtime.segment import TextStream
 
 
@@ -57,7 +59,7 @@ class Role(Enum):
     MAIN = "main"  # a prompt's own row: exactly one per unfinished prompt
     PROBE = "probe"  # a candidate's preview
     DRIVER = "driver"  # scope `segment`: decodes the committed segment with the vector
-    FREE = "free"  # a slot no lane uses, until a spawn takes it or the pool is rebuilt
+    FREE = "free"  # a slot no lane uses: it leaves the batch at the next regroup
 
 
 @dataclass(kw_only=True)
@@ -102,15 +104,24 @@ class Pending:
 
 class _Run:
     def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
-                 delimiter: str, max_preview_rows: int | None, capture_layers: Sequence[int] | None = None):
+                 delimiter: str, max_preview_rows: int | None, capture_layers: Sequence[int] | None = None,
+                 batch: int | None = None):
         self.engine, self.policy, self.sched = engine, policy, sched
         layers = capture_layers if capture_layers is not None else (policy.capture_layers if policy else ())
+        method = "vanilla" if policy is None else "policy"
         # Positions per slot (`memory.pool_positions`): the longest prompt, the budget, and a null probe's
         # run past it under a policy.
-        capacity = pool_positions(max(len(p) for p in prompts), sched.max_new_tokens, sched.probe_tokens,
-                                  "vanilla" if policy is None else "policy")
-        self.state = engine.prefill(prompts, layers, delimiter=delimiter, capacity=capacity)
-        self.lanes = [Lane(seq=i) for i in range(len(prompts))]
+        capacity = pool_positions(max(len(p) for p in prompts), sched.max_new_tokens, sched.probe_tokens, method)
+        # Prompts decoding at once; the rest wait and take the slots finished rows leave (continuous
+        # batching). The pool is fixed at S = `memory.pool_rows(batch, ...)` slots, allocated once.
+        self.batch = min(batch or len(prompts), len(prompts))
+        self.n_slots = pool_rows(self.batch, "vanilla" if policy is None else "stir", sched.top_l,
+                                 max_preview_rows, sched.scope)
+        self.state = engine.empty_state(self.n_slots, capacity, layers, delimiter)
+        self.prompts = [list(p) for p in prompts]
+        self.admitted = 0  # prompts [0, admitted) have had a main lane
+        self.lanes: list[Lane] = []
+        self._pos: dict[int, int] = {}  # id(lane) -> its row (`idx`)
         self.done_rows: list[Row | None] = [None] * len(prompts)
         self.handled = [0] * len(prompts)
         self.pending: dict[int, Pending] = {}
@@ -121,10 +132,17 @@ class _Run:
         self.max_preview = max_preview_rows or None
         self.spawns: list[tuple[Lane, Lane]] = []  # (source, new lane) to add at the next regroup
         self.eos = engine.model.eos_token_id
+        self.admit_prompts()
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
     def idx(self, lane: Lane) -> int:
-        return next(i for i, ln in enumerate(self.lanes) if ln is lane)
+        """The lane's row in the batch (a cached position, rebuilt when lanes moved: a scan per call cost
+        O(batch) each time, thousands of calls a run)."""
+        i = self._pos.get(id(lane))
+        if i is None or i >= len(self.lanes) or self.lanes[i] is not lane:
+            self._pos = {id(ln): k for k, ln in enumerate(self.lanes)}
+            i = self._pos[id(lane)]
+        return i
 
     def row(self, lane: Lane) -> Row:
         return self.state.rows[self.idx(lane)]
@@ -138,34 +156,47 @@ class _Run:
         return rows + sum(1 for _, new in self.spawns if new.role in (Role.PROBE, Role.DRIVER))
 
     def live(self) -> bool:
-        return any(ln.role is not Role.FREE for ln in self.lanes)
+        return self.admitted < len(self.prompts) or any(ln.role is not Role.FREE for ln in self.lanes)
 
     def regroup(self) -> None:
-        """Apply queued spawns, and drop dead rows when they are many.
+        """Free slots leave the batch, queued spawns take free slots, then waiting prompts do.
 
-        A lane that is done becomes a dead row (fed nothing); a spawn takes a dead row by an in-place copy of
-        one row. The whole cache is gathered only when spawns outnumber dead rows or dead rows pass a
-        quarter of the batch (then they leave, and so do cache slots no row attends).
+        The pool is fixed: the batch is its occupied prefix. A lane that is done leaves a hole, filled by
+        moving a lane from the tail (one slot's filled range); a spawn is a copy of one slot into the next
+        free slot; a waiting prompt is prefilled into a free slot. Spawns that find no free slot wait.
         """
-        dead = [i for i, ln in enumerate(self.lanes) if ln.role is Role.FREE]
-        if self.spawns and len(self.spawns) <= len(dead):
-            src = [self.idx(s) for s, _ in self.spawns]
-            dst = dead[: len(self.spawns)]
-            self.engine.copy_rows(self.state, src, dst)
-            for j, (_, new) in zip(dst, self.spawns, strict=True):
-                self.lanes[j] = new
-            self.spawns, dead = [], dead[len(dst):]
-        if not self.spawns and len(dead) <= max(4, len(self.lanes) // 4):
-            self.late_rollbacks()
-            return
         keep = [i for i, ln in enumerate(self.lanes) if ln.role is not Role.FREE]
-        order = keep + [self.idx(src) for src, _ in self.spawns]
-        lanes = [self.lanes[i] for i in keep] + [new for _, new in self.spawns]
-        self.spawns = []
-        if order:
-            self.engine.regroup(self.state, order)
-        self.lanes = lanes
+        if len(keep) < len(self.lanes):
+            n = len(keep)
+            holes = [i for i in range(n) if self.lanes[i].role is Role.FREE]
+            tail = [i for i in keep if i >= n]
+            fill = dict(zip(holes, tail, strict=True))
+            order = [fill.get(j, j) for j in range(n)]
+            self.engine.compact(self.state, order)
+            self.lanes = [self.lanes[i] for i in order]
+        if self.spawns:
+            take = self.spawns[: self.n_slots - len(self.lanes)]
+            if take:
+                self.engine.append_copies(self.state, [self.idx(src) for src, _ in take])
+                for src, new in take:
+                    if new.role is Role.PROBE and len(self.row(src).tokens) > new.start:
+                        new.rollback_to = self.pending[new.seq].snapshot  # the null probe ran on meanwhile
+                    self.lanes.append(new)
+                self.spawns = self.spawns[len(take):]
+        self.admit_prompts()
         self.late_rollbacks()
+
+    def admit_prompts(self) -> None:
+        """Waiting prompts take free slots (never ahead of queued spawns), up to `batch` prompts at once."""
+        if self.spawns:
+            return
+        running = self.admitted - sum(r is not None for r in self.done_rows)
+        k = min(len(self.prompts) - self.admitted, self.batch - running, self.n_slots - len(self.lanes))
+        if k <= 0:
+            return
+        self.engine.add_rows(self.state, self.prompts[self.admitted: self.admitted + k])
+        self.lanes += [Lane(seq=self.admitted + i) for i in range(k)]
+        self.admitted += k
 
     def late_rollbacks(self) -> None:
         """Roll late probe copies back to their control point; then (preview "reprefill") recompute the
@@ -240,10 +271,10 @@ class _Run:
         pend, lane = self.pending[seq], self.main(seq)
         pend.deferred = False
         for s in pend.plan.probes:
+            # a copy of the main lane when a slot takes it (`regroup`), rolled back to the control point if the
+            # main lane has run on as the null probe meanwhile
             probe = Lane(seq=seq, role=Role.PROBE, steer=s, refeed=s if s.at_last else None, start=pend.snapshot.n_tokens,
                          fresh=self.sched.preview == "reprefill")
-            if len(self.row(lane).tokens) > pend.snapshot.n_tokens:
-                probe.rollback_to = pend.snapshot  # the main lane has run on as the null probe meanwhile
             pend.probes.append(probe)
             self.spawns.append((lane, probe))
 
@@ -355,10 +386,8 @@ class _Run:
         chosen, lps = self.engine.choose(st, want, None)
         for k in torch.nonzero(want).flatten().tolist():
             ln, row = self.lanes[k], st.rows[k]
-            tok, s = int(chosen[k]), ln.steer
-            ends = row.push(tok, float(lps[k]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
-            if self.eos is not None and tok == self.eos:
-                row.finished = True
+            tok = int(chosen[k])
+            ends = row.accept(tok, float(lps[k]), ln.steer, self.eos)  # its capture once fed (`after_feed`)
             if ln.role is Role.PROBE:
                 ln.made += 1
                 if ln.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
@@ -422,9 +451,7 @@ class _Run:
         ends = row.stream.boundaries[-1]
         if ends:
             lane.steer = None  # a committed segment ends at its delimiter
-        if captured and ends:  # one capture per control point the token completes
-            states = torch.stack([captured[layer][k, -1].cpu() for layer in layers])
-            row.captures += [Capture(len(row.tokens) - 1, states)] * ends
+        row.capture(ends, captured, k, layers)
         pend = self.pending.get(lane.seq)
         if pend is None:
             if ends:
@@ -443,7 +470,7 @@ class _Run:
         mains = [ln.seq for ln in self.lanes if ln.role is Role.MAIN]
         for seq, row in enumerate(self.done_rows):
             n = mains.count(seq)
-            if n != (0 if row is not None else 1):
+            if n != (0 if row is not None or seq >= self.admitted else 1):
                 raise AssertionError(f"prompt {seq}: {n} main lanes ({'done' if row is not None else 'running'})")
 
     def run(self) -> list[Row]:
@@ -472,12 +499,16 @@ def _probe(row: Row, start: int, made: int) -> Probe:
 
 def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
                    delimiter: str, max_preview_rows: int | None = None,
-                   capture_layers: Sequence[int] | None = None) -> list[Row]:
+                   capture_layers: Sequence[int] | None = None, batch: int | None = None) -> list[Row]:
     """Greedy segmented decoding of token-id prompts with `policy` (None: vanilla, no control point acted
-    on); the finished rows, in prompt order. `capture_layers` default to the policy's."""
+    on); the finished rows, in prompt order. `capture_layers` default to the policy's. `batch`: most prompts
+    decoding at once (None: all); the others wait for a finished row's slot, in a pool of
+    `memory.pool_rows(batch, ...)` slots."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("the scheduler needs at least one non-empty prompt")
-    return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows, capture_layers).run()
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows, capture_layers, batch).run()
 
 
 def generate_segmented(engine: Engine, prompts: Sequence[str], policy: Policy | Callable | None,

@@ -132,16 +132,16 @@ class Backend:
         param = next(self.hf_model.parameters())
         self.device, self.dtype = param.device, param.dtype
 
-    def new_cache(self, n_slots: int, capacity: int) -> SlotCache:
+    def new_cache(self, n_slots: int, capacity: int, lazy_zero: bool = False) -> SlotCache:
         """An empty static pool of `n_slots` slots of `capacity` positions (`stir_core/runtime/slots.py`)."""
-        return SlotCache(n_slots, capacity)
+        return SlotCache(n_slots, capacity, lazy_zero=lazy_zero)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, qpos: torch.Tensor, cache: SlotCache, keep: str = "last",
-                rows: torch.Tensor | None = None, grow: bool = True) -> torch.Tensor | None:
+                rows: torch.Tensor | None = None, grow: bool = True, offset: int = 0) -> torch.Tensor | None:
         """Run `ids` `[batch, t]` at query positions `qpos` `[batch, t]` (-1: nothing fed there; its K/V go to
         the scratch column), writing the K/V in place. Batch row b is slot `rows[b]` of `cache` (`rows`
-        `[batch]` long; None: every slot in order). `grow=False` (a captured step): no capacity check, which
+        `[batch]` long; None: slots `[offset, offset + batch)` in order, read as a view). `grow=False` (a captured step): no capacity check, which
         would read `qpos` back to the host.
 
         Hooks are the engine's, installed once (`stir_core/runtime/steering.py`). `keep="last"` returns logits `[batch, 1, d_vocab]` for the last position only
@@ -152,7 +152,7 @@ class Backend:
             view = needed = max(int(qpos.max()) + 1, 1)
             if needed > cache.capacity:
                 cache.grow(max(needed, 2 * cache.capacity))
-        cache.rows, cache.view = rows, view
+        cache.rows, cache.view, cache.offset = rows, view, offset
         cache.write = torch.where(qpos >= 0, qpos, cache.scratch).to(self.device)
         q = qpos.to(self.device)
         full, slide = attention_masks(q, cache.capacity, {w for w in self.windows if w is not None}, self.dtype,

@@ -15,6 +15,10 @@ Vocabulary (per row b):
 - a **fork** copies rows' filled ranges (repeats allowed) into an independent state, to preview
   continuations; a **rollback** sets a row's length.
 
+The per-token protocol (record the chosen token, EOS ends the row, one capture per delimiter the token
+completes, from the forward that fed it) is written once, `Row.accept` and `Row.capture`; `Engine.decode`
+(mining's rollouts, `generate`) and the scheduler (every method) call it and differ only in when a row stops.
+
 Steering and capture are data (`stir_core/runtime/steering.py`): each state carries per-slot steer buffers
 and each forward says which slots' buffers are live; one hook per hook point, installed once, reads them.
 """
@@ -135,6 +139,24 @@ class Row:
         self.added.append(added)
         return self.stream.push(token)
 
+    # ---- the per-token protocol, written once: every decode loop (`Engine.decode`, the scheduler) calls these
+    def accept(self, token: int, logprob: float, steer: Steer | None, eos: int | None) -> int:
+        """Record a chosen token (with what `steer` adds there when it acts at generated tokens); EOS ends
+        the row. Returns how many delimiter occurrences it completed (its control points)."""
+        ends = self.push(token, logprob, (steer.tag, steer.added_norm) if steer is not None and steer.at_segment
+                         else None)
+        if eos is not None and token == eos:
+            self.finished = True
+        return ends
+
+    def capture(self, ends: int, captured: dict[int, torch.Tensor], b: int, layers: Sequence[int]) -> None:
+        """Once the last accepted token has been fed (batch row `b` of the forward that returned `captured`
+        `{layer: [batch, t, d_model]}`): one capture per delimiter it completed (a token holding two
+        delimiters gives two), resid_post at `layers`."""
+        if ends and captured:
+            states = torch.stack([captured[layer][b, -1].cpu() for layer in layers])
+            self.captures += [Capture(len(self.tokens) - 1, states)] * ends
+
     def truncate(self, n_tokens: int, stream: TextStream) -> None:
         """Roll the row back to its first `n_tokens` tokens (`stream` is a snapshot taken there)."""
         del self.tokens[n_tokens:], self.logprobs[n_tokens:], self.added[n_tokens:]
@@ -237,25 +259,25 @@ class Engine:
     @torch.no_grad()
     def _forward(self, cache: SlotCache, input_ids: torch.Tensor, qpos: torch.Tensor,
                  steer: SteerSlots | None, live: torch.Tensor | None, capture_layers: Sequence[int],
-                 keep: str = "last"):
+                 keep: str = "last", offset: int = 0):
         """Feed `input_ids` `[batch, t]` at positions `qpos` `[batch, t]` (-1: nothing fed) of `cache`'s slots.
 
-        Rows with `live[b]` get their slot's steer (`steer`) added at its hook point at every fed position.
+        Batch row b is slot `offset + b` (the pool's slots are read as a view, no gather). Rows with
+        `live[b]` get their slot's steer (`steer`) added at its hook point at every fed position.
         Returns (logits [batch, 1, vocab] float32 — the last position's; [batch, t, vocab] for keep="all";
         None for keep="none" —, {layer: resid_post [batch, t, d_model]}).
         """
         ctx = Live(capture={hook_name(layer): layer for layer in capture_layers})
         names = list(ctx.capture)
         if steer is not None and live is not None and bool(live.any()):
-            ctx.steer, ctx.gain = steer, steer.scales * live.to(steer.scales.device, torch.float32)
+            ctx.steer, ctx.gain = steer, steer.scales[: len(live)] * live.to(steer.scales.device, torch.float32)
             names += list(steer.vectors)
         self.hooks.need(names)
         self.forwards += 1
         self.row_positions += input_ids.numel()
-        rows = None if cache.n_slots == input_ids.shape[0] else torch.arange(input_ids.shape[0])
         self.hooks.live = ctx
         try:
-            logits = self.backend.forward(input_ids, qpos, cache, keep=keep, rows=rows)
+            logits = self.backend.forward(input_ids, qpos, cache, keep=keep, offset=offset)
         finally:
             self.hooks.live = None
         self.peak_pool_rows = max(self.peak_pool_rows, cache.n_slots)
@@ -331,33 +353,67 @@ class Engine:
                            rows=[state.rows[i].clone() for i in rows], steer=state.steer.select(list(rows)),
                            capture_layers=state.capture_layers, delimiter=state.delimiter)
 
-    def regroup(self, state: DecodeState, rows: Sequence[int]) -> None:
-        """Rebuild `state` in place from its rows `rows` (repeats clone a row; rows left out are dropped):
-        a new pool of those slots' filled ranges."""
-        idx = torch.tensor(list(rows), dtype=torch.long)
-        seen: set[int] = set()
-        new_rows = []
-        for i in rows:
-            new_rows.append(state.rows[i].clone() if i in seen else state.rows[i])
-            seen.add(i)
-        state.lengths = state.lengths.index_select(0, idx)
-        state.cache = state.cache.select(idx, int(state.lengths.max()))
-        state.logits = state.logits.index_select(0, idx.to(state.logits.device))
-        state.steer = state.steer.select(list(rows))
-        state.rows = new_rows
-        state.graph = False  # a new pool of exactly these rows: plain steps
+    # ---- a fixed pool: rows are its occupied prefix ---------------------------------------------------
+    def empty_state(self, n_slots: int, capacity: int, capture_layers: Sequence[int] = (),
+                    delimiter: str = DELIMITER) -> DecodeState:
+        """A state with no rows over a fixed pool of `n_slots` slots × `capacity` positions: rows join with
+        `add_rows` / `append_copies` and leave with `compact`; the pool is never rebuilt (memory S × T)."""
+        return DecodeState(cache=self.backend.new_cache(n_slots, capacity, lazy_zero=True), lengths=torch.zeros(0, dtype=torch.long),
+                           logits=torch.zeros(0, 0), rows=[], steer=SteerSlots(n_slots, self.model.d_model, self.device),
+                           capture_layers=tuple(capture_layers), delimiter=delimiter)
 
-    def copy_rows(self, state: DecodeState, src: Sequence[int], dst: Sequence[int]) -> None:
-        """Make rows `dst` copies of rows `src`, in place (their slots' filled ranges, lengths, logits,
-        records): a fork into free slots, no gather of the pool."""
+    def _append(self, state: DecodeState, lengths: torch.Tensor, logits: torch.Tensor, rows: Sequence[Row]) -> None:
+        if len(state.rows) + len(rows) > state.cache.n_slots:
+            raise RuntimeError(f"{len(state.rows)} + {len(rows)} rows overrun a pool of {state.cache.n_slots} slots")
+        state.lengths = torch.cat([state.lengths, lengths])
+        state.logits = logits if not state.rows else torch.cat([state.logits, logits.to(state.logits.device)])
+        state.rows.extend(rows)
+
+    def add_rows(self, state: DecodeState, prompts: Sequence[Sequence[int]],
+                 seeds: Sequence[int] | None = None) -> None:
+        """Prefill `prompts` (token ids) into the next free slots of `state`'s fixed pool, in one forward over
+        those slots only (continuous batching: a waiting prompt takes a slot a finished row left)."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("add_rows needs at least one non-empty prompt")
+        n = len(state.rows)
+        if n + len(prompts) > state.cache.n_slots:
+            raise RuntimeError(f"{n} + {len(prompts)} rows overrun a pool of {state.cache.n_slots} slots")
+        for b in range(n, n + len(prompts)):
+            state.steer.set(b, None)
+        ids, qpos = self._padded(prompts)
+        logits, _ = self._forward(state.cache, ids, qpos, None, None, (), offset=n)  # the new slots only
+        rows = [self.new_row(p, state.delimiter, None if seeds is None else seeds[i]) for i, p in enumerate(prompts)]
+        self._append(state, torch.tensor([len(p) for p in prompts], dtype=torch.long), logits[:, -1], rows)
+
+    def append_copies(self, state: DecodeState, src: Sequence[int]) -> list[int]:
+        """New rows at the next free slots, copies of rows `src` (their slots' filled ranges, lengths, logits,
+        steers, records): a fork into free slots of the fixed pool. Returns the new rows' indices."""
+        n = len(state.rows)
+        dst = list(range(n, n + len(src)))
         s = torch.tensor(list(src), dtype=torch.long)
-        d = torch.tensor(list(dst), dtype=torch.long)
-        state.cache.copy_slots(s, d, int(state.lengths[s].max()))
-        state.lengths[d] = state.lengths[s]
-        state.logits[d.to(state.logits.device)] = state.logits[s.to(state.logits.device)]
+        if n + len(src) > state.cache.n_slots:
+            raise RuntimeError(f"{n} + {len(src)} rows overrun a pool of {state.cache.n_slots} slots")
+        state.cache.copy_slots(s, torch.tensor(dst, dtype=torch.long), int(state.lengths[s].max()))
         state.steer.copy(src, dst)
-        for i, j in zip(src, dst, strict=True):
-            state.rows[j] = state.rows[i].clone()
+        self._append(state, state.lengths[s], state.logits[s.to(state.logits.device)],
+                     [state.rows[i].clone() for i in src])
+        return dst
+
+    def compact(self, state: DecodeState, order: Sequence[int]) -> None:
+        """Keep rows `order` (distinct), row j becoming the old row `order[j]`: only rows that change slot
+        move (their filled range, in one gather); the freed slots past the new prefix take newcomers."""
+        moved = [(i, j) for j, i in enumerate(order) if i != j]
+        if moved:
+            s = torch.tensor([i for i, _ in moved], dtype=torch.long)
+            d = torch.tensor([j for _, j in moved], dtype=torch.long)
+            state.cache.copy_slots(s, d, int(state.lengths[s].max()))
+            held = [state.steer.held[i] for i, _ in moved]  # read all before writing any
+            for (_, j), steer in zip(moved, held, strict=True):
+                state.steer.set(j, steer)
+        idx = torch.tensor(list(order), dtype=torch.long)
+        state.lengths = state.lengths.index_select(0, idx)
+        state.logits = state.logits.index_select(0, idx.to(state.logits.device))
+        state.rows = [state.rows[i] for i in order]
 
     def step(self, state: DecodeState, tokens: torch.Tensor, feed: torch.Tensor,
              live: torch.Tensor | None = None, replace_last: torch.Tensor | None = None
@@ -532,14 +588,11 @@ class Engine:
             tokens, lp = self.choose(state, live, sampling)
             captured = self.step(state, tokens, live, live=live & at_segment)
             for b in torch.nonzero(live).flatten().tolist():
-                row, tok, s = state.rows[b], int(tokens[b]), steers[b]
-                ends = row.push(tok, float(lp[b]), (s.tag, s.added_norm) if s is not None and s.at_segment else None)
+                row = state.rows[b]
+                ends = row.accept(int(tokens[b]), float(lp[b]), steers[b], eos)
                 made[b] += 1
-                if capture_at and captured and ends:  # one capture per control point: a fused "\n\n\n\n" gives two
-                    states = torch.stack([captured[layer][b, -1].cpu() for layer in state.capture_layers])
-                    row.captures += [Capture(len(row.tokens) - 1, states)] * ends
-                if eos is not None and tok == eos:
-                    row.finished = True
+                if capture_at:
+                    row.capture(ends, captured, b, state.capture_layers)
                 if row.finished or made[b] >= budgets[b] or (stop and ends):
                     live[b] = False
             if on_step is not None:

@@ -16,8 +16,8 @@ What is counted (the engine's own tensors; allocator slack and framework buffers
 - previews: STIR's extra rows — L probe copies per previewed prompt, one driver per committed segment —
   each a slot of the pool. `max_preview_rows` caps the extra rows, so with the slot pool it bounds memory
   (before the pool, each forward widened every row's cache and a cap raised the peak: H200,
-  results/bench_gpu_capped.txt). When the scheduler rebuilds a smaller pool (free slots piling up) the old
-  and the new pool exist together for a moment; `estimate` counts one pool.
+  results/bench_gpu_capped.txt). The scheduler allocates one pool per run and never rebuilds it; with
+  more prompts than `batch`, waiting prompts take the slots finished rows leave.
 """
 
 from __future__ import annotations

@@ -27,22 +27,29 @@ class SlotCache:
     """Per-layer K/V `[S, kv_heads, T + 1, head_dim]`, allocated on the first write of each layer.
 
     Before each forward the caller sets `rows` (`[batch]` long: the slot of each batch row, or None when
-    the batch is the whole pool in slot order) and `write` (`[batch, t]` long: the position each new
+    the batch is the pool's first `batch` slots in order: the occupied prefix of a fixed pool) and `write` (`[batch, t]` long: the position each new
     token's K/V goes to; `T` for the scratch column). `update` writes there and returns the keys and values
     the batch's rows attend over (the whole pool's tensors, no copy, when `rows` is None).
     """
 
     is_compileable = False
 
-    def __init__(self, n_slots: int, capacity: int):
+    def __init__(self, n_slots: int, capacity: int, lazy_zero: bool = False):
         self.n_slots, self.capacity = int(n_slots), int(capacity)
         self.keys: list[torch.Tensor | None] = []
         self.values: list[torch.Tensor | None] = []
+        # A fixed pool sized for the worst case (every prompt previewing at once) mostly stays unused: with
+        # `lazy_zero` its tensors start uninitialised and slots are zeroed the first time a batch reaches
+        # them (a query attends its batch's slots up to the longest filled range, so those must be finite).
+        # `zeroed[layer]`: slots [0, n) of that layer are finite. Off for a captured step's pool.
+        self.lazy_zero = lazy_zero
+        self.zeroed: list[int] = []
         self.rows: torch.Tensor | None = None
         self.write: torch.Tensor | None = None
         # Eager steps attend over the first `view` positions only (the longest filled range), not all T + 1:
         # on a CPU attention costs per key. None: every position (a captured step needs the fixed shape).
         self.view: int | None = None
+        self.offset = 0  # with `rows` None: the batch is slots [offset, offset + batch)
 
     # what Hugging Face may ask of a cache when it builds nothing itself
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -59,38 +66,62 @@ class SlotCache:
         while len(self.keys) <= layer_idx:
             self.keys.append(None)
             self.values.append(None)
+            self.zeroed.append(0)
         shape = (self.n_slots, k.shape[1], self.capacity + 1)
-        self.keys[layer_idx] = k.new_zeros(*shape, k.shape[-1])
-        self.values[layer_idx] = v.new_zeros(*shape, v.shape[-1])
+        make = k.new_empty if self.lazy_zero else k.new_zeros
+        self.keys[layer_idx] = make(*shape, k.shape[-1])
+        self.values[layer_idx] = make(*shape, v.shape[-1])
+        self.zeroed[layer_idx] = 0 if self.lazy_zero else self.n_slots
+
+    def _ready(self, layer_idx: int, n: int) -> None:
+        """Slots [0, n) of a layer hold finite values (zeroed on first reach)."""
+        done = self.zeroed[layer_idx]
+        if n > done:
+            self.keys[layer_idx][done:n].zero_()
+            self.values[layer_idx][done:n].zero_()
+            self.zeroed[layer_idx] = n
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Write `[batch, kv_heads, t, head_dim]` at `write`; return `[batch, kv_heads, T + 1, head_dim]`."""
         if layer_idx >= len(self.keys) or self.keys[layer_idx] is None:
             self._alloc(layer_idx, key_states, value_states)
+        batch, lo = self.write.shape[0], self.offset
+        if self.lazy_zero:
+            self._ready(layer_idx, lo + batch if self.rows is None else int(self.rows.max()) + 1)
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         write = self.write.to(keys.device)
-        rows = (torch.arange(write.shape[0], device=keys.device) if self.rows is None
+        rows = (torch.arange(lo, lo + batch, device=keys.device) if self.rows is None
                 else self.rows.to(keys.device))
         # [batch, t, kv_heads, head_dim] at (rows[b], :, write[b, i]): advanced indices around a slice
         keys[rows[:, None], :, write] = key_states.transpose(1, 2).to(keys.dtype)
         values[rows[:, None], :, write] = value_states.transpose(1, 2).to(values.dtype)
         if self.view is not None:
             keys, values = keys[:, :, : self.view], values[:, :, : self.view]
-        if self.rows is None:
-            return keys, values
+        if self.rows is None:  # the batch is a run of the pool's slots: a view, no copy
+            return keys[lo: lo + batch], values[lo: lo + batch]
         return keys.index_select(0, rows), values.index_select(0, rows)
 
     # ---- slot operations ---------------------------------------------------------------------------
     def copy_slots(self, src: torch.Tensor, dst: torch.Tensor, upto: int) -> None:
         """Slots `dst` `[n]` become copies of slots `src` `[n]` over positions `[0, upto)`, in place (a
         fork into free slots: only those rows' filled range moves)."""
-        for k, v in zip(self.keys, self.values, strict=True):
+        pairs = list(zip(src.tolist(), dst.tolist(), strict=True))
+        if not pairs:
+            return
+        for j, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             if k is None:
                 continue
-            s, d = src.to(k.device), dst.to(k.device)
-            k[d, :, :upto] = k[s, :, :upto]
-            v[d, :, :upto] = v[s, :, :upto]
+            if self.lazy_zero:
+                self._ready(j, max(d for _, d in pairs) + 1)
+            if set(src.tolist()) & set(dst.tolist()):  # overlapping moves: gather all first, then scatter
+                s, d = src.to(k.device), dst.to(k.device)
+                k[d, :, :upto] = k[s, :, :upto]
+                v[d, :, :upto] = v[s, :, :upto]
+                continue
+            for s, d in pairs:  # plain slice copies: cheaper on a CPU than one advanced-index assignment
+                k[d, :, :upto].copy_(k[s, :, :upto])
+                v[d, :, :upto].copy_(v[s, :, :upto])
 
     def select(self, idx: torch.Tensor, upto: int) -> SlotCache:
         """A new pool whose slot i copies slot `idx[i]` (repeats allowed). One gather of whole slots: what

@@ -75,7 +75,8 @@ class Live:
 
     def apply(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if self.gain is not None and name in self.steer.vectors:
-            add = self.steer.vectors[name] * self.gain[:, None]  # [S, d_model]
+            # [batch, d_model]: the batch is the pool's first `batch` slots (`gain` is sized to it)
+            add = self.steer.vectors[name][: self.gain.shape[0]] * self.gain[:, None]
             x = x + add[:, None].to(x.device, x.dtype)
         layer = self.capture.get(name)
         if layer is not None:
