@@ -6,7 +6,7 @@ independent Hugging Face forward over the same string."""
 from __future__ import annotations
 
 import torch
-from test_mine import EchoTask, _cfg
+from helpers.tasks import EchoTask, echo_config
 
 from stir_core.offline.capture import delimiter_end_offsets, retokenized_ids, retokenized_states
 from stir_core.offline.mine import mine_candidates
@@ -61,7 +61,7 @@ def test_where_the_sampled_tokens_are_canonical_retokenize_equals_decode_capture
 
 
 def test_mining_with_retokenize_runs_the_reference_capture(tiny):
-    fast = mine_candidates(tiny, _cfg(), task=EchoTask(), show_progress=False)
-    ref = mine_candidates(tiny, _cfg(capture="retokenize"), task=EchoTask(), show_progress=False)
+    fast = mine_candidates(tiny, echo_config(), task=EchoTask(), show_progress=False)
+    ref = mine_candidates(tiny, echo_config(capture="retokenize"), task=EchoTask(), show_progress=False)
     assert len(fast) > 0 and fast.table["id"].tolist() == ref.table["id"].tolist()  # same items, other states
     assert ref.manifest["config"]["mine"]["capture"] == "retokenize"

@@ -6,33 +6,16 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers.tasks import OneTask
+from helpers.tasks import EchoTask, echo_config
 
 from stir_core.config import MineConfig
 from stir_core.offline.mine import Rollout, contrast_problem, mine_candidates
 from stir_core.tasks import Example
 
 
-class EchoTask(OneTask):
-    """A toy task for a random model: segments end at "\\n"; 'correct' when the completion has a '1'."""
-
-    name = "echo"
-
-    def load(self, split="mine", n=None, seed=0):
-        exs = [Example(id=f"e{i}", question=f"{i}+{i}=", answer="1") for i in range(12)]
-        return exs[:n]
-
-
-def _cfg(**kw):
-    base = dict(task="echo", n_problems=6, k_rollouts=6, temperature=1.5, top_p=1.0, max_new_tokens=40,
-                layers=[1, -1], require_correct_and_incorrect=False, problems_per_batch=3, top_c=50, seed=3)
-    base.update(kw)
-    return MineConfig(**base)
-
-
 def test_one_pass_capture_equals_per_prefix_forwards(tiny):
-    fast = mine_candidates(tiny, _cfg(), task=EchoTask(), show_progress=False)
-    slow = mine_candidates(tiny, _cfg(capture="reprefill"), task=EchoTask(), show_progress=False)
+    fast = mine_candidates(tiny, echo_config(), task=EchoTask(), show_progress=False)
+    slow = mine_candidates(tiny, echo_config(capture="reprefill"), task=EchoTask(), show_progress=False)
     assert len(fast) > 0
     assert fast.table["id"].tolist() == slow.table["id"].tolist()
     # Same float32 model, different batching of the same positions: equal to 1e-4 absolute.
@@ -41,32 +24,32 @@ def test_one_pass_capture_equals_per_prefix_forwards(tiny):
 
 
 def test_mining_is_reproducible_and_seeded(tiny):
-    a = mine_candidates(tiny, _cfg(), task=EchoTask(), show_progress=False)
-    b = mine_candidates(tiny, _cfg(), task=EchoTask(), show_progress=False)
-    c = mine_candidates(tiny, _cfg(seed=4), task=EchoTask(), show_progress=False)
+    a = mine_candidates(tiny, echo_config(), task=EchoTask(), show_progress=False)
+    b = mine_candidates(tiny, echo_config(), task=EchoTask(), show_progress=False)
+    c = mine_candidates(tiny, echo_config(seed=4), task=EchoTask(), show_progress=False)
     assert torch.equal(a.vectors, b.vectors) and a.table.equals(b.table)
     assert a.manifest["content_hash"] == b.manifest["content_hash"]
     assert a.manifest["content_hash"] != c.manifest["content_hash"]
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path):
-    full = mine_candidates(tiny, _cfg(), task=EchoTask(), show_progress=False)
+    full = mine_candidates(tiny, echo_config(), task=EchoTask(), show_progress=False)
 
     def stop_after_first_batch(done, total, info):
         if done == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        mine_candidates(tiny, _cfg(), run_dir=tmp_path, task=EchoTask(), progress=stop_after_first_batch,
+        mine_candidates(tiny, echo_config(), run_dir=tmp_path, task=EchoTask(), progress=stop_after_first_batch,
                         show_progress=False)
     seen = []
-    resumed = mine_candidates(tiny, _cfg(), run_dir=tmp_path, task=EchoTask(),
+    resumed = mine_candidates(tiny, echo_config(), run_dir=tmp_path, task=EchoTask(),
                               progress=lambda d, t, i: seen.append(d), show_progress=False)
     assert seen == [6], "the resumed run starts after the checkpointed first batch"
     assert torch.equal(full.vectors, resumed.vectors) and torch.equal(full.keys, resumed.keys)
     assert full.table.equals(resumed.table)
     with pytest.raises(ValueError, match="different mining config"):
-        mine_candidates(tiny, _cfg(k_rollouts=5), run_dir=tmp_path, task=EchoTask(), show_progress=False)
+        mine_candidates(tiny, echo_config(k_rollouts=5), run_dir=tmp_path, task=EchoTask(), show_progress=False)
 
 
 def _rollout(k, correct, reward, states, prefixes):
@@ -257,7 +240,7 @@ def test_split_rule_without_the_correct_incorrect_contrast(n):
 def test_nothing_mined_gives_an_empty_library(tiny):
     # One rollout per side of the same four: with k_pos = k_neg = 4 the reference split puts every rollout on
     # both sides, so no split has a positive gap and nothing is mined.
-    lib = mine_candidates(tiny, _cfg(k_rollouts=4, k_pos=4, k_neg=4, n_problems=2), task=EchoTask(),
+    lib = mine_candidates(tiny, echo_config(k_rollouts=4, k_pos=4, k_neg=4, n_problems=2), task=EchoTask(),
                           show_progress=False)
     assert len(lib) == 0 and lib.manifest["d_model"] == tiny.d_model
 
@@ -268,4 +251,4 @@ def test_mine_candidates_refuses_a_launcher_instead_of_mining_every_problem_on_e
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ValueError, match="mine_sharded"):
-        mine_candidates(None, _cfg(), task=EchoTask(), show_progress=False)
+        mine_candidates(None, echo_config(), task=EchoTask(), show_progress=False)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.gate_library import PROMPTS, make_library
 from oracle.segmented import oracle_method
-from test_controller import PROMPTS, make_library
 
 from stir_core.library.format import ToolLibrary
 from stir_core.online.methods import StirConfig, run_method

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_controller import PROMPTS, make_library
+from helpers.gate_library import PROMPTS, make_library
 
 from stir_core.online.methods import StirConfig, run_method
 from stir_core.runtime.memory import pool_positions, pool_rows
