@@ -9,9 +9,11 @@ path); otherwise on the tiny test model and a test library (newline-delimited se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,10 @@ pytestmark = [
 ]
 
 
-def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+@contextlib.contextmanager
+def serving(env: dict[str, str], log: Path) -> Iterator[int]:
+    """The app served on a free loopback port until the block ends (healthy before it starts); yields the port."""
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -66,7 +71,16 @@ def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
         "--browser.gatherUsageStats",
         "false",
     ]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(port, proc, log)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -89,51 +103,41 @@ def test_playground_end_to_end(setup, tmp_path):
         "playwright.sync_api", reason="playwright (Python package) is not installed"
     )
     env, prompt, delimiter, model_dir, lib_dir = setup
-    port = free_port()
     log = tmp_path / "streamlit.log"
     shot = Path(os.environ.get("STIR_SCREENSHOT") or tmp_path / "playground.png").resolve()
     shot.parent.mkdir(parents=True, exist_ok=True)
-    proc = start_server(port, env, log)
-    try:
-        wait_healthy(port, proc, log)
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 2300})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-            run = page.get_by_role("button", name="Run comparison")
-            run.wait_for(timeout=90_000)
-            box = page.get_by_role("textbox", name="Prompt")
-            box.fill(prompt)  # always typed: reading the default raced the page's first render
-            box.press("Control+Enter")
-            if delimiter != "\n\n":
-                field = page.get_by_role("textbox", name="Segment delimiter")
-                field.fill(delimiter.encode("unicode_escape").decode())
-                field.press("Enter")
-            page.wait_for_timeout(500)
-            run.click()
-            columns = page.locator(".stir-tokens")
-            columns.nth(2).wait_for(timeout=90_000)
-            strip = page.locator(".st-key-gate_strip .js-plotly-plot")
-            strip.wait_for(timeout=30_000)
-            texts = [
-                c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
-                for c in columns.all()
-            ]
-            cards = page.locator("[class*='st-key-gate_card_']").count()
-            # export the gate strip as SVG through the app's menu (Kaleido in the server process)
-            page.locator(".st-key-gate_strip").get_by_role("button", name="Export").click()
-            with page.expect_download(timeout=90_000) as dl:
-                page.get_by_role("button", name="SVG (paper column)").click()
-            svg = Path(dl.value.path()).read_bytes()
-            page.keyboard.press("Escape")
-            page.screenshot(path=str(shot))
-            browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(env, log) as port, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 2300})
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+        run = page.get_by_role("button", name="Run comparison")
+        run.wait_for(timeout=90_000)
+        box = page.get_by_role("textbox", name="Prompt")
+        box.fill(prompt)  # always typed: reading the default raced the page's first render
+        box.press("Control+Enter")
+        if delimiter != "\n\n":
+            field = page.get_by_role("textbox", name="Segment delimiter")
+            field.fill(delimiter.encode("unicode_escape").decode())
+            field.press("Enter")
+        page.wait_for_timeout(500)
+        run.click()
+        columns = page.locator(".stir-tokens")
+        columns.nth(2).wait_for(timeout=90_000)
+        strip = page.locator(".st-key-gate_strip .js-plotly-plot")
+        strip.wait_for(timeout=30_000)
+        texts = [
+            c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
+            for c in columns.all()
+        ]
+        cards = page.locator("[class*='st-key-gate_card_']").count()
+        # export the gate strip as SVG through the app's menu (Kaleido in the server process)
+        page.locator(".st-key-gate_strip").get_by_role("button", name="Export").click()
+        with page.expect_download(timeout=90_000) as dl:
+            page.get_by_role("button", name="SVG (paper column)").click()
+        svg = Path(dl.value.path()).read_bytes()
+        page.keyboard.press("Escape")
+        page.screenshot(path=str(shot))
+        browser.close()
     # what the browser shows is what the core decodes, column by column
     model = load_model(str(model_dir), device="cpu")
     lib = ToolLibrary.load(lib_dir)
@@ -182,40 +186,30 @@ def test_library_dashboard_end_to_end(setup, tmp_path):
                  for d in Trace.from_json(t).decisions if d.chosen]
     tool = max(sorted(set(committed)), key=committed.count)  # the tool STIR committed most often
     ref = dash.build(lib, tool, model, engine, examples, str(run))
-    port = free_port()
     log = tmp_path / "streamlit.log"
-    proc = start_server(port, env, log)
     shot = tmp_path / "dashboard.png"
-    try:
-        wait_healthy(port, proc, log)
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 2600})
-            page.goto(f"http://127.0.0.1:{port}/library", wait_until="domcontentloaded")
-            page.get_by_text("Tool dashboard").wait_for(timeout=120_000)
-            box = page.get_by_role("combobox", name="Tool")
-            box.click()
-            box.fill(tool)
-            box.press("Enter")
-            page.get_by_text(f"pair `{ref.provenance.pair_id}`".replace("`", "")).wait_for(timeout=60_000)
-            page.get_by_role("tab", name="Where it fires").click()
-            page.get_by_text(f"retrievals in {run}").wait_for(timeout=120_000)
-            fired = page.get_by_text(f"retrievals in {run}").inner_text()
-            page.get_by_role("tab", name="What it changes").click()
-            sweep = page.locator(".stir-sweep")
-            sweep.nth(4).wait_for(timeout=60_000)
-            texts = [c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
-                     for c in sweep.all()]
-            marked = page.locator(".stir-sweep span.diff").count()
-            top = page.get_by_text("Tool dashboard").bounding_box()
-            page.screenshot(path=str(shot), clip={"x": 0, "y": max(0, top["y"] - 24), "width": 1500, "height": 1450})
-            browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(env, log) as port, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 2600})
+        page.goto(f"http://127.0.0.1:{port}/library", wait_until="domcontentloaded")
+        page.get_by_text("Tool dashboard").wait_for(timeout=120_000)
+        box = page.get_by_role("combobox", name="Tool")
+        box.click()
+        box.fill(tool)
+        box.press("Enter")
+        page.get_by_text(f"pair `{ref.provenance.pair_id}`".replace("`", "")).wait_for(timeout=60_000)
+        page.get_by_role("tab", name="Where it fires").click()
+        page.get_by_text(f"retrievals in {run}").wait_for(timeout=120_000)
+        fired = page.get_by_text(f"retrievals in {run}").inner_text()
+        page.get_by_role("tab", name="What it changes").click()
+        sweep = page.locator(".stir-sweep")
+        sweep.nth(4).wait_for(timeout=60_000)
+        texts = [c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
+                 for c in sweep.all()]
+        marked = page.locator(".stir-sweep span.diff").count()
+        top = page.get_by_text("Tool dashboard").bounding_box()
+        page.screenshot(path=str(shot), clip={"x": 0, "y": max(0, top["y"] - 24), "width": 1500, "height": 1450})
+        browser.close()
     assert fired.startswith(f"{len(ref.firings)} retrievals")
     assert texts == [r.text for r in ref.sweep.rows]
     assert marked == sum(sum(r.differs) for r in ref.sweep.rows)
@@ -238,89 +232,79 @@ def test_why_on_the_token_and_a_sweep_end_to_end(setup, tmp_path):
         "playwright.sync_api", reason="playwright (Python package) is not installed"
     )
     env, prompt, delimiter, model_dir, lib_dir = setup
-    port = free_port()
     log = tmp_path / "streamlit.log"
     why_shot, sweep_shot = tmp_path / "why.png", tmp_path / "sweep.png"
-    proc = start_server(port, env, log)
-    try:
-        wait_healthy(port, proc, log)
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 2600})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-            run = page.get_by_role("button", name="Run comparison")
-            run.wait_for(timeout=90_000)
-            box = page.get_by_role("textbox", name="Prompt")
-            box.fill(prompt)
-            box.press("Control+Enter")
-            if delimiter != "\n\n":
-                field = page.get_by_role("textbox", name="Segment delimiter")
-                field.fill(delimiter.encode("unicode_escape").decode())
-                field.press("Enter")
+    with serving(env, log) as port, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 2600})
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+        run = page.get_by_role("button", name="Run comparison")
+        run.wait_for(timeout=90_000)
+        box = page.get_by_role("textbox", name="Prompt")
+        box.fill(prompt)
+        box.press("Control+Enter")
+        if delimiter != "\n\n":
+            field = page.get_by_role("textbox", name="Segment delimiter")
+            field.fill(delimiter.encode("unicode_escape").decode())
+            field.press("Enter")
+        page.wait_for_timeout(500)
+        run.click()
+        columns = page.locator(".stir-tokens")
+        columns.nth(2).wait_for(timeout=90_000)
+        titles = columns.nth(2).locator("span.why").evaluate_all("els => els.map(e => e.title)")
+        page.get_by_role("radio", name="KL(steered ‖ vanilla)").click()
+        page.locator(".st-key-gate_strip .colorbar").first.wait_for(timeout=30_000)
+        panel = page.locator(".st-key-pg_why_panel")
+        panel.get_by_text("Score_null").first.wait_for(timeout=30_000)
+        why_text = panel.inner_text()
+        top = page.get_by_role("radio", name="KL(steered ‖ vanilla)").bounding_box()
+        bottom = panel.bounding_box()
+        page.screenshot(path=str(why_shot), clip={"x": 0, "y": max(0, top["y"] - 16), "width": 1500,
+                                                  "height": min(1500, bottom["y"] + bottom["height"] - top["y"] + 32)})
+        # the gate-card column picker follows the pick at once (it lagged one run)
+        picker = page.get_by_role("combobox", name="Column", exact=True)
+        option = page.get_by_role("option", name="2. static")
+        for _ in range(3):  # a click during a rerun may not open the list
             page.wait_for_timeout(500)
-            run.click()
-            columns = page.locator(".stir-tokens")
-            columns.nth(2).wait_for(timeout=90_000)
-            titles = columns.nth(2).locator("span.why").evaluate_all("els => els.map(e => e.title)")
-            page.get_by_role("radio", name="KL(steered ‖ vanilla)").click()
-            page.locator(".st-key-gate_strip .colorbar").first.wait_for(timeout=30_000)
-            panel = page.locator(".st-key-pg_why_panel")
-            panel.get_by_text("Score_null").first.wait_for(timeout=30_000)
-            why_text = panel.inner_text()
-            top = page.get_by_role("radio", name="KL(steered ‖ vanilla)").bounding_box()
-            bottom = panel.bounding_box()
-            page.screenshot(path=str(why_shot), clip={"x": 0, "y": max(0, top["y"] - 16), "width": 1500,
-                                                      "height": min(1500, bottom["y"] + bottom["height"] - top["y"] + 32)})
-            # the gate-card column picker follows the pick at once (it lagged one run)
-            picker = page.get_by_role("combobox", name="Column", exact=True)
-            option = page.get_by_role("option", name="2. static")
-            for _ in range(3):  # a click during a rerun may not open the list
-                page.wait_for_timeout(500)
-                picker.click()
-                try:
-                    option.wait_for(timeout=5_000)
+            picker.click()
+            try:
+                option.wait_for(timeout=5_000)
+                break
+            except sync_api.TimeoutError:
+                continue
+        option.click()
+        page.locator("[class*='st-key-gate_card_0']").get_by_text("committed static").wait_for(timeout=30_000)
+        # a strength sweep: one prompt -> vanilla + one column per k_scale value, then a small batch
+        page.get_by_text("Strength sweep (one knob over a range)").click()
+        page.get_by_role("button", name="Sweep this prompt").click()
+        columns.nth(4).wait_for(timeout=120_000)
+        n_cols = columns.count()
+        sweep_texts = [c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
+                       for c in columns.all()]
+        header = page.get_by_text("Strength sweep (one knob over a range)")
+
+        def open_sweep() -> None:
+            """Click the expander's header once the rerun has settled (a stale copy doubles it)."""
+            for _ in range(100):
+                if header.count() == 1:
                     break
-                except sync_api.TimeoutError:
-                    continue
-            option.click()
-            page.locator("[class*='st-key-gate_card_0']").get_by_text("committed static").wait_for(timeout=30_000)
-            # a strength sweep: one prompt -> vanilla + one column per k_scale value, then a small batch
-            page.get_by_text("Strength sweep (one knob over a range)").click()
-            page.get_by_role("button", name="Sweep this prompt").click()
-            columns.nth(4).wait_for(timeout=120_000)
-            n_cols = columns.count()
-            sweep_texts = [c.locator("span.tok").evaluate_all("els => els.map(e => e.textContent).join('')")
-                           for c in columns.all()]
-            header = page.get_by_text("Strength sweep (one knob over a range)")
+                page.wait_for_timeout(300)
+            header.click()
 
-            def open_sweep() -> None:
-                """Click the expander's header once the rerun has settled (a stale copy doubles it)."""
-                for _ in range(100):
-                    if header.count() == 1:
-                        break
-                    page.wait_for_timeout(300)
-                header.click()
-
-            batch = page.get_by_role("button", name="Sweep a batch (val, seed 1)")
-            if not batch.is_visible():  # the expander may have closed with the rerun
-                open_sweep()
-            batch.click()
-            done = page.get_by_text("paired with vanilla on the same problems")
-            done.wait_for(state="attached", timeout=240_000)
-            if not done.is_visible():
-                open_sweep()
-            done.wait_for(timeout=30_000)
-            page.wait_for_timeout(1000)
-            head = page.get_by_text("Strength sweep (one knob over a range)").bounding_box()
-            page.screenshot(path=str(sweep_shot), clip={"x": 0, "y": max(0, head["y"] - 8), "width": 1500,
-                                                        "height": 1300})
-            browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        batch = page.get_by_role("button", name="Sweep a batch (val, seed 1)")
+        if not batch.is_visible():  # the expander may have closed with the rerun
+            open_sweep()
+        batch.click()
+        done = page.get_by_text("paired with vanilla on the same problems")
+        done.wait_for(state="attached", timeout=240_000)
+        if not done.is_visible():
+            open_sweep()
+        done.wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)
+        head = page.get_by_text("Strength sweep (one knob over a range)").bounding_box()
+        page.screenshot(path=str(sweep_shot), clip={"x": 0, "y": max(0, head["y"] - 8), "width": 1500,
+                                                    "height": 1300})
+        browser.close()
     model = load_model(str(model_dir), device="cpu")
     lib = ToolLibrary.load(lib_dir)
     cfg = online_config(lib).with_overrides(
@@ -365,30 +349,20 @@ def test_library_strings_cannot_inject_markup(setup, tmp_path):
     evil_lib = tmp_path / "evil-lib"
     ToolLibrary(keys=lib.keys, vectors=lib.vectors, table=table, manifest=dict(lib.manifest)).save(evil_lib)
     env = {**env, "STIR_LIBRARY": str(evil_lib)}
-    port = free_port()
     log = tmp_path / "streamlit.log"
-    proc = start_server(port, env, log)
     asked: list[str] = []
-    try:
-        wait_healthy(port, proc, log)
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1500, "height": 2600})
-            page.on("request", lambda r: asked.append(r.url))
-            page.goto(f"http://127.0.0.1:{port}/library?tool={quote(evil_id, safe='')}",
-                      wait_until="domcontentloaded")
-            page.get_by_text("Tool dashboard").wait_for(timeout=120_000)
-            # Shown as text: the URL is visible characters on the page, not an attribute of an element.
-            page.get_by_text("stir-injection.png?pair", exact=False).first.wait_for(timeout=120_000)
-            page.wait_for_timeout(2_000)  # let any late image load start before counting requests
-            tagged = page.locator(f"[src*='{trap_port}'], [href*='{trap_port}']").count()
-            browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with serving(env, log) as port, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 2600})
+        page.on("request", lambda r: asked.append(r.url))
+        page.goto(f"http://127.0.0.1:{port}/library?tool={quote(evil_id, safe='')}",
+                  wait_until="domcontentloaded")
+        page.get_by_text("Tool dashboard").wait_for(timeout=120_000)
+        # Shown as text: the URL is visible characters on the page, not an attribute of an element.
+        page.get_by_text("stir-injection.png?pair", exact=False).first.wait_for(timeout=120_000)
+        page.wait_for_timeout(2_000)  # let any late image load start before counting requests
+        tagged = page.locator(f"[src*='{trap_port}'], [href*='{trap_port}']").count()
+        browser.close()
     assert tagged == 0
     origins = {(s.hostname, s.port) for s in map(urlsplit, asked) if s.scheme in ("http", "https")}
     assert origins == {("127.0.0.1", port)}, origins  # nothing at the trap, nothing anywhere else
