@@ -157,6 +157,7 @@ def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.locks import model_lock
     from stir_core.runtime.model import ModelLoadError, load_model
+    from stir_core.runtime.scheduler import generate
 
     if name != "embedded" and is_path_like(name):
         try:
@@ -168,7 +169,7 @@ def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
     _THREADS[(name, device, dtype)] = torch.get_num_threads()
     engine = Engine(model)
     with model_lock(model):  # warm-up: first-call allocations happen here, not in the user's first comparison
-        engine.generate([model.format_prompt("1+1=")], 2)
+        generate(engine, [model.format_prompt("1+1=")], 2)
     # one line in the server's log: when the model became usable (tests/test_app_start.py waits for it)
     print(f"{READY_LINE} {name} {device} {dtype} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return model, engine

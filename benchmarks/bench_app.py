@@ -44,6 +44,7 @@ def bench_core(
     from stir_core.online.methods import StirConfig, run_method
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.model import load_model
+    from stir_core.runtime.scheduler import generate
 
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -51,7 +52,7 @@ def bench_core(
     threads = torch.get_num_threads()
     lib = ToolLibrary.load(library, d_model=model.d_model, n_layers=model.n_layers)
     engine = Engine(model)
-    engine.generate([model.format_prompt("1+1=")], 2)  # the app's warm-up
+    generate(engine, [model.format_prompt("1+1=")], 2)  # the app's warm-up
     t_load = time.perf_counter() - t0
     if prompt is None:
         from stir_core.tasks import get_task
@@ -162,6 +163,7 @@ def bench_server(env: dict, command: str, timeout: float = 120.0) -> dict:
 FLOOR = """
 import sys, time
 t = [time.perf_counter()]
+from stir_core.runtime.scheduler import generate
 from stir_core.runtime.startup import pause_gc
 resume = pause_gc()  # as the server does while it loads (app/__main__.py, app.loading)
 import streamlit, torch; t.append(time.perf_counter())

@@ -44,6 +44,7 @@ from stir_core.config import StirConfig  # noqa: E402
 from stir_core.online.methods import run_method  # noqa: E402
 from stir_core.runtime.engine import Engine, Sampling  # noqa: E402
 from stir_core.runtime.model import load_model  # noqa: E402
+from stir_core.runtime.scheduler import generate  # noqa: E402
 
 SHAPES = {  # Qwen2.5-1.5B's config.json; "tiny" to check the script on a CPU
     "1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -119,7 +120,7 @@ def ms_per_step(engine: Engine, hf, tok, device: str, batch: int, new: int, line
     out = {}
 
     def core():
-        engine.generate(texts, new, capture_at=None)
+        generate(engine, texts, new, capture_at=None)
 
     def hf_static():
         hf.generate(**enc, max_new_tokens=new, min_new_tokens=new, do_sample=False, cache_implementation="static")
@@ -184,10 +185,10 @@ def part1(args, lines: list[str], report: dict) -> None:
     # ---- mining rollouts -------------------------------------------------------------------------------
     rows = [p for p in prompts(args.mine_problems) for _ in range(8)]
     engine.graph_log.clear()
-    engine.generate(rows[:8], 4, sampling=Sampling(0.7, 0.95), seed=1)  # warm-up of the bucket
+    generate(engine, rows[:8], 4, sampling=Sampling(0.7, 0.95), seed=1)  # warm-up of the bucket
     sync(args.device)
     t = time.perf_counter()
-    res = engine.generate(rows, args.mine_new, sampling=Sampling(0.7, 0.95), seed=0)
+    res = generate(engine, rows, args.mine_new, sampling=Sampling(0.7, 0.95), seed=0)
     sync(args.device)
     wall = time.perf_counter() - t
     made = sum(len(x) for x in res.tokens)

@@ -26,11 +26,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from arch_models import BY_NAME, DELIM, EXTENDED, FAMILIES, FUSED, build_family, train_tokenizers  # noqa: E402
+from oracle.segmented import decode  # noqa: E402
 
-from stir_core.online.methods import StirConfig, run_method  # noqa: E402
-from stir_core.online.scheduler import generate_segmented  # noqa: E402
+from stir_core.online.methods import (  # noqa: E402
+    StirConfig,
+    generate_segmented,  # noqa: E402
+    run_method,
+)
 from stir_core.runtime.engine import Engine, Sampling, Steer  # noqa: E402
 from stir_core.runtime.model import ModelLoadError, load_model  # noqa: E402
+from stir_core.runtime.scheduler import generate  # noqa: E402
 
 N_NEW = 48
 QUESTIONS = ["we add 3 and 4", "half of the eggs cost 9 each, what is the price"]
@@ -126,7 +131,7 @@ def test_kv_cached_decode_matches_full_forward(arch, name):
     """Greedy tokens and log-probs of the cached decode equal uncached full forwards (past any sliding window)."""
     _, model, engine = arch(name)
     for p in prompts_of(model):
-        res = engine.generate([p], N_NEW)
+        res = generate(engine, [p], N_NEW)
         ref, ref_lp = manual_greedy(model, model.encode(p), N_NEW)
         assert res.tokens[0] == ref
         assert_close(res.logprobs[0], ref_lp)
@@ -138,9 +143,9 @@ def test_left_padded_batch_matches_single_rows(arch, name):
     prompts = prompts_of(model) + [model.format_prompt("9")]
     lengths = {len(model.encode(p)) for p in prompts}
     assert len(lengths) > 1, "the prompts must differ in length so the batch is left-padded"
-    batch = engine.generate(prompts, N_NEW)
+    batch = generate(engine, prompts, N_NEW)
     for b, p in enumerate(prompts):
-        single = engine.generate([p], N_NEW)
+        single = generate(engine, [p], N_NEW)
         assert batch.tokens[b] == single.tokens[0]
         assert_close(batch.logprobs[b], single.logprobs[0])
 
@@ -152,7 +157,7 @@ def test_generation_runs_past_the_sliding_window(arch, name):
     window = model.bridge.original_model.config.sliding_window
     p = prompts_of(model)[0]
     assert len(model.encode(p)) + N_NEW > 3 * window
-    res = engine.generate([p], N_NEW)
+    res = generate(engine, [p], N_NEW)
     ref, _ = manual_greedy(model, model.encode(p), N_NEW)
     assert res.tokens[0] == ref
 
@@ -168,7 +173,7 @@ def test_trace_text_is_tokenizer_decode(arch, name):
         ids = [t.token_id for t in tr.tokens]
         assert tr.completion == tok.decode(ids, skip_special_tokens=True)
         assert "".join(t.text for t in tr.tokens) == tr.completion
-    sampled = engine.generate(prompts_of(model), N_NEW, sampling=Sampling(temperature=1.0, top_p=1.0), seed=3)
+    sampled = generate(engine, prompts_of(model), N_NEW, sampling=Sampling(temperature=1.0, top_p=1.0), seed=3)
     for text, ids in zip(sampled.texts, sampled.tokens, strict=True):
         assert text == tok.decode(ids, skip_special_tokens=True)
 
@@ -228,7 +233,7 @@ def test_capture_matches_manual_forward(arch, name):
     tok = model.tokenizer
     layers = list(range(model.n_layers))
     prompts = prompts_of(model)
-    res = engine.generate(prompts, N_NEW, capture_layers=layers, capture_at=DELIM)
+    res = generate(engine, prompts, N_NEW, capture_layers=layers, capture_at=DELIM)
     n_caps = 0
     for b, p in enumerate(prompts):
         ids, caps = model.encode(p), res.captures[b]
@@ -298,12 +303,12 @@ def test_fork_and_steering_match_manual_forward(arch, name):
     _, model, engine = arch(name)
     prompts = prompts_of(model)
     state = engine.prefill([model.encode(p) for p in prompts])
-    engine.decode(state, 5)
+    decode(engine, state, 5)
     layer = model.n_layers - 1
     vec = random_vector(engine, model, layer, seed=1)
     fork = engine.fork(state, [0, 0, 1])
     steers = [None, Steer(layer, vec, 1.0, "segment"), Steer(0, -vec, 0.5, "segment")]
-    engine.decode(fork, 16, steers=steers)
+    decode(engine, fork, 16, steers=steers)
     for b, (src, s) in enumerate(zip([0, 0, 1], steers, strict=True)):
         prefix = state.rows[src].prompt + state.rows[src].tokens
         if s is None:
@@ -313,7 +318,7 @@ def test_fork_and_steering_match_manual_forward(arch, name):
         assert fork.rows[b].tokens[5:] == ref
         assert_close(fork.rows[b].logprobs[5:], ref_lp)
     assert fork.rows[1].logprobs[5:] != fork.rows[0].logprobs[5:], "the vector should change the continuation"
-    engine.decode(state, 16)
+    decode(engine, state, 16)
     assert state.rows[0].tokens[5:] == fork.rows[0].tokens[5:]
 
 
@@ -326,11 +331,11 @@ def test_last_position_steer_matches_manual_forward(arch, name):
     vec = random_vector(engine, model, layer, seed=2)
     p = prompts_of(model)[0]
     state = engine.prefill([model.encode(p)])
-    engine.decode(state, 4)
+    decode(engine, state, 4)
     row = state.rows[0]
     prefix = row.prompt + row.tokens
     engine.refeed_last(state, [Steer(layer, vec, 1.0, "last")])
-    engine.decode(state, 12)
+    decode(engine, state, 12)
     ref, ref_lp = manual_greedy(model, prefix, 12, layer, vec, at=len(prefix) - 1)
     assert state.rows[0].tokens[4:] == ref
     assert_close(state.rows[0].logprobs[4:], ref_lp)
@@ -409,5 +414,5 @@ def test_a_registered_adapter_loads_an_unsupported_architecture(tokenizer_dirs, 
         hf = model.bridge.original_model(torch.tensor([ids])).logits[0, -1]
         tl = model.bridge(torch.tensor([ids]), return_type="logits")[0, -1]
     assert_close(tl, hf, atol=1e-5)
-    res = Engine(model).generate([p], 16)
+    res = generate(Engine(model), [p], 16)
     assert res.tokens[0] == manual_greedy(model, ids, 16)[0]

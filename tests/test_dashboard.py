@@ -18,6 +18,7 @@ from stir_core.library.format import ToolLibrary
 from stir_core.online.methods import StirConfig
 from stir_core.online.trace import Trace
 from stir_core.runtime.engine import Steer
+from stir_core.runtime.scheduler import generate
 from stir_core.tasks import Example, register_task
 
 
@@ -114,10 +115,10 @@ def test_alpha_sweep_rows_equal_single_steered_decodes(setup):
     prompt = "3+4=7\n\n"
     sw = dash.alpha_sweep(engine, prompt, lib.vectors[row] * 4, 1, (0.0, 0.5, 1.0, 2.0, 4.0), "segment", 12)
     assert [r.scale for r in sw.rows] == [0.0, 0.5, 1.0, 2.0, 4.0]
-    plain = engine.generate([prompt], 12).tokens[0]
+    plain = generate(engine, [prompt], 12).tokens[0]
     for r in sw.rows:
         steer = None if r.scale == 0 else [Steer(1, lib.vectors[row] * 4, r.scale, "segment")]
-        ref = engine.generate([prompt], 12, steers=steer)
+        ref = generate(engine, [prompt], 12, steers=steer)
         assert r.text == ref.texts[0]
         assert r.differs == views.diff_mask(plain, ref.tokens[0])
     assert not any(sw.rows[0].differs) and any(any(r.differs) for r in sw.rows[1:])

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from stir_core.cli import app
 from stir_core.library.format import ToolLibrary
+from stir_core.runtime.scheduler import generate
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "assets" / "demo-library"
@@ -167,8 +168,8 @@ def test_steering_vectors_apply_equals_engine_steered_decode(tiny, engine):
     sv = to_steering_vector(Directions(directions={layer: v.numpy()}, d_model=tiny.d_model))
     assert set(sv.layer_activations) == {layer} and sv.layer_type == "decoder_block"
     prompt = "12+7=19\n\n3+4="
-    steered = engine.generate([prompt], 16, steers=[Steer(layer, v, 1.0, "segment")])
-    plain = engine.generate([prompt], 16)
+    steered = generate(engine, [prompt], 16, steers=[Steer(layer, v, 1.0, "segment")])
+    plain = generate(engine, [prompt], 16)
     ids, gen = tiny.encode(prompt), steered.tokens[0]
     assert len(gen) >= 4
     hf = tiny.bridge.original_model

@@ -180,3 +180,60 @@ def test_continuous_batching_on_the_embedded_model_equals_the_oracle(toy, method
     assert sum(n > 0 for n in seen[1:]) >= 2, f"prompts did not join running rows: {seen}"
     if method == "stir":
         assert sum(t.interventions for t in sync) > 0, "the comparison must include commits"
+
+
+@pytest.mark.parametrize("variant", [{}, {"scope": "persist", "positions": "last+segment"}, {"max_preview_rows": 2}],
+                         ids=["reference", "persist,last+segment", "preview-cap"])
+def test_graph_steps_equal_the_oracle(tiny, variant):
+    """The scheduler on a graph pool (`graphs="eager"`: the static step a CUDA graph captures, run eagerly
+    on the CPU; a bucketed pool kept across requests) equals the oracle, batched with continuous admission
+    (batch 2 of 4 prompts), for STIR and vanilla; one step function per bucket and capture layout."""
+    lib = make_library(tiny.d_model)
+    cfg = StirConfig(delimiter="\n", max_new_tokens=40).with_overrides(**variant)
+    static = Engine(tiny)
+    static.graphs = "eager"
+    for method in ("stir", "vanilla"):
+        sync = oracle_method(Engine(tiny), PROMPTS, method, lib, cfg)
+        same(run_method(static, PROMPTS, method, lib, cfg, batch=2), sync)
+        if method == "stir":
+            assert sum(t.interventions for t in sync) > 0, "no commit: the steer buffers were not exercised"
+    assert static._graph_steps and all(step.mode == "eager" for step in static._graph_steps.values())
+    n = len(static._graph_steps)
+    run_method(static, PROMPTS, "stir", lib, cfg, batch=2)
+    assert len(static._graph_steps) == n, "a second request in the same buckets captures nothing new"
+
+
+def test_graph_pools_are_bounded(tiny):
+    """Graph pools (and their steps) are kept for the `GRAPH_POOLS` most recently used shapes only."""
+    from stir_core.runtime.engine import GRAPH_POOLS
+    from stir_core.runtime.scheduler import generate
+
+    static = Engine(tiny)
+    static.graphs = "eager"
+    for n in range(1, GRAPH_POOLS + 3):  # buckets of 2, 4, 8, ... slots: more shapes than are kept
+        generate(static, ["12+3="] * (2 ** n), 2)
+    pools = {id(p) for p in static._graph_pools.values()}
+    assert len(static._graph_pools) == GRAPH_POOLS
+    assert {k[0] for k in static._graph_steps} <= pools, "a dropped pool's steps are dropped with it"
+
+
+def test_uncaptured_graph_steps_run_eagerly_until_capture_is_allowed(tiny, monkeypatch):
+    """`graph_capture = False` (the app, while it captures in the background): a graph pool whose step is
+    not captured yet decodes eagerly, captures nothing and gives the same tokens; `STIR_GRAPHS` selects
+    the mode, and a bad value is refused by name."""
+    from stir_core.runtime.scheduler import generate
+
+    monkeypatch.setenv("STIR_GRAPHS", "eager")
+    static = Engine(tiny)
+    assert static.graphs == "eager"
+    static.graph_capture = False
+    ref = generate(Engine(tiny), PROMPTS, 24)
+    assert generate(static, PROMPTS, 24).tokens == ref.tokens and not static._graph_steps
+    static.graph_capture = True
+    assert generate(static, PROMPTS, 24).tokens == ref.tokens and static._graph_steps
+    monkeypatch.setenv("STIR_GRAPHS", "fast")
+    with pytest.raises(ValueError, match="STIR_GRAPHS='fast'"):
+        Engine(tiny)
+    monkeypatch.setenv("STIR_GRAPHS", "cuda")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Engine(tiny)

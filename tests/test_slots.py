@@ -9,6 +9,7 @@ from helpers.gate_library import PROMPTS, make_library
 
 from stir_core.online.methods import StirConfig, run_method
 from stir_core.runtime.memory import pool_positions, pool_rows
+from stir_core.runtime.scheduler import generate
 from stir_core.runtime.slots import SlotCache
 
 
@@ -87,8 +88,8 @@ def test_static_graph_step_run_eagerly_equals_the_plain_step(tiny):
     for n in (1, 3, 5):
         steers = [Steer(1, vec, 0.5 * (b % 2), "segment") for b in range(n)]
         kw = dict(steers=steers, capture_layers=[0, 2], capture_at="\n")
-        a = plain.generate(prompts[:n], 24, **kw)
-        b = static.generate(prompts[:n], 24, **kw)
+        a = generate(plain, prompts[:n], 24, **kw)
+        b = generate(static, prompts[:n], 24, **kw)
         assert a.tokens == b.tokens
         for la, lb in zip(a.logprobs, b.logprobs, strict=True):
             torch.testing.assert_close(torch.tensor(la), torch.tensor(lb), atol=1e-5, rtol=0)
@@ -100,7 +101,7 @@ def test_static_graph_step_run_eagerly_equals_the_plain_step(tiny):
     assert n_caps > 0, "no control point: the capture comparison would be empty"
     assert {k[1] for k in static._graph_steps} == {1, 4, 8}  # buckets of 1, 3 and 5 rows
     before = len(static._graph_steps)
-    static.generate(prompts[:3], 24, steers=[Steer(1, vec, 1.0, "segment")] * 3, capture_layers=[0, 2],
+    generate(static, prompts[:3], 24, steers=[Steer(1, vec, 1.0, "segment")] * 3, capture_layers=[0, 2],
                     capture_at="\n")
     assert len(static._graph_steps) == before, "a request in a bucket already seen reuses its step"
 

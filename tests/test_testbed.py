@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stir_core.runtime.scheduler import generate
 from stir_core.tasks import get_task
 from stir_core.tasks.plain import PlainTask
 from stir_core.tasks.planted import CLASSES, FORMS, PlantedTask, apply_op
@@ -253,7 +254,7 @@ def test_shipped_model_decodes_held_out_problems(toy, planted):
     pool = planted.load("eval", 200, seed=7)
     none = [e for e in pool if e.meta["mode"] is None][:6]
     mode_a = [e for e in pool if e.meta["mode"] == "A"][:3]
-    res = eng.generate([planted.prompt(e) for e in none + mode_a], 96)
+    res = generate(eng, [planted.prompt(e) for e in none + mode_a], 96)
     for ex, text in zip(none, res.texts[: len(none)], strict=True):
         forms = [s.form for s in planted.parse(ex, text)]
         assert "other" not in forms and forms[-1] == "final", text
@@ -271,7 +272,7 @@ def test_engine_greedy_matches_hf_generate(toy, planted):
     from stir_core.runtime.engine import Engine
 
     ex = planted.load("eval", 1, seed=11)[0]
-    text = Engine(toy).generate([planted.prompt(ex)], 96).texts[0]
+    text = generate(Engine(toy), [planted.prompt(ex)], 96).texts[0]
     hf = AutoModelForCausalLM.from_pretrained(TOY)
     tok = AutoTokenizer.from_pretrained(TOY)
     ids = tok(planted.prompt(ex), return_tensors="pt").input_ids
@@ -313,7 +314,7 @@ def test_card_positive_control_reproduces(toy, planted):
 def test_oracle_gate_repairs_planted_failures(toy, planted):
     from safetensors.torch import load_file
 
-    from stir_core.online.scheduler import generate_segmented
+    from stir_core.online.methods import generate_segmented
     from stir_core.runtime.engine import Engine
     from stir_core.toy.control import oracle_policy
 
@@ -324,7 +325,7 @@ def test_oracle_gate_repairs_planted_failures(toy, planted):
     exs = [e for e in planted.load("val", 120, seed=5) if e.meta["mode"]][:16]
     prompts = [planted.prompt(e) for e in exs]
     eng = Engine(toy)
-    greedy = eng.generate(prompts, 96).texts
+    greedy = generate(eng, prompts, 96).texts
     steered, decisions = generate_segmented(
         eng, prompts, oracle_policy(planted, exs, vectors, layer, alpha), 96, capture_layers=()
     )

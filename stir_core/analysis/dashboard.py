@@ -25,6 +25,7 @@ from stir_core.library.format import ToolLibrary
 from stir_core.online.trace import Trace, diff_mask
 from stir_core.runtime.engine import Engine, Steer
 from stir_core.runtime.locks import serialised
+from stir_core.runtime.scheduler import generate
 
 SCALES = ALPHA_SWEEP_SCALES  # the α-sweep's scales: defined once, in stir_core.config
 CONTEXT_CHARS = (80, 60)  # text shown before (up to and including the delimiter) / after a control point
@@ -269,7 +270,7 @@ class AlphaSweep:
 def sweep_prompt(engine: Engine, prompt: str, m: int, delimiter: str = "\n\n", max_new_tokens: int = 128) -> str:
     """`prompt` (formatted) plus its greedy unsteered completion up to the m-th delimiter: the control point
     where a tool mined at m would act. The prompt alone when the completion has fewer delimiters."""
-    text = engine.generate([prompt], max_new_tokens).texts[0]
+    text = generate(engine, [prompt], max_new_tokens).texts[0]
     parts = text.split(delimiter)
     if len(parts) <= m:
         return prompt
@@ -286,14 +287,12 @@ def alpha_sweep(engine: Engine, prompt: str, vector: torch.Tensor, layer: int,
     generated token), one row per scale, in one batched decode. Scale 0 is the unsteered continuation."""
     if not scales:
         raise ValueError("alpha_sweep needs at least one scale")
-    state = engine.prefill([engine.model.encode(prompt)])
-    state = engine.fork(state, [0] * len(scales))
     steers = [None if s == 0 else Steer(layer, vector, float(s), positions, tag) for s in scales]
-    engine.refeed_last(state, steers)
-    engine.decode(state, max_new_tokens, steers=steers)
-    ref = state.rows[0].tokens
+    # the prompt prefilled once, one sequence per scale
+    res = generate(engine, [prompt], max_new_tokens, capture_at=None, steers=steers, fanout=len(scales))
+    ref = res.rows[0].tokens
     rows = [SweepRow(float(s), r.text, list(r.pieces), diff_mask(ref, r.tokens))
-            for s, r in zip(scales, state.rows, strict=True)]
+            for s, r in zip(scales, res.rows, strict=True)]
     return AlphaSweep(prompt, layer, positions, rows)
 
 

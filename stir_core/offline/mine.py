@@ -28,6 +28,7 @@ from stir_core.runtime import distributed
 from stir_core.runtime.engine import Engine, Sampling
 from stir_core.runtime.locks import serialised
 from stir_core.runtime.model import LoadedModel
+from stir_core.runtime.scheduler import Schedule, run_continuous
 from stir_core.runtime.segment import segment_ends
 from stir_core.tasks import Example, Task, get_task, render_prompt, step_checker_of
 
@@ -63,19 +64,17 @@ def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: Mi
     model = engine.model
     prompt_texts = [render_prompt(model, task, ex) for ex in examples]
     prompts = [model.encode(p) for p in prompt_texts]
-    state = engine.prefill(prompts, capture_layers=layers if cfg.capture == "decode" else (),
-                           delimiter=task.delimiter, capacity=max(map(len, prompts)) + cfg.max_new_tokens + 1)
-    rows = [i for i in range(len(examples)) for _ in range(cfg.k_rollouts)]
-    state = engine.fork(state, rows)  # the prompt is prefilled once per problem, then forked K times
-    for b, i in enumerate(rows):
-        state.rows[b].generator = torch.Generator().manual_seed(_seed(cfg.seed, examples[i].id, b % cfg.k_rollouts))
+    k_roll = cfg.k_rollouts
+    # K sequences per problem (the prompt prefilled once, its slot copied K - 1 times), each with its own seed
+    rows_of = [i for i in range(len(examples)) for _ in range(k_roll)]
+    seeds = [_seed(cfg.seed, examples[i].id, b % k_roll) for b, i in enumerate(rows_of)]
     delim = task.delimiter
-    engine.decode(state, cfg.max_new_tokens, sampling=Sampling(cfg.temperature, cfg.top_p),
-                  capture_at=delim if cfg.capture == "decode" else None)
-    engine.finish(state.rows)
+    decoded = run_continuous(engine, prompts, None, Schedule(cfg.max_new_tokens), delim,
+                             capture_layers=layers if cfg.capture == "decode" else (),
+                             sampling=Sampling(cfg.temperature, cfg.top_p), seeds=seeds, fanout=k_roll)
     out: list[list[Rollout]] = [[] for _ in examples]
-    for b, i in enumerate(rows):
-        row, ex = state.rows[b], examples[i]
+    for b, i in enumerate(rows_of):
+        row, ex = decoded[b], examples[i]
         text = row.text
         correct = bool(task.score(text, ex))
         reward = float(correct) - cfg.eta0 * len(row.tokens) / cfg.max_new_tokens

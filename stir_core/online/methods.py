@@ -9,7 +9,7 @@ action as L+1 rows of one batched decode over a forked KV cache, scores them, an
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
@@ -19,11 +19,11 @@ from stir_core.library.format import ToolLibrary
 from stir_core.library.index import ToolIndex
 from stir_core.online import gate
 from stir_core.online.gate import Reason
-from stir_core.online.policy import NullPolicy, Plan, Policy, Probe
-from stir_core.online.scheduler import Schedule, run_continuous
+from stir_core.online.policy import FunctionPolicy, NullPolicy, Plan, Policy
 from stir_core.online.trace import Candidate, GateDecision, TokenRecord, Trace
-from stir_core.runtime.engine import ControlPoint, Engine, Steer
+from stir_core.runtime.engine import ControlPoint, Engine, GenerateResult, Steer
 from stir_core.runtime.locks import serialised
+from stir_core.runtime.scheduler import Probe, Schedule, run_continuous
 
 METHODS = ("vanilla", "no_memory", "static", "static_cp", "static_norm", "stir", "no_probing", "random_vector",
            "random_choice")
@@ -234,7 +234,7 @@ def replay(engine: Engine, prompts: Sequence[str], policy: Policy | None, config
            batch: int | None = None) -> list:
     """Greedy decoding of formatted prompts with `policy` at the control points (None: vanilla); the rows.
 
-    One scheduler for every method (`stir_core/online/scheduler.py`); the segment-synchronous algorithm it
+    One scheduler for every method (`stir_core/runtime/scheduler.py`); the segment-synchronous algorithm it
     must equal lives in `tests/oracle/` as a test oracle. `schedule` is accepted for old configs: both
     values run the scheduler, whose tokens and decisions equal the segment-synchronous path's.
     """
@@ -263,3 +263,22 @@ def make_trace(method: str, prompt: str, row, decisions: list[GateDecision], pro
         d.commit_tokens = max(0, nxt - d.token_index)
     return Trace(method=method, prompt=prompt, completion=row.text, tokens=tokens, decisions=decisions,
                  probe_tokens=probe_tokens, example_id=example_id)
+
+
+def generate_segmented(engine: Engine, prompts: Sequence[str], policy: Policy | Callable | None,
+                       max_new_tokens: int, delimiter: str = "\n\n", max_control_points: int | None = None,
+                       capture_layers: Sequence[int] | None = None) -> tuple[GenerateResult, list[list]]:
+    """Greedy segmented decoding of text prompts with `policy` (or `fn(row, m, text, states)`) deciding at
+    every control point, commits persisting. Returns (GenerateResult, decisions per row)."""
+    if policy is not None and not isinstance(policy, Policy):
+        layers = capture_layers if capture_layers is not None else range(engine.model.n_layers)
+        policy = FunctionPolicy(policy, layers)
+    for i, p in enumerate(prompts):
+        if not p or not p.strip():
+            raise ValueError(f"prompt {i} is empty")
+    ids = [engine.model.encode(p) for p in prompts]
+    rows = run_continuous(engine, ids, policy, Schedule(max_new_tokens, max_control_points, scope="persist"),
+                          delimiter, capture_layers=capture_layers)
+    engine.finish(rows)
+    decisions = [policy.logs[b].decisions if policy and b in policy.logs else [] for b in range(len(prompts))]
+    return GenerateResult.of(rows), decisions

@@ -1,6 +1,6 @@
 """What a method decides at a control point, separated from how the decoding is scheduled.
 
-A `Policy` answers in two steps, so the scheduler (`scheduler.py`; its oracle, the segment-synchronous
+A `Policy` answers in two steps, so the scheduler (`stir_core/runtime/scheduler.py`; its oracle, the segment-synchronous
 algorithm, lives in `tests/oracle/segmented.py`) can run previews however it likes:
 
 1. `plan(point, prompt)` — no model: retrieval and the shortlist; returns the decision record being
@@ -22,15 +22,7 @@ import torch
 from stir_core.online.gate import Reason
 from stir_core.online.trace import GateDecision
 from stir_core.runtime.engine import ControlPoint, Steer
-
-
-@dataclass
-class Probe:
-    """One previewed continuation: its text, mean token log-prob and length."""
-
-    text: str
-    mean_logprob: float
-    n_tokens: int
+from stir_core.runtime.scheduler import Probe
 
 
 @dataclass
@@ -64,6 +56,10 @@ class Policy:
         self.log(point.row).decisions.append(
             GateDecision(m=point.m, token_index=point.token_index, query_layers=list(self.capture_layers),
                          reason=reason.value, positions=self.positions))
+
+    def fused(self, point: ControlPoint) -> None:
+        """A control point fused with the next one (their delimiters complete in one token)."""
+        self.note(point, Reason.FUSED)
 
     def plan(self, point: ControlPoint, prompt: Sequence[int]) -> Plan:
         raise NotImplementedError

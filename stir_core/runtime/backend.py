@@ -132,9 +132,9 @@ class Backend:
         param = next(self.hf_model.parameters())
         self.device, self.dtype = param.device, param.dtype
 
-    def new_cache(self, n_slots: int, capacity: int, lazy_zero: bool = False) -> SlotCache:
+    def new_cache(self, n_slots: int, capacity: int, lazy_zero: bool = False, fixed: bool = False) -> SlotCache:
         """An empty static pool of `n_slots` slots of `capacity` positions (`stir_core/runtime/slots.py`)."""
-        return SlotCache(n_slots, capacity, lazy_zero=lazy_zero)
+        return SlotCache(n_slots, capacity, lazy_zero=lazy_zero, fixed=fixed)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, qpos: torch.Tensor, cache: SlotCache, keep: str = "last",

@@ -25,7 +25,9 @@ and each forward says which slots' buffers are live; one hook per hook point, in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -167,6 +169,8 @@ class Row:
 
 # Positions a new pool gets beyond its longest prompt; it grows (a copy) only past them.
 HEADROOM = 64
+# Graph pools (and their captured steps) kept per engine, most recently used first: bounds their memory.
+GRAPH_POOLS = 4
 
 
 @dataclass(kw_only=True)
@@ -215,6 +219,23 @@ class ControlPoint:
     states: dict[int, torch.Tensor]
 
 
+GRAPH_MODES = ("cuda", "eager", "off")
+
+
+def graph_mode(device: str | torch.device) -> str:
+    """How decode steps run: `STIR_GRAPHS` (cuda | eager | off) if set, else "cuda" on a CUDA device and
+    "off" elsewhere. "eager" runs the captured step's function without capturing (what CPU tests check);
+    "off" is the plain eager step (the switch to use if a CUDA graph misbehaves)."""
+    mode = os.environ.get("STIR_GRAPHS", "").strip().lower()
+    if not mode:
+        return "cuda" if torch.device(device).type == "cuda" else "off"
+    if mode not in GRAPH_MODES:
+        raise ValueError(f"STIR_GRAPHS={mode!r}: use one of {', '.join(GRAPH_MODES)}")
+    if mode == "cuda" and torch.device(device).type != "cuda":
+        raise ValueError(f"STIR_GRAPHS=cuda needs a CUDA device; the model is on {device}")
+    return mode
+
+
 class Engine:
     """Batched KV-cached decoding with per-row stops, budgets, sampling, steering, capture and forks."""
 
@@ -233,21 +254,26 @@ class Engine:
         self.hooks = HookSet.for_bridge(model.bridge)
         # Static-shape steps (`stir_core/runtime/graphs.py`): "cuda" captures a CUDA graph per bucket (the
         # default on CUDA), "eager" runs the same step function eagerly (CPU tests), "off" the plain step.
-        self.graphs = "cuda" if torch.device(self.device).type == "cuda" else "off"
-        self._graph_pools: dict[tuple[int, int], SlotCache] = {}
+        self.graphs = graph_mode(self.device)
+        self._graph_pools: OrderedDict[tuple[int, int], SlotCache] = OrderedDict()
         self._graph_steers: dict[tuple[int, int], SteerSlots] = {}  # a graph reads these very buffers
         self._graph_steps: dict[tuple, GraphStep] = {}
         self.graph_log: list[str] = []  # one line per capture: bucket, positions, seconds
+        # False: a step whose graph is not captured yet runs eagerly instead of capturing it (the app
+        # captures in the background, `warm_graphs`, and decodes eagerly until the graphs are ready).
+        self.graph_capture = True
 
     # ---- rows and text -----------------------------------------------------------------------------
     def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
         return TextStream.new(self.model.tokenizer, delimiter, self._decode_cache)
 
+    def generator(self, seed: int) -> torch.Generator:
+        """A row's own random stream, on the model's device (where its token is drawn)."""
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
     def new_row(self, prompt: Sequence[int], delimiter: str = DELIMITER, seed: int | None = None) -> Row:
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        return Row(prompt=list(prompt), stream=self.new_stream(delimiter), generator=gen)
+        return Row(prompt=list(prompt), stream=self.new_stream(delimiter),
+                   generator=None if seed is None else self.generator(seed))
 
     @staticmethod
     def finish(rows: Sequence[Row]) -> None:
@@ -300,7 +326,7 @@ class Engine:
 
     def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
                 seeds: Sequence[int] | None = None, delimiter: str = DELIMITER,
-                capacity: int | None = None, graph: bool = False) -> DecodeState:
+                capacity: int | None = None) -> DecodeState:
         """Run the prompts (token ids) in one forward, one slot each; returns the state ready to decode.
 
         `capacity`: positions per slot (the longest prompt plus the budget; default: `HEADROOM` past the
@@ -310,25 +336,15 @@ class Engine:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prefill needs at least one non-empty prompt")
         ids, qpos = self._padded(prompts)
-        graph = graph and self.graphs != "off"
-        if graph:  # a persistent pool per (bucket, positions): its captured step is reused across requests
-            key = (bucket_for(len(prompts)), positions_for(max(int(capacity or 0), ids.shape[1])))
-            if key not in self._graph_pools:
-                self._graph_pools[key] = self.backend.new_cache(*key)
-                self._graph_steers[key] = SteerSlots(key[0], self.model.d_model, self.device)
-            cache, steer = self._graph_pools[key], self._graph_steers[key]
-            for b in range(cache.n_slots):
-                steer.set(b, None)
-        else:
-            cache = (self.new_pool(len(prompts), ids.shape[1]) if capacity is None
-                     else self.backend.new_cache(len(prompts), max(int(capacity), ids.shape[1])))
-            steer = SteerSlots(len(prompts), self.model.d_model, self.device)
+        cache = (self.new_pool(len(prompts), ids.shape[1]) if capacity is None
+                 else self.backend.new_cache(len(prompts), max(int(capacity), ids.shape[1])))
+        steer = SteerSlots(len(prompts), self.model.d_model, self.device)
         keep = "all" if self.legacy_prefill_logits else "last"
         logits, _ = self._forward(cache, ids, qpos, None, None, (), keep=keep)
         rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
         return DecodeState(cache=cache, lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
                            logits=logits[:, -1], rows=rows, steer=steer,
-                           capture_layers=tuple(capture_layers), delimiter=delimiter, graph=graph)
+                           capture_layers=tuple(capture_layers), delimiter=delimiter)
 
     @torch.no_grad()
     def forward_states(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
@@ -357,10 +373,31 @@ class Engine:
     def empty_state(self, n_slots: int, capacity: int, capture_layers: Sequence[int] = (),
                     delimiter: str = DELIMITER) -> DecodeState:
         """A state with no rows over a fixed pool of `n_slots` slots × `capacity` positions: rows join with
-        `add_rows` / `append_copies` and leave with `compact`; the pool is never rebuilt (memory S × T)."""
-        return DecodeState(cache=self.backend.new_cache(n_slots, capacity, lazy_zero=True), lengths=torch.zeros(0, dtype=torch.long),
-                           logits=torch.zeros(0, 0), rows=[], steer=SteerSlots(n_slots, self.model.d_model, self.device),
-                           capture_layers=tuple(capture_layers), delimiter=delimiter)
+        `add_rows` / `append_copies` and leave with `compact`; the pool is never rebuilt (memory S × T).
+
+        With graphs on (CUDA), the pool is a graph pool: `bucket_for(n_slots)` slots × `positions_for(capacity)`
+        positions, kept across requests with its steer buffers (a captured step reads those very tensors),
+        the `GRAPH_POOLS` most recently used kept; each step replays the bucket's captured graph.
+        """
+        empty = dict(lengths=torch.zeros(0, dtype=torch.long), logits=torch.zeros(0, 0), rows=[],
+                     capture_layers=tuple(capture_layers), delimiter=delimiter)
+        if self.graphs == "off":
+            return DecodeState(cache=self.backend.new_cache(n_slots, capacity, lazy_zero=True),
+                               steer=SteerSlots(n_slots, self.model.d_model, self.device), **empty)
+        key = (bucket_for(n_slots), positions_for(capacity))
+        if key in self._graph_pools:
+            self._graph_pools.move_to_end(key)
+        else:
+            while len(self._graph_pools) >= GRAPH_POOLS:  # drop the least recently used pool and its graphs
+                _, old = self._graph_pools.popitem(last=False)
+                self._graph_steers.pop((old.n_slots, old.capacity), None)
+                self._graph_steps = {k: v for k, v in self._graph_steps.items() if k[0] != id(old)}
+            self._graph_pools[key] = self.backend.new_cache(*key, fixed=True)
+            self._graph_steers[key] = SteerSlots(key[0], self.model.d_model, self.device)
+        steer = self._graph_steers[key]
+        for b in range(steer.n_slots):
+            steer.set(b, None)
+        return DecodeState(cache=self._graph_pools[key], steer=steer, graph=True, **empty)
 
     def _append(self, state: DecodeState, lengths: torch.Tensor, logits: torch.Tensor, rows: Sequence[Row]) -> None:
         if len(state.rows) + len(rows) > state.cache.n_slots:
@@ -429,8 +466,9 @@ class Engine:
             state.lengths = state.lengths - replace_last.long()
         ids = torch.where(feed, tokens, torch.full_like(tokens, self.model.pad_token_id))
         qpos = torch.where(feed, state.lengths, torch.full_like(state.lengths, -1))
-        if state.graph:
-            logits, captured = self._graph_step(state, ids, qpos, live)
+        step = self._graph_for(state) if state.graph else None
+        if step is not None:
+            logits, captured = self._graph_step(step, state, ids, qpos, live)
         else:
             logits, captured = self._forward(state.cache, ids[:, None].to(self.device), qpos[:, None],
                                              state.steer, live, state.capture_layers)
@@ -439,22 +477,29 @@ class Engine:
         state.logits = torch.where(keep, logits[:, -1], state.logits)
         return captured
 
-    def _graph_step(self, state: DecodeState, ids: torch.Tensor, qpos: torch.Tensor, live: torch.Tensor | None
-                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """One step of a graph-pool state through its bucket's `GraphStep` (captured on first use):
-        inputs padded to the bucket's slots; returns (logits `[rows, 1, d_vocab]`, {layer: `[rows, 1, d]`})."""
-        cache, steer, n = state.cache, state.steer, len(state.rows)
-        if int(qpos.max()) >= cache.capacity:  # a graph pool is sized from the budget and cannot grow
-            raise RuntimeError(f"graph pool of {cache.capacity} positions overrun (row at {int(qpos.max())})")
+    def _graph_for(self, state: DecodeState) -> GraphStep | None:
+        """The captured step of a graph-pool state's bucket, pool, steer hooks and capture layers: captured
+        on first use (its time one line of `graph_log`), or None while `graph_capture` is off and it is not
+        captured yet (the step then runs eagerly over the same pool)."""
+        cache, steer = state.cache, state.steer
         key = (id(cache), cache.n_slots, cache.capacity, tuple(sorted(steer.vectors)), state.capture_layers)
         step = self._graph_steps.get(key)
-        if step is None:
+        if step is None and self.graph_capture:
             step = GraphStep(self._static_forward(cache, steer, state.capture_layers), cache.n_slots,
                              torch.device(self.device), self.graphs)
             self._graph_steps[key] = step
             if step.capture_s:
                 self.graph_log.append(f"captured decode step: bucket {cache.n_slots} slots x {cache.capacity} "
                                       f"positions in {step.capture_s:.2f} s")
+        return step
+
+    def _graph_step(self, step: GraphStep, state: DecodeState, ids: torch.Tensor, qpos: torch.Tensor,
+                    live: torch.Tensor | None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """One step of a graph-pool state through `step`: inputs padded to the bucket's slots; returns
+        (logits `[rows, 1, d_vocab]`, {layer: `[rows, 1, d_model]`})."""
+        cache, steer, n = state.cache, state.steer, len(state.rows)
+        if int(qpos.max()) >= cache.capacity:  # a graph pool is sized from the budget and cannot grow
+            raise RuntimeError(f"graph pool of {cache.capacity} positions overrun (row at {int(qpos.max())})")
         s = cache.n_slots
         ids_s = torch.full((s, 1), self.model.pad_token_id, dtype=torch.long)
         qpos_s = torch.full((s, 1), -1, dtype=torch.long)
@@ -557,68 +602,3 @@ class Engine:
                     tokens[b] = torch.multinomial(probs[b], 1, generator=row.generator)[0]
         lp = logp.gather(-1, tokens[:, None])[:, 0]
         return tokens.cpu(), lp.cpu()
-
-    def decode(self, state: DecodeState, max_new_tokens: int | Sequence[int], stop: str | None = None,
-               sampling: Sampling | None = None, steers: Sequence[Steer | None] | None = None,
-               capture_at: str | None = None, active: Sequence[bool] | None = None,
-               on_step: Callable[[int], None] | None = None) -> list[int]:
-        """Decode every active row until it emits EOS, completes `stop` or spends its budget.
-
-        `stop` and `capture_at` name the state's delimiter (control points are the rows' text streams').
-        Each sampled token is fed (so its state is captured and the next logits are ready); `steers[b]`
-        acts at every generated token when its positions include `segment`. Returns new tokens per row.
-        """
-        for name, val in (("stop", stop), ("capture_at", capture_at)):
-            if val is not None and val != state.delimiter:
-                raise ValueError(f"{name}={val!r} but this state's delimiter is {state.delimiter!r}")
-        n = len(state.rows)
-        budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(budgets) != n:
-            raise ValueError(f"max_new_tokens has {len(budgets)} entries for {n} rows")
-        steers = list(steers) if steers is not None else [None] * n
-        live = torch.tensor([(True if active is None else bool(active[b])) and not r.finished and budgets[b] > 0
-                             for b, r in enumerate(state.rows)])
-        if sampling is not None and any(r.generator is None for b, r in enumerate(state.rows) if live[b]):
-            raise ValueError("sampling needs seeded rows: pass seeds= to prefill")
-        made = [0] * n
-        eos = self.model.eos_token_id
-        self.set_steers(state, steers)
-        at_segment = torch.tensor([s is not None and s.at_segment for s in steers], dtype=torch.bool)
-        while bool(live.any()):
-            tokens, lp = self.choose(state, live, sampling)
-            captured = self.step(state, tokens, live, live=live & at_segment)
-            for b in torch.nonzero(live).flatten().tolist():
-                row = state.rows[b]
-                ends = row.accept(int(tokens[b]), float(lp[b]), steers[b], eos)
-                made[b] += 1
-                if capture_at:
-                    row.capture(ends, captured, b, state.capture_layers)
-                if row.finished or made[b] >= budgets[b] or (stop and ends):
-                    live[b] = False
-            if on_step is not None:
-                on_step(int(live.sum()))
-        return made
-
-    def generate(self, prompts: Sequence[str], max_new_tokens: int | Sequence[int], stop: str | None = None,
-                 sampling: Sampling | None = None, seed: int = 0, seeds: Sequence[int] | None = None,
-                 capture_layers: Sequence[int] = (), capture_at: str | None = DELIMITER,
-                 steers: Sequence[Steer | None] | None = None) -> GenerateResult:
-        """Prompts (text, already formatted) in, completions out; greedy when `sampling` is None."""
-        if not prompts:
-            raise ValueError("generate needs at least one prompt")
-        for i, p in enumerate(prompts):
-            if not p or not p.strip():
-                raise ValueError(f"prompt {i} is empty")
-        if stop is not None and capture_at is not None and capture_layers and stop != capture_at:
-            raise ValueError("stop and capture_at must be the same delimiter")
-        ids = [self.model.encode(p) for p in prompts]
-        if sampling is not None and seeds is None:
-            seeds = [seed * 1_000_003 + b for b in range(len(prompts))]
-        delimiter = stop or capture_at or DELIMITER
-        budget = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens, default=0)
-        state = self.prefill(ids, capture_layers, seeds, delimiter, capacity=max(map(len, ids)) + budget + 1,
-                             graph=True)
-        self.decode(state, max_new_tokens, stop=stop, sampling=sampling, steers=steers,
-                    capture_at=capture_at if capture_layers else None)
-        self.finish(state.rows)
-        return GenerateResult.of(state.rows)

@@ -34,8 +34,9 @@ class SlotCache:
 
     is_compileable = False
 
-    def __init__(self, n_slots: int, capacity: int, lazy_zero: bool = False):
+    def __init__(self, n_slots: int, capacity: int, lazy_zero: bool = False, fixed: bool = False):
         self.n_slots, self.capacity = int(n_slots), int(capacity)
+        self.fixed = fixed  # a graph pool: its tensors are captured, so it never grows
         self.keys: list[torch.Tensor | None] = []
         self.values: list[torch.Tensor | None] = []
         # A fixed pool sized for the worst case (every prompt previewing at once) mostly stays unused: with
@@ -138,6 +139,8 @@ class SlotCache:
         """Lengthen every slot to `capacity` positions (a copy; a pool sized from the budget never grows)."""
         if capacity <= self.capacity:
             return
+        if self.fixed:
+            raise RuntimeError(f"a graph pool of {self.capacity} positions cannot grow to {capacity}")
         for lst in (self.keys, self.values):
             for j, t in enumerate(lst):
                 if t is None:

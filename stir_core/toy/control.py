@@ -27,11 +27,12 @@ import torch
 from safetensors.torch import save_file
 
 from stir_core.io import atomic
-from stir_core.online.scheduler import generate_segmented
+from stir_core.online.methods import generate_segmented
 from stir_core.runtime.backend import hook_name, run_with_states
 from stir_core.runtime.engine import Engine, Sampling, Steer
 from stir_core.runtime.locks import serialised
 from stir_core.runtime.model import LoadedModel, load_model
+from stir_core.runtime.scheduler import generate
 from stir_core.tasks.base import Example
 from stir_core.tasks.plain import PlainTask
 from stir_core.tasks.planted import DELIM, PlantedTask
@@ -203,7 +204,7 @@ def evaluate_task(engine: Engine, task, n: int, seed: int = EVAL_SEED, sampled_n
     texts: list[str] = []
     for lo in range(0, len(examples), 64):
         prompts = [engine.model.format_prompt(task.prompt(ex)) for ex in examples[lo : lo + 64]]
-        texts += engine.generate(prompts, MAX_NEW_TOKENS, sampling=sampling, seed=seed + lo).texts
+        texts += generate(engine, prompts, MAX_NEW_TOKENS, sampling=sampling, seed=seed + lo).texts
     out["sampled"] = {
         "temperature": 0.7,
         "top_p": 0.95,

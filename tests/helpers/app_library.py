@@ -10,6 +10,7 @@ import torch
 from stir_core.library.format import ToolLibrary
 from stir_core.runtime.engine import Engine
 from stir_core.runtime.model import load_model
+from stir_core.runtime.scheduler import generate
 
 PROMPT = "3+4=7\n\n"  # the tiny model answers with ".\n" repeated: newline-delimited segments
 LIB_PROMPTS = ["3+4=7\n\n", "a\n\n", "5+5\n\n\n", "x\n\n"]
@@ -19,7 +20,7 @@ def build_test_library(model_dir: Path, out: Path, layer: int = 1) -> ToolLibrar
     """Keys: the model's states at its first three newline control points on a few prompts (anchors exactly,
     corrections with a little noise); vectors: seeded random directions. Saved to `out`."""
     model = load_model(str(model_dir), device="cpu")
-    res = Engine(model).generate(LIB_PROMPTS, 40, capture_layers=[layer], capture_at="\n")
+    res = generate(Engine(model), LIB_PROMPTS, 40, capture_layers=[layer], capture_at="\n")
     g = torch.Generator().manual_seed(0)
     keys, vectors, rows = [], [], []
     for b, caps in enumerate(res.captures):

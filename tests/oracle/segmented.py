@@ -1,5 +1,5 @@
 """TEST ORACLE (not product code): segment-synchronous decoding with a policy, the straightforward reference
-that the product's one scheduler (`stir_core/online/scheduler.py`) must equal token for token and decision
+that the product's one scheduler (`stir_core/runtime/scheduler.py`) must equal token for token and decision
 for decision under greedy float32 decoding. Nothing under `stir_core/` imports it.
 
 Every row decodes to its next control point; the policy plans for all rows at once; previews run as a
@@ -20,9 +20,57 @@ from collections.abc import Callable, Sequence
 import torch
 
 from stir_core.online.gate import Reason
-from stir_core.online.policy import Plan, Policy, Probe
-from stir_core.online.scheduler import Schedule
-from stir_core.runtime.engine import Capture, ControlPoint, DecodeState, Engine, GenerateResult, Steer
+from stir_core.online.policy import Plan, Policy
+from stir_core.runtime.engine import (
+    Capture,
+    ControlPoint,
+    DecodeState,
+    Engine,
+    GenerateResult,
+    Sampling,
+    Steer,
+)
+from stir_core.runtime.scheduler import Probe, Schedule
+
+
+def decode(engine: Engine, state: DecodeState, max_new_tokens: int | Sequence[int], stop: str | None = None,
+           sampling: Sampling | None = None, steers: Sequence[Steer | None] | None = None,
+           capture_at: str | None = None, active: Sequence[bool] | None = None) -> list[int]:
+    """The straightforward decode loop (the product's was this, before the one scheduler): decode every
+    active row of `state` until it emits EOS, completes `stop` or spends its budget.
+
+    `stop` and `capture_at` name the state's delimiter (control points are the rows' text streams').
+    Each sampled token is fed (so its state is captured and the next logits are ready); `steers[b]`
+    acts at every generated token when its positions include `segment`. Returns new tokens per row.
+    """
+    for name, val in (("stop", stop), ("capture_at", capture_at)):
+        if val is not None and val != state.delimiter:
+            raise ValueError(f"{name}={val!r} but this state's delimiter is {state.delimiter!r}")
+    n = len(state.rows)
+    budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != n:
+        raise ValueError(f"max_new_tokens has {len(budgets)} entries for {n} rows")
+    steers = list(steers) if steers is not None else [None] * n
+    live = torch.tensor([(True if active is None else bool(active[b])) and not r.finished and budgets[b] > 0
+                         for b, r in enumerate(state.rows)])
+    if sampling is not None and any(r.generator is None for b, r in enumerate(state.rows) if live[b]):
+        raise ValueError("sampling needs seeded rows: pass seeds= to prefill")
+    made = [0] * n
+    eos = engine.model.eos_token_id
+    engine.set_steers(state, steers)
+    at_segment = torch.tensor([s is not None and s.at_segment for s in steers], dtype=torch.bool)
+    while bool(live.any()):
+        tokens, lp = engine.choose(state, live, sampling)
+        captured = engine.step(state, tokens, live, live=live & at_segment)
+        for b in torch.nonzero(live).flatten().tolist():
+            row = state.rows[b]
+            ends = row.accept(int(tokens[b]), float(lp[b]), steers[b], eos)
+            made[b] += 1
+            if capture_at:
+                row.capture(ends, captured, b, state.capture_layers)
+            if row.finished or made[b] >= budgets[b] or (stop and ends):
+                live[b] = False
+    return made
 
 
 def control_points(engine: Engine, state: DecodeState, b: int, handled: int, limit: int | None,
@@ -75,14 +123,14 @@ def preview(engine: Engine, state: DecodeState, plans: Sequence[Plan], sched: Sc
             fresh = engine.prefill([src.prompt + src.tokens], delimiter=state.delimiter)
             fresh.rows[0] = src.clone()  # the cache holds prompt + tokens: the row's own record continues
             engine.refeed_last(fresh, [s])
-            made += engine.decode(fresh, sched.probe_tokens, stop=stop, steers=[s])
+            made += decode(engine, fresh, sched.probe_tokens, stop=stop, steers=[s])
             probed_rows.append(fresh.rows[0])
         starts = [len(state.rows[b].tokens) for b in rows]
     else:
         fork = engine.fork(state, rows)
         starts = [len(r.tokens) for r in fork.rows]
         engine.refeed_last(fork, steers)
-        made = engine.decode(fork, sched.probe_tokens, stop=stop, steers=steers)
+        made = decode(engine, fork, sched.probe_tokens, stop=stop, steers=steers)
         probed_rows = fork.rows
     out: dict[int, tuple[Probe | None, list[Probe]]] = {}
     for b, (k, j) in enumerate(owners):
@@ -122,7 +170,7 @@ def run_segmented(engine: Engine, state: DecodeState, policy: Policy | None, sch
     n = len(state.rows)
     left = lambda: [max(0, sched.max_new_tokens - len(r.tokens)) for r in state.rows]  # noqa: E731
     cap = state.delimiter if state.capture_layers else None
-    engine.decode(state, left(), stop=state.delimiter, capture_at=cap)
+    decode(engine, state, left(), stop=state.delimiter, capture_at=cap)
     handled = [0] * n
     while policy is not None:
         points = []
@@ -150,13 +198,13 @@ def run_segmented(engine: Engine, state: DecodeState, policy: Policy | None, sch
         active = [False] * n
         for p in points:
             active[p.row] = True
-        engine.decode(state, left(), stop=state.delimiter, steers=steers, capture_at=cap, active=active)
+        decode(engine, state, left(), stop=state.delimiter, steers=steers, capture_at=cap, active=active)
         if commits:
             live = {b: c for b, c in commits.items()
                     if not state.rows[b].finished and len(state.rows[b].tokens) < sched.max_new_tokens}
             if live:
                 unsteer(engine, state, live)
-    engine.decode(state, left(), stop=None, capture_at=cap)
+    decode(engine, state, left(), stop=None, capture_at=cap)
 
 
 def run_oracle(engine: Engine, prompts: Sequence[str], policy: Policy | None, config) -> list:
@@ -166,7 +214,7 @@ def run_oracle(engine: Engine, prompts: Sequence[str], policy: Policy | None, co
     ids = [engine.model.encode(p) for p in prompts]
     state = engine.prefill(ids, policy.capture_layers if policy is not None else (), delimiter=config.delimiter)
     if policy is None:
-        engine.decode(state, config.max_new_tokens)
+        decode(engine, state, config.max_new_tokens)
     else:
         run_segmented(engine, state, policy, sched)
     engine.finish(state.rows)

@@ -1,6 +1,6 @@
-"""Continuous scheduling of segmented decoding: every row runs its own gate while the others keep decoding.
+"""The one decode loop: every decode in the product (rollouts, `generate`, every method) runs here.
 
-The physical batch holds *lanes*: each prompt's `main` lane, plus short-lived ones. At a control point the
+The physical batch holds *lanes*: each sequence's `main` lane, plus short-lived ones. At a control point the
 policy plans (retrieval, no model). If it wants previews, L `probe` lanes (copies of the main lane) re-run
 the delimiter with a candidate added and decode the probe, while the main lane itself *is* the null
 action's probe: it keeps decoding, greedily, exactly as vanilla would. When every probe is done:
@@ -14,15 +14,22 @@ action's probe: it keeps decoding, greedily, exactly as vanilla would. When ever
   vector while the main lane *shadows* it, fed the same tokens without the vector. When the segment closes
   the driver leaves and the main lane holds the unsteered cache: the reference's re-prefill, for free.
 
+Without a policy (vanilla, mining's rollouts, `generate`) the same loop runs main lanes only: seeded
+sampling per sequence, a steer a sequence holds for its whole decode (`steers`: a commit at the prompt's
+end), `fanout` sequences per prompt (K rollouts: the prompt prefilled once, its slot copied K - 1 times).
+
 The pool is fixed (S = `memory.pool_rows(batch, ...)` slots, allocated once, never rebuilt) and the batch
 is its occupied prefix. Lanes that finish free their slot (the last lane's filled range moves into the
 hole); previews and drivers take free slots (a copy of one slot's filled range); then waiting prompts do,
-prefilled into their slot (continuous batching: N prompts, at most `batch` decoding at once).
+prefilled into their slot (continuous batching: N prompts, at most `batch` decoding at once). On CUDA the
+pool is a bucketed graph pool and each step replays a captured graph (`Engine.empty_state`,
+`stir_core/runtime/graphs.py`).
 
-This is the product's one policy-driven decode (`run_continuous`, `generate_segmented`; vanilla is the
-policy None). Tokens and decisions equal the segment-synchronous oracle's (`tests/oracle/segmented.py`,
-test code only) under greedy decoding: parity tests. `preview="reprefill"` (the authors' way) recomputes
-a probe's slot from its tokens instead of keeping the copy.
+Tokens and decisions equal the segment-synchronous oracle's (`tests/oracle/segmented.py`, test code only)
+under greedy decoding, and the oracle's plain decode loop under seeded sampling: parity tests.
+`preview="reprefill"` (the authors' way) recomputes a probe's slot from its tokens instead of keeping the
+copy. A policy is anything with `plan`, `resolve`, `fused` and `capture_layers` (`Decider`; the methods'
+are in `stir_core/online/policy.py`).
 """
 
 from __future__ import annotations
@@ -30,14 +37,44 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, Protocol
 
 import torch
 
-from stir_core.online.gate import Reason
-from stir_core.online.policy import Plan, Policy, Probe
-from stir_core.runtime.engine import Capture, ControlPoint, Engine, GenerateResult, Row, Steer
+from stir_core.runtime.engine import (
+    DELIMITER,
+    Capture,
+    ControlPoint,
+    Engine,
+    GenerateResult,
+    Row,
+    Sampling,
+    Steer,
+)
 from stir_core.runtime.memory import pool_positions, pool_rows
 from stir_core.runtime.segment import TextStream
+
+
+@dataclass
+class Probe:
+    """One previewed continuation: its text, mean token log-prob and length."""
+
+    text: str
+    mean_logprob: float
+    n_tokens: int
+
+
+class Decider(Protocol):
+    """What the scheduler asks of a policy (`stir_core/online/policy.py`). `plan` returns a record whose
+    `probes` lists the steers to preview ([]: decide at once); `resolve` gates their results."""
+
+    capture_layers: tuple[int, ...]
+
+    def plan(self, point: ControlPoint, prompt: Sequence[int]) -> Any: ...
+
+    def resolve(self, plan: Any, null: Probe | None, probes: list[Probe] | None) -> Steer | None: ...
+
+    def fused(self, point: ControlPoint) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +88,7 @@ class Schedule:
     probe_stop: bool = True  # a probe ends at the delimiter (the reference)
     scope: str = "segment"  # segment | persist
     preview: str = "fork"  # fork | reprefill
+    stop: bool = False  # a sequence ends at its first control point (`generate(stop=...)`)
 
 
 class Role(Enum):
@@ -89,13 +127,14 @@ class Lane:
     shadow_state: torch.Tensor | None = None  # [n_capture_layers, d_model] at the last fed token
     rollback_to: Snapshot | None = None  # a late probe copy: roll back to its control point once copied
     fresh: bool = False  # preview "reprefill": recompute this probe's slot from its tokens once copied
+    hold: bool = False  # `steer` acts for the whole decode (a policy-free sequence's steer), not one segment
 
 
 @dataclass(kw_only=True)
 class Pending:
     """A control point whose previews are in flight."""
 
-    plan: Plan
+    plan: Any  # the policy's plan (its `probes`: the steers previewed)
     snapshot: Snapshot
     probes: list[Lane]
     keep: Snapshot | None = None  # the null probe's end of real progress (delimiter or budget) if it ran on
@@ -103,29 +142,39 @@ class Pending:
 
 
 class _Run:
-    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
+    def __init__(self, engine: Engine, prompts: Sequence[Sequence[int]], policy: Decider | None, sched: Schedule,
                  delimiter: str, max_preview_rows: int | None, capture_layers: Sequence[int] | None = None,
-                 batch: int | None = None):
+                 batch: int | None = None, *, sampling: Sampling | None = None, seeds: Sequence[int] | None = None,
+                 steers: Sequence[Steer | None] | None = None, fanout: int = 1,
+                 budgets: Sequence[int] | None = None, on_row: Callable[[int, Row], None] | None = None):
         self.engine, self.policy, self.sched = engine, policy, sched
         layers = capture_layers if capture_layers is not None else (policy.capture_layers if policy else ())
+        # Sequences: `fanout` per prompt, sequence s decoding prompt s // fanout.
+        self.fanout = fanout
+        self.prompts = [list(p) for p in prompts]
+        n_seq = len(prompts) * fanout
+        self.budgets = [sched.max_new_tokens] * n_seq if budgets is None else list(budgets)
+        self.sampling, self.seeds = sampling, seeds
+        self.steers = list(steers) if steers is not None else [None] * n_seq
+        self.on_row = on_row
         method = "vanilla" if policy is None else "policy"
         # Positions per slot (`memory.pool_positions`): the longest prompt, the budget, and a null probe's
         # run past it under a policy.
-        capacity = pool_positions(max(len(p) for p in prompts), sched.max_new_tokens, sched.probe_tokens, method)
-        # Prompts decoding at once; the rest wait and take the slots finished rows leave (continuous
-        # batching). The pool is fixed at S = `memory.pool_rows(batch, ...)` slots, allocated once.
-        self.batch = min(batch or len(prompts), len(prompts))
+        capacity = pool_positions(max(len(p) for p in prompts), max(self.budgets), sched.probe_tokens, method)
+        # Sequences decoding at once (whole prompts' groups of `fanout`); the rest wait and take the slots
+        # finished rows leave (continuous batching). The pool is fixed at S = `memory.pool_rows(batch, ...)`
+        # slots, allocated once.
+        self.batch = min(batch or n_seq, n_seq)
         self.n_slots = pool_rows(self.batch, "vanilla" if policy is None else "stir", sched.top_l,
                                  max_preview_rows, sched.scope)
         self.state = engine.empty_state(self.n_slots, capacity, layers, delimiter)
-        self.prompts = [list(p) for p in prompts]
-        self.admitted = 0  # prompts [0, admitted) have had a main lane
+        self.admitted = 0  # sequences [0, admitted) have had a main lane
         self.lanes: list[Lane] = []
         self._pos: dict[int, int] = {}  # id(lane) -> its row (`idx`)
-        self.done_rows: list[Row | None] = [None] * len(prompts)
-        self.handled = [0] * len(prompts)
+        self.done_rows: list[Row | None] = [None] * n_seq
+        self.handled = [0] * n_seq
         self.pending: dict[int, Pending] = {}
-        self.waiting: list[int] = []  # prompts whose probe lanes wait for preview capacity
+        self.waiting: list[int] = []  # sequences whose probe lanes wait for preview capacity
         # Extra rows (probes and drivers) in flight at once; None or 0: no cap. It queues previews, and each
         # extra forward widens every row's cache, so it costs steps and does not save memory (STIR_SPEC.md,
         # knob table; measured on a GPU).
@@ -187,16 +236,31 @@ class _Run:
         self.late_rollbacks()
 
     def admit_prompts(self) -> None:
-        """Waiting prompts take free slots (never ahead of queued spawns), up to `batch` prompts at once."""
+        """Waiting prompts take free slots (never ahead of queued spawns), whole groups of `fanout`
+        sequences, up to `batch` sequences at once: each prompt prefilled once, its slot copied for the rest
+        of its group; every sequence gets its own seed and steer."""
         if self.spawns:
             return
         running = self.admitted - sum(r is not None for r in self.done_rows)
-        k = min(len(self.prompts) - self.admitted, self.batch - running, self.n_slots - len(self.lanes))
-        if k <= 0:
+        k = min(len(self.done_rows) - self.admitted, self.batch - running, self.n_slots - len(self.lanes))
+        groups = k // self.fanout
+        if groups <= 0:
             return
-        self.engine.add_rows(self.state, self.prompts[self.admitted: self.admitted + k])
-        self.lanes += [Lane(seq=self.admitted + i) for i in range(k)]
-        self.admitted += k
+        first = self.admitted // self.fanout
+        n = len(self.lanes)
+        self.engine.add_rows(self.state, self.prompts[first: first + groups])
+        if self.fanout > 1:
+            self.engine.append_copies(self.state, [n + g for g in range(groups) for _ in range(self.fanout - 1)])
+        # slot order: the groups' first sequences, then each group's copies
+        seqs = [(first + g) * self.fanout for g in range(groups)]
+        seqs += [(first + g) * self.fanout + c for g in range(groups) for c in range(1, self.fanout)]
+        for j, seq in enumerate(seqs):
+            row, steer = self.state.rows[n + j], self.steers[seq]
+            row.generator = None if self.seeds is None else self.engine.generator(self.seeds[seq])
+            lane = Lane(seq=seq, steer=steer, hold=steer is not None,
+                        refeed=steer if steer is not None and steer.at_last else None)
+            self.lanes.append(lane)
+        self.admitted += groups * self.fanout
 
     def late_rollbacks(self) -> None:
         """Roll late probe copies back to their control point; then (preview "reprefill") recompute the
@@ -233,7 +297,7 @@ class _Run:
     def point_at(self, lane: Lane) -> ControlPoint | None:
         """The control point main `lane` stands at, if the policy should act (fused ones are noted)."""
         row, sched = self.row(lane), self.sched
-        if self.policy is None or row.finished or len(row.tokens) >= sched.max_new_tokens or not row.tokens:
+        if self.policy is None or row.finished or len(row.tokens) >= self.budgets[lane.seq] or not row.tokens:
             return None
         last, handled = row.control_points, self.handled[lane.seq]
         act = last if sched.max_control_points is None else min(last, sched.max_control_points)
@@ -245,7 +309,7 @@ class _Run:
             states = dict(zip(self.state.capture_layers, row.captures[-1].states, strict=True))
         text = row.text
         for m in range(handled + 1, act):
-            self.policy.note(ControlPoint(row=lane.seq, m=m, token_index=t, text=text, states=states), Reason.FUSED)
+            self.policy.fused(ControlPoint(row=lane.seq, m=m, token_index=t, text=text, states=states))
         self.handled[lane.seq] = last
         return ControlPoint(row=lane.seq, m=act, token_index=t, text=text, states=states)
 
@@ -358,9 +422,12 @@ class _Run:
             if lane.pending_token is not None:
                 continue
             row = self.row(lane)
-            if row.finished or len(row.tokens) >= self.sched.max_new_tokens:
+            if row.finished or len(row.tokens) >= self.budgets[lane.seq] or self.stopped(row):
+                row.stream.finish()  # release text its detokenizer withheld: the row is final
                 self.done_rows[lane.seq] = row
                 lane.role = Role.FREE
+                if self.on_row is not None:
+                    self.on_row(lane.seq, row)
 
     # ---- one step ----------------------------------------------------------------------------------
     def decodes(self, lane: Lane, row: Row) -> bool:
@@ -373,7 +440,11 @@ class _Run:
             return not lane.done or pend.keep is None
         if lane.done:
             return False
-        return lane.role is Role.PROBE or len(row.tokens) < self.sched.max_new_tokens
+        return lane.role is Role.PROBE or (len(row.tokens) < self.budgets[lane.seq] and not self.stopped(row))
+
+    def stopped(self, row: Row) -> bool:
+        """Schedule `stop`: the sequence ends at its first control point."""
+        return self.sched.stop and row.control_points > 0
 
     def pick(self, probes_only: bool = False) -> None:
         """Choose and record the next token of every lane that decodes; it is fed by the next forward
@@ -383,7 +454,7 @@ class _Run:
                              and self.decodes(ln, st.rows[k]) for k, ln in enumerate(self.lanes)], dtype=torch.bool)
         if not bool(want.any()):
             return
-        chosen, lps = self.engine.choose(st, want, None)
+        chosen, lps = self.engine.choose(st, want, self.sampling)
         for k in torch.nonzero(want).flatten().tolist():
             ln, row = self.lanes[k], st.rows[k]
             tok = int(chosen[k])
@@ -395,7 +466,7 @@ class _Run:
                     continue
             elif ln.role is Role.DRIVER:
                 self.main(ln.seq).queue.append(tok)
-                if ends or row.finished or len(row.tokens) >= self.sched.max_new_tokens:
+                if ends or row.finished or len(row.tokens) >= self.budgets[ln.seq]:
                     ln.done = True  # the shadow feeds the closing token; the driver is done
                     continue
             ln.pending_token = tok
@@ -449,7 +520,7 @@ class _Run:
         if lane.role is not Role.MAIN:
             return
         ends = row.stream.boundaries[-1]
-        if ends:
+        if ends and not lane.hold:
             lane.steer = None  # a committed segment ends at its delimiter
         row.capture(ends, captured, k, layers)
         pend = self.pending.get(lane.seq)
@@ -457,7 +528,7 @@ class _Run:
             if ends:
                 self.after_progress(lane)
             return
-        stop = ends or len(row.tokens) >= self.sched.max_new_tokens or row.finished
+        stop = ends or len(row.tokens) >= self.budgets[lane.seq] or row.finished
         if pend.keep is None and stop:
             pend.keep = self.snapshot(lane)
         if not lane.done:  # the null probe
@@ -497,36 +568,71 @@ def _probe(row: Row, start: int, made: int) -> Probe:
     return Probe("".join(row.pieces[start:start + made]), sum(lps) / len(lps) if lps else 0.0, made)
 
 
-def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Policy | None, sched: Schedule,
+def run_continuous(engine: Engine, prompts: Sequence[Sequence[int]], policy: Decider | None, sched: Schedule,
                    delimiter: str, max_preview_rows: int | None = None,
-                   capture_layers: Sequence[int] | None = None, batch: int | None = None) -> list[Row]:
-    """Greedy segmented decoding of token-id prompts with `policy` (None: vanilla, no control point acted
-    on); the finished rows, in prompt order. `capture_layers` default to the policy's. `batch`: most prompts
-    decoding at once (None: all); the others wait for a finished row's slot, in a pool of
-    `memory.pool_rows(batch, ...)` slots."""
+                   capture_layers: Sequence[int] | None = None, batch: int | None = None, *,
+                   sampling: Sampling | None = None, seeds: Sequence[int] | None = None,
+                   steers: Sequence[Steer | None] | None = None, fanout: int = 1,
+                   budgets: Sequence[int] | None = None,
+                   on_row: Callable[[int, Row], None] | None = None) -> list[Row]:
+    """Decode token-id prompts with `policy` at the control points (None: no control point acted on); the
+    finished rows, one per sequence, in order (sequence s = prompt s // fanout).
+
+    `capture_layers` default to the policy's. `batch`: most sequences decoding at once (None: all); the
+    others wait for a finished row's slot, in a pool of `memory.pool_rows(batch, ...)` slots. Policy-free
+    only: `sampling` (None: greedy) with `seeds` per sequence, `steers` per sequence (held for the whole
+    decode; `last` re-runs the prompt's last token with it), `fanout` sequences per prompt. `budgets`: new
+    tokens per sequence (default `sched.max_new_tokens`). `on_row(seq, row)` as each sequence finishes.
+    """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("the scheduler needs at least one non-empty prompt")
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows, capture_layers, batch).run()
+    if fanout < 1:
+        raise ValueError(f"fanout must be at least 1, got {fanout}")
+    n_seq = len(prompts) * fanout
+    if batch is not None and batch < fanout:
+        raise ValueError(f"batch {batch} cannot hold one prompt's {fanout} sequences")
+    for name, val in (("seeds", seeds), ("steers", steers), ("budgets", budgets)):
+        if val is not None and len(val) != n_seq:
+            raise ValueError(f"{name} has {len(val)} entries for {n_seq} sequences")
+    if budgets is not None and any(b < 0 for b in budgets):
+        raise ValueError("budgets must be >= 0")
+    if policy is not None and (sampling is not None or steers is not None):
+        raise ValueError("sampling and per-sequence steers are for policy-free decodes; a policy decodes greedily")
+    if sampling is not None and seeds is None:
+        raise ValueError("sampling needs a seed per sequence (seeds=)")
+    return _Run(engine, prompts, policy, sched, delimiter, max_preview_rows, capture_layers, batch,
+                sampling=sampling, seeds=seeds, steers=steers, fanout=fanout, budgets=budgets,
+                on_row=on_row).run()
 
 
-def generate_segmented(engine: Engine, prompts: Sequence[str], policy: Policy | Callable | None,
-                       max_new_tokens: int, delimiter: str = "\n\n", max_control_points: int | None = None,
-                       capture_layers: Sequence[int] | None = None) -> tuple[GenerateResult, list[list]]:
-    """Greedy segmented decoding of text prompts with `policy` (or `fn(row, m, text, states)`) deciding at
-    every control point, commits persisting. Returns (GenerateResult, decisions per row)."""
-    from stir_core.online.policy import FunctionPolicy
+def generate(engine: Engine, prompts: Sequence[str], max_new_tokens: int | Sequence[int], stop: str | None = None,
+             sampling: Sampling | None = None, seed: int = 0, seeds: Sequence[int] | None = None,
+             capture_layers: Sequence[int] = (), capture_at: str | None = DELIMITER,
+             steers: Sequence[Steer | None] | None = None, fanout: int = 1,
+             batch: int | None = None) -> GenerateResult:
+    """Prompts (text, already formatted) in, completions out (one per sequence: `fanout` per prompt); greedy
+    when `sampling` is None (seeds default to `seed * 1_000_003 + sequence`).
 
-    if policy is not None and not isinstance(policy, Policy):
-        layers = capture_layers if capture_layers is not None else range(engine.model.n_layers)
-        policy = FunctionPolicy(policy, layers)
+    `stop`: each sequence ends at its first delimiter. `capture_layers` are captured at every control point
+    (`capture_at`, the delimiter). `steers[s]` acts for sequence s's whole decode: at the prompt's last token
+    (`last`, re-run with it, as a commit at a control point) and/or at every generated token (`segment`).
+    """
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
     for i, p in enumerate(prompts):
         if not p or not p.strip():
             raise ValueError(f"prompt {i} is empty")
+    if stop is not None and capture_at is not None and capture_layers and stop != capture_at:
+        raise ValueError("stop and capture_at must be the same delimiter")
+    n_seq = len(prompts) * fanout
+    budgets = None if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if sampling is not None and seeds is None:
+        seeds = [seed * 1_000_003 + b for b in range(n_seq)]
     ids = [engine.model.encode(p) for p in prompts]
-    rows = run_continuous(engine, ids, policy, Schedule(max_new_tokens, max_control_points, scope="persist"),
-                          delimiter, capture_layers=capture_layers)
-    engine.finish(rows)
-    decisions = [policy.logs[b].decisions if policy and b in policy.logs else [] for b in range(len(prompts))]
-    return GenerateResult.of(rows), decisions
+    budget = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens, default=0)
+    rows = run_continuous(engine, ids, None, Schedule(budget, stop=stop is not None), stop or capture_at or DELIMITER,
+                          capture_layers=tuple(capture_layers) if capture_at else (), batch=batch,
+                          sampling=sampling, seeds=seeds, steers=steers, fanout=fanout, budgets=budgets)
+    return GenerateResult.of(rows)
