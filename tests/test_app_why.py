@@ -98,14 +98,15 @@ def test_out_of_range_knobs_are_refused_by_name(key, value, names):
 
 
 def test_a_cancelled_evaluation_keeps_and_shows_its_finished_batches(monkeypatch):
-    """Defect 4: a cancel kept only the run directory's marker. Cancel after the second batch of the first
-    method (n=6, batches of 2): the 4 finished problems are saved and shown, marked partial."""
+    """Defect 4: a cancel kept only the run directory's marker. Progress is reported per finished problem;
+    the user cancels at the first report of the first method (n=6, 2 decoding at once), the run stops at
+    the next: the 2 finished problems are saved and shown, marked partial."""
     from stir_core.analysis.evaluate import load_results
     from stir_core.io import jobs
 
     report = jobs.Job.report
 
-    def cancel_after_first(self, done, total, text="", **info):  # the user presses Cancel after batch 1
+    def cancel_after_first(self, done, total, text="", **info):  # the user presses Cancel after problem 1
         report(self, done, total, text, **info)
         self.cancel()
 
@@ -130,10 +131,10 @@ def test_a_cancelled_evaluation_keeps_and_shows_its_finished_batches(monkeypatch
     assert not at.exception
     res = load_results(job.label)
     assert res.config["partial"] is True
-    assert set(res.summary) == {"vanilla"} and res.summary["vanilla"]["n"] == 4
-    assert len(res.examples) == 4
+    assert set(res.summary) == {"vanilla"} and res.summary["vanilla"]["n"] == 2
+    assert len(res.examples) == 2
     assert at.session_state["ev_dir"] == job.label  # opened on the page
-    assert any("partial" in c.value and "vanilla 4/6" in c.value for c in at.caption)
+    assert any("partial" in c.value and "vanilla 2/6" in c.value for c in at.caption)
 
 
 def test_error_text_shows_literally(tmp_path):

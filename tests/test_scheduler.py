@@ -237,3 +237,29 @@ def test_uncaptured_graph_steps_run_eagerly_until_capture_is_allowed(tiny, monke
     monkeypatch.setenv("STIR_GRAPHS", "cuda")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         Engine(tiny)
+
+
+def test_evaluate_is_one_continuous_run_equal_to_separate_batches(tmp_path):
+    """`evaluate(batch_size=3)` decodes each method in one continuous run (3 problems at once, the next
+    taking a finished one's slot) and reports progress per finished problem; its traces equal separate
+    `run_method` calls over consecutive chunks of 3 (the old batching, computed independently)."""
+    from stir_core.analysis.evaluate import evaluate
+    from stir_core.config import online_config
+    from stir_core.tasks import render_prompt
+
+    model = load_model(DEFAULT_MODEL_DIR, device="cpu")
+    lib = ToolLibrary.load(DEFAULT_MODEL_DIR.parent / "demo-library", d_model=model.d_model, n_layers=model.n_layers)
+    cfg = online_config(lib).with_overrides(max_new_tokens=48)
+    task = get_task("planted")
+    seen = []
+    res = evaluate(Engine(model), task, ["vanilla", "stir"], lib, cfg, n=8, seed=5, batch_size=3,
+                   progress=lambda done, total, method: seen.append((done, total, method)), show_progress=False)
+    assert seen == [(i, 16, "vanilla") for i in range(1, 9)] + [(i, 16, "stir") for i in range(9, 17)]
+    examples = task.load("eval", 8, 5)
+    prompts = [render_prompt(model, task, ex) for ex in examples]
+    for method in ("vanilla", "stir"):
+        ref = [t for lo in range(0, 8, 3) for t in run_method(Engine(model), prompts[lo: lo + 3], method, lib, cfg)]
+        got = res.examples[res.examples.method == method]
+        assert list(got.completion) == [t.completion for t in ref]
+        assert list(got.interventions) == [t.interventions for t in ref]
+    assert res.examples[res.examples.method == "stir"].interventions.sum() > 0

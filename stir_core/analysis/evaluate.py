@@ -99,10 +99,10 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
            "versions": versions()}
     rows, summary, correct_by = [], {}, {}
 
-    def record(method: str, traces: list[Trace], wall: float) -> None:
+    def record(method: str, traces: list[Trace], wall: float, done_ex: list | None = None) -> None:
         for t in traces:
             t.warnings.extend(warnings)
-        done_ex = examples[:len(traces)]  # all of them, except for a method cut short by a cancel
+        done_ex = examples if done_ex is None else done_ex  # all of them, except for a method cut short
         correct = [bool(task.score(t.completion, ex)) for t, ex in zip(traces, done_ex, strict=True)]
         answers = [task.extract(t.completion) for t in traces]
         correct_by[method] = correct
@@ -130,19 +130,24 @@ def evaluate(engine: Engine, task: Task, methods: Sequence[str], library: ToolLi
         done = 0
         for method in methods:
             t0 = time.perf_counter()
-            traces: list[Trace] = []
+            got: dict[int, Trace] = {}
+
+            def finished(i: int, trace: Trace, method: str = method, got: dict = got) -> None:
+                nonlocal done
+                got[i] = trace
+                done += 1
+                bar.update(1)
+                if progress:
+                    progress(done, total, method)
+
             try:
-                for lo in range(0, len(examples), batch_size):
-                    chunk = examples[lo: lo + batch_size]
-                    traces += run_method(engine, prompts[lo: lo + batch_size], method, library, config,
-                                         example_ids=[ex.id for ex in chunk])
-                    done += len(chunk)
-                    bar.update(len(chunk))
-                    if progress:
-                        progress(done, total, method)
-            except BaseException:  # cancelled (progress raised) or interrupted: keep the finished batches
-                if out_dir is not None and traces:
-                    record(method, traces, time.perf_counter() - t0)
+                # one continuous run: `batch_size` problems decode at once, a finished one's slot taken by the next
+                traces = run_method(engine, prompts, method, library, config, example_ids=[ex.id for ex in examples],
+                                    batch=batch_size, on_trace=finished)
+            except BaseException:  # cancelled (progress raised) or interrupted: keep the finished problems
+                if out_dir is not None and got:
+                    keep = sorted(got)
+                    record(method, [got[i] for i in keep], time.perf_counter() - t0, [examples[i] for i in keep])
                     save_results(EvalResult(dict(summary), pd.DataFrame(rows), {**cfg, "partial": True}),
                                  out_dir)
                 raise

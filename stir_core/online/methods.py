@@ -21,7 +21,7 @@ from stir_core.online import gate
 from stir_core.online.gate import Reason
 from stir_core.online.policy import FunctionPolicy, NullPolicy, Plan, Policy
 from stir_core.online.trace import Candidate, GateDecision, TokenRecord, Trace
-from stir_core.runtime.engine import ControlPoint, Engine, GenerateResult, Steer
+from stir_core.runtime.engine import ControlPoint, Engine, GenerateResult, Row, Steer
 from stir_core.runtime.locks import serialised
 from stir_core.runtime.scheduler import Probe, Schedule, run_continuous
 
@@ -207,22 +207,31 @@ def build_policy(method: str, library: ToolLibrary | None, config: StirConfig) -
 @serialised  # the engine is not safe for concurrent callers (stir_core/runtime/locks.py)
 def run_method(engine: Engine, prompts: Sequence[str], method: str, library: ToolLibrary | None = None,
                config: StirConfig | None = None, example_ids: Sequence[str] | None = None,
-               batch: int | None = None) -> list[Trace]:
+               batch: int | None = None, on_trace: Callable[[int, Trace], None] | None = None) -> list[Trace]:
     """Decode `prompts` (already formatted) with one method, batched; returns one Trace per prompt. `batch`:
-    most prompts decoding at once in a fixed pool (None: all); the rest join as rows finish."""
+    most prompts decoding at once in a fixed pool (None: all); the rest join as rows finish.
+    `on_trace(i, trace)` as each prompt finishes (in finishing order; it may raise to cancel the run)."""
     config = config or StirConfig()
     if library is not None and len(library) and library.vectors.shape[1] != engine.model.d_model:
         raise ValueError(f"library vectors have width {library.vectors.shape[1]} but the model's d_model is "
                          f"{engine.model.d_model}")
     policy = build_policy(method, library, config)
-    rows = replay(engine, prompts, policy, config, batch)
     logs = policy.logs if policy is not None else {}
-    traces = []
-    for b, row in enumerate(rows):
+
+    def trace_of(b: int, row: Row) -> Trace:  # once a row is finished its log is complete
         log = logs.get(b)
-        traces.append(make_trace(method, prompts[b], row, log.decisions if log else [],
-                                 log.probe_tokens if log else 0, None if example_ids is None else example_ids[b]))
-    return traces
+        return make_trace(method, prompts[b], row, log.decisions if log else [], log.probe_tokens if log else 0,
+                          None if example_ids is None else example_ids[b])
+
+    traces: dict[int, Trace] = {}
+
+    def finished(b: int, row: Row) -> None:
+        traces[b] = trace_of(b, row)
+        if on_trace is not None:
+            on_trace(b, traces[b])
+
+    replay(engine, prompts, policy, config, batch, on_row=finished)
+    return [traces[b] for b in range(len(prompts))]
 
 
 def schedule_of(config: StirConfig) -> Schedule:
@@ -231,7 +240,7 @@ def schedule_of(config: StirConfig) -> Schedule:
 
 
 def replay(engine: Engine, prompts: Sequence[str], policy: Policy | None, config: StirConfig,
-           batch: int | None = None) -> list:
+           batch: int | None = None, on_row: Callable[[int, Row], None] | None = None) -> list:
     """Greedy decoding of formatted prompts with `policy` at the control points (None: vanilla); the rows.
 
     One scheduler for every method (`stir_core/runtime/scheduler.py`); the segment-synchronous algorithm it
@@ -243,7 +252,7 @@ def replay(engine: Engine, prompts: Sequence[str], policy: Policy | None, config
             raise ValueError(f"prompt {i} is empty")
     ids = [engine.model.encode(p) for p in prompts]
     rows = run_continuous(engine, ids, policy, schedule_of(config), config.delimiter, config.max_preview_rows,
-                          batch=batch)
+                          batch=batch, on_row=on_row)
     engine.finish(rows)
     return rows
 
