@@ -4,7 +4,8 @@ shared machine). Run it under two checkouts and compare, e.g.
     (cd OLD && PYTHONPATH=OLD python NEW/benchmarks/ab_cpu_time.py); PYTHONPATH=. python benchmarks/ab_cpu_time.py
 
 Prints best process seconds for: vanilla and STIR on 64 `val` problems in one batch, and on 8 problems one
-at a time (the embedded model, demo library, bench_stir's gate settings).
+at a time (the embedded model, demo library, bench_stir's gate settings); and mining's sampled rollouts
+(`mine16x8`: 16 `train` problems x K = 8, 128 tokens, captures at one layer, one call).
 """
 import sys
 import time
@@ -38,4 +39,16 @@ for name, ps in (("vanilla64", prompts), ("stir64", prompts), ("vanilla1x8", pro
             run_method(engine, ps, method, lib, cfg)
         best = min(best, time.process_time() - t)
     out[name] = best
+from stir_core.config import MineConfig  # noqa: E402
+from stir_core.offline.mine import sample_rollouts  # noqa: E402
+
+mcfg = MineConfig(task="planted", split="train", n_problems=16, k_rollouts=8, temperature=0.7, top_p=0.95,
+                  max_new_tokens=128, layers=[-1], seed=1)
+examples = task.load("train", 16, 1)
+best = 1e9
+for _ in range(3):
+    t = time.process_time()
+    sample_rollouts(engine, task, examples, mcfg, [model.n_layers - 1])
+    best = min(best, time.process_time() - t)
+out["mine16x8"] = best
 print(" ".join(f"{k}={v:.2f}" for k, v in out.items()))

@@ -398,9 +398,10 @@ class StirConfig:
     schedule: str = knob("continuous", str, "accepted for old configs: both values run the one scheduler, whose "
                          "tokens and decisions equal the segment-synchronous algorithm's (a test oracle)", ONLINE,
                          choices=("continuous", "sync"))
-    max_preview_rows: int | None = knob(None, int, "most extra slots (probes, drivers) in flight; none or 0: no "
-                                        "cap. Never changes results. Bounds the slot pool's preview slots at "
-                                        "max(N, top_l) but serialises previews (more steps)",
+    max_preview_rows: int | None = knob(None, int, "extra slots of the pool beyond one per prompt, shared by "
+                                        "probes and drivers: max(N, top_l); none or 0: top_l per prompt (the "
+                                        "worst case). Never changes results: bounds the KV pool, previews wait "
+                                        "for a free slot (more steps)",
                                         PREVIEW, optional=True, min=0)
     layer: int | None = knob(None, int, "restrict to one library layer (none: every layer in the library)",
                              STEER, optional=True, min=0, layer=True)

@@ -58,17 +58,16 @@ def kv_bytes_per_slot(shape: Shape, dtype_bytes: int) -> int:
 
 def pool_rows(batch: int, method: str = "vanilla", top_l: int = 4, max_preview_rows: int | None = None,
               scope: str = "segment") -> int:
-    """Most slots the one scheduler's pool holds for `batch` prompts: one main row per prompt, plus STIR's
-    extra rows. Uncapped: L probe rows per prompt, or one driver (scope `segment`) after its probes left.
-    With `max_preview_rows` = c: at most max(c, L) probe rows (one control point's L probes are always
-    admitted when no extra row is in flight), plus, in scope `segment`, up to one driver per prompt (a
-    commit's driver is never deferred)."""
+    """Slots of the one scheduler's pool for `batch` sequences: one main row each, plus STIR's extra rows
+    (probes, and in scope `segment` a driver per commit). Uncapped: L per prompt, the worst case (a driver
+    takes one slot after its probes left). With `max_preview_rows` = c: max(c, L) extra slots whatever
+    the pattern (one control point's L probes always fit); probes and drivers wait for a free one."""
     if method == "vanilla":
         return batch
     most = batch * max(top_l, 1)
-    if not max_preview_rows:
-        return batch + most
-    return batch + min(most, max(max_preview_rows, top_l) + (batch if scope == "segment" else 0))
+    if max_preview_rows:
+        most = min(most, max(max_preview_rows, top_l))
+    return batch + most
 
 
 def pool_positions(prompt_tokens: int, new_tokens: int, probe_tokens: int = 4, method: str = "vanilla") -> int:

@@ -138,7 +138,6 @@ class Pending:
     snapshot: Snapshot
     probes: list[Lane]
     keep: Snapshot | None = None  # the null probe's end of real progress (delimiter or budget) if it ran on
-    deferred: bool = False  # probe lanes not spawned yet (preview capacity); the null probe runs meanwhile
 
 
 class _Run:
@@ -174,11 +173,6 @@ class _Run:
         self.done_rows: list[Row | None] = [None] * n_seq
         self.handled = [0] * n_seq
         self.pending: dict[int, Pending] = {}
-        self.waiting: list[int] = []  # sequences whose probe lanes wait for preview capacity
-        # Extra rows (probes and drivers) in flight at once; None or 0: no cap. It queues previews, and each
-        # extra forward widens every row's cache, so it costs steps and does not save memory (STIR_SPEC.md,
-        # knob table; measured on a GPU).
-        self.max_preview = max_preview_rows or None
         self.spawns: list[tuple[Lane, Lane]] = []  # (source, new lane) to add at the next regroup
         self.eos = engine.model.eos_token_id
         self.admit_prompts()
@@ -198,11 +192,6 @@ class _Run:
 
     def main(self, seq: int) -> Lane:
         return next(ln for ln in self.lanes if ln.seq == seq and ln.role is Role.MAIN)
-
-    def extra_rows(self) -> int:
-        """Rows beyond one per prompt: probes in flight and drivers (queued spawns included)."""
-        rows = sum(1 for ln in self.lanes if ln.role in (Role.PROBE, Role.DRIVER))
-        return rows + sum(1 for _, new in self.spawns if new.role in (Role.PROBE, Role.DRIVER))
 
     def live(self) -> bool:
         return self.admitted < len(self.prompts) or any(ln.role is not Role.FREE for ln in self.lanes)
@@ -314,7 +303,7 @@ class _Run:
         return ControlPoint(row=lane.seq, m=act, token_index=t, text=text, states=states)
 
     def start(self, lane: Lane, point: ControlPoint) -> None:
-        """Plan at a control point: decide at once, or queue the probe lanes (capacity permitting)."""
+        """Plan at a control point: decide at once, or queue its probe lanes (they take free slots)."""
         plan = self.policy.plan(point, self.row(lane).prompt)
         if not plan.probes:
             self.commit(lane, self.policy.resolve(plan, None, None))
@@ -322,22 +311,11 @@ class _Run:
         n = len(self.row(lane).tokens)
         pend = Pending(plan=plan, snapshot=self.snapshot(lane), probes=[])
         self.pending[lane.seq] = pend
-        lane.start, lane.made, lane.done = n, 0, False  # the null probe starts now, whatever the capacity
-        busy = self.extra_rows()
-        if self.max_preview is not None and busy and busy + len(plan.probes) > self.max_preview:
-            pend.deferred = True  # its probe lanes start when capacity frees (`open`)
-            self.waiting.append(lane.seq)
-            return
-        self.open(lane.seq)
-
-    def open(self, seq: int) -> None:
-        """Spawn the probe lanes of a pending control point (copies of the main lane rolled back to it)."""
-        pend, lane = self.pending[seq], self.main(seq)
-        pend.deferred = False
-        for s in pend.plan.probes:
+        lane.start, lane.made, lane.done = n, 0, False  # the null probe starts now, whatever the free slots
+        for s in plan.probes:
             # a copy of the main lane when a slot takes it (`regroup`), rolled back to the control point if the
             # main lane has run on as the null probe meanwhile
-            probe = Lane(seq=seq, role=Role.PROBE, steer=s, refeed=s if s.at_last else None, start=pend.snapshot.n_tokens,
+            probe = Lane(seq=lane.seq, role=Role.PROBE, steer=s, refeed=s if s.at_last else None, start=n,
                          fresh=self.sched.preview == "reprefill")
             pend.probes.append(probe)
             self.spawns.append((lane, probe))
@@ -357,7 +335,7 @@ class _Run:
     def ready(self) -> list[int]:
         """Prompts whose control point has every probe done."""
         return [s for s, p in self.pending.items()
-                if not p.deferred and self.main(s).done and all(pr.done for pr in p.probes)]
+                if self.main(s).done and all(pr.done for pr in p.probes)]
 
     def resolve_ready(self) -> None:
         """Gate every control point whose probes are all done, and carry the decisions out."""
@@ -377,16 +355,6 @@ class _Run:
                 continue
             self.rollback(lane, pend.snapshot)
             self.commit(lane, steer)
-
-    def admit(self) -> None:
-        """Open waiting previews, first come first served, while the preview cap allows (one always may when
-        no extra row is in flight). Run every round, not only after a decision: a driver that finishes or
-        a late probe that leaves also frees capacity, and a waiting control point whose null probe is done
-        can make no progress of its own."""
-        while self.waiting and (self.max_preview is None or not self.extra_rows()
-                                or self.extra_rows() + len(self.pending[self.waiting[0]].plan.probes)
-                                <= self.max_preview):
-            self.open(self.waiting.pop(0))
 
     def after_progress(self, lane: Lane) -> None:
         """A main lane whose last token completed a delimiter stands at a control point: act on it."""
@@ -450,15 +418,16 @@ class _Run:
         """Choose and record the next token of every lane that decodes; it is fed by the next forward
         (`pending_token`), except a probe's last one, which only needs scoring."""
         st = self.state
-        want = torch.tensor([ln.role is not Role.FREE and (ln.role is Role.PROBE or not probes_only)
-                             and self.decodes(ln, st.rows[k]) for k, ln in enumerate(self.lanes)], dtype=torch.bool)
-        if not bool(want.any()):
+        want = [ln.role is not Role.FREE and (ln.role is Role.PROBE or not probes_only)
+                and self.decodes(ln, st.rows[k]) for k, ln in enumerate(self.lanes)]
+        if not any(want):
             return
-        chosen, lps = self.engine.choose(st, want, self.sampling)
-        for k in torch.nonzero(want).flatten().tolist():
+        chosen, lps = self.engine.choose(st, torch.tensor(want, dtype=torch.bool), self.sampling)
+        chosen, lps = chosen.tolist(), lps.tolist()
+        for k in [k for k, w in enumerate(want) if w]:
             ln, row = self.lanes[k], st.rows[k]
-            tok = int(chosen[k])
-            ends = row.accept(tok, float(lps[k]), ln.steer, self.eos)  # its capture once fed (`after_feed`)
+            tok = chosen[k]
+            ends = row.accept(tok, lps[k], ln.steer, self.eos)  # its capture once fed (`after_feed`)
             if ln.role is Role.PROBE:
                 ln.made += 1
                 if ln.made >= self.sched.probe_tokens or (self.sched.probe_stop and ends) or row.finished:
@@ -476,15 +445,14 @@ class _Run:
         probe's last choice never costs its main lane a step of waiting)."""
         self.pick()
         st, n = self.state, len(self.lanes)
-        tokens = torch.zeros(n, dtype=torch.long)
-        feed = torch.zeros(n, dtype=torch.bool)
-        replace = torch.zeros(n, dtype=torch.bool)
-        at_seg = torch.zeros(n, dtype=torch.bool)
+        # Python lists, one tensor each at the end: per-element tensor writes cost more than the step's
+        # bookkeeping on a CPU
+        tokens, feed, replace, at_seg = [0] * n, [False] * n, [False] * n, [False] * n
         for k, ln in enumerate(self.lanes):
-            row = st.rows[k]
             if ln.role is Role.FREE:
                 continue
             if ln.refeed is not None:
+                row = st.rows[k]
                 tokens[k] = row.tokens[-1] if row.tokens else row.prompt[-1]
                 feed[k] = replace[k] = True
             elif ln.pending_token is not None:
@@ -492,16 +460,19 @@ class _Run:
                 at_seg[k] = ln.steer is not None and ln.steer.at_segment
             elif ln.shadow and ln.queue:  # the driver's token of this very step, unsteered
                 tokens[k], feed[k] = ln.queue.pop(0), True
-        if not bool(feed.any()):
+        if not any(feed):
             return False
+        fed = [k for k in range(n) if feed[k]]
+        tokens, feed = torch.tensor(tokens, dtype=torch.long), torch.tensor(feed, dtype=torch.bool)
+        replace, at_seg = torch.tensor(replace, dtype=torch.bool), torch.tensor(at_seg, dtype=torch.bool)
         # A lane's slot carries its re-run steer or its segment steer (the same Steer for every lane that
         # has both); the step adds it where the lane re-runs its delimiter or decodes a steered segment.
         self.engine.set_steers(st, [ln.refeed if replace[k] else ln.steer if at_seg[k] else None
                                     for k, ln in enumerate(self.lanes)])
         captured = self.engine.step(st, tokens, feed, live=replace | at_seg, replace_last=replace)
-        for k, ln in enumerate(self.lanes):
-            if feed[k]:
-                self.after_feed(ln, st.rows[k], bool(replace[k]), captured, k)
+        replaced = replace.tolist()
+        for k in fed:
+            self.after_feed(self.lanes[k], st.rows[k], replaced[k], captured, k)
         self.pick(probes_only=True)
         return True
 
@@ -550,7 +521,6 @@ class _Run:
             self.resolve_ready()
             self.handover()
             self.retire()
-            self.admit()
             self.regroup()
             if not self.live():
                 break
