@@ -12,6 +12,11 @@ too (a no-op then). The first start of the app spends most of its time importing
 (several seconds on 2 cores): doing that in the loader thread lets the server come up and the page paint
 meanwhile.
 
+Decode graphs (issue #20): with graphs on (CUDA, or `STIR_GRAPHS=eager`), a loaded engine decodes eagerly
+while one daemon thread per load captures the steps the Playground's methods use
+(`stir_core.online.warmup.warm_graphs`: one short decode per method, each in its own turn on the model);
+`graph_status(...)` is what the sidebar shows, the capture time on its own line (also in the server's log).
+
 `generation(...)` takes the model's turn (`stir_core.runtime.locks.model_lock`: one decode per model at a time,
 first come first served, the queue position reported while waiting) and applies the model's thread count in
 the decoding thread.

@@ -15,10 +15,13 @@ The capture time reported is the sum of the captured steps' own `capture_s` (the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
+
+import torch
 
 from stir_core.online.methods import METHODS
 from stir_core.runtime.locks import model_lock
@@ -100,18 +103,22 @@ def warm_graphs(engine: Engine, runs: Sequence[Callable[[], object]],
     report(status)
     if status.phase is GraphPhase.OFF:
         return status
-    steps = engine._graph_steps  # the engine's captured steps, keyed by pool, hooks and capture layers
-    seen = set(steps)
+    seen = set(engine._graph_steps)  # the engine's captured steps, keyed by pool, hooks and capture layers
     captured, seconds = 0, 0.0
+    device = torch.device(engine.model.device)
     try:
         for run in runs:
-            with model_lock(engine.model):
+            # this thread's current CUDA device is the model's (a capture stream is made on the current one)
+            with model_lock(engine.model), (torch.cuda.device(device) if device.type == "cuda"
+                                            else contextlib.nullcontext()):
                 engine.graph_capture = True
                 try:
                     run()
                 finally:
                     engine.graph_capture = False
-                new = [k for k in steps if k not in seen]  # read under the lock: no other decode adds any
+                # read under the lock (no other decode adds any), afresh: dropping a pool replaces the dict
+                steps = engine._graph_steps
+                new = [k for k in steps if k not in seen]
                 seen.update(new)
                 captured += len(new)
                 seconds += sum(steps[k].capture_s for k in new)
