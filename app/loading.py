@@ -226,6 +226,8 @@ def _start_graph_warmup(key: tuple[str, str, str], model: LoadedModel, engine: E
         return
 
     def report(s: GraphStatus) -> None:
+        if _GRAPH_THREADS.get(key) is not threading.current_thread():
+            return  # this model was dropped and loaded again meanwhile: the status is the new load's
         _GRAPHS[key] = s
         if s.phase is not GraphPhase.CAPTURING:  # the capture time on its own line of the server's log
             print(f"{GRAPHS_LINE} {key[0]}: {s.line()}", file=sys.stderr, flush=True)
