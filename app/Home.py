@@ -39,6 +39,7 @@ from app.export import SavedView  # noqa: E402
 from app.ui import md_code, md_text  # noqa: E402
 from stir_core.io.versions import versions  # noqa: E402
 from stir_core.library.format import LibraryError  # noqa: E402
+from stir_core.online.warmup import GraphPhase  # noqa: E402
 from stir_core.runtime.model import ModelLoadError  # noqa: E402
 
 if _shell is not None:
@@ -186,6 +187,22 @@ def sidebar() -> tuple[state.Context | None, DeltaGenerator | None]:
     return ctx, facts
 
 
+def graph_line(model_key: tuple[str, str, str]) -> None:
+    """The decode-graph status (app.loading: captured in the background after the load). While the capture
+    runs, only this line redraws every 2 s (a fragment: the page is not rerun); the next full run of the
+    page draws it without the timer."""
+    status = loading.graph_status(*model_key)
+    if status is None:
+        return
+
+    @st.fragment(run_every=2.0 if status.phase is GraphPhase.CAPTURING else None)
+    def draw() -> None:
+        now = loading.graph_status(*model_key) or status
+        (st.warning if now.phase is GraphPhase.FAILED else st.caption)(md_text(now.line()))
+
+    draw()
+
+
 def model_facts(ctx: state.Context, slot: DeltaGenerator) -> None:
     """Model facts and memory (waits for the model); also reports a library that does not fit it."""
     if ctx.model_error:  # said once, above the facts slot (the sidebar), with its Retry button
@@ -199,6 +216,7 @@ def model_facts(ctx: state.Context, slot: DeltaGenerator) -> None:
             return
         if ctx.library is not None and ctx.check_library() is None:
             st.error(f"Library not loaded: {md_text(ctx.library_error)}")
+        graph_line(ctx.model_key)
         for w in ctx.library_warnings if ctx.library is not None else ():
             st.warning(md_text(w))
         with st.expander("Model facts", expanded=False):

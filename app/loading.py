@@ -12,6 +12,11 @@ too (a no-op then). The first start of the app spends most of its time importing
 (several seconds on 2 cores): doing that in the loader thread lets the server come up and the page paint
 meanwhile.
 
+Decode graphs (issue #20): with graphs on (CUDA, or `STIR_GRAPHS=eager`), a loaded engine decodes eagerly
+while one daemon thread per load captures the steps the Playground's methods use
+(`stir_core.online.warmup.warm_graphs`: one short decode per method, each in its own turn on the model);
+`graph_status(...)` is what the sidebar shows, the capture time on its own line (also in the server's log).
+
 `generation(...)` takes the model's turn (`stir_core.runtime.locks.model_lock`: one decode per model at a time,
 first come first served, the queue position reported while waiting) and applies the model's thread count in
 the decoding thread.
@@ -24,6 +29,7 @@ between columns; each column releases the model, so other sessions' requests int
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -39,6 +45,7 @@ from stir_core.io.layout import DEFAULT_MODEL_DIR, DEMO_LIBRARY, MANIFEST_FILE
 
 if TYPE_CHECKING:  # heavy (torch): imported inside the functions that need them, in the loader thread
     from stir_core.library.format import ToolLibrary
+    from stir_core.online.warmup import GraphStatus
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.model import LoadedModel
 
@@ -154,6 +161,7 @@ def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
     import torch
 
     from stir_core.io.paths import PathNotAllowed, is_path_like
+    from stir_core.online.warmup import start_status
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.locks import model_lock
     from stir_core.runtime.model import ModelLoadError, load_model
@@ -168,11 +176,85 @@ def _load(name: str, device: str, dtype: str) -> tuple[LoadedModel, Engine]:
     model = load_model(name, device=device, dtype=dtype, threads=thread_policy())
     _THREADS[(name, device, dtype)] = torch.get_num_threads()
     engine = Engine(model)
+    # Decode graphs: capture off from here (this warm-up too, so every capture is timed in the status);
+    # a background thread captures them once the load is done. Before the engine is handed to anyone.
+    _GRAPHS[(name, device, dtype)] = start_status(engine)
     with model_lock(model):  # warm-up: first-call allocations happen here, not in the user's first comparison
         generate(engine, [model.format_prompt("1+1=")], 2)
+    _start_graph_warmup((name, device, dtype), model, engine)
     # one line in the server's log: when the model became usable (tests/test_app_start.py waits for it)
     print(f"{READY_LINE} {name} {device} {dtype} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return model, engine
+
+
+# Decode graphs captured in the background after a load (`stir_core.online.warmup`): the latest status per
+# (name, device, dtype), and the one warm-up thread per load (tests join it).
+GRAPH_WARM_TOKENS = 16  # new tokens per warm-up decode: short, so a request waits at most one of them
+GRAPH_WARM_PROMPT = "1+1="
+GRAPHS_LINE = "stir-workbench:"
+_GRAPHS: dict[tuple[str, str, str], GraphStatus] = {}
+_GRAPH_THREADS: dict[tuple[str, str, str], threading.Thread] = {}
+
+
+def _graph_runs(model: LoadedModel, engine: Engine) -> list[Callable[[], object]]:
+    """One short decode per Playground method, with the default library (when it fits the model) and its
+    default config: the pools, steer hooks and capture layers the app's default requests use."""
+    from stir_core.config import online_config
+    from stir_core.library.format import LibraryError, validate_for_model
+    from stir_core.online.methods import run_method
+    from stir_core.online.warmup import offered_methods
+
+    lib, path = None, default_library()
+    if path is not None:
+        try:
+            lib = library_file(path, library_stamp(path)).result()
+            validate_for_model(lib, model.d_model, model.n_layers)
+        except LibraryError:  # the sidebar says why; the Playground then offers vanilla and no_memory only
+            lib = None
+    cfg = online_config(lib)
+    cfg = cfg.with_overrides(max_new_tokens=min(GRAPH_WARM_TOKENS, cfg.max_new_tokens))
+    prompt = model.format_prompt(GRAPH_WARM_PROMPT)
+    return [functools.partial(run_method, engine, [prompt], m, lib, cfg) for m in offered_methods(lib)]
+
+
+def _start_graph_warmup(key: tuple[str, str, str], model: LoadedModel, engine: Engine) -> None:
+    """With graphs on (capture already switched off by `start_status`: eager decoding meanwhile), one daemon
+    thread captures the graphs and switches capture back on (`warm_graphs`). With graphs off: no thread."""
+    from stir_core.online.warmup import GraphPhase, warm_graphs
+
+    if _GRAPHS[key].phase is GraphPhase.OFF:
+        return
+
+    def report(s: GraphStatus) -> None:
+        if _GRAPH_THREADS.get(key) is not threading.current_thread():
+            return  # this model was dropped and loaded again meanwhile: the status is the new load's
+        _GRAPHS[key] = s
+        if s.phase is not GraphPhase.CAPTURING:  # the capture time on its own line of the server's log
+            print(f"{GRAPHS_LINE} {key[0]}: {s.line()}", file=sys.stderr, flush=True)
+
+    def warm() -> None:
+        try:
+            use_model_threads(*key)
+            runs = _graph_runs(model, engine)
+        except Exception as err:  # noqa: BLE001 - shown in the status; decoding stays eager
+            from stir_core.online.warmup import failed
+
+            report(failed(engine, err))
+            return
+        warm_graphs(engine, runs, report)
+
+    thread = _GRAPH_THREADS[key] = threading.Thread(target=warm, name="stir-graph-warmup", daemon=True)
+    thread.start()
+
+
+def graph_status(name: str, device: str = "auto", dtype: str = "auto") -> GraphStatus | None:
+    """Where the model's decode graphs stand (None before its load got that far); `.line()` is the text."""
+    return _GRAPHS.get((name, device, dtype))
+
+
+def graph_warmup(name: str, device: str = "auto", dtype: str = "auto") -> threading.Thread | None:
+    """The model's background capture thread (None with graphs off, or before its load finished)."""
+    return _GRAPH_THREADS.get((name, device, dtype))
 
 
 @contextlib.contextmanager
