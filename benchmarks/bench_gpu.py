@@ -6,7 +6,7 @@ with a tiny config, to check the script (its numbers mean nothing).
 Part 1, at Qwen2.5-1.5B's shapes: a random `Qwen2ForCausalLM` with its config (28 layers, d_model 1536,
 12 query / 2 KV heads, vocab 151,936), bf16, word-level tokenizer (bench_scale.py's), 63-token prompts.
 - ms per step at batch 1, 8, 32 (`--batches`), same weights, same process: this core (vanilla
-  `Engine.generate`: the static slot pool and, on CUDA, its captured step per bucket; capture time on its
+  `scheduler.generate`: the static slot pool and, on CUDA, its captured step per bucket; capture time on its
   own line), Hugging Face `generate(cache_implementation="static")` (compiled decoding on CUDA), and eager
   `generate` (dynamic cache). Goal: this core ≤ 1.5× compiled Hugging Face at batch 1 and 32.
 - kernel launches per decode step (torch profiler, CUDA only) for the three.
@@ -183,12 +183,14 @@ def part1(args, lines: list[str], report: dict) -> None:
     report["ms_per_step"] = steps
     del hf
     # ---- mining rollouts -------------------------------------------------------------------------------
-    rows = [p for p in prompts(args.mine_problems) for _ in range(8)]
+    # as mining decodes: each prompt prefilled once and its slot copied for its K = 8 rollouts
+    problems = prompts(args.mine_problems)
+    rows = [p for p in problems for _ in range(8)]
     engine.graph_log.clear()
-    generate(engine, rows[:8], 4, sampling=Sampling(0.7, 0.95), seed=1)  # warm-up of the bucket
+    generate(engine, problems, 4, sampling=Sampling(0.7, 0.95), seed=1, fanout=8)  # warm-up of the bucket
     sync(args.device)
     t = time.perf_counter()
-    res = generate(engine, rows, args.mine_new, sampling=Sampling(0.7, 0.95), seed=0)
+    res = generate(engine, problems, args.mine_new, sampling=Sampling(0.7, 0.95), seed=0, fanout=8)
     sync(args.device)
     wall = time.perf_counter() - t
     made = sum(len(x) for x in res.tokens)

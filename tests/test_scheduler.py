@@ -263,3 +263,22 @@ def test_evaluate_is_one_continuous_run_equal_to_separate_batches(tmp_path):
         assert list(got.completion) == [t.completion for t in ref]
         assert list(got.interventions) == [t.interventions for t in ref]
     assert res.examples[res.examples.method == "stir"].interventions.sum() > 0
+
+
+def test_a_multi_layer_library_captures_each_bucket_once(tiny):
+    """A policy's hook names get their steer buffers when the pool is made: every captured step of a
+    two-layer library is keyed by both hooks from its first step, so a commit at the second layer does not
+    capture a step again mid-request (and the decode still equals the oracle)."""
+    a, b = make_library(tiny.d_model, layer=0, seed=1), make_library(tiny.d_model, layer=2, seed=2)
+    rows = a.table.to_dict("records") + [{**r, "id": "L2/" + r["id"]} for r in b.table.to_dict("records")]
+    lib = ToolLibrary.from_records(torch.cat([a.keys, b.keys]), torch.cat([a.vectors, b.vectors]), rows,
+                                   {"d_model": tiny.d_model, "n_layers": 3, "hook_point": "blocks.{layer}.hook_resid_post"})
+    cfg = StirConfig(delimiter="\n", max_new_tokens=40, tau_null=-1.0)  # the gate always commits
+    static = Engine(tiny)
+    static.graphs = "eager"
+    got = run_method(static, PROMPTS, "stir", lib, cfg)
+    same(got, oracle_method(Engine(tiny), PROMPTS, "stir", lib, cfg))
+    layers = {d.layer for t in got for d in t.decisions if d.reason == "committed"}
+    assert layers == {0, 2}, layers
+    names = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post")
+    assert static._graph_steps and all(k[3] == names for k in static._graph_steps)

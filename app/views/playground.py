@@ -12,7 +12,7 @@ from app.export import ColumnSpec, SavedView
 from stir_core.analysis import sweeps, tokens, views
 from stir_core.config import recommended
 from stir_core.library.checks import context_problem
-from stir_core.online.methods import METHODS
+from stir_core.online.warmup import offered_methods
 
 SAMPLE_TASKS = ("planted", "plain")
 FALLBACK_PROMPT = "mod10 3+4-2+6-5\n"
@@ -21,7 +21,7 @@ MAX_CARDS = 24
 
 ctx = state.context()
 lib_layers = ctx.library.layers if ctx.library is not None else []
-methods = list(METHODS) if ctx.library is not None and len(ctx.library) else ["vanilla", "no_memory"]
+methods = offered_methods(ctx.library)
 base = ctx.online_config()  # defaults, then the library's recommended settings (chosen on val)
 TOKEN_CAP = state.max_tokens_cap()
 

@@ -21,6 +21,7 @@ from stir_core.online import gate
 from stir_core.online.gate import Reason
 from stir_core.online.policy import FunctionPolicy, NullPolicy, Plan, Policy
 from stir_core.online.trace import Candidate, GateDecision, TokenRecord, Trace
+from stir_core.runtime.backend import hook_name
 from stir_core.runtime.engine import ControlPoint, Engine, GenerateResult, Row, Steer
 from stir_core.runtime.locks import serialised
 from stir_core.runtime.scheduler import Probe, Schedule, run_continuous
@@ -72,6 +73,7 @@ class StaticPolicy(Policy):
                 self.vectors[int(m)] = library.vectors[torch.from_numpy(sel & (cps == m))].mean(0)
         self.per_cp = per_control_point
         self.hook = library.hook_point
+        self.hook_names = (hook_name(layer, self.hook),)
         self.name = "static_cp" if per_control_point else ("static_norm" if norm_matched else "static")
 
     def plan(self, point, prompt):
@@ -107,6 +109,7 @@ class StirPolicy(Policy):
             layers = [x for x in layers if x == config.layer]
         self.layers = layers
         self.capture_layers = tuple(layers)
+        self.hook_names = tuple(hook_name(layer, library.hook_point) for layer in layers)
         t = library.table
         self._ids = t["id"].astype(str).tolist() if len(library) else []
         self._kinds = t["kind"].tolist() if len(library) else []

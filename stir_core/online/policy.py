@@ -44,6 +44,9 @@ class Policy:
 
     capture_layers: tuple[int, ...] = ()
     positions: str = "last"
+    # Hook names the policy's steers may use: their steer buffers exist from the start, so a captured decode
+    # step (keyed by them) is not captured again the first time a tool of another layer commits.
+    hook_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.logs: dict[int, RowLog] = {}

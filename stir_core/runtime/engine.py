@@ -16,8 +16,8 @@ Vocabulary (per row b):
   continuations; a **rollback** sets a row's length.
 
 The per-token protocol (record the chosen token, EOS ends the row, one capture per delimiter the token
-completes, from the forward that fed it) is written once, `Row.accept` and `Row.capture`; `Engine.decode`
-(mining's rollouts, `generate`) and the scheduler (every method) call it and differ only in when a row stops.
+completes, from the forward that fed it) is written once, `Row.accept` and `Row.capture`, and called by the
+one decode loop, `stir_core/runtime/scheduler.py` (mining's rollouts, `generate`, every method).
 
 Steering and capture are data (`stir_core/runtime/steering.py`): each state carries per-slot steer buffers
 and each forward says which slots' buffers are live; one hook per hook point, installed once, reads them.
@@ -141,7 +141,7 @@ class Row:
         self.added.append(added)
         return self.stream.push(token)
 
-    # ---- the per-token protocol, written once: every decode loop (`Engine.decode`, the scheduler) calls these
+    # ---- the per-token protocol, written once: the decode loop (`runtime/scheduler.py`) calls these
     def accept(self, token: int, logprob: float, steer: Steer | None, eos: int | None) -> int:
         """Record a chosen token (with what `steer` adds there when it acts at generated tokens); EOS ends
         the row. Returns how many delimiter occurrences it completed (its control points)."""

@@ -61,6 +61,7 @@ class GraphStep:
 
     def _capture(self) -> None:
         t = time.perf_counter()
+        torch.cuda.set_device(self.ids.device)  # the model's GPU, whatever this thread's current device
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up outside the graph (allocator, lazy inits)

@@ -6,7 +6,7 @@ this lock: 2 of 3 threads raised IndexError, one completion changed). So every f
 that decodes holds `model_lock(model)`, a FIFO lock per loaded model, through `@serialised`:
 `methods.run_method`, each mining batch (`mine.sample_rollouts`, `mine._gold_states`), the dashboard's
 `sweep_prompt` and `alpha_sweep`, and the toy control's `oracle_accuracy` and `evaluate_task`. The `Engine`
-methods themselves do not lock: a caller of `Engine.generate`/`decode` directly takes the lock itself
+methods and `scheduler.generate` / `run_continuous` do not lock: a caller of them directly takes the lock itself
 (the app's `loading.generation` does):
 
     with model_lock(model).turn(on_wait=lambda pos: print("position", pos)):

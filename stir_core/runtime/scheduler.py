@@ -69,6 +69,7 @@ class Decider(Protocol):
     `probes` lists the steers to preview ([]: decide at once); `resolve` gates their results."""
 
     capture_layers: tuple[int, ...]
+    hook_names: tuple[str, ...]  # where its steers may add (their buffers exist from the start)
 
     def plan(self, point: ControlPoint, prompt: Sequence[int]) -> Any: ...
 
@@ -167,6 +168,8 @@ class _Run:
         self.n_slots = pool_rows(self.batch, "vanilla" if policy is None else "stir", sched.top_l,
                                  max_preview_rows, sched.scope)
         self.state = engine.empty_state(self.n_slots, capacity, layers, delimiter)
+        for name in getattr(policy, "hook_names", ()):
+            self.state.steer.ensure(name)
         self.admitted = 0  # sequences [0, admitted) have had a main lane
         self.lanes: list[Lane] = []
         self._pos: dict[int, int] = {}  # id(lane) -> its row (`idx`)

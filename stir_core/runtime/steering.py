@@ -29,6 +29,11 @@ class SteerSlots:
         self.scales = torch.zeros(n_slots, device=device)
         self.held: list[Any] = [None] * n_slots  # the Steer each slot carries (identity: set() is a no-op)
 
+    def ensure(self, name: str) -> None:
+        """A (zero) vector buffer for hook `name`: a step that may steer there reads it from the start."""
+        if name not in self.vectors:
+            self.vectors[name] = torch.zeros(self.n_slots, self.d_model, device=self.device)
+
     def set(self, b: int, steer: Any) -> None:
         """Slot `b` carries `steer` (a `Steer`, or None for no steer)."""
         if self.held[b] is steer:
@@ -40,8 +45,7 @@ class SteerSlots:
             self.scales[b] = 0.0
             return
         name = hook_name(steer.layer, steer.hook)
-        if name not in self.vectors:
-            self.vectors[name] = torch.zeros(self.n_slots, self.d_model, device=self.device)
+        self.ensure(name)
         self.vectors[name][b] = steer.vector.to(self.device, torch.float32)
         self.scales[b] = float(steer.scale)
 
