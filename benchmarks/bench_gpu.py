@@ -187,16 +187,22 @@ def part1(args, lines: list[str], report: dict) -> None:
     problems = prompts(args.mine_problems)
     rows = [p for p in problems for _ in range(8)]
     engine.graph_log.clear()
-    generate(engine, problems, 4, sampling=Sampling(0.7, 0.95), seed=1, fanout=8)  # warm-up of the bucket
-    sync(args.device)
-    t = time.perf_counter()
-    res = generate(engine, problems, args.mine_new, sampling=Sampling(0.7, 0.95), seed=0, fanout=8)
-    sync(args.device)
-    wall = time.perf_counter() - t
-    made = sum(len(x) for x in res.tokens)
-    lines.append(f"mining rollouts: {args.mine_problems} problems x K=8 = {len(rows)} rows x {args.mine_new} tokens "
-                 f"(sampled, T=0.7, top-p 0.95): {made / wall:,.0f} tokens/s ({wall:.1f} s)")
-    report["mining"] = {"rows": len(rows), "tokens": made, "wall_s": wall}
+    report["mining"] = {}
+    default_sampler = engine.sampler
+    for sampler in dict.fromkeys([default_sampler, "generator", "counter"]):  # the default first
+        engine.sampler = sampler
+        generate(engine, problems, 4, sampling=Sampling(0.7, 0.95), seed=1, fanout=8)  # warm-up of the bucket
+        sync(args.device)
+        t = time.perf_counter()
+        res = generate(engine, problems, args.mine_new, sampling=Sampling(0.7, 0.95), seed=0, fanout=8)
+        sync(args.device)
+        wall = time.perf_counter() - t
+        made = sum(len(x) for x in res.tokens)
+        lines.append(f"mining rollouts, sampler {sampler}{' (default)' if sampler == default_sampler else ''}: "
+                     f"{args.mine_problems} problems x K=8 = {len(rows)} rows x {args.mine_new} tokens "
+                     f"(sampled, T=0.7, top-p 0.95): {made / wall:,.0f} tokens/s ({wall:.1f} s)")
+        report["mining"][sampler] = {"rows": len(rows), "tokens": made, "wall_s": wall}
+    engine.sampler = default_sampler
     # ---- STIR vs vanilla ---------------------------------------------------------------------------------
     lib = library(model.d_model, model.n_layers)
     cfg = StirConfig(max_new_tokens=args.new, delimiter=args.delimiter, max_control_points=8, top_l=4,

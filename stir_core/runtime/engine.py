@@ -35,6 +35,7 @@ import torch
 from stir_core.runtime.backend import DEFAULT_HOOK_POINT, Backend, hook_name
 from stir_core.runtime.graphs import GraphStep, bucket_for, positions_for
 from stir_core.runtime.model import LoadedModel
+from stir_core.runtime.sampling import sample
 from stir_core.runtime.segment import TextStream
 from stir_core.runtime.slots import SlotCache
 from stir_core.runtime.steering import HookSet, Live, SteerSlots
@@ -112,6 +113,7 @@ class Row:
     captures: list[Capture] = field(default_factory=list)
     finished: bool = False  # EOS seen: the row never continues
     generator: torch.Generator | None = None
+    seed: int | None = None  # the row's sampling seed (the `counter` sampler draws from it and the step)
 
     @property
     def pieces(self) -> list[str]:
@@ -132,7 +134,7 @@ class Row:
             gen.set_state(self.generator.get_state())
         return Row(prompt=self.prompt, stream=self.stream.copy(), tokens=list(self.tokens),
                    logprobs=list(self.logprobs), added=list(self.added), captures=list(self.captures),
-                   finished=self.finished, generator=gen)
+                   finished=self.finished, generator=gen, seed=self.seed)
 
     def push(self, token: int, logprob: float, added: tuple[str, float] | None) -> int:
         """Record one generated token; returns how many delimiter occurrences it completed."""
@@ -236,6 +238,21 @@ def graph_mode(device: str | torch.device) -> str:
     return mode
 
 
+SAMPLERS = ("generator", "counter")
+
+
+def sampler_mode(device: str | torch.device) -> str:
+    """`STIR_SAMPLER` (generator | counter) if set, else "counter" on a CUDA device (per-row generators
+    cost one launch and one sync per row per step there) and "generator" elsewhere (the CPU results and
+    libraries in this repository were sampled with it)."""
+    mode = os.environ.get("STIR_SAMPLER", "").strip().lower()
+    if not mode:
+        return "counter" if torch.device(device).type == "cuda" else "generator"
+    if mode not in SAMPLERS:
+        raise ValueError(f"STIR_SAMPLER={mode!r}: use one of {', '.join(SAMPLERS)}")
+    return mode
+
+
 class Engine:
     """Batched KV-cached decoding with per-row stops, budgets, sampling, steering, capture and forks."""
 
@@ -262,6 +279,9 @@ class Engine:
         # False: a step whose graph is not captured yet runs eagerly instead of capturing it (the app
         # captures in the background, `warm_graphs`, and decodes eagerly until the graphs are ready).
         self.graph_capture = True
+        # How seeded rows sample (`stir_core/runtime/sampling.py`): "generator" (a torch generator per row,
+        # one multinomial each) or "counter" (the whole batch in one draw; the default on CUDA).
+        self.sampler = sampler_mode(self.device)
 
     # ---- rows and text -----------------------------------------------------------------------------
     def new_stream(self, delimiter: str = DELIMITER) -> TextStream:
@@ -273,7 +293,7 @@ class Engine:
 
     def new_row(self, prompt: Sequence[int], delimiter: str = DELIMITER, seed: int | None = None) -> Row:
         return Row(prompt=list(prompt), stream=self.new_stream(delimiter),
-                   generator=None if seed is None else self.generator(seed))
+                   generator=None if seed is None else self.generator(seed), seed=seed)
 
     @staticmethod
     def finish(rows: Sequence[Row]) -> None:
@@ -590,6 +610,12 @@ class Engine:
         logp = torch.log_softmax(logits, dim=-1)
         if sampling is None:
             tokens = logits.argmax(-1)
+        elif self.sampler == "counter":
+            if any(r.seed is None for b, r in enumerate(state.rows) if active[b]):
+                raise ValueError("sampling needs a seed per row")
+            seeds = torch.tensor([r.seed or 0 for r in state.rows], dtype=torch.long)
+            steps = torch.tensor([len(r.tokens) for r in state.rows], dtype=torch.long)
+            tokens = sample(logits, sampling.temperature, sampling.top_p, seeds, steps)
         else:
             probs = torch.softmax(logits / sampling.temperature, dim=-1)
             if sampling.top_p < 1.0:

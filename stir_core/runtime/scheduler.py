@@ -248,7 +248,8 @@ class _Run:
         seqs += [(first + g) * self.fanout + c for g in range(groups) for c in range(1, self.fanout)]
         for j, seq in enumerate(seqs):
             row, steer = self.state.rows[n + j], self.steers[seq]
-            row.generator = None if self.seeds is None else self.engine.generator(self.seeds[seq])
+            row.seed = None if self.seeds is None else int(self.seeds[seq])
+            row.generator = None if row.seed is None else self.engine.generator(row.seed)
             lane = Lane(seq=seq, steer=steer, hold=steer is not None,
                         refeed=steer if steer is not None and steer.at_last else None)
             self.lanes.append(lane)
