@@ -23,6 +23,14 @@ def load_bench_model(name: str | None = None):
     return load_model(str(build_tiny_model(Path("/tmp/stir-bench-tiny"))), device="cpu")
 
 
+def emit(lines: list[str], out: str | None) -> None:
+    """Print a report and, with `out`, write it there too."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
 def best_of(fn, repeats: int = 3) -> float:
     """Minimum wall time of `repeats` calls (the least noisy estimate on a shared machine)."""
     times = []

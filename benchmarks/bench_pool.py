@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
-from _common import REPO, load_bench_model
+from _common import REPO, emit, load_bench_model
 
 from stir_core.library.format import ToolLibrary
 from stir_core.online.methods import StirConfig, run_method
@@ -61,10 +60,7 @@ def main() -> None:
             lines.append(f"{batch:5d}  {str(cap):20s}  {s:7d}  {s / batch:9.2f}  {kv:6.2f}  {engine.forwards:8d}  "
                          f"{engine.forwards / v_fw:16.2f}  {key == ref}")
         del vanilla
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

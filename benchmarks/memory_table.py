@@ -7,9 +7,8 @@ from `stir_core.runtime.memory.estimate` (checked against measured peaks at the 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from _common import REPO  # noqa: F401 - puts the repo on sys.path like the other benchmarks
+from _common import emit
 
 from stir_core.runtime.memory import table
 
@@ -29,10 +28,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['model']} | {r['weights_gib']:.1f} | {r['kv_vanilla_gib']:.2f} | {r['logits_gib']:.3f} | "
                      f"{r['vanilla_gib']:.1f} | {r['stir_uncapped_gib']:.1f} | {r['stir_uncapped_x']:.2f}× |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

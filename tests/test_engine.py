@@ -82,6 +82,23 @@ def test_steer_at_another_hook_point_equals_manual_forward(engine, tiny):
     assert pre.logprobs[0] != post.logprobs[0]  # the hook point matters
 
 
+@torch.no_grad()
+def greedy_added_at(model, ids: list[int], pos: int, layer: int, vec, n: int) -> list[int]:
+    """Reference: `n` greedy tokens after `ids` by full forwards, `vec` added at position `pos` only (a
+    commit's re-run token) by a hook at `blocks.{layer}.hook_resid_post`."""
+    out = []
+    for _ in range(n):
+        def fn(x, hook):
+            x = x.clone()
+            x[:, pos] += vec
+            return x
+
+        with model.bridge.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", fn)]):
+            logits = model.bridge(torch.tensor([ids + out]), return_type="logits")[0, -1]
+        out.append(int(logits.argmax()))
+    return out
+
+
 def test_last_intervention_equals_manual_forward(engine, tiny):
     """`last` re-runs the final token with the vector: same as adding it at that position in a full forward."""
     torch.manual_seed(1)
@@ -95,18 +112,7 @@ def test_last_intervention_equals_manual_forward(engine, tiny):
     decode(engine, state, 10)
     got = state.rows[0].tokens[3:]
     # Reference: full forward with the vector added only at the position of the 3rd generated token.
-    pos = len(prefix_ids) - 1
-    out = []
-    for _ in range(10):
-        def fn(x, hook, pos=pos, vec=vec):
-            x = x.clone()
-            x[:, pos] += vec
-            return x
-
-        with tiny.bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_post", fn)]):
-            logits = tiny.bridge(torch.tensor([prefix_ids + out]), return_type="logits")[0, -1]
-        out.append(int(logits.argmax()))
-    assert got == out
+    assert got == greedy_added_at(tiny, prefix_ids, len(prefix_ids) - 1, 1, vec, 10)
     assert state.rows[0].added[2] is not None and abs(state.rows[0].added[2][1] - float(vec.norm())) < 1e-4
 
 
@@ -211,16 +217,7 @@ def test_generate_last_steer_equals_a_commit_at_the_prompt_end(engine, tiny):
     ids = tiny.encode(prompt)
     ref, _ = uncached_greedy(tiny, prompt, 10)
     assert res.tokens[0] == ref
-    pos, out = len(ids) - 1, []
-    for _ in range(10):
-        def fn(x, hook, pos=pos):
-            x = x.clone()
-            x[:, pos] += vec
-            return x
-
-        with tiny.bridge.hooks(fwd_hooks=[("blocks.1.hook_resid_post", fn)]):
-            logits = tiny.bridge(torch.tensor([ids + out]), return_type="logits")[0, -1]
-        out.append(int(logits.argmax()))
+    out = greedy_added_at(tiny, ids, len(ids) - 1, 1, vec, 10)
     assert res.tokens[1] == out and res.tokens[1] != res.tokens[0]
 
 
