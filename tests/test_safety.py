@@ -273,9 +273,10 @@ def test_evaluation_writes_partial_results_and_a_cancel_keeps_them(engine, tmp_p
         evaluate(engine, _LineTask(), ["vanilla", "no_memory"], None, StirConfig(max_new_tokens=8), n=3,
                  batch_size=3, out_dir=tmp_path / "ev", progress=cancel_in_second_method, show_progress=False)
     res = load_results(tmp_path / "ev")
-    # the cancel came after no_memory's (only) batch finished: that batch is kept too (#23 defect 4)
-    assert set(res.summary) == {"vanilla", "no_memory"} and res.summary["no_memory"]["n"] == 3
-    assert res.config["partial"] is True and len(res.examples) == 6
+    # the cancel came when no_memory's first problem finished (progress is per problem): it is kept too
+    # (#23 defect 4)
+    assert set(res.summary) == {"vanilla", "no_memory"} and res.summary["no_memory"]["n"] == 1
+    assert res.config["partial"] is True and len(res.examples) == 4
     full = evaluate(engine, _LineTask(), ["vanilla", "no_memory"], None, StirConfig(max_new_tokens=8), n=3,
                     batch_size=3, out_dir=tmp_path / "ev", show_progress=False, warnings=["w1"])
     assert "partial" not in load_results(tmp_path / "ev").config

@@ -222,35 +222,35 @@ class ControlPoint:
 
 
 GRAPH_MODES = ("cuda", "eager", "off")
+SAMPLERS = ("generator", "counter")
+
+
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """Environment variable `name` if set (one of `choices`, else one line naming it), else `default`."""
+    mode = os.environ.get(name, "").strip().lower()
+    if not mode:
+        return default
+    if mode not in choices:
+        raise ValueError(f"{name}={mode!r}: use one of {', '.join(choices)}")
+    return mode
 
 
 def graph_mode(device: str | torch.device) -> str:
     """How decode steps run: `STIR_GRAPHS` (cuda | eager | off) if set, else "cuda" on a CUDA device and
     "off" elsewhere. "eager" runs the captured step's function without capturing (what CPU tests check);
     "off" is the plain eager step (the switch to use if a CUDA graph misbehaves)."""
-    mode = os.environ.get("STIR_GRAPHS", "").strip().lower()
-    if not mode:
-        return "cuda" if torch.device(device).type == "cuda" else "off"
-    if mode not in GRAPH_MODES:
-        raise ValueError(f"STIR_GRAPHS={mode!r}: use one of {', '.join(GRAPH_MODES)}")
-    if mode == "cuda" and torch.device(device).type != "cuda":
+    cuda = torch.device(device).type == "cuda"
+    mode = _env_choice("STIR_GRAPHS", GRAPH_MODES, "cuda" if cuda else "off")
+    if mode == "cuda" and not cuda:
         raise ValueError(f"STIR_GRAPHS=cuda needs a CUDA device; the model is on {device}")
     return mode
-
-
-SAMPLERS = ("generator", "counter")
 
 
 def sampler_mode(device: str | torch.device) -> str:
     """`STIR_SAMPLER` (generator | counter) if set, else "counter" on a CUDA device (per-row generators
     cost one launch and one sync per row per step there) and "generator" elsewhere (the CPU results and
     libraries in this repository were sampled with it)."""
-    mode = os.environ.get("STIR_SAMPLER", "").strip().lower()
-    if not mode:
-        return "counter" if torch.device(device).type == "cuda" else "generator"
-    if mode not in SAMPLERS:
-        raise ValueError(f"STIR_SAMPLER={mode!r}: use one of {', '.join(SAMPLERS)}")
-    return mode
+    return _env_choice("STIR_SAMPLER", SAMPLERS, "counter" if torch.device(device).type == "cuda" else "generator")
 
 
 class Engine:
