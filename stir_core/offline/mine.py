@@ -25,7 +25,7 @@ from stir_core.offline.capture import retokenized_states
 from stir_core.offline.checkpoint import CHECKPOINT, check_run_dir, load_checkpoint, save_checkpoint
 from stir_core.offline.item import Item
 from stir_core.runtime import distributed
-from stir_core.runtime.engine import Engine, Sampling
+from stir_core.runtime.engine import Engine, Row, Sampling
 from stir_core.runtime.locks import serialised
 from stir_core.runtime.model import LoadedModel
 from stir_core.runtime.scheduler import Schedule, run_continuous
@@ -60,46 +60,47 @@ def hash_str(s: str) -> int:
 @serialised  # one decode on the model at a time (stir_core/runtime/locks.py)
 def sample_rollouts(engine: Engine, task: Task, examples: list[Example], cfg: MineConfig,
                     layers: list[int]) -> list[list[Rollout]]:
-    """K seeded rollouts per example, one batched decode; states at every control point per rollout."""
+    """K seeded rollouts per example in one decode (each prompt prefilled once, its slot copied K - 1 times,
+    every rollout with its own seed); states at every control point per rollout."""
     model = engine.model
     prompt_texts = [render_prompt(model, task, ex) for ex in examples]
-    prompts = [model.encode(p) for p in prompt_texts]
     k_roll = cfg.k_rollouts
-    # K sequences per problem (the prompt prefilled once, its slot copied K - 1 times), each with its own seed
-    rows_of = [i for i in range(len(examples)) for _ in range(k_roll)]
-    seeds = [_seed(cfg.seed, examples[i].id, b % k_roll) for b, i in enumerate(rows_of)]
-    delim = task.delimiter
-    decoded = run_continuous(engine, prompts, None, Schedule(cfg.max_new_tokens), delim,
-                             capture_layers=layers if cfg.capture == "decode" else (),
-                             sampling=Sampling(cfg.temperature, cfg.top_p), seeds=seeds, fanout=k_roll)
-    out: list[list[Rollout]] = [[] for _ in examples]
-    for b, i in enumerate(rows_of):
-        row, ex = decoded[b], examples[i]
-        text = row.text
-        correct = bool(task.score(text, ex))
-        reward = float(correct) - cfg.eta0 * len(row.tokens) / cfg.max_new_tokens
-        # Prefix texts and token ends at each control point (one per delimiter occurrence), from the
-        # rollout's own text stream: a token holding two delimiters ends two control points.
-        ends, prefixes, acc = [], [], ""
-        for t, (piece, n) in enumerate(zip(row.pieces, row.stream.boundaries, strict=True)):
-            acc += piece
-            ends += [t] * n
-            prefixes += [acc] * n
-        if cfg.capture == "decode":
-            # One capture per control point (a token ending two has two, with the same state).
-            states = (torch.stack([c.states for c in row.captures]) if row.captures
-                      else torch.zeros(0, len(layers), model.d_model))
-        elif cfg.capture == "retokenize":  # the reference's text cut and re-tokenized (stage1.py:466-507)
-            states = retokenized_states(engine, prompt_texts[i], text, delim, layers)
-            if len(states) != len(ends):
-                raise RuntimeError(f"retokenize: {len(states)} delimiter offsets in the text but {len(ends)} "
-                                   f"control points in the token stream (problem {ex.id!r})")
-        else:  # by tokens, one forward per prefix (kept for tests and benchmarks)
-            states = torch.stack([engine.forward_states([row.prompt + row.tokens[: t + 1]], layers)[0][-1]
-                                  for t in ends]) if ends else torch.zeros(0, len(layers), model.d_model)
-        out[i].append(Rollout(example_id=ex.id, k=b % cfg.k_rollouts, text=text, n_tokens=len(row.tokens),
-                              correct=correct, reward=reward, states=states, prefixes=prefixes))
-    return out
+    seeds = [_seed(cfg.seed, ex.id, k) for ex in examples for k in range(k_roll)]  # sequence i*K + k
+    rows = run_continuous(engine, [model.encode(p) for p in prompt_texts], None, Schedule(cfg.max_new_tokens),
+                          task.delimiter, capture_layers=layers if cfg.capture == "decode" else (),
+                          sampling=Sampling(cfg.temperature, cfg.top_p), seeds=seeds, fanout=k_roll)
+    return [[_rollout(engine, task, ex, prompt_texts[i], rows[i * k_roll + k], k, cfg, layers)
+             for k in range(k_roll)] for i, ex in enumerate(examples)]
+
+
+def _rollout(engine: Engine, task: Task, ex: Example, prompt_text: str, row: Row, k: int, cfg: MineConfig,
+             layers: list[int]) -> Rollout:
+    """A finished rollout's record: its reward, and the states and prefix text at each control point."""
+    model, delim = engine.model, task.delimiter
+    text = row.text
+    correct = bool(task.score(text, ex))
+    reward = float(correct) - cfg.eta0 * len(row.tokens) / cfg.max_new_tokens
+    # Prefix texts and token ends at each control point (one per delimiter occurrence), from the
+    # rollout's own text stream: a token holding two delimiters ends two control points.
+    ends, prefixes, acc = [], [], ""
+    for t, (piece, n) in enumerate(zip(row.pieces, row.stream.boundaries, strict=True)):
+        acc += piece
+        ends += [t] * n
+        prefixes += [acc] * n
+    if cfg.capture == "decode":
+        # One capture per control point (a token ending two has two, with the same state).
+        states = (torch.stack([c.states for c in row.captures]) if row.captures
+                  else torch.zeros(0, len(layers), model.d_model))
+    elif cfg.capture == "retokenize":  # the reference's text cut and re-tokenized (stage1.py:466-507)
+        states = retokenized_states(engine, prompt_text, text, delim, layers)
+        if len(states) != len(ends):
+            raise RuntimeError(f"retokenize: {len(states)} delimiter offsets in the text but {len(ends)} "
+                               f"control points in the token stream (problem {ex.id!r})")
+    else:  # by tokens, one forward per prefix (kept for tests and benchmarks)
+        states = torch.stack([engine.forward_states([row.prompt + row.tokens[: t + 1]], layers)[0][-1]
+                              for t in ends]) if ends else torch.zeros(0, len(layers), model.d_model)
+    return Rollout(example_id=ex.id, k=k, text=text, n_tokens=len(row.tokens), correct=correct, reward=reward,
+                   states=states, prefixes=prefixes)
 
 
 @serialised
@@ -381,6 +382,9 @@ def mine_candidates(model: LoadedModel, cfg: MineConfig, run_dir: str | Path | N
         items, start, stats = loaded
     bar = tqdm(total=len(examples), initial=start, desc="mine", unit="problem", disable=not show_progress)
     order = max((it.order for it in items), default=-1) + 1
+    # Batch by batch, not one continuous decode over all problems: a problem admitted mid-run is prefilled
+    # with other padding, which moves the captured states by ~1e-5 — enough to break the bit-for-bit
+    # equality with sharded mining (tests/test_distributed.py), whose ranks see other batches.
     for lo in range(start, len(examples), cfg.problems_per_batch):
         batch = examples[lo: lo + cfg.problems_per_batch]
         items, order = mine_batch(engine, task, batch, cfg, layers, items, stats, order)
@@ -408,15 +412,28 @@ def mine_batch(engine: Engine, task: Task, batch: list[Example], cfg: MineConfig
     Returns (the kept items, the next discovery order). Shared by one-process and sharded mining.
     """
     for ex, rollouts in zip(batch, sample_rollouts(engine, task, batch, cfg, layers), strict=True):
-        new, s = contrast_problem(engine, task, ex, rollouts, cfg, layers, order)
-        order += len(new)
-        items.extend(new)
-        stats["problems"] += 1
-        stats["rollouts"] += len(rollouts)
-        stats["correct_rollouts"] += sum(r.correct for r in rollouts)
-        for k, v in s.items():
-            stats[k] += v
-    return sorted(items, key=lambda it: it.key, reverse=True)[: cfg.top_c], order  # the top-C heap
+        items, order = add_problem(engine, task, ex, rollouts, cfg, layers, items, stats, order)
+    return top_items(items, cfg), order
+
+
+def add_problem(engine: Engine, task: Task, ex: Example, rollouts: list[Rollout], cfg: MineConfig,
+                layers: list[int], items: list[Item], stats: dict, order: int) -> tuple[list[Item], int]:
+    """One problem's contrasts appended to `items` and its counts to `stats` (in place); returns (items, the
+    next discovery order)."""
+    new, s = contrast_problem(engine, task, ex, rollouts, cfg, layers, order)
+    items.extend(new)
+    stats["problems"] += 1
+    stats["rollouts"] += len(rollouts)
+    stats["correct_rollouts"] += sum(r.correct for r in rollouts)
+    for k, v in s.items():
+        stats[k] += v
+    return items, order + len(new)
+
+
+def top_items(items: list[Item], cfg: MineConfig) -> list[Item]:
+    """The top-C heap: the `top_c` best items by (quality, earliest discovery). Applied every batch; the
+    key is unique (discovery order), so where it is applied never changes the final set."""
+    return sorted(items, key=lambda it: it.key, reverse=True)[: cfg.top_c]
 
 
 def finish_candidates(items: list[Item], model: LoadedModel, cfg: MineConfig, stats: dict, layers: list[int],
