@@ -13,6 +13,7 @@ import torch
 from _common import best_of, load_bench_model
 
 from stir_core.runtime.engine import Engine, Steer
+from stir_core.runtime.scheduler import generate
 
 
 def main() -> None:
@@ -50,8 +51,8 @@ def main() -> None:
     made = []
 
     def run_engine(steers=None):
-        state = engine.prefill([model.encode(p) for p in prompts])
-        made.append(sum(engine.decode(state, args.tokens, steers=steers)))
+        res = generate(engine, prompts, args.tokens, capture_at=None, steers=steers)
+        made.append(sum(len(t) for t in res.tokens))
 
     zero = [Steer(model.n_layers // 2, torch.zeros(model.d_model), 0.0, "segment")] * args.batch
     run_engine()  # warm-up

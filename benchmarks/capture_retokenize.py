@@ -27,6 +27,7 @@ from arch_models import BY_NAME, DELIM, FAMILIES, build_family, train_tokenizers
 from stir_core.offline.capture import retokenized_states  # noqa: E402
 from stir_core.runtime.engine import Engine  # noqa: E402
 from stir_core.runtime.model import load_model  # noqa: E402
+from stir_core.runtime.scheduler import generate  # noqa: E402
 
 QUESTIONS = ["we add 3 and 4", "half of the eggs cost 9 each, what is the price", "the total of 5 apples",
              "then 2 more apples cost 5", "check the sum of 12 and 30", "next we take half of the value"]
@@ -43,13 +44,11 @@ def measure(name: str, tok_dirs: dict, root: Path, new_tokens: int) -> dict:
     engine = Engine(model)
     layers = sorted({model.n_layers // 2, model.n_layers - 1})
     prompts = [model.format_prompt(q) for q in QUESTIONS]
-    state = engine.prefill([model.encode(p) for p in prompts], capture_layers=layers, delimiter=DELIM)
-    engine.decode(state, new_tokens, sampling=None, capture_at=DELIM)
-    engine.finish(state.rows)
+    res = generate(engine, prompts, new_tokens, capture_layers=layers, capture_at=DELIM)
     out = {"family": name, "tokenizer": fam.tokenizer, "points": 0, "count_mismatch": 0,
            "by": {"ends_with_delimiter": [], "carries_more_text": []}}
     tok = model.tokenizer
-    for p, row in zip(prompts, state.rows, strict=True):
+    for p, row in zip(prompts, res.rows, strict=True):
         retok = retokenized_states(engine, p, row.text, DELIM, layers)
         if len(retok) != len(row.captures):
             out["count_mismatch"] += 1

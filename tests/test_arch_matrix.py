@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from arch_models import BY_NAME, DELIM, EXTENDED, FAMILIES, FUSED, build_family, train_tokenizers  # noqa: E402
-from oracle.segmented import decode  # noqa: E402
+from oracle.segmented import decode, fork, prefill, refeed_last  # noqa: E402
 
 from stir_core.online.methods import (  # noqa: E402
     StirConfig,
@@ -260,7 +260,7 @@ def test_slot_core_steps_equal_the_bridge_without_cache(arch, name):
     assert len({len(p) for p in prompts}) > 1
     vec = random_vector(engine, model, model.n_layers - 1, seed=5) * 0.5
     steers = [None, Steer(model.n_layers - 1, vec, 1.0, "segment"), None]
-    state = engine.prefill(prompts, capture_layers=layers)
+    state = prefill(engine, prompts, capture_layers=layers)
     engine.set_steers(state, steers)
     live = torch.tensor([s is not None for s in steers])
     feed = torch.ones(len(prompts), dtype=torch.bool)
@@ -302,24 +302,24 @@ def test_fork_and_steering_match_manual_forward(arch, name):
     vector added at those positions; the unsteered fork and the original state are unaffected."""
     _, model, engine = arch(name)
     prompts = prompts_of(model)
-    state = engine.prefill([model.encode(p) for p in prompts])
+    state = prefill(engine, [model.encode(p) for p in prompts])
     decode(engine, state, 5)
     layer = model.n_layers - 1
     vec = random_vector(engine, model, layer, seed=1)
-    fork = engine.fork(state, [0, 0, 1])
+    forked = fork(engine, state, [0, 0, 1])
     steers = [None, Steer(layer, vec, 1.0, "segment"), Steer(0, -vec, 0.5, "segment")]
-    decode(engine, fork, 16, steers=steers)
+    decode(engine, forked, 16, steers=steers)
     for b, (src, s) in enumerate(zip([0, 0, 1], steers, strict=True)):
         prefix = state.rows[src].prompt + state.rows[src].tokens
         if s is None:
             ref, ref_lp = manual_greedy(model, prefix, 16)
         else:
             ref, ref_lp = manual_greedy(model, prefix, 16, s.layer, s.scale * s.vector, start=len(prefix))
-        assert fork.rows[b].tokens[5:] == ref
-        assert_close(fork.rows[b].logprobs[5:], ref_lp)
-    assert fork.rows[1].logprobs[5:] != fork.rows[0].logprobs[5:], "the vector should change the continuation"
+        assert forked.rows[b].tokens[5:] == ref
+        assert_close(forked.rows[b].logprobs[5:], ref_lp)
+    assert forked.rows[1].logprobs[5:] != forked.rows[0].logprobs[5:], "the vector should change the continuation"
     decode(engine, state, 16)
-    assert state.rows[0].tokens[5:] == fork.rows[0].tokens[5:]
+    assert state.rows[0].tokens[5:] == forked.rows[0].tokens[5:]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -330,11 +330,11 @@ def test_last_position_steer_matches_manual_forward(arch, name):
     layer = model.n_layers - 1
     vec = random_vector(engine, model, layer, seed=2)
     p = prompts_of(model)[0]
-    state = engine.prefill([model.encode(p)])
+    state = prefill(engine, [model.encode(p)])
     decode(engine, state, 4)
     row = state.rows[0]
     prefix = row.prompt + row.tokens
-    engine.refeed_last(state, [Steer(layer, vec, 1.0, "last")])
+    refeed_last(engine, state, [Steer(layer, vec, 1.0, "last")])
     decode(engine, state, 12)
     ref, ref_lp = manual_greedy(model, prefix, 12, layer, vec, at=len(prefix) - 1)
     assert state.rows[0].tokens[4:] == ref

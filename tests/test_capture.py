@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 from helpers.tasks import EchoTask, echo_config
-from oracle.segmented import decode
+from oracle.segmented import decode, prefill
 
 from stir_core.offline.capture import delimiter_end_offsets, retokenized_ids, retokenized_states
 from stir_core.offline.mine import mine_candidates
@@ -41,7 +41,7 @@ def test_where_the_sampled_tokens_are_canonical_retokenize_equals_decode_capture
     engine, layers = Engine(tiny), [0, 1]
     prompts = [tiny.format_prompt(f"{i}+{i}=") for i in range(32)]
     ids = [tiny.encode(p) for p in prompts]
-    state = engine.prefill(ids, capture_layers=layers, seeds=list(range(32)), delimiter="\n")
+    state = prefill(engine, ids, capture_layers=layers, seeds=list(range(32)), delimiter="\n")
     decode(engine, state, 60, sampling=Sampling(1.5, 1.0), capture_at="\n")
     engine.finish(state.rows)
     same = differ = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle.segmented import decode
+from oracle.segmented import decode, fork, prefill, refeed_last
 
 from stir_core.runtime.engine import Engine, Sampling, Steer
 from stir_core.runtime.scheduler import generate
@@ -104,11 +104,11 @@ def test_last_intervention_equals_manual_forward(engine, tiny):
     torch.manual_seed(1)
     vec = torch.randn(tiny.d_model) * 4
     prompt = "7-2=4"
-    state = engine.prefill([tiny.encode(prompt)])
+    state = prefill(engine, [tiny.encode(prompt)])
     decode(engine, state, 3)  # three generated tokens; steer the last of them
     row = state.rows[0]
     prefix_ids = row.prompt + row.tokens
-    engine.refeed_last(state, [Steer(1, vec, 1.0, "last")])
+    refeed_last(engine, state, [Steer(1, vec, 1.0, "last")])
     decode(engine, state, 10)
     got = state.rows[0].tokens[3:]
     # Reference: full forward with the vector added only at the position of the 3rd generated token.
@@ -133,21 +133,21 @@ def test_capture_at_delimiter_equals_separate_forward(engine, tiny):
 
 def test_fork_continues_like_fresh_decode(engine, tiny):
     prompt = "9-3="
-    state = engine.prefill([tiny.encode(prompt), tiny.encode("1+1")])
+    state = prefill(engine, [tiny.encode(prompt), tiny.encode("1+1")])
     decode(engine, state, 5)
     prefix_text = prompt + state.rows[0].text
-    fork = engine.fork(state, [0, 0, 0])
+    forked = fork(engine, state, [0, 0, 0])
     vec = torch.randn(tiny.d_model) * 3
     steers = [None, Steer(1, vec, 1.0, "segment"), Steer(2, -vec, 0.5, "segment")]
-    decode(engine, fork, 12, steers=steers)
+    decode(engine, forked, 12, steers=steers)
     for b, s in enumerate(steers):
         fresh = generate(engine, [prefix_text], 12, steers=[s])
-        assert fork.rows[b].tokens[5:] == fresh.tokens[0]
-        torch.testing.assert_close(torch.tensor(fork.rows[b].logprobs[5:]), torch.tensor(fresh.logprobs[0]),
+        assert forked.rows[b].tokens[5:] == fresh.tokens[0]
+        torch.testing.assert_close(torch.tensor(forked.rows[b].logprobs[5:]), torch.tensor(fresh.logprobs[0]),
                                    atol=1e-4, rtol=0)
     # the original state is untouched by the fork
     decode(engine, state, 12)
-    assert state.rows[0].tokens[5:] == fork.rows[0].tokens[5:]
+    assert state.rows[0].tokens[5:] == forked.rows[0].tokens[5:]
 
 
 def test_sampling_is_seeded_and_independent_of_batch(engine):
@@ -191,8 +191,8 @@ def test_one_decode_loop_equals_the_oracle_loop_for_sampled_rollouts(engine, tin
     sampling = Sampling(1.3, 0.9)
     rows = run_continuous(engine, ids, None, Schedule(n_new), "\n", capture_layers=[0, 2], batch=batch,
                           sampling=sampling, seeds=seeds, fanout=k)
-    state = engine.prefill(ids, capture_layers=[0, 2], delimiter="\n")
-    state = engine.fork(state, [i for i in range(len(prompts)) for _ in range(k)])
+    state = prefill(engine, ids, capture_layers=[0, 2], delimiter="\n")
+    state = fork(engine, state, [i for i in range(len(prompts)) for _ in range(k)])
     for b, row in enumerate(state.rows):
         row.generator = engine.generator(seeds[b])
     decode(engine, state, n_new, sampling=sampling, capture_at="\n")

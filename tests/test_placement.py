@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from oracle.segmented import decode
+from oracle.segmented import decode, prefill
 
 from stir_core.runtime.distributed import Dist
 from stir_core.runtime.engine import Engine, Sampling, Steer
@@ -43,7 +43,7 @@ def test_steer_capture_and_states_equal_the_single_device_run(split, tiny):
     outs = []
     for model in (tiny, split):
         eng = Engine(model)
-        state = eng.prefill(prompts, capture_layers=layers, seeds=[11, 12], delimiter="d")
+        state = prefill(eng, prompts, capture_layers=layers, seeds=[11, 12], delimiter="d")
         decode(eng, state, 12, sampling=Sampling(1.0, 1.0), steers=steers, capture_at="d")  # seeded: both emit a "d"
         states = eng.forward_states([p + r.tokens for p, r in zip(prompts, state.rows, strict=True)], layers)
         outs.append((state.rows, states))

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from oracle.segmented import decode
+from oracle.segmented import decode, fork, prefill
 
 from stir_core.runtime.engine import Engine, Sampling
 from stir_core.runtime.sampling import sample, uniform
@@ -62,8 +62,8 @@ def test_the_decode_loop_on_the_counter_sampler_equals_the_oracle_loop(tiny, mon
     s = Sampling(1.2, 0.95)
     rows = run_continuous(engine, ids, None, Schedule(30), "\n", sampling=s, seeds=seeds, fanout=2)
     fewer = run_continuous(engine, ids, None, Schedule(30), "\n", sampling=s, seeds=seeds, fanout=2, batch=2)
-    state = engine.prefill(ids, delimiter="\n")
-    state = engine.fork(state, [0, 0, 1, 1, 2, 2])
+    state = prefill(engine, ids, delimiter="\n")
+    state = fork(engine, state, [0, 0, 1, 1, 2, 2])
     for b, row in enumerate(state.rows):
         row.seed, row.generator = seeds[b], engine.generator(seeds[b])
     decode(engine, state, 30, sampling=s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.gate_library import PROMPTS, make_library
+from oracle.segmented import prefill
 
 from stir_core.online.methods import StirConfig, run_method
 from stir_core.runtime.memory import pool_positions, pool_rows
@@ -49,7 +50,7 @@ def test_rollback_then_refeed_equals_never_having_fed(engine, tiny):
     """A row that runs on, is rolled back by length and fed its next token again gives the logits of a
     row that never ran on (positions overwritten in place, nothing masked)."""
     ids = tiny.encode(PROMPTS[1])
-    state = engine.prefill([ids, ids])
+    state = prefill(engine, [ids, ids])
     feed = torch.tensor([True, True])
     tok, _ = engine.choose(state, feed, None)
     engine.step(state, tok, feed)

@@ -12,8 +12,8 @@ Vocabulary (per row b):
   in the segment (`segment`), or both;
 - a **capture** records resid_post at chosen layers whenever a generated token completes `capture_at`
   (the segment delimiter): the control-point states, taken from the decode itself, no extra forward;
-- a **fork** copies rows' filled ranges (repeats allowed) into an independent state, to preview
-  continuations; a **rollback** sets a row's length.
+- a **fork** copies rows' filled ranges (repeats allowed) into free slots of the same pool
+  (`append_copies`), to preview continuations; a **rollback** sets a row's length.
 
 The per-token protocol (record the chosen token, EOS ends the row, one capture per delimiter the token
 completes, from the forward that fed it) is written once, `Row.accept` and `Row.capture`, and called by the
@@ -344,28 +344,6 @@ class Engine:
     def new_pool(self, n_slots: int, longest: int) -> SlotCache:
         return self.backend.new_cache(n_slots, longest + HEADROOM)
 
-    def prefill(self, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
-                seeds: Sequence[int] | None = None, delimiter: str = DELIMITER,
-                capacity: int | None = None) -> DecodeState:
-        """Run the prompts (token ids) in one forward, one slot each; returns the state ready to decode.
-
-        `capacity`: positions per slot (the longest prompt plus the budget; default: `HEADROOM` past the
-        longest prompt, growing by a copy when exceeded). Only the last position's logits are computed
-        (`[batch, d_vocab]`), never `[batch, pos, d_vocab]`.
-        """
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("prefill needs at least one non-empty prompt")
-        ids, qpos = self._padded(prompts)
-        cache = (self.new_pool(len(prompts), ids.shape[1]) if capacity is None
-                 else self.backend.new_cache(len(prompts), max(int(capacity), ids.shape[1])))
-        steer = SteerSlots(len(prompts), self.model.d_model, self.device)
-        keep = "all" if self.legacy_prefill_logits else "last"
-        logits, _ = self._forward(cache, ids, qpos, None, None, (), keep=keep)
-        rows = [self.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
-        return DecodeState(cache=cache, lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
-                           logits=logits[:, -1], rows=rows, steer=steer,
-                           capture_layers=tuple(capture_layers), delimiter=delimiter)
-
     @torch.no_grad()
     def forward_states(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> list[torch.Tensor]:
         """Teacher-forced states: one left-padded forward over token sequences, no logits.
@@ -378,16 +356,6 @@ class Engine:
                                keep="none")
         stacked = torch.stack([cap[layer].cpu() for layer in layers], dim=2)  # [batch, width, layers, d]
         return [stacked[b, width - len(x):] for b, x in enumerate(sequences)]
-
-    def fork(self, state: DecodeState, rows: Sequence[int]) -> DecodeState:
-        """An independent state with the given rows (repeats allowed), e.g. one prefix into L+1 previews:
-        a new pool holding copies of those slots' filled ranges."""
-        idx = torch.tensor(list(rows), dtype=torch.long)
-        lengths = state.lengths.index_select(0, idx)
-        return DecodeState(cache=state.cache.select(idx, int(lengths.max())), lengths=lengths,
-                           logits=state.logits.index_select(0, idx.to(state.logits.device)),
-                           rows=[state.rows[i].clone() for i in rows], steer=state.steer.select(list(rows)),
-                           capture_layers=state.capture_layers, delimiter=state.delimiter)
 
     # ---- a fixed pool: rows are its occupied prefix ---------------------------------------------------
     def empty_state(self, n_slots: int, capacity: int, capture_layers: Sequence[int] = (),
@@ -438,7 +406,8 @@ class Engine:
         for b in range(n, n + len(prompts)):
             state.steer.set(b, None)
         ids, qpos = self._padded(prompts)
-        logits, _ = self._forward(state.cache, ids, qpos, None, None, (), offset=n)  # the new slots only
+        keep = "all" if self.legacy_prefill_logits else "last"  # benchmarks/bench_scale.py's old prefill
+        logits, _ = self._forward(state.cache, ids, qpos, None, None, (), keep=keep, offset=n)  # new slots only
         rows = [self.new_row(p, state.delimiter, None if seeds is None else seeds[i]) for i, p in enumerate(prompts)]
         self._append(state, torch.tensor([len(p) for p in prompts], dtype=torch.long), logits[:, -1], rows)
 
@@ -582,22 +551,6 @@ class Engine:
         """Each row's slot carries `steers[b]` (None: no steer); a step adds it where its `live` says."""
         for b, s in enumerate(steers):
             state.steer.set(b, s)
-
-    def refeed_last(self, state: DecodeState, steers: Sequence[Steer | None]) -> None:
-        """Re-run the last token of every row whose steer acts at `last`, with the vector added there.
-
-        The row's old slot for that token is masked out, so the re-run token keeps its position id and
-        the impulse reaches every later token through the KV cache.
-        """
-        feed = torch.tensor([s is not None and s.at_last for s in steers])
-        if not bool(feed.any()):
-            return
-        tokens = torch.tensor([(r.tokens[-1] if r.tokens else r.prompt[-1]) for r in state.rows])
-        self.set_steers(state, steers)
-        self.step(state, tokens, feed, live=feed, replace_last=feed)
-        for b, s in enumerate(steers):
-            if feed[b] and state.rows[b].added:
-                state.rows[b].added[-1] = (s.tag, s.added_norm)
 
     # ---- decoding --------------------------------------------------------------------------------
     def choose(self, state: DecodeState, active: torch.Tensor, sampling: Sampling | None

@@ -22,6 +22,7 @@ import torch
 from stir_core.online.gate import Reason
 from stir_core.online.policy import Plan, Policy
 from stir_core.runtime.engine import (
+    DELIMITER,
     Capture,
     ControlPoint,
     DecodeState,
@@ -31,6 +32,59 @@ from stir_core.runtime.engine import (
     Steer,
 )
 from stir_core.runtime.scheduler import Probe, Schedule
+from stir_core.runtime.steering import SteerSlots
+
+
+def prefill(engine: Engine, prompts: Sequence[Sequence[int]], capture_layers: Sequence[int] = (),
+            seeds: Sequence[int] | None = None, delimiter: str = DELIMITER,
+            capacity: int | None = None) -> DecodeState:
+    """Run the prompts (token ids) in one forward, one slot each, in a pool of their own (the oracle's
+    states; the product's decode loop adds prompts to a fixed pool, `Engine.add_rows`); returns the state
+    ready to decode.
+
+    `capacity`: positions per slot (the longest prompt plus the budget; default: `HEADROOM` past the
+    longest prompt, growing by a copy when exceeded). Only the last position's logits are computed
+    (`[batch, d_vocab]`), never `[batch, pos, d_vocab]`.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prefill needs at least one non-empty prompt")
+    ids, qpos = engine._padded(prompts)
+    cache = (engine.new_pool(len(prompts), ids.shape[1]) if capacity is None
+             else engine.backend.new_cache(len(prompts), max(int(capacity), ids.shape[1])))
+    steer = SteerSlots(len(prompts), engine.model.d_model, engine.device)
+    logits, _ = engine._forward(cache, ids, qpos, None, None, ())
+    rows = [engine.new_row(p, delimiter, None if seeds is None else seeds[b]) for b, p in enumerate(prompts)]
+    return DecodeState(cache=cache, lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
+                       logits=logits[:, -1], rows=rows, steer=steer,
+                       capture_layers=tuple(capture_layers), delimiter=delimiter)
+
+
+def fork(engine: Engine, state: DecodeState, rows: Sequence[int]) -> DecodeState:
+    """An independent state with the given rows (repeats allowed), e.g. one prefix into L+1 previews:
+    a new pool holding copies of those slots' filled ranges."""
+    idx = torch.tensor(list(rows), dtype=torch.long)
+    lengths = state.lengths.index_select(0, idx)
+    return DecodeState(cache=state.cache.select(idx, int(lengths.max())), lengths=lengths,
+                       logits=state.logits.index_select(0, idx.to(state.logits.device)),
+                       rows=[state.rows[i].clone() for i in rows], steer=state.steer.select(list(rows)),
+                       capture_layers=state.capture_layers, delimiter=state.delimiter)
+
+
+def refeed_last(engine: Engine, state: DecodeState, steers: Sequence[Steer | None]) -> None:
+    """Re-run the last token of every row whose steer acts at `last`, with the vector added there.
+
+    The re-run token overwrites its own position in place (same position id), so the impulse reaches
+    every later token through the KV cache.
+    """
+    feed = torch.tensor([s is not None and s.at_last for s in steers])
+    if not bool(feed.any()):
+        return
+    tokens = torch.tensor([(r.tokens[-1] if r.tokens else r.prompt[-1]) for r in state.rows])
+    engine.set_steers(state, steers)
+    engine.step(state, tokens, feed, live=feed, replace_last=feed)
+    for b, s in enumerate(steers):
+        if feed[b] and state.rows[b].added:
+            state.rows[b].added[-1] = (s.tag, s.added_norm)
 
 
 def decode(engine: Engine, state: DecodeState, max_new_tokens: int | Sequence[int], stop: str | None = None,
@@ -120,18 +174,18 @@ def preview(engine: Engine, state: DecodeState, plans: Sequence[Plan], sched: Sc
         probed_rows, made = [], []
         for b, s in zip(rows, steers, strict=True):
             src = state.rows[b]
-            fresh = engine.prefill([src.prompt + src.tokens], delimiter=state.delimiter)
+            fresh = prefill(engine, [src.prompt + src.tokens], delimiter=state.delimiter)
             fresh.rows[0] = src.clone()  # the cache holds prompt + tokens: the row's own record continues
-            engine.refeed_last(fresh, [s])
+            refeed_last(engine, fresh, [s])
             made += decode(engine, fresh, sched.probe_tokens, stop=stop, steers=[s])
             probed_rows.append(fresh.rows[0])
         starts = [len(state.rows[b].tokens) for b in rows]
     else:
-        fork = engine.fork(state, rows)
-        starts = [len(r.tokens) for r in fork.rows]
-        engine.refeed_last(fork, steers)
-        made = decode(engine, fork, sched.probe_tokens, stop=stop, steers=steers)
-        probed_rows = fork.rows
+        forked = fork(engine, state, rows)
+        starts = [len(r.tokens) for r in forked.rows]
+        refeed_last(engine, forked, steers)
+        made = decode(engine, forked, sched.probe_tokens, stop=stop, steers=steers)
+        probed_rows = forked.rows
     out: dict[int, tuple[Probe | None, list[Probe]]] = {}
     for b, (k, j) in enumerate(owners):
         res = probe_result(probed_rows[b], starts[b], made[b])
@@ -194,7 +248,7 @@ def run_segmented(engine: Engine, state: DecodeState, policy: Policy | None, sch
             for b, s in enumerate(steers):
                 if s is not None:
                     commits[b] = (int(state.lengths[b]) - 1, len(state.rows[b].tokens) - 1)
-        engine.refeed_last(state, steers)
+        refeed_last(engine, state, steers)
         active = [False] * n
         for p in points:
             active[p.row] = True
@@ -212,7 +266,7 @@ def run_oracle(engine: Engine, prompts: Sequence[str], policy: Policy | None, co
     sched = Schedule(config.max_new_tokens, config.max_control_points, config.probe_tokens, config.top_l,
                      config.probe_stop == "delimiter", config.scope, config.preview)
     ids = [engine.model.encode(p) for p in prompts]
-    state = engine.prefill(ids, policy.capture_layers if policy is not None else (), delimiter=config.delimiter)
+    state = prefill(engine, ids, policy.capture_layers if policy is not None else (), delimiter=config.delimiter)
     if policy is None:
         decode(engine, state, config.max_new_tokens)
     else:
@@ -247,7 +301,7 @@ def generate_segmented(engine: Engine, prompts: Sequence[str], policy: Policy | 
     for i, p in enumerate(prompts):
         if not p or not p.strip():
             raise ValueError(f"prompt {i} is empty")
-    state = engine.prefill([engine.model.encode(p) for p in prompts], layers, delimiter=delimiter)
+    state = prefill(engine, [engine.model.encode(p) for p in prompts], layers, delimiter=delimiter)
     run_segmented(engine, state, policy, Schedule(max_new_tokens, max_control_points, scope="persist"))
     engine.finish(state.rows)
     decisions = [policy.logs[b].decisions if policy and b in policy.logs else [] for b in range(len(prompts))]
