@@ -320,11 +320,12 @@ def test_debug_shows_the_traceback():
 
 @pytest.mark.slow
 def test_prompt_longer_than_the_context_is_refused_before_decoding(ws, monkeypatch):
-    """Refused before any decoding: the engine's prefill (every decode starts there) is never reached."""
+    """Refused before any decoding: the engine's prefill (every decode starts there: `add_rows`) is never
+    reached."""
     from stir_core.runtime.engine import Engine
 
     prefills = []
-    monkeypatch.setattr(Engine, "prefill", lambda self, *a, **k: prefills.append(a) or 1 / 0)
+    monkeypatch.setattr(Engine, "add_rows", lambda self, *a, **k: prefills.append(a) or 1 / 0)
     before = _tree_digest(ws["user"])
     r = _run(["generate", "1" * 20_007, "--methods", "vanilla", "--raw", "--device", "cpu"])
     _check_refused(r, "context", ws, before)
