@@ -180,3 +180,22 @@ def test_warm_graphs_with_graphs_off_runs_nothing(tiny):
     engine.graphs = "off"
     status = warm_graphs(engine, [lambda: pytest.fail("a run ran with graphs off")])
     assert status.phase is GraphPhase.OFF and status.line() == "Decode graphs: off (CPU)"
+
+
+def test_warm_graphs_reports_graphs_turned_off_by_a_failing_step(tiny, monkeypatch):
+    """A step that fails to capture during the warm-up turns graphs off (the engine says so); the status is
+    FAILED with that reason, not READY."""
+    from stir_core.runtime import engine as engine_mod
+    from stir_core.runtime.scheduler import generate
+
+    def broken(*a, **k):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(engine_mod, "GraphStep", broken)
+    engine = Engine(tiny)
+    engine.graphs = "eager"
+    with pytest.warns(RuntimeWarning, match="decode graphs off"):
+        status = warm_graphs(engine, [lambda: generate(engine, ["12+3="], 4)])
+    assert status.phase is GraphPhase.FAILED and engine.graphs == "off"
+    assert status.line() == ("Decode graphs: capture failed, decoding stays eager: capture failed: RuntimeError: "
+                             "operation not permitted when stream is capturing")

@@ -282,3 +282,48 @@ def test_a_multi_layer_library_captures_each_bucket_once(tiny):
     assert layers == {0, 2}, layers
     names = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post")
     assert static._graph_steps and all(k[3] == names for k in static._graph_steps)
+
+
+@pytest.mark.parametrize("fault", ["capture", "replay"])
+def test_a_failing_graph_step_turns_graphs_off_loudly_and_decoding_goes_on(tiny, monkeypatch, fault):
+    """A step that fails to capture, or whose first replay disagrees with the eager step (what a CUDA
+    graph that baked in a changing value would do): a warning and a `graph_log` line, graphs off for the
+    engine, and the decode equals the eager reference (nothing lost, nothing silently wrong)."""
+    from stir_core.runtime import engine as engine_mod
+    from stir_core.runtime.graphs import GraphMismatch, GraphStep
+    from stir_core.runtime.scheduler import generate
+
+    class Broken(GraphStep):
+        def __init__(self, *a, **k):
+            if fault == "capture":
+                raise RuntimeError("operation not permitted when stream is capturing\nmore")
+            super().__init__(*a, **k)
+
+        def run(self, ids, qpos, gain):
+            raise GraphMismatch("the captured step (4 slots) differs from the eager one by inf (relative)")
+
+    monkeypatch.setattr(engine_mod, "GraphStep", Broken)
+    ref = generate(Engine(tiny), PROMPTS, 24)
+    static = Engine(tiny)
+    static.graphs = "eager"
+    with pytest.warns(RuntimeWarning, match="decode graphs off"):
+        got = generate(static, PROMPTS, 24)
+    assert got.tokens == ref.tokens and static.graphs == "off"
+    assert len(static.graph_log) == 1 and static.graphs_off_reason in static.graph_log[0]
+    if fault == "capture":
+        assert static.graphs_off_reason == "capture failed: RuntimeError: operation not permitted when stream is capturing"
+    assert generate(static, PROMPTS, 24).tokens == ref.tokens and len(static.graph_log) == 1  # said once
+
+
+def test_replay_disagreement_measure():
+    """`disagreement`: 0 for equal outputs, relative to the eager magnitude, inf when a greedy choice moves."""
+    from stir_core.runtime.graphs import disagreement
+
+    logits = torch.tensor([[0.0, 5.0, 1.0], [2.0, 0.0, 1.0]])
+    caps = {1: torch.ones(2, 4)}
+    assert disagreement((logits, caps), (logits.clone(), {1: caps[1].clone()})) == 0.0
+    assert disagreement((logits + 0.05, caps), (logits, caps)) == pytest.approx(0.01, rel=1e-4)
+    assert disagreement((logits, {1: caps[1] * 1.5}), (logits, caps)) == pytest.approx(0.5)
+    swapped = logits.clone()
+    swapped[0, 0] = 9.0
+    assert disagreement((swapped, caps), (logits, caps)) == float("inf")

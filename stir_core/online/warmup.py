@@ -126,6 +126,11 @@ def warm_graphs(engine: Engine, runs: Sequence[Callable[[], object]],
         status = failed(engine, err, captured, seconds)
         report(status)
         return status
+    if engine.graphs == "off":  # a step failed to capture or to replay like the eager one: said, eager
+        status = GraphStatus(phase=GraphPhase.FAILED, mode="off", device=status.device, captured=captured,
+                             seconds=seconds, error=engine.graphs_off_reason)
+        report(status)
+        return status
     engine.graph_capture = True
     status = GraphStatus(phase=GraphPhase.READY, mode=engine.graphs, device=status.device, captured=captured,
                          seconds=seconds)

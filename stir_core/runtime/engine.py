@@ -26,6 +26,7 @@ and each forward says which slots' buffers are live; one hook per hook point, in
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stir_core.runtime.backend import DEFAULT_HOOK_POINT, Backend, hook_name
-from stir_core.runtime.graphs import GraphStep, bucket_for, positions_for
+from stir_core.runtime.graphs import GraphMismatch, GraphStep, bucket_for, positions_for
 from stir_core.runtime.model import LoadedModel
 from stir_core.runtime.sampling import sample
 from stir_core.runtime.segment import TextStream
@@ -279,6 +280,7 @@ class Engine:
         # False: a step whose graph is not captured yet runs eagerly instead of capturing it (the app
         # captures in the background, `warm_graphs`, and decodes eagerly until the graphs are ready).
         self.graph_capture = True
+        self.graphs_off_reason: str | None = None  # why graphs were turned off mid-run (said, never silent)
         # How seeded rows sample (`stir_core/runtime/sampling.py`): "generator" (a torch generator per row,
         # one multinomial each) or "counter" (the whole batch in one draw; the default on CUDA).
         self.sampler = sampler_mode(self.device)
@@ -456,8 +458,9 @@ class Engine:
         ids = torch.where(feed, tokens, torch.full_like(tokens, self.model.pad_token_id))
         qpos = torch.where(feed, state.lengths, torch.full_like(state.lengths, -1))
         step = self._graph_for(state) if state.graph else None
-        if step is not None:
-            logits, captured = self._graph_step(step, state, ids, qpos, live)
+        out = self._graph_step(step, state, ids, qpos, live) if step is not None else None
+        if out is not None:
+            logits, captured = out
         else:
             logits, captured = self._forward(state.cache, ids[:, None].to(self.device), qpos[:, None],
                                              state.steer, live, state.capture_layers)
@@ -470,22 +473,38 @@ class Engine:
         """The captured step of a graph-pool state's bucket, pool, steer hooks and capture layers: captured
         on first use (its time one line of `graph_log`), or None while `graph_capture` is off and it is not
         captured yet (the step then runs eagerly over the same pool)."""
+        if self.graphs == "off":  # turned off mid-run (`graphs_failed`): the step runs eagerly
+            return None
         cache, steer = state.cache, state.steer
         key = (id(cache), cache.n_slots, cache.capacity, tuple(sorted(steer.vectors)), state.capture_layers)
         step = self._graph_steps.get(key)
         if step is None and self.graph_capture:
-            step = GraphStep(self._static_forward(cache, steer, state.capture_layers), cache.n_slots,
-                             torch.device(self.device), self.graphs)
+            try:
+                step = GraphStep(self._static_forward(cache, steer, state.capture_layers), cache.n_slots,
+                                 torch.device(self.device), self.graphs)
+            except Exception as err:  # noqa: BLE001 - said loudly by graphs_failed; decoding goes on eagerly
+                first = (str(err).strip().splitlines() or [""])[0]
+                self.graphs_failed(f"capture failed: {type(err).__name__}: {first}")
+                return None
             self._graph_steps[key] = step
             if step.capture_s:
                 self.graph_log.append(f"captured decode step: bucket {cache.n_slots} slots x {cache.capacity} "
                                       f"positions in {step.capture_s:.2f} s")
         return step
 
+    def graphs_failed(self, why: str) -> None:
+        """A step failed to capture, or its first replay disagreed with the eager step: decode eagerly from
+        now on (over the same pools), said once — a warning, a `graph_log` line, `graphs_off_reason`."""
+        self.graphs, self.graphs_off_reason = "off", why
+        msg = f"decode graphs off: {why}; decoding eagerly (STIR_GRAPHS=off skips the attempt)"
+        self.graph_log.append(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+
     def _graph_step(self, step: GraphStep, state: DecodeState, ids: torch.Tensor, qpos: torch.Tensor,
-                    live: torch.Tensor | None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+                    live: torch.Tensor | None) -> tuple[torch.Tensor, dict[int, torch.Tensor]] | None:
         """One step of a graph-pool state through `step`: inputs padded to the bucket's slots; returns
-        (logits `[rows, 1, d_vocab]`, {layer: `[rows, 1, d_model]`})."""
+        (logits `[rows, 1, d_vocab]`, {layer: `[rows, 1, d_model]`}), or None when the step's first replay
+        disagreed with the eager step (graphs are then off; the caller runs this step eagerly)."""
         cache, steer, n = state.cache, state.steer, len(state.rows)
         if int(qpos.max()) >= cache.capacity:  # a graph pool is sized from the budget and cannot grow
             raise RuntimeError(f"graph pool of {cache.capacity} positions overrun (row at {int(qpos.max())})")
@@ -496,9 +515,13 @@ class Engine:
         gain = torch.zeros(s, device=steer.scales.device)
         if live is not None:
             gain[:n] = steer.scales[:n] * live.to(gain.device, torch.float32)
+        try:
+            logits, cap = step.run(ids_s.to(self.device), qpos_s.to(self.device), gain)
+        except GraphMismatch as err:
+            self.graphs_failed(str(err))
+            return None
         self.forwards += 1
         self.row_positions += s
-        logits, cap = step.run(ids_s.to(self.device), qpos_s.to(self.device), gain)
         return logits[:n, None], {layer: x[:n, None] for layer, x in cap.items()}
 
     def _static_forward(self, cache: SlotCache, steer: SteerSlots, capture_layers: Sequence[int]):

@@ -22,6 +22,26 @@ from typing import Any
 import torch
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# A replayed step may differ from the eager one by this much (relative to the largest eager logit):
+# the same kernels run, so anything larger means the graph baked in something that changes between steps.
+REPLAY_TOLERANCE = 1e-2
+
+
+class GraphMismatch(RuntimeError):
+    """A captured step's first replay disagreed with the same step run eagerly."""
+
+
+def disagreement(graph: tuple[torch.Tensor, dict[int, torch.Tensor]],
+                 eager: tuple[torch.Tensor, dict[int, torch.Tensor]]) -> float:
+    """The largest difference between two step outputs (logits `[S, d_vocab]`, captures `{layer: [S, d]}`),
+    relative to the eager ones' largest magnitude; inf when a greedy choice differs."""
+    (g_logits, g_caps), (e_logits, e_caps) = graph, eager
+    if not torch.equal(g_logits.argmax(-1), e_logits.argmax(-1)):
+        return float("inf")
+    worst = 0.0
+    for g, e in [(g_logits, e_logits)] + [(g_caps[k], e_caps[k]) for k in e_caps]:
+        worst = max(worst, float((g.float() - e.float()).abs().max() / e.float().abs().max().clamp_min(1.0)))
+    return worst
 POSITION_STEP = 256
 
 
@@ -56,6 +76,7 @@ class GraphStep:
         self.graph: Any = None
         self.out: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
         self.capture_s = 0.0
+        self.verified = False  # the first replay is checked against the eager step (`run`)
         if mode == "cuda":
             self._capture()
 
@@ -83,5 +104,18 @@ class GraphStep:
         self.gain.copy_(gain)
         if self.graph is None:
             return self.forward(self.ids, self.qpos, self.gain)
+        if not self.verified:
+            # The first replay against the same step run eagerly (both write the same K/V at the same
+            # positions, so running both changes nothing): a graph that baked in something it should read
+            # afresh is caught here, not trusted.
+            logits, caps = self.forward(self.ids, self.qpos, self.gain)
+            eager = (logits.clone(), {k: v.clone() for k, v in caps.items()})
+            self.graph.replay()
+            d = disagreement(self.out, eager)
+            if not d <= REPLAY_TOLERANCE:
+                raise GraphMismatch(f"the captured step ({self.ids.shape[0]} slots) differs from the eager one "
+                                    f"by {d:.3g} (relative) on its first replay")
+            self.verified = True
+            return self.out
         self.graph.replay()
         return self.out
