@@ -91,6 +91,7 @@ def child(name: str, batch: int, new: int, delimiter: str) -> dict:
     from stir_core.online.methods import run_method
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.model import load_model
+    from stir_core.runtime.scheduler import generate
 
     spec = CONFIGS[name]
     model = load_model(str(MODEL_DIR), device="cpu", dtype="float32", threads=None)
@@ -107,7 +108,7 @@ def child(name: str, batch: int, new: int, delimiter: str) -> dict:
 
     # Touch every weight first: safetensors maps the file lazily, so the first forward would page the
     # weights in (≈ 2 GB here) inside the measured window.
-    engine.generate([prompts(1)[0]], 2, capture_at=None)
+    generate(engine, [prompts(1)[0]], 2, capture_at=None)
     proc, peak, stop = psutil.Process(), [0], threading.Event()
     base = proc.memory_info().rss
 
@@ -135,9 +136,10 @@ def child(name: str, batch: int, new: int, delimiter: str) -> dict:
 def find_delimiter(batch: int) -> str:
     from stir_core.runtime.engine import Engine
     from stir_core.runtime.model import load_model
+    from stir_core.runtime.scheduler import generate
 
     model = load_model(str(MODEL_DIR), device="cpu", dtype="float32", threads=None)
-    res = Engine(model).generate(prompts(batch), 48, capture_at=None)
+    res = generate(Engine(model), prompts(batch), 48, capture_at=None)
     counts = Counter(t for toks in res.tokens for t in toks)
     return model.tokenizer.decode([counts.most_common(1)[0][0]])
 
