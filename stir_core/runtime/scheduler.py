@@ -197,7 +197,7 @@ class _Run:
         return next(ln for ln in self.lanes if ln.seq == seq and ln.role is Role.MAIN)
 
     def live(self) -> bool:
-        return self.admitted < len(self.prompts) or any(ln.role is not Role.FREE for ln in self.lanes)
+        return self.admitted < len(self.done_rows) or any(ln.role is not Role.FREE for ln in self.lanes)
 
     def regroup(self) -> None:
         """Free slots leave the batch, queued spawns take free slots, then waiting prompts do.
