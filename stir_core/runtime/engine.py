@@ -255,7 +255,9 @@ def sampler_mode(device: str | torch.device) -> str:
 
 
 class Engine:
-    """Batched KV-cached decoding with per-row stops, budgets, sampling, steering, capture and forks."""
+    """The decode primitives over a fixed slot pool: prefill into free slots, copy and move slots, one
+    step (a captured graph on CUDA), choose the next tokens, roll back; the loop that drives them is
+    `stir_core/runtime/scheduler.py`."""
 
     def __init__(self, model: LoadedModel):
         self.model = model
