@@ -853,9 +853,9 @@ def test_a_1gib_task_file_is_refused_without_reading_it(tmp_path):
 def test_force_replaces_our_own_outputs_only(ws):
     """Each output written by us is recognised by its content and replaced with --force; the same names
     holding a user's content are refused even with --force (see HOSTILE), and nothing is replaced without."""
-    from stir_core.io import outputs
-
     import importlib.util
+
+    from stir_core.io import outputs
 
     t = ws["tmp"]
     # gguf comes with the `interop` extra (`make test-latest` installs `dev` only): checked where installed
