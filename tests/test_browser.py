@@ -83,6 +83,26 @@ def serving(env: dict[str, str], log: Path) -> Iterator[int]:
             proc.kill()
 
 
+def run_comparison(page, port: int, prompt: str, delimiter: str):
+    """Open the Playground, type `prompt` (and a non-default delimiter), run the three-column comparison
+    and wait for its third column; returns the token-strip locator."""
+    page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+    run = page.get_by_role("button", name="Run comparison")
+    run.wait_for(timeout=90_000)
+    box = page.get_by_role("textbox", name="Prompt")
+    box.fill(prompt)  # always typed: reading the default raced the page's first render
+    box.press("Control+Enter")
+    if delimiter != "\n\n":
+        field = page.get_by_role("textbox", name="Segment delimiter")
+        field.fill(delimiter.encode("unicode_escape").decode())
+        field.press("Enter")
+    page.wait_for_timeout(500)
+    run.click()
+    columns = page.locator(".stir-tokens")
+    columns.nth(2).wait_for(timeout=90_000)
+    return columns
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
     """(env for the server, prompt, delimiter, model dir, library dir)."""
@@ -109,20 +129,7 @@ def test_playground_end_to_end(setup, tmp_path):
     with serving(env, log) as port, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 2300})
-        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-        run = page.get_by_role("button", name="Run comparison")
-        run.wait_for(timeout=90_000)
-        box = page.get_by_role("textbox", name="Prompt")
-        box.fill(prompt)  # always typed: reading the default raced the page's first render
-        box.press("Control+Enter")
-        if delimiter != "\n\n":
-            field = page.get_by_role("textbox", name="Segment delimiter")
-            field.fill(delimiter.encode("unicode_escape").decode())
-            field.press("Enter")
-        page.wait_for_timeout(500)
-        run.click()
-        columns = page.locator(".stir-tokens")
-        columns.nth(2).wait_for(timeout=90_000)
+        columns = run_comparison(page, port, prompt, delimiter)
         strip = page.locator(".st-key-gate_strip .js-plotly-plot")
         strip.wait_for(timeout=30_000)
         texts = [
@@ -237,20 +244,7 @@ def test_why_on_the_token_and_a_sweep_end_to_end(setup, tmp_path):
     with serving(env, log) as port, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=BROWSER, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 2600})
-        page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-        run = page.get_by_role("button", name="Run comparison")
-        run.wait_for(timeout=90_000)
-        box = page.get_by_role("textbox", name="Prompt")
-        box.fill(prompt)
-        box.press("Control+Enter")
-        if delimiter != "\n\n":
-            field = page.get_by_role("textbox", name="Segment delimiter")
-            field.fill(delimiter.encode("unicode_escape").decode())
-            field.press("Enter")
-        page.wait_for_timeout(500)
-        run.click()
-        columns = page.locator(".stir-tokens")
-        columns.nth(2).wait_for(timeout=90_000)
+        columns = run_comparison(page, port, prompt, delimiter)
         titles = columns.nth(2).locator("span.why").evaluate_all("els => els.map(e => e.title)")
         page.get_by_role("radio", name="KL(steered ‖ vanilla)").click()
         page.locator(".st-key-gate_strip .colorbar").first.wait_for(timeout=30_000)
